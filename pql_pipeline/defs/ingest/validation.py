@@ -1,0 +1,396 @@
+"""raw_events -> validated_events / quarantined_events / duplicate_events, in SQL.
+
+Row-level rules are compiled from the inbound contract (``segment_events.odcs.yaml``):
+
+* line rules (always): not UTF-8, longer than ``maxEventBytes``, not JSON, not a JSON object;
+* per envelope property: ``required`` -> ``<field>.required``, ``logicalType`` ->
+  ``<field>.type``, ``timestamp`` fields must parse -> ``<field>.parse``,
+  ``invalidValues`` quality -> its id;
+* ``custom`` quality rules with ``engine: row-predicate`` on the envelope object;
+* the tracking plan (every other schema object): unknown track event names ->
+  ``event.in_tracking_plan``; required / typed properties per event ->
+  ``properties.required`` / ``properties.type``.
+
+A row that breaks any rule goes to ``quarantined_events`` with every rule id and a
+sentence per rule; the first rule is its ``rule_id``. Of the remaining rows, a repeated
+``messageId`` (earlier in the partition, or validated in the previous
+``dedup_lookback_days`` days) is recorded in ``duplicate_events``; first wins by
+(source_file, line_no). The rest is typed, normalised to UTC, identity-resolved and
+written to ``validated_events``. Every write replaces the partition, so a re-run gives
+identical tables, and ``raw = validated + duplicates + quarantined`` holds by construction
+and is checked independently.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+
+import duckdb
+
+from pql_pipeline.lib.contracts import Contract, ContractError
+
+# JSON type names (duckdb json_type) accepted for each ODCS logicalType
+JSON_TYPES = {
+    "string": ("VARCHAR",),
+    "timestamp": ("VARCHAR",),
+    "date": ("VARCHAR",),
+    "time": ("VARCHAR",),
+    "integer": ("BIGINT", "UBIGINT"),
+    "number": ("BIGINT", "UBIGINT", "DOUBLE"),
+    "boolean": ("BOOLEAN",),
+    "object": ("OBJECT",),
+    "map": ("OBJECT",),
+    "array": ("ARRAY",),
+}
+
+ENVELOPE = "segment_event"
+
+# typed envelope column -> Segment field
+TYPED_COLUMNS = {
+    "message_id": "messageId",
+    "event_type": "type",
+    "user_id": "userId",
+    "anonymous_id": "anonymousId",
+    "previous_id": "previousId",
+}
+
+
+@dataclass(frozen=True)
+class RowRule:
+    id: str
+    condition: str  # SQL predicate, TRUE = violation
+    reason: str  # SQL expression producing the sentence
+
+
+def snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _lit(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _path(field: str) -> str:
+    # JSON path with the key quoted, safe for spaces and dots
+    return _lit('$."' + field.replace('"', '\\"') + '"')
+
+
+def _types_sql(types: tuple[str, ...]) -> str:
+    return "(" + ", ".join(_lit(t) for t in types) + ")"
+
+
+def _show(expr: str, width: int = 60) -> str:
+    """SQL that renders a JSON value for a reason sentence, truncated."""
+    return f"left(coalesce(CAST({expr} AS VARCHAR), 'null'), {width})"
+
+
+def compile_row_rules(contract: Contract) -> tuple[list[RowRule], list[str], int]:
+    """Rules evaluated on parsable rows, the envelope fields to extract, and maxEventBytes."""
+    env = contract.object(ENVELOPE)
+    fields = [p.name for p in env.properties or []]
+    for required in ("messageId", "type", "timestamp"):
+        if required not in fields:
+            raise ContractError(f"{contract.path.name}: {ENVELOPE} must declare {required!r}")
+    rules: list[RowRule] = []
+    for p in env.properties or []:
+        f = f"f.{_quote_ident(p.name)}"
+        jt = f"json_type({f})"
+        if p.required:
+            cond = f"({jt} IS NULL OR {jt} = 'NULL' OR ({jt} = 'VARCHAR' AND trim({f}->>'$') = ''))"
+            rules.append(RowRule(f"{p.name}.required", cond, _lit(f"{p.name} is missing")))
+        if p.logicalType:
+            allowed = JSON_TYPES.get(p.logicalType)
+            if allowed is None:
+                raise ContractError(f"{contract.path.name}: {p.name}: unsupported logicalType {p.logicalType!r}")
+            cond = f"({jt} IS NOT NULL AND {jt} <> 'NULL' AND {jt} NOT IN {_types_sql(allowed)})"
+            reason = f"{_lit(p.name + ' must be ' + p.logicalType + ', got ')} || lower({jt}) || ': ' || {_show(f)}"
+            rules.append(RowRule(f"{p.name}.type", cond, reason))
+            if p.logicalType in ("timestamp", "date"):
+                parsed = f"TRY_CAST({f}->>'$' AS TIMESTAMPTZ)"
+                cond = (f"({jt} = 'VARCHAR' AND trim({f}->>'$') <> '' AND "
+                        f"({parsed} IS NULL OR NOT isfinite({parsed})))")
+                reason = f"{_lit(p.name + ' is not an ISO-8601 timestamp: ')} || {_show(f)}"
+                rules.append(RowRule(f"{p.name}.parse", cond, reason))
+        for q in p.quality or []:
+            metric = q.metric or q.rule
+            values = (q.arguments or {}).get("validValues")
+            if metric == "invalidValues" and values:
+                rid = q.id or f"{p.name}.allowed"
+                cond = f"({jt} = 'VARCHAR' AND ({f}->>'$') NOT IN ({', '.join(_lit(str(v)) for v in values)}))"
+                reason = f"{_lit(p.name + ' not one of ' + ', '.join(map(str, values)) + ': ')} || {_show(f)}"
+                rules.append(RowRule(rid, cond, reason))
+            elif metric is not None:
+                raise ContractError(f"{contract.path.name}: {p.name}: row rule metric {metric!r} not supported")
+    for q in env.quality or []:
+        if (q.type or "").lower() != "custom" or (q.engine or "") != "row-predicate":
+            raise ContractError(f"{contract.path.name}: {ENVELOPE} quality rules must be type custom, "
+                                f"engine row-predicate (rule {q.id})")
+        if not q.id or not isinstance(q.implementation, str):
+            raise ContractError(f"{contract.path.name}: row-predicate rules need an id and an implementation")
+        rules.append(RowRule(q.id, f"({q.implementation})", _lit(q.description or q.id)))
+
+    # tracking plan
+    plan = [o for o in contract.objects() if o.name != ENVELOPE]
+    if plan:
+        names = ", ".join(_lit(o.name) for o in plan)
+        rules.append(RowRule(
+            "event.in_tracking_plan",
+            f"(event_type = 'track' AND event_name IS NOT NULL AND event_name NOT IN ({names}))",
+            f"'event ' || {_show('event_name')} || ' is not in the tracking plan'",
+        ))
+        req_conds, req_reasons, type_conds, type_reasons = [], [], [], []
+        for o in plan:
+            for p in o.properties or []:
+                path = _path(p.name)
+                jt = f"json_type(f.properties, {path})"
+                is_event = f"event_name = {_lit(o.name)}"
+                if p.required:
+                    c = f"({is_event} AND ({jt} IS NULL OR {jt} = 'NULL'))"
+                    req_conds.append(c)
+                    req_reasons.append((c, _lit(f"{o.name}: property {p.name} is required")))
+                if p.logicalType:
+                    allowed = JSON_TYPES.get(p.logicalType)
+                    if allowed is None:
+                        raise ContractError(f"{contract.path.name}: {o.name}.{p.name}: "
+                                            f"unsupported logicalType {p.logicalType!r}")
+                    c = f"({is_event} AND {jt} IS NOT NULL AND {jt} <> 'NULL' AND {jt} NOT IN {_types_sql(allowed)})"
+                    type_conds.append(c)
+                    type_reasons.append((c, f"{_lit(o.name + ': property ' + p.name + ' must be ' + p.logicalType + ', got ')}"
+                                            f" || lower({jt}) || ': ' || {_show(f'json_extract(f.properties, {path})')}"))
+        plan_guard = "(event_type = 'track' AND json_type(f.properties) = 'OBJECT')"
+        if req_conds:
+            rules.append(RowRule("properties.required", f"({plan_guard} AND ({' OR '.join(req_conds)}))",
+                                 _first_reason(req_reasons)))
+        if type_conds:
+            rules.append(RowRule("properties.type", f"({plan_guard} AND ({' OR '.join(type_conds)}))",
+                                 _first_reason(type_reasons)))
+    max_bytes = int(contract.custom("maxEventBytes", 32768))
+    return rules, fields, max_bytes
+
+
+def _first_reason(pairs: list[tuple[str, str]]) -> str:
+    return "CASE " + " ".join(f"WHEN {c} THEN {r}" for c, r in pairs) + " END"
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+# --------------------------------------------------------------------------- the run
+
+@dataclass(frozen=True)
+class PartitionCounts:
+    partition: str
+    raw: int
+    validated: int
+    duplicates: int
+    quarantined: int
+
+    @property
+    def reconciles(self) -> bool:
+        return self.raw == self.validated + self.duplicates + self.quarantined
+
+
+def validate_partition(
+    conn: duckdb.DuckDBPyConnection,
+    contract: Contract,
+    partition: str,
+    dedup_lookback_days: int = 7,
+) -> PartitionCounts:
+    """Rebuild one partition of validated / quarantined / duplicate events and identity tables."""
+    rules, fields, max_bytes = compile_row_rules(contract)
+    day = dt.date.fromisoformat(partition)
+    p_start = f"TIMESTAMPTZ '{day.isoformat()} 00:00:00+00'"
+    p_end = f"TIMESTAMPTZ '{(day + dt.timedelta(days=1)).isoformat()} 00:00:00+00'"
+    structure = "{" + ", ".join(f'"{f}": "JSON"' for f in fields) + "}"
+    typed = _typed_columns(fields)
+    ids = "[" + ", ".join(f"CASE WHEN {r.condition} THEN {_lit(r.id)} END" for r in rules) + "]"
+    reasons = "[" + ", ".join(f"CASE WHEN {r.condition} THEN {r.reason} END" for r in rules) + "]"
+    pdate = f"DATE '{partition}'"
+
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _checked AS
+            WITH lines AS (
+                SELECT source_file, line_no, raw_line, line_bytes, utf8_valid,
+                       CASE WHEN NOT utf8_valid THEN 'line.utf8'
+                            WHEN line_bytes > {max_bytes} THEN 'line.max_bytes'
+                            WHEN trim(raw_line) = '' THEN 'line.empty'
+                            WHEN NOT json_valid(raw_line) THEN 'line.json'
+                            WHEN json_type(raw_line) <> 'OBJECT' THEN 'line.json_object'
+                       END AS line_rule
+                FROM raw_events WHERE partition_date = {pdate}
+            ), parsed AS (
+                SELECT *, CASE WHEN line_rule IS NULL THEN json_transform(raw_line, '{structure}') END AS f
+                FROM lines
+            ), typed AS (
+                SELECT *, {typed},
+                       {p_start} AS partition_start, {p_end} AS partition_end
+                FROM parsed
+            )
+            SELECT * EXCLUDE (partition_start, partition_end),
+                   CASE WHEN line_rule IS NOT NULL THEN [line_rule]
+                        ELSE list_filter({ids}, lambda x: x IS NOT NULL) END AS rule_ids,
+                   CASE WHEN line_rule IS NOT NULL THEN [{_line_reason()}]
+                        ELSE list_filter({reasons}, lambda x: x IS NOT NULL) END AS reasons
+            FROM typed
+        """)
+        for table in ("quarantined_events", "duplicate_events", "validated_events", "identity_links",
+                      "account_memberships"):
+            conn.execute(f"DELETE FROM {table} WHERE partition_date = {pdate}")
+        conn.execute(f"""
+            INSERT INTO quarantined_events
+            SELECT {pdate}, source_file, line_no, message_id, rule_ids[1], rule_ids, reasons, raw_line,
+                   {_lit(contract.id)}, {_lit(contract.version)}
+            FROM _checked WHERE len(rule_ids) > 0
+        """)
+        # first wins: earlier line in this partition, or validated in the lookback window
+        conn.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _ranked AS
+            SELECT c.*,
+                   row_number() OVER (PARTITION BY message_id ORDER BY source_file, line_no) AS copy_no,
+                   first_value(source_file) OVER (PARTITION BY message_id ORDER BY source_file, line_no) AS first_file,
+                   first_value(line_no) OVER (PARTITION BY message_id ORDER BY source_file, line_no) AS first_line
+            FROM _checked c WHERE len(rule_ids) = 0
+        """)
+        conn.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _earlier AS
+            SELECT message_id, min_by(partition_date, (partition_date, source_file, line_no)) AS partition_date,
+                   min_by(source_file, (partition_date, source_file, line_no)) AS source_file,
+                   min_by(line_no, (partition_date, source_file, line_no)) AS line_no
+            FROM validated_events
+            WHERE partition_date >= {pdate} - INTERVAL {int(dedup_lookback_days)} DAY AND partition_date < {pdate}
+              AND message_id IN (SELECT message_id FROM _ranked)
+            GROUP BY message_id
+        """)
+        conn.execute(f"""
+            INSERT INTO duplicate_events
+            SELECT {pdate}, r.source_file, r.line_no, r.message_id,
+                   coalesce(e.partition_date, {pdate}), coalesce(e.source_file, r.first_file),
+                   coalesce(e.line_no, r.first_line)
+            FROM _ranked r LEFT JOIN _earlier e USING (message_id)
+            WHERE r.copy_no > 1 OR e.message_id IS NOT NULL
+        """)
+        conn.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _valid AS
+            SELECT r.* FROM _ranked r ANTI JOIN _earlier e USING (message_id) WHERE r.copy_no = 1
+        """)
+        _resolve_identities(conn, pdate)
+    except Exception:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    for t in ("_checked", "_ranked", "_earlier", "_valid"):
+        conn.execute(f"DROP TABLE IF EXISTS {t}")
+    return partition_counts(conn, partition)
+
+
+def _typed_columns(fields: list[str]) -> str:
+    def s(field: str) -> str:
+        return f"NULLIF(trim(f.{_quote_ident(field)}->>'$'), '')" if field in fields else "NULL::VARCHAR"
+
+    def s_str(field: str) -> str:
+        # only string values become typed ids; wrong types are caught by the .type rules
+        if field not in fields:
+            return "NULL::VARCHAR"
+        fq = f"f.{_quote_ident(field)}"
+        return f"CASE WHEN json_type({fq}) = 'VARCHAR' THEN NULLIF(trim({fq}->>'$'), '') END"
+
+    def ts(field: str) -> str:
+        if field not in fields:
+            return "NULL::TIMESTAMPTZ"
+        fq = f"f.{_quote_ident(field)}"
+        return f"CASE WHEN json_type({fq}) = 'VARCHAR' THEN TRY_CAST({fq}->>'$' AS TIMESTAMPTZ) END"
+
+    ctx_group = "NULLIF(trim(json_extract_string(f.context, '$.groupId')), '')" if "context" in fields else "NULL"
+    cols = [f"{s_str(seg)} AS {col}" for col, seg in TYPED_COLUMNS.items()]
+    cols += [
+        f"CASE WHEN {s_str('type')} = 'track' THEN {s_str('event')} "
+        f"WHEN {s_str('type')} IN ('page', 'screen') THEN {s_str('name')} END AS event_name",
+        f"coalesce({s_str('groupId')}, {ctx_group}) AS group_id",
+        f"{ts('timestamp')} AS event_ts",
+        f"{ts('receivedAt')} AS received_at",
+        f"{ts('sentAt')} AS sent_at",
+    ]
+    for j in ("properties", "traits", "context"):
+        fq = f"f.{_quote_ident(j)}"
+        cols.append(f"CASE WHEN json_type({fq}) = 'OBJECT' THEN {fq} END AS {j}" if j in fields
+                    else f"NULL::JSON AS {j}")
+    del s
+    return ", ".join(cols)
+
+
+def _line_reason() -> str:
+    return ("CASE line_rule WHEN 'line.utf8' THEN 'line is not valid UTF-8' "
+            "WHEN 'line.max_bytes' THEN 'line is ' || line_bytes || ' bytes, above the contract limit' "
+            "WHEN 'line.empty' THEN 'line is empty' "
+            "WHEN 'line.json' THEN 'line is not valid JSON' "
+            "ELSE 'line is JSON but not an object' END")
+
+
+def _resolve_identities(conn: duckdb.DuckDBPyConnection, pdate: str) -> None:
+    # anonymousId -> userId links learned in this partition (identify / any call with both; alias)
+    conn.execute(f"""
+        INSERT INTO identity_links
+        SELECT {pdate}, anonymous_id, user_id, min(event_ts)
+        FROM (
+            SELECT anonymous_id, user_id, event_ts FROM _valid
+            WHERE anonymous_id IS NOT NULL AND user_id IS NOT NULL
+            UNION ALL
+            SELECT previous_id, user_id, event_ts FROM _valid
+            WHERE event_type = 'alias' AND previous_id IS NOT NULL AND user_id IS NOT NULL
+        ) GROUP BY ALL
+    """)
+    conn.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _resolved AS
+        WITH links AS (
+            SELECT anonymous_id, min_by(user_id, (linked_at, user_id)) AS user_id
+            FROM identity_links WHERE partition_date <= {pdate}
+              AND anonymous_id IN (SELECT anonymous_id FROM _valid WHERE user_id IS NULL)
+            GROUP BY anonymous_id
+        )
+        SELECT v.*, coalesce(v.user_id, l.user_id) AS resolved_user_id
+        FROM _valid v LEFT JOIN links l ON v.user_id IS NULL AND l.anonymous_id = v.anonymous_id
+    """)
+    conn.execute(f"""
+        INSERT INTO account_memberships
+        SELECT {pdate}, resolved_user_id, group_id, min(event_ts)
+        FROM _resolved WHERE event_type = 'group' AND resolved_user_id IS NOT NULL AND group_id IS NOT NULL
+        GROUP BY ALL
+    """)
+    conn.execute(f"""
+        INSERT INTO validated_events
+        WITH m AS (
+            SELECT user_id, account_id, min(joined_at) AS joined_at
+            FROM account_memberships WHERE partition_date <= {pdate}
+              AND user_id IN (SELECT resolved_user_id FROM _resolved WHERE group_id IS NULL)
+            GROUP BY ALL
+        ), acct AS (
+            SELECT r.message_id,
+                   coalesce(max_by(m.account_id, (m.joined_at, m.account_id)) FILTER (WHERE m.joined_at <= r.event_ts),
+                            min_by(m.account_id, (m.joined_at, m.account_id))) AS account_id
+            FROM _resolved r JOIN m ON m.user_id = r.resolved_user_id
+            WHERE r.group_id IS NULL
+            GROUP BY r.message_id
+        )
+        SELECT {pdate}, r.message_id, r.event_type, r.event_name, r.user_id, r.anonymous_id, r.resolved_user_id,
+               r.group_id, coalesce(r.group_id, a.account_id), r.event_ts, r.received_at, r.sent_at,
+               r.properties, r.traits, r.context, r.source_file, r.line_no
+        FROM _resolved r LEFT JOIN acct a ON r.group_id IS NULL AND a.message_id = r.message_id
+        ORDER BY r.event_ts, r.message_id
+    """)
+    conn.execute("DROP TABLE IF EXISTS _resolved")
+
+
+def partition_counts(conn: duckdb.DuckDBPyConnection, partition: str) -> PartitionCounts:
+    pdate = f"DATE '{partition}'"
+    raw, val, dup, qua = conn.execute(f"""
+        SELECT (SELECT count(*) FROM raw_events WHERE partition_date = {pdate}),
+               (SELECT count(*) FROM validated_events WHERE partition_date = {pdate}),
+               (SELECT count(*) FROM duplicate_events WHERE partition_date = {pdate}),
+               (SELECT count(*) FROM quarantined_events WHERE partition_date = {pdate})
+    """).fetchall()[0]
+    return PartitionCounts(partition, raw, val, dup, qua)

@@ -1,0 +1,78 @@
+"""The DuckDB file warehouse: a dagster-duckdb resource and contract-driven DDL."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from pql_pipeline.lib.contracts import Contract
+
+
+class Warehouse(DuckDBResource):
+    """DuckDBResource with the session settings every step needs.
+
+    Sessions run in UTC, with a memory limit (DuckDB spills to disk above it) and a
+    thread count. Opening is retried while another process holds the file's write lock;
+    the ``duckdb_warehouse`` pool in dagster.yaml keeps that rare.
+    """
+
+    memory_limit: str = Field("4GB", description="DuckDB memory_limit; larger work spills to disk.")
+    threads: int = Field(2, description="DuckDB worker threads.")
+    lock_timeout_seconds: float = Field(120.0, description="How long to wait for another writer to finish.")
+
+    @contextmanager
+    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        Path(self.database).parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.lock_timeout_seconds
+        delay = 0.2
+        while True:
+            try:
+                conn = duckdb.connect(self.database, config={"custom_user_agent": "pql-pipeline", **self.connection_config})
+                break
+            except duckdb.IOException as e:
+                if "lock" not in str(e).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        try:
+            conn.execute("SET TimeZone = 'UTC'")
+            conn.execute(f"SET memory_limit = '{self.memory_limit}'")
+            conn.execute(f"SET threads = {int(self.threads)}")
+            conn.execute("SET preserve_insertion_order = false")
+            yield conn
+        finally:
+            conn.close()
+
+
+def create_table_sql(contract: Contract, object_name: str) -> str:
+    obj = contract.object(object_name)
+    cols = []
+    for p in obj.properties or []:
+        if not p.physicalType:
+            raise ValueError(f"{contract.path.name}: {object_name}.{p.name} needs a physicalType for DDL")
+        cols.append(f'"{p.name}" {p.physicalType}')
+    name = obj.physicalName or obj.name
+    return f"CREATE TABLE IF NOT EXISTS {name} ({', '.join(cols)})"
+
+
+def ensure_tables(conn: duckdb.DuckDBPyConnection, contract: Contract, *object_names: str) -> None:
+    for name in object_names:
+        conn.execute(create_table_sql(contract, name))
+
+
+def table_exists(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return bool(conn.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchall()[0][0])
+
+
+def describe(conn: duckdb.DuckDBPyConnection, name: str) -> dict[str, str]:
+    rows = conn.execute(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
+        [name]).fetchall()
+    return {c: t for c, t in rows}
