@@ -1,0 +1,193 @@
+"""Ingest stage: raw_events -> validated_events (+ quarantined / duplicate events) -> users, accounts."""
+
+
+from pathlib import Path
+
+import dagster as dg
+
+from pql_pipeline.defs.ingest.dimensions import build_accounts, build_users
+from pql_pipeline.defs.ingest.raw import load_partition
+from pql_pipeline.defs.ingest.resources import EventSource
+from pql_pipeline.defs.ingest.validation import validate_partition
+from pql_pipeline.lib.contracts import Contract, load_contract
+from pql_pipeline.lib.warehouse import Warehouse, ensure_tables
+from pql_pipeline.settings import Settings, contracts_dir
+
+POOL = "duckdb_warehouse"
+OWNERS = ["team:data-engineering"]
+
+
+def contract(name: str) -> Contract:
+    return load_contract(contracts_dir() / f"{name}.odcs.yaml")
+
+
+def table_schema(c: Contract, object_name: str) -> dg.TableSchema:
+    obj = c.object(object_name)
+    return dg.TableSchema(columns=[
+        dg.TableColumn(p.name, p.physicalType or p.logicalType or "unknown", description=p.description,
+                       constraints=dg.TableColumnConstraints(nullable=not p.required, unique=bool(p.unique)))
+        for p in obj.properties or []
+    ])
+
+
+def _md_table(rows: list[dict]) -> str:
+    if not rows:
+        return "_none_"
+    cols = list(rows[0])
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def build_ingest_assets(settings: Settings, daily: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+    raw_c, val_c = contract("raw_events"), contract("validated_events")
+    users_c, accounts_c = contract("users"), contract("accounts")
+
+    @dg.asset(
+        name="raw_events",
+        group_name="ingest",
+        kinds={"duckdb", "json"},
+        owners=OWNERS,
+        partitions_def=daily,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool=POOL,
+        metadata={"partition_expr": "partition_date", "contract": raw_c.id,
+                  "dagster/table_name": "raw_events", "dagster/column_schema": table_schema(raw_c, "raw_events")},
+        tags={"pql/stage": "ingest"},
+    )
+    def raw_events(context: dg.AssetExecutionContext, warehouse: Warehouse, event_source: EventSource):
+        """Every line of the partition's event files, verbatim, with file and line number.
+
+        Nothing is parsed or dropped here; re-running a partition replaces it.
+        """
+        per_partition = []
+        total = files = nbytes = bad = 0
+        with warehouse.get_connection() as conn:
+            ensure_tables(conn, raw_c, "raw_events")
+            for key in context.partition_keys:
+                r = load_partition(conn, Path(event_source.root), event_source.pattern, event_source.format, key)
+                if not r.files:
+                    context.log.warning(f"partition {key}: no files match {event_source.pattern} under {event_source.root}")
+                per_partition.append({"partition": key, "files": len(r.files), "lines": r.rows,
+                                      "bytes": r.bytes, "invalid_utf8": r.invalid_utf8})
+                total += r.rows
+                files += len(r.files)
+                nbytes += r.bytes
+                bad += r.invalid_utf8
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": total,
+            "files": files,
+            "bytes": nbytes,
+            "invalid_utf8_lines": bad,
+            "partitions": dg.MetadataValue.md(_md_table(per_partition[-31:])),
+        })
+
+    @dg.multi_asset(
+        specs=[
+            dg.AssetSpec("validated_events", deps=["raw_events"], group_name="ingest", kinds={"duckdb"},
+                         owners=OWNERS, tags={"pql/stage": "ingest"},
+                         description="Contract-valid events: typed, deduplicated by messageId (first wins), UTC "
+                                     "timestamps, anonymousId resolved to userId, user resolved to account.",
+                         metadata={"partition_expr": "partition_date", "contract": val_c.id,
+                                   "dagster/table_name": "validated_events",
+                                   "dagster/column_schema": table_schema(val_c, "validated_events")}),
+            dg.AssetSpec("quarantined_events", deps=["raw_events"], group_name="ingest", kinds={"duckdb"},
+                         owners=OWNERS, tags={"pql/stage": "ingest"},
+                         description="Lines that broke the inbound contract, with rule ids and reasons; never dropped.",
+                         metadata={"partition_expr": "partition_date", "dagster/table_name": "quarantined_events",
+                                   "dagster/column_schema": table_schema(val_c, "quarantined_events")}),
+            dg.AssetSpec("duplicate_events", deps=["raw_events"], group_name="ingest", kinds={"duckdb"},
+                         owners=OWNERS, tags={"pql/stage": "ingest"},
+                         description="Re-sent messages removed by deduplication, pointing at the kept copy.",
+                         metadata={"partition_expr": "partition_date", "dagster/table_name": "duplicate_events",
+                                   "dagster/column_schema": table_schema(val_c, "duplicate_events")}),
+        ],
+        partitions_def=daily,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool=POOL,
+        can_subset=False,
+    )
+    def validate_events(context: dg.AssetExecutionContext, warehouse: Warehouse):
+        seg = load_contract(settings.contract_path)
+        rows = []
+        totals = {"raw": 0, "validated": 0, "duplicates": 0, "quarantined": 0}
+        with warehouse.get_connection() as conn:
+            ensure_tables(conn, raw_c, "raw_events")
+            ensure_tables(conn, val_c, "validated_events", "quarantined_events", "duplicate_events",
+                          "identity_links", "account_memberships")
+            for key in sorted(context.partition_keys):
+                c = validate_partition(conn, seg, key, settings.validation.dedup_lookback_days)
+                rows.append({"partition": key, "raw": c.raw, "validated": c.validated,
+                             "duplicates": c.duplicates, "quarantined": c.quarantined,
+                             "reconciles": "yes" if c.reconciles else "**NO**"})
+                for k, v in (("raw", c.raw), ("validated", c.validated), ("duplicates", c.duplicates),
+                             ("quarantined", c.quarantined)):
+                    totals[k] += v
+            keys = ", ".join(f"DATE '{k}'" for k in context.partition_keys)
+            by_rule = conn.execute(f"""
+                SELECT rule_id, count(*) AS n FROM quarantined_events
+                WHERE partition_date IN ({keys}) GROUP BY rule_id ORDER BY n DESC, rule_id
+            """).fetchall()
+        rate = totals["quarantined"] / totals["raw"] if totals["raw"] else 0.0
+        yield dg.MaterializeResult(asset_key="validated_events", metadata={
+            "dagster/row_count": totals["validated"],
+            "raw_rows": totals["raw"],
+            "duplicates_removed": totals["duplicates"],
+            "quarantined": totals["quarantined"],
+            "quarantine_rate": dg.MetadataValue.float(round(rate, 6)),
+            "contract_version": seg.version,
+            "reconciliation": dg.MetadataValue.md(_md_table(rows[-31:])),
+        })
+        yield dg.MaterializeResult(asset_key="quarantined_events", metadata={
+            "dagster/row_count": totals["quarantined"],
+            "quarantine_rate": dg.MetadataValue.float(round(rate, 6)),
+            "by_rule": dg.MetadataValue.md(_md_table([{"rule_id": r, "rows": n} for r, n in by_rule])),
+        })
+        yield dg.MaterializeResult(asset_key="duplicate_events", metadata={
+            "dagster/row_count": totals["duplicates"],
+        })
+
+    @dg.asset(
+        name="users",
+        deps=["validated_events"],
+        group_name="ingest",
+        kinds={"duckdb"},
+        owners=OWNERS,
+        pool=POOL,
+        tags={"pql/stage": "ingest"},
+        metadata={"contract": users_c.id, "dagster/table_name": "users",
+                  "dagster/column_schema": table_schema(users_c, "users")},
+    )
+    def users(warehouse: Warehouse):
+        """Users with their latest identify traits and account; full history in users_history (SCD-2)."""
+        with warehouse.get_connection() as conn:
+            ensure_tables(conn, val_c, "validated_events", "account_memberships")
+            n = build_users(conn)
+            versions, identified = conn.execute(
+                "SELECT count(*), count(DISTINCT user_id) FROM users_history").fetchall()[0]
+        return dg.MaterializeResult(metadata={"dagster/row_count": n, "history_versions": versions,
+                                              "identified_users": identified})
+
+    @dg.asset(
+        name="accounts",
+        deps=["validated_events"],
+        group_name="ingest",
+        kinds={"duckdb"},
+        owners=OWNERS,
+        pool=POOL,
+        tags={"pql/stage": "ingest"},
+        metadata={"contract": accounts_c.id, "dagster/table_name": "accounts",
+                  "dagster/column_schema": table_schema(accounts_c, "accounts")},
+    )
+    def accounts(warehouse: Warehouse):
+        """Accounts (Segment groups) with latest firmographics and size segment; history in accounts_history."""
+        with warehouse.get_connection() as conn:
+            ensure_tables(conn, val_c, "validated_events", "account_memberships")
+            n = build_accounts(conn, settings.segments)
+            seg = conn.execute("SELECT size_segment, count(*) FROM accounts GROUP BY 1 ORDER BY 1").fetchall()
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": n,
+            "by_segment": dg.MetadataValue.md(_md_table([{"segment": s, "accounts": c} for s, c in seg])),
+        })
+
+    return [raw_events, validate_events, users, accounts]

@@ -1,0 +1,209 @@
+"""Asset checks of the ingest stage.
+
+Contract checks are generated from ``data_contracts/`` (see lib/contract_checks.py).
+Partitioned checks evaluate every partition of the run (a single day, or a whole
+range in a single-run backfill) and report per partition in their metadata.
+Blocking checks fail with ERROR severity, which is what stops downstream assets;
+WARN results are shown but let the pipeline continue.
+"""
+
+
+import statistics
+
+import dagster as dg
+
+from pql_pipeline.defs.ingest.assets import POOL, contract
+from pql_pipeline.defs.ingest.validation import partition_counts
+from pql_pipeline.lib.contract_checks import RuleOutcome, check_schema, evaluate, outcomes_markdown, summarize
+from pql_pipeline.lib.contracts import Contract
+from pql_pipeline.lib.warehouse import Warehouse, table_exists
+from pql_pipeline.settings import Settings
+
+
+
+
+def _result(outcomes_by_label: dict[str, list[RuleOutcome]], extra: dict | None = None) -> dg.AssetCheckResult:
+    all_outcomes = [o for outs in outcomes_by_label.values() for o in outs]
+    passed, any_error = summarize(all_outcomes)
+    failed = [(label, o) for label, outs in outcomes_by_label.items() for o in outs if not o.passed]
+    md = "\n\n".join(
+        (f"**{label}**\n\n" if label else "") + outcomes_markdown(outs) for label, outs in outcomes_by_label.items()
+        if label == "" or any(not o.passed for o in outs) or len(outcomes_by_label) == 1
+    ) or "all partitions pass"
+    meta = {
+        "rules_evaluated": len(all_outcomes),
+        "rules_failed": len(failed),
+        "engines": ", ".join(sorted({o.engine for o in all_outcomes})),
+        "results": dg.MetadataValue.md(md),
+    }
+    if failed:
+        meta["failed_rules"] = dg.MetadataValue.json([{"partition": label or None, "rule": o.rule_id,
+                                                       "severity": o.severity, "observed": o.observed,
+                                                       "description": o.description} for label, o in failed[:20]])
+        samples = [{"partition": label or None, "rule": o.rule_id, "rows": o.sample} for label, o in failed if o.sample]
+        if samples:
+            meta["sample_bad_rows"] = dg.MetadataValue.json(samples[:5])
+    meta.update(extra or {})
+    return dg.AssetCheckResult(passed=passed, metadata=meta,
+                               severity=dg.AssetCheckSeverity.ERROR if any_error else dg.AssetCheckSeverity.WARN)
+
+
+def contract_check(
+    settings: Settings,
+    asset: str,
+    c: Contract,
+    object_name: str,
+    partitions_def: dg.PartitionsDefinition | None,
+    name: str | None = None,
+) -> dg.AssetChecksDefinition:
+    check_name = name or f"{object_name}_contract"
+
+    @dg.asset_check(
+        asset=asset,
+        name=check_name,
+        blocking=True,
+        partitions_def=partitions_def,
+        pool=POOL,
+        description=f"Schema and quality rules of {object_name} from {c.path.name} (v{c.version}).",
+    )
+    def _check(context: dg.AssetCheckExecutionContext, warehouse: Warehouse) -> dg.AssetCheckResult:
+        table = c.object(object_name).physicalName or object_name
+        with warehouse.get_connection() as conn:
+            if not table_exists(conn, table):
+                return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
+                                           metadata={"error": f"table {table} does not exist; materialize {asset}"})
+            schema = check_schema(conn, c, object_name)
+            results: dict[str, list[RuleOutcome]] = {}
+            if partitions_def is None:
+                results[""] = [schema] + evaluate(conn, c, object_name, "TRUE",
+                                                  settings.checks.ge_max_rows, settings.checks.sample_rows)
+            else:
+                keys = sorted(context.partition_keys)
+                for key in keys:
+                    outs = evaluate(conn, c, object_name, f"partition_date = DATE '{key}'",
+                                    settings.checks.ge_max_rows, settings.checks.sample_rows)
+                    results[key] = ([schema] if key == keys[0] else []) + outs
+        return _result(results, {"contract": f"{c.id} v{c.version}"})
+
+    return _check
+
+
+def _md(rows: list[dict]) -> str:
+    if not rows:
+        return "_none_"
+    cols = list(rows[0])
+    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] +
+                     ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows])
+
+
+def build_ingest_checks(settings: Settings, daily: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:
+    raw_c, val_c = contract("raw_events"), contract("validated_events")
+    users_c, accounts_c = contract("users"), contract("accounts")
+    qr = settings.checks.quarantine_rate
+    vol = settings.checks.volume
+
+    @dg.asset_check(asset="validated_events", blocking=True, partitions_def=daily, pool=POOL,
+                    description="Every raw line is accounted for exactly once: raw = validated + duplicates "
+                                "removed + quarantined, matched line by line, per partition.")
+    def reconciliation(context: dg.AssetCheckExecutionContext, warehouse: Warehouse) -> dg.AssetCheckResult:
+        rows, ok = [], True
+        with warehouse.get_connection() as conn:
+            for key in sorted(context.partition_keys):
+                c = partition_counts(conn, key)
+                p = f"DATE '{key}'"
+                missing, extra, multi = conn.execute(f"""
+                    WITH acc AS (
+                        SELECT source_file, line_no FROM validated_events WHERE partition_date = {p}
+                        UNION ALL SELECT source_file, line_no FROM duplicate_events WHERE partition_date = {p}
+                        UNION ALL SELECT source_file, line_no FROM quarantined_events WHERE partition_date = {p}
+                    ), raw AS (SELECT source_file, line_no FROM raw_events WHERE partition_date = {p})
+                    SELECT (SELECT count(*) FROM raw ANTI JOIN acc USING (source_file, line_no)),
+                           (SELECT count(*) FROM acc ANTI JOIN raw USING (source_file, line_no)),
+                           (SELECT count(*) FROM (SELECT source_file, line_no FROM acc GROUP BY ALL HAVING count(*) > 1))
+                """).fetchall()[0]
+                good = c.reconciles and missing == 0 and extra == 0 and multi == 0
+                ok &= good
+                rows.append({"partition": key, "raw": c.raw, "validated": c.validated, "duplicates": c.duplicates,
+                             "quarantined": c.quarantined, "unaccounted_lines": missing, "unknown_lines": extra,
+                             "counted_twice": multi, "ok": "yes" if good else "**NO**"})
+        return dg.AssetCheckResult(passed=ok, severity=dg.AssetCheckSeverity.ERROR, metadata={
+            "raw_rows": sum(r["raw"] for r in rows),
+            "accounted_rows": sum(r["validated"] + r["duplicates"] + r["quarantined"] for r in rows),
+            "partitions": dg.MetadataValue.md(_md(rows[-31:] if ok else [r for r in rows if r["ok"] != "yes"][:31])),
+        })
+
+    @dg.asset_check(asset="validated_events", blocking=True, partitions_def=daily, pool=POOL,
+                    description=f"Share of raw lines quarantined: warn above {qr.warn_above:.1%}, "
+                                f"block downstream above {qr.error_above:.1%}.")
+    def quarantine_rate(context: dg.AssetCheckExecutionContext, warehouse: Warehouse) -> dg.AssetCheckResult:
+        rows, worst = [], 0.0
+        with warehouse.get_connection() as conn:
+            for key in sorted(context.partition_keys):
+                c = partition_counts(conn, key)
+                rate = c.quarantined / c.raw if c.raw else 0.0
+                worst = max(worst, rate)
+                top = conn.execute(f"""
+                    SELECT rule_id, count(*) FROM quarantined_events WHERE partition_date = DATE '{key}'
+                    GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 3""").fetchall()
+                rows.append({"partition": key, "raw": c.raw, "quarantined": c.quarantined, "rate": f"{rate:.3%}",
+                             "top_rules": ", ".join(f"{r} ({n})" for r, n in top) or "-"})
+            keys = ", ".join(f"DATE '{k}'" for k in context.partition_keys)
+            samples = conn.execute(f"""
+                SELECT partition_date::VARCHAR, source_file, line_no, rule_id, reasons[1], left(raw_line, 200)
+                FROM quarantined_events WHERE partition_date IN ({keys})
+                ORDER BY partition_date, source_file, line_no LIMIT {settings.checks.sample_rows}""").fetchall()
+        severity = dg.AssetCheckSeverity.ERROR if worst > qr.error_above else dg.AssetCheckSeverity.WARN
+        return dg.AssetCheckResult(passed=worst <= qr.warn_above, severity=severity, metadata={
+            "max_quarantine_rate": dg.MetadataValue.float(round(worst, 6)),
+            "warn_above": qr.warn_above,
+            "error_above": qr.error_above,
+            "partitions": dg.MetadataValue.md(_md(rows[-31:])),
+            "sample_bad_rows": dg.MetadataValue.json([
+                {"partition": s[0], "file": s[1], "line": s[2], "rule": s[3], "reason": s[4], "raw": s[5]}
+                for s in samples]),
+        })
+
+    def volume_check(asset: str, table: str):
+        @dg.asset_check(asset=asset, name=f"{asset}_volume", blocking=False, partitions_def=daily, pool=POOL,
+                        description=f"Rows per partition vs the median of the previous {vol.lookback_partitions} "
+                                    f"non-empty partitions (warn outside {vol.min_ratio}x-{vol.max_ratio}x).")
+        def _volume(context: dg.AssetCheckExecutionContext, warehouse: Warehouse) -> dg.AssetCheckResult:
+            rows, ok = [], True
+            with warehouse.get_connection() as conn:
+                for key in sorted(context.partition_keys):
+                    n = conn.execute(f"SELECT count(*) FROM {table} WHERE partition_date = DATE '{key}'").fetchall()[0][0]
+                    hist = [r[0] for r in conn.execute(f"""
+                        SELECT count(*) FROM {table} WHERE partition_date < DATE '{key}'
+                        GROUP BY partition_date ORDER BY partition_date DESC LIMIT {vol.lookback_partitions}
+                    """).fetchall()]
+                    if not hist:
+                        verdict, ratio = ("no history" if n else "**empty**"), None
+                        good = n > 0
+                    else:
+                        med = statistics.median(hist)
+                        ratio = n / med if med else None
+                        good = ratio is not None and vol.min_ratio <= ratio <= vol.max_ratio
+                        verdict = "ok" if good else "**out of range**"
+                    ok &= good
+                    rows.append({"partition": key, "rows": n, "baseline_median": statistics.median(hist) if hist else "-",
+                                 "ratio": f"{ratio:.2f}" if ratio is not None else "-", "verdict": verdict})
+            return dg.AssetCheckResult(passed=ok, severity=dg.AssetCheckSeverity.WARN, metadata={
+                "partitions": dg.MetadataValue.md(_md(rows[-31:])),
+                "min_ratio": vol.min_ratio, "max_ratio": vol.max_ratio,
+            })
+        return _volume
+
+    return [
+        contract_check(settings, "raw_events", raw_c, "raw_events", daily),
+        volume_check("raw_events", "raw_events"),
+        contract_check(settings, "validated_events", val_c, "validated_events", daily),
+        reconciliation,
+        quarantine_rate,
+        volume_check("validated_events", "validated_events"),
+        contract_check(settings, "quarantined_events", val_c, "quarantined_events", daily),
+        contract_check(settings, "duplicate_events", val_c, "duplicate_events", daily),
+        contract_check(settings, "users", users_c, "users", None),
+        contract_check(settings, "users", users_c, "users_history", None),
+        contract_check(settings, "accounts", accounts_c, "accounts", None),
+        contract_check(settings, "accounts", accounts_c, "accounts_history", None),
+    ]

@@ -1,0 +1,133 @@
+"""Evaluate a contract object's table rules against a warehouse table.
+
+Library rules run through Great Expectations on the rows (up to ``ge_max_rows``; above
+that the same rules run as DuckDB SQL). ``sql`` rules always run in DuckDB. A schema
+rule compares the live table with the contract's columns and physical types.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+
+from pql_pipeline.lib.contracts import Contract, TableRule, schema_columns, table_rules
+from pql_pipeline.lib.warehouse import describe
+
+
+@dataclass
+class RuleOutcome:
+    rule_id: str
+    description: str
+    severity: str  # error | warning
+    passed: bool
+    observed: Any
+    engine: str  # great_expectations | duckdb
+    sample: list = field(default_factory=list)
+
+
+def check_schema(conn: duckdb.DuckDBPyConnection, contract: Contract, object_name: str) -> RuleOutcome:
+    table = contract.object(object_name).physicalName or object_name
+    live = describe(conn, table)
+    problems = []
+    for name, _logical, physical in schema_columns(contract, object_name):
+        if name not in live:
+            problems.append(f"missing column {name}")
+        elif physical and _norm(live[name]) != _norm(physical):
+            problems.append(f"{name} is {live[name]}, contract says {physical}")
+    extra = set(live) - {c for c, _, _ in schema_columns(contract, object_name)}
+    problems += [f"column {c} is not in the contract" for c in sorted(extra)]
+    return RuleOutcome("schema", f"{table} matches {contract.path.name}", "error", not problems,
+                       problems or "ok", "duckdb")
+
+
+def _norm(t: str) -> str:
+    t = t.upper().replace(" ", "")
+    return {"TIMESTAMPWITHTIMEZONE": "TIMESTAMPTZ", "INT64": "BIGINT", "INTEGER": "INT", "BOOL": "BOOLEAN",
+            "STRING": "VARCHAR", "TEXT": "VARCHAR"}.get(t, t)
+
+
+def evaluate(
+    conn: duckdb.DuckDBPyConnection,
+    contract: Contract,
+    object_name: str,
+    where: str = "TRUE",
+    ge_max_rows: int = 2_000_000,
+    sample_rows: int = 5,
+) -> list[RuleOutcome]:
+    """All rules of one contract object on the rows of its table matching ``where``."""
+    table = contract.object(object_name).physicalName or object_name
+    relation = f"(SELECT * FROM {table} WHERE {where})"
+    rules = table_rules(contract, object_name)
+    n = conn.execute(f"SELECT count(*) FROM {relation}").fetchall()[0][0]
+    outcomes: list[RuleOutcome] = []
+    lib = [r for r in rules if r.kind != "sql"]
+    if lib and n <= ge_max_rows:
+        outcomes += _evaluate_ge(conn, relation, lib, n, object_name)
+    else:
+        outcomes += [_evaluate_sql(conn, relation, r, n) for r in lib]
+    outcomes += [_evaluate_sql(conn, relation, r, n) for r in rules if r.kind == "sql"]
+    by_id = {r.id: r for r in rules}
+    for o in outcomes:
+        if not o.passed and sample_rows:
+            q = by_id[o.rule_id].sample_sql(relation, sample_rows)
+            if q:
+                o.sample = _rows(conn, q)
+    return outcomes
+
+
+def _evaluate_sql(conn: duckdb.DuckDBPyConnection, relation: str, rule: TableRule, n: int) -> RuleOutcome:
+    value = conn.execute(rule.violations_sql(relation)).fetchall()[0][0]
+    value = float(value) if value is not None else 0.0
+    return RuleOutcome(rule.id, rule.description, rule.severity, rule.passes(value, n),
+                       int(value) if value == int(value) else round(value, 4), "duckdb")
+
+
+def _evaluate_ge(conn, relation: str, rules: list[TableRule], n: int, name: str) -> list[RuleOutcome]:
+    from pql_pipeline.lib.ge_runner import run_expectations
+
+    cols = sorted({c for r in rules for c in r.needed_columns})
+    select = ", ".join(f'"{c}"' for c in cols) if cols else "1 AS _row"
+    df = conn.execute(f"SELECT {select} FROM {relation}").df()
+    by_id = {r.id: r for r in rules}
+    outcomes = []
+    for e in run_expectations(df, [r.to_ge() for r in rules], name=name):
+        rule = by_id[e.rule_id]
+        observed = e.observed_value if rule.kind == "row_count" else e.unexpected_count
+        outcomes.append(RuleOutcome(rule.id, rule.description, rule.severity, e.success, observed,
+                                    "great_expectations", []))
+    return outcomes
+
+
+def _rows(conn: duckdb.DuckDBPyConnection, sql: str) -> list[dict]:
+    cur = conn.execute(sql)
+    names = [d[0] for d in cur.description]
+    out = []
+    for row in cur.fetchall():
+        rec = {}
+        for k, v in zip(names, row):
+            s = v if isinstance(v, (int, float, bool)) or v is None else str(v)
+            if isinstance(s, str) and len(s) > 300:
+                s = s[:300] + "…"
+            rec[k] = s
+        out.append(rec)
+    return out
+
+
+def summarize(outcomes: list[RuleOutcome]) -> tuple[bool, bool]:
+    """(passed, any_error): passed when no rule failed; any_error when an error-severity rule failed."""
+    failed = [o for o in outcomes if not o.passed]
+    return not failed, any(o.severity == "error" for o in failed)
+
+
+def outcomes_markdown(outcomes: list[RuleOutcome], label: str | None = None) -> str:
+    head = "| " + ("partition | " if label else "") + "rule | severity | result | observed | engine |\n"
+    head += "|" + ("---|" if label else "") + "---|---|---|---|---|\n"
+    lines = []
+    for o in outcomes:
+        obs = json.dumps(o.observed, default=str) if not isinstance(o.observed, (int, float, str)) else o.observed
+        lines.append("| " + (f"{label} | " if label else "") +
+                     f"`{o.rule_id}` | {o.severity} | {'pass' if o.passed else '**FAIL**'} | {obs} | {o.engine} |")
+    return head + "\n".join(lines)

@@ -1,0 +1,90 @@
+"""Great Expectations 1.x through one ephemeral context per process.
+
+``import great_expectations`` costs seconds, so it happens here, lazily, the first time
+a suite actually runs; nothing else in the package imports it. Nothing is written to
+disk (ephemeral context) and GE's progress bars are off.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+_lock = threading.Lock()
+_context = None
+_counter = itertools.count()
+
+
+def _get_context():
+    global _context
+    with _lock:
+        if _context is None:
+            import great_expectations as gx
+            from great_expectations.data_context.types.base import ProgressBarsConfig
+
+            ctx = gx.get_context(mode="ephemeral")
+            ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+            _context = ctx
+        return _context
+
+
+@dataclass
+class ExpectationOutcome:
+    rule_id: str
+    expectation_type: str
+    success: bool
+    element_count: int | None = None
+    unexpected_count: int | None = None
+    observed_value: Any = None
+    partial_unexpected: list = field(default_factory=list)
+
+
+def run_expectations(df: pd.DataFrame, expectations: list, name: str = "suite") -> list[ExpectationOutcome]:
+    """Validate a DataFrame against GE expectations (each carrying meta.rule_id)."""
+    if not expectations:
+        return []
+    import great_expectations as gx
+
+    ctx = _get_context()
+    n = next(_counter)
+    with _lock:
+        suite = ctx.suites.add(gx.ExpectationSuite(name=f"{name}_{n}", expectations=expectations))
+        batch_def = (ctx.data_sources.add_pandas(name=f"src_{n}")
+                     .add_dataframe_asset(name=f"{name}_{n}")
+                     .add_batch_definition_whole_dataframe("whole"))
+    try:
+        result = batch_def.get_batch(batch_parameters={"dataframe": df}).validate(suite, result_format="SUMMARY")
+    finally:
+        with _lock:
+            ctx.suites.delete(suite.name)
+            ctx.data_sources.delete(f"src_{n}")
+    outcomes = []
+    for r in result.results:
+        cfg = r.expectation_config
+        res = r.result or {}
+        outcomes.append(ExpectationOutcome(
+            rule_id=(cfg.meta or {}).get("rule_id", cfg.type),
+            expectation_type=cfg.type,
+            success=bool(r.success),
+            element_count=res.get("element_count"),
+            unexpected_count=res.get("unexpected_count"),
+            observed_value=res.get("observed_value"),
+            partial_unexpected=_jsonable(res.get("partial_unexpected_list") or [])[:5],
+        ))
+    return outcomes
+
+
+def _jsonable(values: list) -> list:
+    out = []
+    for v in values:
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            out.append(v)
+        elif isinstance(v, dict):
+            out.append({k: str(x) for k, x in v.items()})
+        else:
+            out.append(str(v))
+    return out
