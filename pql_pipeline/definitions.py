@@ -41,9 +41,10 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     checks = build_ingest_checks(settings, daily)
     ingest_job = dg.define_asset_job(
         INGEST_JOB,
-        selection=dg.AssetSelection.assets("raw_events", "validated_events", "quarantined_events", "duplicate_events"),
+        selection=dg.AssetSelection.groups("ingest"),
         partitions_def=daily,
-        description="Load, validate and quarantine a partition (or a range) of events.",
+        description="Load, validate and quarantine a partition (or a range) of events, then refresh the "
+                    "users and accounts dimensions. Blocking checks stop the dimensions if the events fail.",
     )
     dims_job = dg.define_asset_job(
         DIMENSIONS_JOB,

@@ -107,3 +107,22 @@ def _batch(file: SourceFile, lines: list[bytes], first: int) -> pa.RecordBatch:
         ],
         schema=RAW_SCHEMA,
     )
+
+
+def available_partitions(root: Path, pattern: str) -> list[str]:
+    """Partition days that have at least one file under ``root`` matching ``pattern``."""
+    import re
+
+    if not root.is_dir():
+        return []
+    glob_expr = pattern.replace("{date}", "*")
+    regex = re.escape(pattern).replace(re.escape("{date}"), r"(\d{4}-\d{2}-\d{2})")
+    regex = regex.replace(r"\*", r"[^/]*").replace(r"\?", r"[^/]")
+    rx = re.compile(regex + r"$")
+    days = set()
+    for p in root.glob(glob_expr):
+        if p.is_file():
+            m = rx.match(p.relative_to(root).as_posix())
+            if m:
+                days.add(m.group(1))
+    return sorted(days)

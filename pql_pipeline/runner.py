@@ -1,0 +1,100 @@
+"""Materialize the pipeline from the command line and summarise the result.
+
+Runs go through the Dagster instance in ``DAGSTER_HOME`` (``make`` sets it to
+``.dagster_home``), so everything done here shows up in the UI afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from pql_pipeline.defs.ingest.loader import available_partitions
+from pql_pipeline.lib.warehouse import Warehouse, table_exists
+from pql_pipeline.settings import Settings
+
+
+class PipelineRunError(RuntimeError):
+    pass
+
+
+@dataclass
+class RunReport:
+    partitions: list[str]
+    run_ids: list[str] = field(default_factory=list)
+    succeeded: bool = True
+    checks: list[dict] = field(default_factory=list)
+    failed_steps: list[str] = field(default_factory=list)
+
+
+def materialize_all(settings: Settings, instance: dg.DagsterInstance, partitions: list[str] | None = None,
+                    defs: dg.Definitions | None = None) -> RunReport:
+    """Run the ingest job over every partition that has files, as one single-run range."""
+    from pql_pipeline.definitions import INGEST_JOB, build_definitions
+
+    defs = defs or build_definitions(settings)
+    parts = partitions if partitions is not None else available_partitions(settings.events_root, settings.source.pattern)
+    first = settings.partitions.start_date.isoformat()
+    if parts and parts[0] < first:
+        raise PipelineRunError(
+            f"event files start on {parts[0]} but partitions.start_date is {first}; "
+            "set partitions.start_date in the configuration to a day on or before the first file")
+    report = RunReport(partitions=parts)
+    if not parts:
+        raise PipelineRunError(
+            f"no event files match {settings.source.pattern!r} under {settings.events_root}; "
+            "run `pql generate` or point source.root at your Segment export")
+    jobs = [(INGEST_JOB, {"dagster/asset_partition_range_start": parts[0],
+                          "dagster/asset_partition_range_end": parts[-1]})]
+    for job_name, tags in jobs:
+        result = defs.resolve_job_def(job_name).execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+        report.run_ids.append(result.run_id)
+        report.succeeded &= result.success
+        for ev in result.get_asset_check_evaluations():
+            report.checks.append({"asset": ev.asset_key.to_user_string(), "check": ev.check_name,
+                                  "passed": ev.passed, "severity": ev.severity.value})
+        report.failed_steps += [e.step_key for e in result.all_events if e.is_step_failure and e.step_key]
+        if not result.success:
+            break
+    return report
+
+
+def warehouse_summary(settings: Settings) -> dict[str, int]:
+    wh = Warehouse(database=str(settings.warehouse_path))
+    out = {}
+    with wh.get_connection() as conn:
+        for t in ("raw_events", "validated_events", "duplicate_events", "quarantined_events", "users", "accounts"):
+            out[t] = conn.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] if table_exists(conn, t) else 0
+        if table_exists(conn, "quarantined_events"):
+            out["by_rule"] = conn.execute(
+                "SELECT rule_id, count(*) FROM quarantined_events GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
+    return out
+
+
+def format_summary(settings: Settings, report: RunReport) -> str:
+    s = warehouse_summary(settings)
+    raw = s["raw_events"]
+    lines = [
+        f"partitions      {report.partitions[0]} .. {report.partitions[-1]} ({len(report.partitions)} days)"
+        if report.partitions else "partitions      none",
+        f"rows ingested   {raw:,}",
+        f"validated       {s['validated_events']:,}",
+        f"duplicates      {s['duplicate_events']:,}",
+        f"quarantined     {s['quarantined_events']:,} ({(s['quarantined_events'] / raw if raw else 0):.2%})",
+        f"reconciles      {'yes' if raw == s['validated_events'] + s['duplicate_events'] + s['quarantined_events'] else 'NO'}",
+        f"users           {s['users']:,}",
+        f"accounts        {s['accounts']:,}",
+    ]
+    if s.get("by_rule"):
+        lines.append("quarantined by rule:")
+        lines += [f"  {rule:<28} {n:,}" for rule, n in s["by_rule"]]
+    lines.append("checks:")
+    width = max((len(f"{c['asset']}.{c['check']}") for c in report.checks), default=10)
+    for c in sorted(report.checks, key=lambda c: (c["asset"], c["check"])):
+        verdict = "pass" if c["passed"] else ("FAIL (blocks downstream)" if c["severity"] == "ERROR" else "warn")
+        lines.append(f"  {c['asset'] + '.' + c['check']:<{width}}  {verdict}")
+    lines.append(f"warehouse       {settings.warehouse_path}")
+    lines.append("result          " + ("success" if report.succeeded else
+                                       "FAILED at " + ", ".join(sorted(set(report.failed_steps)))))
+    return "\n".join(lines)
