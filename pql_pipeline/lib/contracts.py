@@ -136,24 +136,30 @@ class TableRule:
             cols = ", ".join(_q(x) for x in self.columns)
             return (f"SELECT coalesce(sum(n), 0) FROM (SELECT count(*) AS n FROM {table} "
                     f"GROUP BY {cols} HAVING count(*) > 1)")
+        if self.kind in ("in_set", "between", "pattern"):
+            return f"SELECT count(*) FROM {table} WHERE {self._bad_row_condition()}"
+        if self.kind == "row_count":
+            return f"SELECT count(*) FROM {table}"
+        if self.kind == "sql":
+            return self.params["query"].replace("{table}", table)
+        raise ContractError(f"rule {self.id}: unknown kind {self.kind}")
+
+    def _bad_row_condition(self) -> str:
+        c = _q(self.column)
         if self.kind == "in_set":
             values = ", ".join(_lit(v) for v in self.params["values"])
-            return f"SELECT count(*) FROM {table} WHERE {c} IS NOT NULL AND {c} NOT IN ({values})"
+            return f"{c} IS NOT NULL AND {c} NOT IN ({values})"
         if self.kind == "between":
             conds = []
             if self.params.get("min") is not None:
                 conds.append(f"{c} < {_lit(self.params['min'])}")
             if self.params.get("max") is not None:
                 conds.append(f"{c} > {_lit(self.params['max'])}")
-            return f"SELECT count(*) FROM {table} WHERE {c} IS NOT NULL AND ({' OR '.join(conds) or 'FALSE'})"
+            return f"{c} IS NOT NULL AND ({' OR '.join(conds) or 'FALSE'})"
         if self.kind == "pattern":
-            return (f"SELECT count(*) FROM {table} WHERE {c} IS NOT NULL AND "
+            return (f"{c} IS NOT NULL AND "
                     f"NOT regexp_full_match(CAST({c} AS VARCHAR), {_lit(self.params['pattern'])})")
-        if self.kind == "row_count":
-            return f"SELECT count(*) FROM {table}"
-        if self.kind == "sql":
-            return self.params["query"].replace("{table}", table)
-        raise ContractError(f"rule {self.id}: unknown kind {self.kind}")
+        raise ContractError(f"rule {self.id}: {self.kind} has no row condition")
 
     def sample_sql(self, table: str, n: int) -> str | None:
         """Up to ``n`` offending rows, for check metadata; None for aggregate rules."""
@@ -168,8 +174,7 @@ class TableRule:
             return (f"SELECT {cols}, count(*) AS copies FROM {table} GROUP BY {cols} "
                     f"HAVING count(*) > 1 ORDER BY copies DESC LIMIT {n}")
         if self.kind in ("in_set", "between", "pattern"):
-            where = self.violations_sql(table).split(" WHERE ", 1)[1]
-            return f"SELECT * FROM {table} WHERE {where} LIMIT {n}"
+            return f"SELECT * FROM {table} WHERE {self._bad_row_condition()} LIMIT {n}"
         return None
 
     def passes(self, value: float, row_count: int) -> bool:
@@ -317,7 +322,7 @@ def table_rules(contract: Contract, object_name: str) -> list[TableRule]:
 
 
 def _quality_rule(contract: Contract, q: DataQuality, default_id: str, column: str | None) -> TableRule:
-    rid = q.id or q.name or default_id
+    rid = q.name or q.id or default_id
     where = f"{contract.path.name} rule {rid}"
     desc = q.description or rid
     sev = _severity(q)

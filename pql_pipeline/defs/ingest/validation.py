@@ -117,7 +117,7 @@ def compile_row_rules(contract: Contract) -> tuple[list[RowRule], list[str], int
             metric = q.metric or q.rule
             values = (q.arguments or {}).get("validValues")
             if metric == "invalidValues" and values:
-                rid = q.id or f"{p.name}.allowed"
+                rid = q.name or q.id or f"{p.name}.allowed"
                 cond = f"({jt} = 'VARCHAR' AND ({f}->>'$') NOT IN ({', '.join(_lit(str(v)) for v in values)}))"
                 reason = f"{_lit(p.name + ' not one of ' + ', '.join(map(str, values)) + ': ')} || {_show(f)}"
                 rules.append(RowRule(rid, cond, reason))
@@ -126,10 +126,11 @@ def compile_row_rules(contract: Contract) -> tuple[list[RowRule], list[str], int
     for q in env.quality or []:
         if (q.type or "").lower() != "custom" or (q.engine or "") != "row-predicate":
             raise ContractError(f"{contract.path.name}: {ENVELOPE} quality rules must be type custom, "
-                                f"engine row-predicate (rule {q.id})")
-        if not q.id or not isinstance(q.implementation, str):
-            raise ContractError(f"{contract.path.name}: row-predicate rules need an id and an implementation")
-        rules.append(RowRule(q.id, f"({q.implementation})", _lit(q.description or q.id)))
+                                f"engine row-predicate (rule {q.name or q.id})")
+        rid = q.name or q.id
+        if not rid or not isinstance(q.implementation, str):
+            raise ContractError(f"{contract.path.name}: row-predicate rules need a name and an implementation")
+        rules.append(RowRule(rid, f"({q.implementation})", _lit(q.description or rid)))
 
     # tracking plan
     plan = [o for o in contract.objects() if o.name != ENVELOPE]

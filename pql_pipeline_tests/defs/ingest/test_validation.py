@@ -1,0 +1,195 @@
+"""Row-level validation, deduplication and identity resolution on hand-built events."""
+
+import datetime as dt
+
+import pytest
+
+from pql_pipeline.defs.ingest.raw import load_partition
+from pql_pipeline.defs.ingest.validation import compile_row_rules, validate_partition
+from pql_pipeline_tests.conftest import track, write_lines
+
+DAY = "2026-01-02"
+
+
+def ingest(conn, root, contract, *days, lookback=7):
+    out = []
+    for d in days:
+        load_partition(conn, root, "dt={date}/*.jsonl*", "jsonl", d)
+        out.append(validate_partition(conn, contract, d, lookback))
+    return out
+
+
+def quarantine(conn):
+    return {r[0]: (r[1], r[2], r[3]) for r in conn.execute(
+        "SELECT line_no, rule_id, rule_ids, reasons FROM quarantined_events ORDER BY line_no").fetchall()}
+
+
+BAD_LINES = [
+    # (line, expected primary rule)
+    ({"type": "track", "event": "Feature Used", "userId": "u1", "timestamp": "2026-01-02T10:00:00Z",
+      "properties": {"feature": "x"}}, "messageId.required"),
+    ({"messageId": "", "type": "track", "event": "Feature Used", "userId": "u1",
+      "timestamp": "2026-01-02T10:00:00Z", "properties": {"feature": "x"}}, "messageId.required"),
+    ({"messageId": "b1", "type": "track", "event": "Feature Used", "timestamp": "2026-01-02T10:00:00Z",
+      "properties": {"feature": "x"}}, "identity.required"),
+    ({"messageId": "b2", "type": "track", "event": "Session Ended", "userId": "u1", "timestamp": "2026-01-02T10:00:00Z",
+      "properties": {"session_id": "s", "duration_seconds": "12s"}}, "properties.type"),
+    ({"messageId": "b3", "type": "track", "event": "Project Created", "userId": "u1",
+      "timestamp": "2026-01-02T10:00:00Z", "properties": {}}, "properties.required"),
+    ({"messageId": "b4", "type": "track", "event": "Projet Created", "userId": "u1",
+      "timestamp": "2026-01-02T10:00:00Z", "properties": {}}, "event.in_tracking_plan"),
+    ({"messageId": "b5", "type": "track", "event": "Feature Used", "userId": "u1", "timestamp": "yesterday",
+      "properties": {"feature": "x"}}, "timestamp.parse"),
+    ({"messageId": "b6", "type": "track", "event": "Feature Used", "userId": "u1", "timestamp": "2026-13-45T99:00:00Z",
+      "properties": {"feature": "x"}}, "timestamp.parse"),
+    ({"messageId": "b7", "type": "track", "event": "Feature Used", "userId": "u1", "timestamp": "2031-01-01T00:00:00Z",
+      "receivedAt": "2026-01-02T10:00:00Z", "properties": {"feature": "x"}}, "timestamp.not_future"),
+    ({"messageId": "b8", "type": "track", "event": "Feature Used", "userId": {"id": 1},
+      "timestamp": "2026-01-02T10:00:00Z", "properties": {"feature": "x"}}, "userId.type"),
+    ({"messageId": "b9", "type": "track", "event": "Feature Used", "userId": "u1", "timestamp": 1767000000,
+      "properties": {"feature": "x"}}, "timestamp.type"),
+    ({"messageId": "b10", "type": "track", "event": "Feature Used", "userId": "u1",
+      "timestamp": "2026-01-02T10:00:00Z", "properties": "oops"}, "properties.type"),
+    ({"messageId": "b11", "type": "bogus", "userId": "u1", "timestamp": "2026-01-02T10:00:00Z"}, "type.allowed"),
+    ({"messageId": "b12", "type": "track", "userId": "u1", "timestamp": "2026-01-02T10:00:00Z"},
+     "event.required_for_track"),
+    ({"messageId": "b13", "type": "group", "userId": "u1", "timestamp": "2026-01-02T10:00:00Z"},
+     "group_id.required_for_group"),
+    ({"messageId": "b14", "type": "track", "event": "Feature Used", "userId": "u1",
+      "timestamp": "2025-09-01T10:00:00Z", "receivedAt": "2026-01-02T10:00:00Z", "properties": {"feature": "x"}},
+     "timestamp.not_too_old"),
+    ({"messageId": "b15", "type": "track", "event": "Feature Used", "userId": "u1", "timestamp": "infinity",
+      "properties": {"feature": "x"}}, "timestamp.parse"),
+    ('{"messageId":"b16","type":"track",', "line.json"),
+    (b'{"messageId":"b17","type":"track","event":"Feature Used","userId":"u\xff\xfe","timestamp":"2026-01-02T10:00:00Z"}',
+     "line.utf8"),
+    ("", "line.empty"),
+    ("[1, 2]", "line.json_object"),
+    ("null", "line.json_object"),
+    ('{"messageId":"b18","type":"track","event":"Feature Used","userId":"u1","timestamp":"2026-01-02T10:00:00Z",'
+     '"properties":{"feature":"' + "x" * 40000 + '"}}', "line.max_bytes"),
+]
+
+
+def test_every_kind_of_bad_line_is_quarantined_with_its_rule(tmp_path, conn, segment_contract):
+    good = track("g1", "Feature Used", "2026-01-02T10:00:00Z", feature="x")
+    write_lines(tmp_path / f"dt={DAY}" / "events.jsonl", [good] + [line for line, _ in BAD_LINES])
+    (counts,) = ingest(conn, tmp_path, segment_contract, DAY)
+    assert counts.raw == len(BAD_LINES) + 1
+    assert counts.validated == 1 and counts.duplicates == 0
+    assert counts.quarantined == len(BAD_LINES)
+    q = quarantine(conn)
+    for i, (_, expected) in enumerate(BAD_LINES, start=2):
+        rule_id, rule_ids, reasons = q[i]
+        assert expected in rule_ids, (i, expected, rule_ids)
+        assert len(reasons) == len(rule_ids) and all(reasons), (i, reasons)
+    assert q[2][0] == "messageId.required"
+    # several problems on one line are all reported
+    assert set(q[11][1]) >= {"userId.type"} and set(q[13][1]) >= {"properties.type"}
+    # the bad bytes survive as escapes, so the line can be repaired and replayed
+    raw = conn.execute("SELECT raw_line FROM quarantined_events WHERE rule_id = 'line.utf8'").fetchall()[0][0]
+    assert "\\xff\\xfe" in raw
+    reason = conn.execute("SELECT reasons[1] FROM quarantined_events WHERE message_id = 'b2'").fetchall()[0][0]
+    assert reason == 'Session Ended: property duration_seconds must be number, got varchar: "12s"'
+
+
+def test_timestamps_normalised_to_utc(tmp_path, conn, segment_contract):
+    write_lines(tmp_path / f"dt={DAY}" / "e.jsonl", [
+        track("a", "Feature Used", "2026-01-02T10:00:00+02:00", feature="x"),
+        track("b", "Feature Used", "2026-01-01T23:30:00-05:00", feature="x"),
+        track("c", "Feature Used", "2026-01-02T08:00:00.123Z", feature="x"),
+    ])
+    ingest(conn, tmp_path, segment_contract, DAY)
+    got = dict(conn.execute("SELECT message_id, event_ts FROM validated_events").fetchall())
+    utc = dt.timezone.utc
+    assert got["a"] == dt.datetime(2026, 1, 2, 8, 0, tzinfo=utc)
+    assert got["b"] == dt.datetime(2026, 1, 2, 4, 30, tzinfo=utc)
+    assert got["c"] == dt.datetime(2026, 1, 2, 8, 0, 0, 123000, tzinfo=utc)
+
+
+def test_duplicates_first_wins_within_and_across_partitions(tmp_path, conn, segment_contract):
+    e1 = track("m1", "Feature Used", "2026-01-02T10:00:00Z", feature="first")
+    e1_resent = dict(e1, properties={"feature": "second"})  # same messageId, later copy loses
+    write_lines(tmp_path / "dt=2026-01-02" / "a.jsonl", [e1, e1_resent])
+    write_lines(tmp_path / "dt=2026-01-02" / "b.jsonl", [e1])
+    write_lines(tmp_path / "dt=2026-01-03" / "a.jsonl", [e1, track("m2", "Feature Used", "2026-01-03T10:00:00Z", feature="y")])
+    write_lines(tmp_path / "dt=2026-01-20" / "a.jsonl", [e1])  # beyond the lookback: a new event
+    c1, c2, c3 = ingest(conn, tmp_path, segment_contract, "2026-01-02", "2026-01-03", "2026-01-20", lookback=7)
+    assert (c1.validated, c1.duplicates) == (1, 2)
+    assert (c2.validated, c2.duplicates) == (1, 1)
+    assert (c3.validated, c3.duplicates) == (1, 0)
+    kept = conn.execute("SELECT properties->>'$.feature' FROM validated_events WHERE partition_date = '2026-01-02'"
+                        ).fetchall()
+    assert kept == [("first",)]
+    pointers = conn.execute("""SELECT partition_date::VARCHAR, source_file, line_no, first_partition_date::VARCHAR,
+                                      first_source_file, first_line_no FROM duplicate_events ORDER BY ALL""").fetchall()
+    assert pointers == [
+        ("2026-01-02", "dt=2026-01-02/a.jsonl", 2, "2026-01-02", "dt=2026-01-02/a.jsonl", 1),
+        ("2026-01-02", "dt=2026-01-02/b.jsonl", 1, "2026-01-02", "dt=2026-01-02/a.jsonl", 1),
+        ("2026-01-03", "dt=2026-01-03/a.jsonl", 1, "2026-01-02", "dt=2026-01-02/a.jsonl", 1),
+    ]
+
+
+def test_identity_resolution_anonymous_to_user_and_user_to_account(tmp_path, conn, segment_contract):
+    write_lines(tmp_path / "dt=2026-01-02" / "a.jsonl", [
+        track("s1", "Signed Up", "2026-01-02T09:00:00Z", user=None, anon="anon-1", method="email"),
+        {"messageId": "i1", "type": "identify", "userId": "u1", "anonymousId": "anon-1",
+         "timestamp": "2026-01-02T09:01:00Z", "traits": {"email": "a@b.c"}},
+        {"messageId": "g1", "type": "group", "userId": "u1", "groupId": "acct-1",
+         "timestamp": "2026-01-02T09:02:00Z", "traits": {"name": "Acme", "employees": 10}},
+        track("p1", "Project Created", "2026-01-02T09:03:00Z", project_id="p"),
+        track("x1", "Feature Used", "2026-01-02T09:04:00Z", user=None, anon="anon-never", feature="f"),
+    ])
+    write_lines(tmp_path / "dt=2026-01-03" / "a.jsonl", [
+        track("s2", "Feature Used", "2026-01-03T09:00:00Z", user=None, anon="anon-1", feature="f"),
+        {"messageId": "g2", "type": "group", "userId": "u1", "groupId": "acct-2",
+         "timestamp": "2026-01-03T10:00:00Z", "traits": {"name": "NewCo"}},
+        track("p2", "Project Created", "2026-01-03T11:00:00Z", project_id="q"),
+        dict(track("p3", "Project Created", "2026-01-03T11:30:00Z", project_id="r"), context={"groupId": "acct-9"}),
+    ])
+    ingest(conn, tmp_path, segment_contract, "2026-01-02", "2026-01-03")
+    got = {r[0]: r[1:] for r in conn.execute(
+        "SELECT message_id, resolved_user_id, account_id FROM validated_events").fetchall()}
+    assert got["s1"] == ("u1", "acct-1")   # anonymous before identify in the same partition
+    assert got["s2"] == ("u1", "acct-1")   # anonymous, linked in an earlier partition; acct-2 joined later
+    assert got["x1"] == (None, None)       # never identified: kept, unresolved
+    assert got["p1"] == ("u1", "acct-1")
+    assert got["p2"] == ("u1", "acct-2")   # as of the event: the user moved to acct-2 before it
+    assert got["p3"] == ("u1", "acct-9")   # an explicit context.groupId wins
+
+
+def test_rerun_of_a_partition_changes_nothing(tmp_path, conn, segment_contract):
+    write_lines(tmp_path / f"dt={DAY}" / "a.jsonl", [
+        track("a", "Feature Used", "2026-01-02T10:00:00Z", feature="x"),
+        track("a", "Feature Used", "2026-01-02T10:00:00Z", feature="x"),
+        "garbage",
+        {"messageId": "i", "type": "identify", "userId": "u1", "anonymousId": "z", "timestamp": "2026-01-02T09:00:00Z"},
+    ])
+
+    def snapshot():
+        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall()
+                for t in ("raw_events", "validated_events", "quarantined_events", "duplicate_events",
+                          "identity_links", "account_memberships")}
+
+    ingest(conn, tmp_path, segment_contract, DAY)
+    first = snapshot()
+    ingest(conn, tmp_path, segment_contract, DAY)
+    assert snapshot() == first
+    assert len(first["raw_events"]) == 4
+
+
+def test_tracking_plan_is_read_from_the_contract(segment_contract):
+    rules, fields, max_bytes = compile_row_rules(segment_contract)
+    ids = {r.id for r in rules}
+    assert {"messageId.required", "timestamp.parse", "event.in_tracking_plan", "properties.type",
+            "identity.required", "type.allowed"} <= ids
+    assert "Project Created" in next(r.condition for r in rules if r.id == "event.in_tracking_plan")
+    assert max_bytes == 32768 and "messageId" in fields
+
+
+@pytest.mark.parametrize("day", ["2026-01-02"])
+def test_empty_partition_is_fine(tmp_path, conn, segment_contract, day):
+    (tmp_path / f"dt={day}").mkdir()
+    (tmp_path / f"dt={day}" / "empty.jsonl").write_bytes(b"")
+    (c,) = ingest(conn, tmp_path, segment_contract, day)
+    assert (c.raw, c.validated, c.quarantined, c.duplicates) == (0, 0, 0, 0)
