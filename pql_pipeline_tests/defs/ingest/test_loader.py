@@ -1,0 +1,73 @@
+import gzip
+
+import duckdb
+
+from pql_pipeline.defs.ingest.loader import available_partitions, partition_files, read_jsonl
+from pql_pipeline.defs.ingest.raw import load_partition
+
+
+def _rows(f, chunk=1 << 20):
+    out = []
+    for b in read_jsonl(f, chunk_bytes=chunk):
+        out += list(zip(b.column("line_no").to_pylist(), b.column("raw_line").to_pylist(),
+                        b.column("utf8_valid").to_pylist(), b.column("line_bytes").to_pylist()))
+    return out
+
+
+def test_every_physical_line_is_kept(tmp_path):
+    d = tmp_path / "dt=2026-01-02"
+    d.mkdir()
+    (d / "a.jsonl").write_bytes(b'{"a":1}\r\n\n{"b":\xff}\n{"c":3}')  # CRLF, blank, bad bytes, no final newline
+    (f,) = partition_files(tmp_path, "dt={date}/*.jsonl*", "2026-01-02")
+    rows = _rows(f, chunk=5)  # tiny chunks: lines span chunk boundaries
+    assert [r[0] for r in rows] == [1, 2, 3, 4]
+    assert rows[0][1] == '{"a":1}' and rows[1][1] == ""
+    assert rows[2][2] is False and rows[2][1] == '{"b":\\xff}' and rows[2][3] == 7
+    assert rows[3][1] == '{"c":3}'
+
+
+def test_gzip_and_file_order(tmp_path):
+    d = tmp_path / "dt=2026-01-02"
+    d.mkdir()
+    with gzip.open(d / "b.jsonl.gz", "wb") as g:
+        g.write(b'{"x":1}\n{"x":2}\n')
+    (d / "a.jsonl").write_bytes(b'{"y":1}\n')
+    (d / "notes.txt").write_text("ignored: does not match the pattern")
+    files = partition_files(tmp_path, "dt={date}/*.jsonl*", "2026-01-02")
+    assert [f.relative for f in files] == ["dt=2026-01-02/a.jsonl", "dt=2026-01-02/b.jsonl.gz"]
+    assert [r[1] for r in _rows(files[1])] == ['{"x":1}', '{"x":2}']
+
+
+def test_available_partitions(tmp_path):
+    for day in ("2026-01-03", "2026-01-01"):
+        (tmp_path / f"dt={day}").mkdir()
+        (tmp_path / f"dt={day}" / "e.jsonl").write_text("{}\n")
+    (tmp_path / "dt=2026-01-02").mkdir()  # no files: not a partition
+    (tmp_path / "_ground_truth").mkdir()
+    (tmp_path / "_ground_truth" / "users.csv").write_text("x")
+    assert available_partitions(tmp_path, "dt={date}/*.jsonl*") == ["2026-01-01", "2026-01-03"]
+    assert available_partitions(tmp_path / "missing", "dt={date}/*.jsonl*") == []
+
+
+def test_parquet_rows_become_json_lines(tmp_path, conn):
+    d = tmp_path / "dt=2026-01-02"
+    d.mkdir()
+    duckdb.sql(f"""COPY (SELECT 'm' || i AS messageId, 'track' AS type, 'Feature Used' AS event, 'u1' AS userId,
+                      '2026-01-02T10:00:00Z' AS timestamp, {{'feature': 'x'}} AS properties FROM range(3) t(i))
+                   TO '{d / "part-0.parquet"}' (FORMAT parquet)""")
+    r = load_partition(conn, tmp_path, "dt={date}/*.parquet", "parquet", "2026-01-02")
+    assert r.rows == 3
+    lines = conn.execute("SELECT line_no, raw_line FROM raw_events ORDER BY line_no").fetchall()
+    assert lines[0][0] == 1
+    assert '"messageId":"m0"' in lines[0][1] and '"properties":{"feature":"x"}' in lines[0][1]
+
+
+def test_reload_replaces_the_partition(tmp_path, conn):
+    d = tmp_path / "dt=2026-01-02"
+    d.mkdir()
+    (d / "a.jsonl").write_text("{}\n{}\n")
+    load_partition(conn, tmp_path, "dt={date}/*.jsonl", "jsonl", "2026-01-02")
+    (d / "a.jsonl").write_text("{}\n")
+    r = load_partition(conn, tmp_path, "dt={date}/*.jsonl", "jsonl", "2026-01-02")
+    assert r.rows == 1
+    assert conn.execute("SELECT count(*) FROM raw_events").fetchall()[0][0] == 1
