@@ -1,0 +1,43 @@
+"""Helpers for tests that run real Dagster materializations on a temporary warehouse."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+from pql_pipeline.definitions import INGEST_JOB, build_definitions
+from pql_pipeline.lib.warehouse import Warehouse
+from pql_pipeline.settings import Settings, load_settings
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    defs: dg.Definitions
+    instance: dg.DagsterInstance
+
+    def run(self, start: str, end: str | None = None) -> dg.ExecuteInProcessResult:
+        tags = {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end or start}
+        return self.defs.resolve_job_def(INGEST_JOB).execute_in_process(
+            instance=self.instance, tags=tags, raise_on_error=False)
+
+    def checks(self, result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+        return {f"{e.asset_key.to_user_string()}:{e.check_name}": e for e in result.get_asset_check_evaluations()}
+
+    def query(self, sql: str) -> list[tuple]:
+        with Warehouse(database=str(self.settings.warehouse_path)).get_connection() as c:
+            return c.execute(sql).fetchall()
+
+
+def make_pipeline(monkeypatch, events: Path, warehouse: Path) -> Pipeline:
+    monkeypatch.setenv("PQL_EVENTS_DIR", str(events))
+    monkeypatch.setenv("PQL_WAREHOUSE", str(warehouse))
+    settings = load_settings()
+    return Pipeline(settings, build_definitions(settings), dg.DagsterInstance.ephemeral())
+
+
+def materialized(result: dg.ExecuteInProcessResult) -> set[str]:
+    return {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()
+            for e in [e.event_specific_data.materialization]}
