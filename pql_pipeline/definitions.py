@@ -51,8 +51,15 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         selection=dg.AssetSelection.assets("users", "accounts"),
         description="Rebuild the users and accounts dimensions from validated events.",
     )
-    return dg.Definitions(assets=assets, asset_checks=checks, jobs=[ingest_job, dims_job],
-                          resources=build_resources(settings))
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=checks,
+        jobs=[ingest_job, dims_job],
+        resources=build_resources(settings),
+        # One process per run: DuckDB allows a single writing process per file, and
+        # Great Expectations' import (seconds) is paid once per run instead of per step.
+        executor=dg.in_process_executor,
+    )
 
 
 defs = build_definitions(get_settings())
