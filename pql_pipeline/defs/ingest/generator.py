@@ -115,31 +115,31 @@ class Milestone:
 
 
 MILESTONES: tuple[Milestone, ...] = (
-    Milestone("invited_2_teammates", "activation", 1.6,
+    Milestone("invited_2_teammates", "activation", 2.4,
               "sent >= 2 Teammate Invited (any time in the period)",
               {"event": "Teammate Invited", "min_count": 2}),
-    Milestone("integration_connected", "activation", 1.3,
+    Milestone("integration_connected", "activation", 1.9,
               "sent >= 1 Integration Connected",
               {"event": "Integration Connected", "min_count": 1}),
-    Milestone("projects_3_in_14d", "activation", 1.0,
+    Milestone("projects_3_in_14d", "activation", 1.45,
               "sent >= 3 Project Created within 14 days (336 h) of signup; no project is ever "
               "created on day 14 after signup, so counting by UTC dates (days 0-13) gives the same",
               {"event": "Project Created", "min_count": 3, "within_days_of_signup": 14}),
-    Milestone("active_14_days", "activation", 0.7,
+    Milestone("active_14_days", "activation", 1.0,
               "events on >= 14 distinct UTC dates (of timestamp)",
               {"min_distinct_active_days": 14}),
-    Milestone("basics_tickets_3plus", "negative", -1.3,
+    Milestone("basics_tickets_3plus", "negative", -1.6,
               "sent >= 3 Support Ticket Opened with category 'basics'",
               {"event": "Support Ticket Opened", "where": {"category": "basics"}, "min_count": 3}),
-    Milestone("short_sessions", "negative", -0.9,
+    Milestone("short_sessions", "negative", -1.2,
               "more than half of the user's sessions are short: Session Ended.duration_seconds < 30",
               {"event": "Session Ended", "short_below_seconds": 30, "min_share_exclusive": 0.5}),
-    Milestone("errors_5plus", "negative", -0.6,
+    Milestone("errors_5plus", "negative", -0.8,
               "sent >= 5 Error Shown",
               {"event": "Error Shown", "min_count": 5}),
 )
 MILESTONE_NAMES = tuple(m.name for m in MILESTONES)
-INTERCEPT = -3.55
+INTERCEPT = -4.3
 SIZE_SEGMENTS = ("solo", "smb", "mid_market", "enterprise")
 SIZE_SHARES = (0.35, 0.40, 0.18, 0.07)
 SIZE_EFFECTS = {"solo": -0.5, "smb": 0.0, "mid_market": 0.35, "enterprise": 0.2}
@@ -596,7 +596,7 @@ class _Planner:
                     break
             a.signup_day = d
         lo, hi = _USERS_PER_SIZE[a.size]
-        base_n = lo if lo == hi else int(lo + math.floor((hi - lo + 1) * rng.random() ** 1.6))
+        base_n = lo if lo == hi else int(lo + math.floor((hi - lo + 1) * rng.random() ** 1.2))
         a.n_target = max(1, int(round(base_n * cfg.users_per_account_scale)))
         a.paid_plan = {"solo": "starter", "smb": "pro" if rng.random() < 0.6 else "starter",
                        "mid_market": "pro", "enterprise": "enterprise" if rng.random() < 0.6 else "pro"}[a.size]
@@ -645,16 +645,16 @@ class _Planner:
         if rng.random() < 0.22:
             life = 1 + int(rng.geometric(0.35))  # tried it, went quiet
         else:
-            life = int(rng.exponential(30 + 60 * a))
+            life = int(rng.exponential(40 + 90 * a))
         end = min(last, s0 + life)
         cand = np.arange(s0 + 1, end + 1)
         if cand.size:
-            p = (0.05 + 0.75 * a) * self.wdf[cand]
+            p = (0.08 + 0.8 * a) * self.wdf[cand]
             cand = cand[rng.random(cand.size) < p]
         days = np.concatenate((np.array([s0]), cand)).astype(np.int64)
         n = days.size
         n_sess = 1 + np.minimum(rng.poisson(0.15 + 1.0 * a, n), 5)
-        s = rng.beta(5.0, 2.0) if rng.random() < 0.15 else rng.beta(1.0, 7.0)
+        s = rng.beta(6.0, 2.0) if rng.random() < 0.2 else rng.beta(1.0, 7.0)
         n_short = rng.binomial(n_sess, s)
         u.days, u.n_sess, u.n_short = days, n_sess.astype(np.int64), n_short.astype(np.int64)
 
@@ -668,21 +668,21 @@ class _Planner:
         k = 1 + int(rng.binomial(4, 0.3 + 0.55 * a))
         u.onboarding = [(s0, 1)] + [(d, i + 2) for i, d in enumerate(pick(days[:4], k - 1))]
         # projects: builders create several in the first two weeks
-        b = float(rng.gamma(1.3, 1.15))
+        b = float(rng.gamma(1.3, 1.35))
         u.projects = pick(early, int(rng.poisson(b * (0.55 + a))))
         late = days[days >= s0 + 15]  # never on day 14: keeps "within 14 days" unambiguous
         if late.size:
             u.projects += pick(late, int(rng.poisson(0.04 * b * late.size)))
         # invites that are never accepted (teammates are added in _populate)
-        c = float(rng.gamma(0.5, 1.0))
-        u.invites = [(d, -1) for d in pick(days[days <= s0 + 21], int(rng.poisson(0.45 * c)))]
+        c = float(rng.gamma(0.6, 1.0))
+        u.invites = [(d, -1) for d in pick(days[days <= s0 + 21], int(rng.poisson(0.55 * c)))]
         # integrations
-        if rng.random() < 0.07 + 0.33 * a:
+        if rng.random() < 0.1 + 0.36 * a:
             ni = 1 + min(int(rng.poisson(0.4)), 3)
             names = rng.choice(len(_INTEGRATIONS), ni, replace=False)
             u.integrations = list(zip(pick(days[days <= s0 + 30], ni), (int(x) for x in names)))
         # support tickets: confused users ask "basics" questions early on
-        q = float(rng.gamma(0.3, 3.0))
+        q = float(rng.gamma(0.3, 3.5))
         nb = int(rng.poisson(q * min(1.0, n / 4)))
         tickets = [(d, 0) for d in pick(days[days <= s0 + 21], nb)]
         tickets += [(d, 1) for d in pick(days, int(rng.poisson(0.04)))]
@@ -690,8 +690,8 @@ class _Planner:
         tickets += [(d, 3) for d in pick(days, int(rng.poisson(0.3 * a)))]
         u.tickets = sorted(tickets)
         # errors
-        r = float(rng.gamma(0.6, 0.25))
-        u.errors = pick(days, int(rng.poisson(r * n)))
+        r = float(rng.gamma(0.6, 0.5))
+        u.errors = pick(days, int(rng.poisson(r * n ** 0.7)))
 
     def _ensure_full_session(self, u: _User, day: int) -> None:
         """A day with key events needs at least one non-short session."""
