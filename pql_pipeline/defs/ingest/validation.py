@@ -86,8 +86,31 @@ def _show(expr: str, width: int = 60) -> str:
     return f"left(coalesce(CAST({expr} AS VARCHAR), 'null'), {width})"
 
 
-def compile_row_rules(contract: Contract) -> tuple[list[RowRule], list[str], int]:
-    """Rules evaluated on parsable rows, the envelope fields to extract, and maxEventBytes."""
+def _jt(field: str) -> str:
+    """Column holding json_type() of an envelope field (computed once per row)."""
+    return _quote_ident("jt__" + field)
+
+
+def _sv(field: str) -> str:
+    """Column holding the trimmed string value of an envelope field (NULL unless a non-empty string)."""
+    return _quote_ident("sv__" + field)
+
+
+def _pt(prop: str) -> str:
+    """Column holding json_type() of a tracking-plan property inside ``properties``."""
+    return _quote_ident("pt__" + prop)
+
+
+@dataclass(frozen=True)
+class CompiledRules:
+    rules: list[RowRule]
+    fields: list[str]  # envelope fields extracted from each line
+    plan_properties: list[str]  # every property name of the tracking plan
+    max_bytes: int
+
+
+def compile_row_rules(contract: Contract) -> CompiledRules:
+    """Rules evaluated on parsable rows, over per-row columns computed once (see _checked_sql)."""
     env = contract.object(ENVELOPE)
     fields = [p.name for p in env.properties or []]
     for required in ("messageId", "type", "timestamp"):
@@ -95,22 +118,21 @@ def compile_row_rules(contract: Contract) -> tuple[list[RowRule], list[str], int
             raise ContractError(f"{contract.path.name}: {ENVELOPE} must declare {required!r}")
     rules: list[RowRule] = []
     for p in env.properties or []:
-        f = f"f.{_quote_ident(p.name)}"
-        jt = f"json_type({f})"
+        f = f"json_extract(raw_line, {_path(p.name)})"
+        jt, sv = _jt(p.name), _sv(p.name)
         if p.required:
-            cond = f"({jt} IS NULL OR {jt} = 'NULL' OR ({jt} = 'VARCHAR' AND trim({f}->>'$') = ''))"
+            cond = f"({jt} IS NULL OR {jt} = 'NULL' OR ({jt} = 'VARCHAR' AND {sv} IS NULL))"
             rules.append(RowRule(f"{p.name}.required", cond, _lit(f"{p.name} is missing")))
         if p.logicalType:
             allowed = JSON_TYPES.get(p.logicalType)
             if allowed is None:
                 raise ContractError(f"{contract.path.name}: {p.name}: unsupported logicalType {p.logicalType!r}")
-            cond = f"({jt} IS NOT NULL AND {jt} <> 'NULL' AND {jt} NOT IN {_types_sql(allowed)})"
+            cond = f"({jt} <> 'NULL' AND {jt} NOT IN {_types_sql(allowed)})"
             reason = f"{_lit(p.name + ' must be ' + p.logicalType + ', got ')} || lower({jt}) || ': ' || {_show(f)}"
             rules.append(RowRule(f"{p.name}.type", cond, reason))
             if p.logicalType in ("timestamp", "date"):
-                parsed = f"TRY_CAST({f}->>'$' AS TIMESTAMPTZ)"
-                cond = (f"({jt} = 'VARCHAR' AND trim({f}->>'$') <> '' AND "
-                        f"({parsed} IS NULL OR NOT isfinite({parsed})))")
+                parsed = _quote_ident("ts__" + p.name)
+                cond = f"({sv} IS NOT NULL AND ({parsed} IS NULL OR NOT isfinite({parsed})))"
                 reason = f"{_lit(p.name + ' is not an ISO-8601 timestamp: ')} || {_show(f)}"
                 rules.append(RowRule(f"{p.name}.parse", cond, reason))
         for q in p.quality or []:
@@ -118,7 +140,7 @@ def compile_row_rules(contract: Contract) -> tuple[list[RowRule], list[str], int
             values = (q.arguments or {}).get("validValues")
             if metric == "invalidValues" and values:
                 rid = q.name or q.id or f"{p.name}.allowed"
-                cond = f"({jt} = 'VARCHAR' AND ({f}->>'$') NOT IN ({', '.join(_lit(str(v)) for v in values)}))"
+                cond = f"({sv} NOT IN ({', '.join(_lit(str(v)) for v in values)}))"
                 reason = f"{_lit(p.name + ' not one of ' + ', '.join(map(str, values)) + ': ')} || {_show(f)}"
                 rules.append(RowRule(rid, cond, reason))
             elif metric is not None:
@@ -132,8 +154,9 @@ def compile_row_rules(contract: Contract) -> tuple[list[RowRule], list[str], int
             raise ContractError(f"{contract.path.name}: row-predicate rules need a name and an implementation")
         rules.append(RowRule(rid, f"({q.implementation})", _lit(q.description or rid)))
 
-    # tracking plan
+    # tracking plan: one schema object per track event
     plan = [o for o in contract.objects() if o.name != ENVELOPE]
+    plan_props: list[str] = []
     if plan:
         names = ", ".join(_lit(o.name) for o in plan)
         rules.append(RowRule(
@@ -141,34 +164,39 @@ def compile_row_rules(contract: Contract) -> tuple[list[RowRule], list[str], int
             f"(event_type = 'track' AND event_name IS NOT NULL AND event_name NOT IN ({names}))",
             f"'event ' || {_show('event_name')} || ' is not in the tracking plan'",
         ))
-        req_conds, req_reasons, type_conds, type_reasons = [], [], [], []
+        req: dict[str, list[tuple[str, str]]] = {}
+        typ: dict[str, list[tuple[str, str]]] = {}
         for o in plan:
             for p in o.properties or []:
-                path = _path(p.name)
-                jt = f"json_type(f.properties, {path})"
-                is_event = f"event_name = {_lit(o.name)}"
+                if p.name not in plan_props:
+                    plan_props.append(p.name)
+                pt = _pt(p.name)
                 if p.required:
-                    c = f"({is_event} AND ({jt} IS NULL OR {jt} = 'NULL'))"
-                    req_conds.append(c)
-                    req_reasons.append((c, _lit(f"{o.name}: property {p.name} is required")))
+                    req.setdefault(o.name, []).append(
+                        (f"({pt} IS NULL OR {pt} = 'NULL')", _lit(f"{o.name}: property {p.name} is required")))
                 if p.logicalType:
                     allowed = JSON_TYPES.get(p.logicalType)
                     if allowed is None:
                         raise ContractError(f"{contract.path.name}: {o.name}.{p.name}: "
                                             f"unsupported logicalType {p.logicalType!r}")
-                    c = f"({is_event} AND {jt} IS NOT NULL AND {jt} <> 'NULL' AND {jt} NOT IN {_types_sql(allowed)})"
-                    type_conds.append(c)
-                    type_reasons.append((c, f"{_lit(o.name + ': property ' + p.name + ' must be ' + p.logicalType + ', got ')}"
-                                            f" || lower({jt}) || ': ' || {_show(f'json_extract(f.properties, {path})')}"))
-        plan_guard = "(event_type = 'track' AND json_type(f.properties) = 'OBJECT')"
-        if req_conds:
-            rules.append(RowRule("properties.required", f"({plan_guard} AND ({' OR '.join(req_conds)}))",
-                                 _first_reason(req_reasons)))
-        if type_conds:
-            rules.append(RowRule("properties.type", f"({plan_guard} AND ({' OR '.join(type_conds)}))",
-                                 _first_reason(type_reasons)))
+                    shown = _show(f"json_extract(raw_line, {_lit('$.properties.' + _path(p.name)[3:-1])})")
+                    typ.setdefault(o.name, []).append((
+                        f"({pt} <> 'NULL' AND {pt} NOT IN {_types_sql(allowed)})",
+                        f"{_lit(o.name + ': property ' + p.name + ' must be ' + p.logicalType + ', got ')}"
+                        f" || lower({pt}) || ': ' || {shown}"))
+        guard = f"event_type = 'track' AND {_jt('properties')} = 'OBJECT'"
+        for rid, by_event in (("properties.required", req), ("properties.type", typ)):
+            if not by_event:
+                continue
+            # CASE on the event name: each row evaluates only its own event's conditions
+            cond = (f"({guard} AND CASE event_name " +
+                    " ".join(f"WHEN {_lit(e)} THEN ({' OR '.join(c for c, _ in cs)})" for e, cs in by_event.items()) +
+                    " ELSE FALSE END)")
+            reason = ("CASE event_name " + " ".join(f"WHEN {_lit(e)} THEN {_first_reason(cs)}"
+                                                    for e, cs in by_event.items()) + " END")
+            rules.append(RowRule(rid, cond, reason))
     max_bytes = int(contract.custom("maxEventBytes", 32768))
-    return rules, fields, max_bytes
+    return CompiledRules(rules, fields, plan_props, max_bytes)
 
 
 def _first_reason(pairs: list[tuple[str, str]]) -> str:
@@ -177,6 +205,96 @@ def _first_reason(pairs: list[tuple[str, str]]) -> str:
 
 def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def _checked_sql(compiled: CompiledRules, pdate: str, p_start: str, p_end: str) -> str:
+    """One pass over a raw partition.
+
+    Each valid line is parsed a handful of times in total, whatever the number of rules:
+    one ``json_valid``, one ``json_type`` over every envelope path, one ``json_transform``
+    for the scalar fields, one ``json_type`` over every tracking-plan property, one
+    ``json_extract`` of the nested objects. Rule flags are computed once per row; reason
+    sentences only for rows that broke a rule.
+    """
+    fields, rules = compiled.fields, compiled.rules
+    paths = "[" + ", ".join(_path(x) for x in fields) + "]"
+    scalar = [x for x in fields if x not in ("properties", "traits", "context")]
+    structure = "{" + ", ".join(f'"{x}": "VARCHAR"' for x in scalar) + "}"
+    jts = ", ".join(f"jt[{i + 1}] AS {_jt(x)}" for i, x in enumerate(fields))
+    svs = ", ".join(f"CASE WHEN jt[{fields.index(x) + 1}] = 'VARCHAR' THEN NULLIF(trim(s.{_quote_ident(x)}), '') END "
+                    f"AS {_sv(x)}" for x in scalar)
+    tss = ", ".join(f"TRY_CAST({_sv(x)} AS TIMESTAMPTZ) AS {_quote_ident('ts__' + x)}"
+                    for x in scalar if x in ("timestamp", "receivedAt", "sentAt"))
+    props = compiled.plan_properties
+    ppaths = "[" + ", ".join(_lit("$.properties." + _path(x)[3:-1]) for x in props) + "]"
+    pts = ", ".join(f"pjt[{i + 1}] AS {_pt(x)}" for i, x in enumerate(props)) or "NULL AS _no_plan"
+    flags = ", ".join(f"coalesce({r.condition}, FALSE) AS r{i}" for i, r in enumerate(rules))
+    any_bad = " OR ".join(f"r{i}" for i in range(len(rules))) or "FALSE"
+    ids = "[" + ", ".join(f"CASE WHEN r{i} THEN {_lit(r.id)} END" for i, r in enumerate(rules)) + "]"
+    reasons = "[" + ", ".join(f"CASE WHEN r{i} THEN {r.reason} END" for i, r in enumerate(rules)) + "]"
+    objects = [x for x in ("properties", "traits", "context") if x in fields]
+    opaths = "[" + ", ".join(_path(x) for x in objects) + "]"
+
+    def sv(x: str) -> str:
+        return _sv(x) if x in scalar else "NULL::VARCHAR"
+
+    def ts(x: str) -> str:
+        return _quote_ident("ts__" + x) if x in scalar else "NULL::TIMESTAMPTZ"
+
+    def obj(x: str) -> str:
+        if x not in objects:
+            return f"NULL::JSON AS {x}"
+        return f"CASE WHEN {_jt(x)} = 'OBJECT' THEN objs[{objects.index(x) + 1}] END AS {x}"
+
+    ctx_group = (f"CASE WHEN {_jt('context')} = 'OBJECT' THEN "
+                 f"NULLIF(trim(json_extract_string(raw_line, '$.context.groupId')), '') END"
+                 if "context" in fields else "NULL")
+    return f"""
+        CREATE OR REPLACE TEMP TABLE _checked AS
+        WITH lines AS (
+            SELECT source_file, line_no, raw_line, line_bytes,
+                   CASE WHEN NOT utf8_valid THEN 'line.utf8'
+                        WHEN line_bytes > {compiled.max_bytes} THEN 'line.max_bytes'
+                        WHEN trim(raw_line) = '' THEN 'line.empty'
+                        WHEN NOT json_valid(raw_line) THEN 'line.json'
+                        WHEN NOT starts_with(ltrim(raw_line), '{{') THEN 'line.json_object'
+                   END AS line_rule
+            FROM raw_events WHERE partition_date = {pdate}
+        ), parsed AS (
+            SELECT source_file, line_no, raw_line, json_type(raw_line, {paths}) AS jt,
+                   json_transform(raw_line, '{structure}') AS s
+            FROM lines WHERE line_rule IS NULL
+        ), d1 AS (SELECT source_file, line_no, raw_line, {jts}, {svs} FROM parsed
+        ), d2 AS (
+            SELECT *, {tss},
+                   {sv('messageId')} AS message_id, {sv('type')} AS event_type,
+                   CASE WHEN {sv('type')} = 'track' THEN {sv('event')}
+                        WHEN {sv('type')} IN ('page', 'screen') THEN {sv('name')} END AS event_name,
+                   {sv('userId')} AS user_id, {sv('anonymousId')} AS anonymous_id, {sv('previousId')} AS previous_id,
+                   CASE WHEN {_jt('properties') if 'properties' in fields else 'NULL'} = 'OBJECT'
+                        THEN json_type(raw_line, {ppaths}) END AS pjt
+            FROM d1
+        ), d3 AS (
+            SELECT *, {pts}, coalesce({sv('groupId')}, {ctx_group}) AS group_id,
+                   {ts('timestamp')} AS event_ts, {ts('receivedAt')} AS received_at, {ts('sentAt')} AS sent_at,
+                   {p_start} AS partition_start, {p_end} AS partition_end
+            FROM d2
+        ), flagged AS (SELECT *, {flags} FROM d3
+        ), judged AS (
+            SELECT *, {any_bad} AS bad,
+                   CASE WHEN NOT ({any_bad}) THEN json_extract(raw_line, {opaths}) END AS objs
+            FROM flagged
+        )
+        SELECT source_file, line_no, raw_line, message_id, event_type, event_name, user_id, anonymous_id,
+               previous_id, group_id, event_ts, received_at, sent_at, {", ".join(obj(x) for x in ("properties", "traits", "context"))},
+               CASE WHEN bad THEN list_filter({ids}, lambda x: x IS NOT NULL) ELSE [] END AS rule_ids,
+               CASE WHEN bad THEN list_filter({reasons}, lambda x: x IS NOT NULL) ELSE [] END AS reasons
+        FROM judged
+        UNION ALL
+        SELECT source_file, line_no, raw_line, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+               NULL, NULL, NULL, [line_rule], [{_line_reason()}]
+        FROM lines WHERE line_rule IS NOT NULL
+    """
 
 
 # --------------------------------------------------------------------------- the run
@@ -201,44 +319,15 @@ def validate_partition(
     dedup_lookback_days: int = 7,
 ) -> PartitionCounts:
     """Rebuild one partition of validated / quarantined / duplicate events and identity tables."""
-    rules, fields, max_bytes = compile_row_rules(contract)
+    compiled = compile_row_rules(contract)
     day = dt.date.fromisoformat(partition)
     p_start = f"TIMESTAMPTZ '{day.isoformat()} 00:00:00+00'"
     p_end = f"TIMESTAMPTZ '{(day + dt.timedelta(days=1)).isoformat()} 00:00:00+00'"
-    structure = "{" + ", ".join(f'"{f}": "JSON"' for f in fields) + "}"
-    typed = _typed_columns(fields)
-    ids = "[" + ", ".join(f"CASE WHEN {r.condition} THEN {_lit(r.id)} END" for r in rules) + "]"
-    reasons = "[" + ", ".join(f"CASE WHEN {r.condition} THEN {r.reason} END" for r in rules) + "]"
     pdate = f"DATE '{partition}'"
 
     conn.execute("BEGIN TRANSACTION")
     try:
-        conn.execute(f"""
-            CREATE OR REPLACE TEMP TABLE _checked AS
-            WITH lines AS (
-                SELECT source_file, line_no, raw_line, line_bytes, utf8_valid,
-                       CASE WHEN NOT utf8_valid THEN 'line.utf8'
-                            WHEN line_bytes > {max_bytes} THEN 'line.max_bytes'
-                            WHEN trim(raw_line) = '' THEN 'line.empty'
-                            WHEN NOT json_valid(raw_line) THEN 'line.json'
-                            WHEN json_type(raw_line) <> 'OBJECT' THEN 'line.json_object'
-                       END AS line_rule
-                FROM raw_events WHERE partition_date = {pdate}
-            ), parsed AS (
-                SELECT *, CASE WHEN line_rule IS NULL THEN json_transform(raw_line, '{structure}') END AS f
-                FROM lines
-            ), typed AS (
-                SELECT *, {typed},
-                       {p_start} AS partition_start, {p_end} AS partition_end
-                FROM parsed
-            )
-            SELECT * EXCLUDE (partition_start, partition_end),
-                   CASE WHEN line_rule IS NOT NULL THEN [line_rule]
-                        ELSE list_filter({ids}, lambda x: x IS NOT NULL) END AS rule_ids,
-                   CASE WHEN line_rule IS NOT NULL THEN [{_line_reason()}]
-                        ELSE list_filter({reasons}, lambda x: x IS NOT NULL) END AS reasons
-            FROM typed
-        """)
+        conn.execute(_checked_sql(compiled, pdate, p_start, p_end))
         for table in ("quarantined_events", "duplicate_events", "validated_events", "identity_links",
                       "account_memberships"):
             conn.execute(f"DELETE FROM {table} WHERE partition_date = {pdate}")
@@ -287,41 +376,6 @@ def validate_partition(
     for t in ("_checked", "_ranked", "_earlier", "_valid"):
         conn.execute(f"DROP TABLE IF EXISTS {t}")
     return partition_counts(conn, partition)
-
-
-def _typed_columns(fields: list[str]) -> str:
-    def s(field: str) -> str:
-        return f"NULLIF(trim(f.{_quote_ident(field)}->>'$'), '')" if field in fields else "NULL::VARCHAR"
-
-    def s_str(field: str) -> str:
-        # only string values become typed ids; wrong types are caught by the .type rules
-        if field not in fields:
-            return "NULL::VARCHAR"
-        fq = f"f.{_quote_ident(field)}"
-        return f"CASE WHEN json_type({fq}) = 'VARCHAR' THEN NULLIF(trim({fq}->>'$'), '') END"
-
-    def ts(field: str) -> str:
-        if field not in fields:
-            return "NULL::TIMESTAMPTZ"
-        fq = f"f.{_quote_ident(field)}"
-        return f"CASE WHEN json_type({fq}) = 'VARCHAR' THEN TRY_CAST({fq}->>'$' AS TIMESTAMPTZ) END"
-
-    ctx_group = "NULLIF(trim(json_extract_string(f.context, '$.groupId')), '')" if "context" in fields else "NULL"
-    cols = [f"{s_str(seg)} AS {col}" for col, seg in TYPED_COLUMNS.items()]
-    cols += [
-        f"CASE WHEN {s_str('type')} = 'track' THEN {s_str('event')} "
-        f"WHEN {s_str('type')} IN ('page', 'screen') THEN {s_str('name')} END AS event_name",
-        f"coalesce({s_str('groupId')}, {ctx_group}) AS group_id",
-        f"{ts('timestamp')} AS event_ts",
-        f"{ts('receivedAt')} AS received_at",
-        f"{ts('sentAt')} AS sent_at",
-    ]
-    for j in ("properties", "traits", "context"):
-        fq = f"f.{_quote_ident(j)}"
-        cols.append(f"CASE WHEN json_type({fq}) = 'OBJECT' THEN {fq} END AS {j}" if j in fields
-                    else f"NULL::JSON AS {j}")
-    del s
-    return ", ".join(cols)
 
 
 def _line_reason() -> str:

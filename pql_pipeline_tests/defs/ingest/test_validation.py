@@ -179,12 +179,14 @@ def test_rerun_of_a_partition_changes_nothing(tmp_path, conn, segment_contract):
 
 
 def test_tracking_plan_is_read_from_the_contract(segment_contract):
-    rules, fields, max_bytes = compile_row_rules(segment_contract)
+    compiled = compile_row_rules(segment_contract)
+    rules = compiled.rules
     ids = {r.id for r in rules}
     assert {"messageId.required", "timestamp.parse", "event.in_tracking_plan", "properties.type",
             "identity.required", "type.allowed"} <= ids
     assert "Project Created" in next(r.condition for r in rules if r.id == "event.in_tracking_plan")
-    assert max_bytes == 32768 and "messageId" in fields
+    assert compiled.max_bytes == 32768 and "messageId" in compiled.fields
+    assert {"project_id", "duration_seconds"} <= set(compiled.plan_properties)
 
 
 @pytest.mark.parametrize("day", ["2026-01-02"])
