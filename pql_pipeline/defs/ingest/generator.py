@@ -49,11 +49,13 @@ import datetime as dt
 import itertools
 import json
 import math
+import operator
 import random
 import shutil
 import sys
 import time
 import unicodedata
+from array import array
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -115,31 +117,37 @@ class Milestone:
 
 
 MILESTONES: tuple[Milestone, ...] = (
-    Milestone("invited_2_teammates", "activation", 2.4,
+    Milestone("invited_2_teammates", "activation", 3.6,
               "sent >= 2 Teammate Invited (any time in the period)",
               {"event": "Teammate Invited", "min_count": 2}),
-    Milestone("integration_connected", "activation", 1.9,
+    Milestone("integration_connected", "activation", 2.7,
               "sent >= 1 Integration Connected",
               {"event": "Integration Connected", "min_count": 1}),
-    Milestone("projects_3_in_14d", "activation", 1.45,
+    Milestone("projects_3_in_14d", "activation", 1.8,
               "sent >= 3 Project Created within 14 days (336 h) of signup; no project is ever "
               "created on day 14 after signup, so counting by UTC dates (days 0-13) gives the same",
               {"event": "Project Created", "min_count": 3, "within_days_of_signup": 14}),
-    Milestone("active_14_days", "activation", 1.0,
+    Milestone("active_14_days", "activation", 0.9,
               "events on >= 14 distinct UTC dates (of timestamp)",
               {"min_distinct_active_days": 14}),
-    Milestone("basics_tickets_3plus", "negative", -1.6,
+    Milestone("basics_tickets_3plus", "negative", -2.0,
               "sent >= 3 Support Ticket Opened with category 'basics'",
               {"event": "Support Ticket Opened", "where": {"category": "basics"}, "min_count": 3}),
-    Milestone("short_sessions", "negative", -1.2,
+    Milestone("short_sessions", "negative", -1.4,
               "more than half of the user's sessions are short: Session Ended.duration_seconds < 30",
               {"event": "Session Ended", "short_below_seconds": 30, "min_share_exclusive": 0.5}),
-    Milestone("errors_5plus", "negative", -0.8,
+    Milestone("errors_5plus", "negative", -1.0,
               "sent >= 5 Error Shown",
               {"event": "Error Shown", "min_count": 5}),
 )
 MILESTONE_NAMES = tuple(m.name for m in MILESTONES)
-INTERCEPT = -4.3
+# per-user behaviour counts written to users.csv (over the whole period, clean lines only)
+COUNT_COLUMNS = (
+    "projects_created", "projects_in_14d", "teammates_invited", "integrations_connected", "active_days",
+    "support_tickets_basics", "support_tickets", "session_count", "short_session_count", "errors",
+    "onboarding_steps",
+)
+INTERCEPT = -5.1
 SIZE_SEGMENTS = ("solo", "smb", "mid_market", "enterprise")
 SIZE_SHARES = (0.35, 0.40, 0.18, 0.07)
 SIZE_EFFECTS = {"solo": -0.5, "smb": 0.0, "mid_market": 0.35, "enterprise": 0.2}
@@ -282,6 +290,8 @@ K_SIGNUP, K_ONBOARD, K_PROJECT, K_INVITE, K_INTEGRATION, K_TICKET, K_ERROR, K_PL
 _PLAN_CODES = ("free", "trial", "starter", "pro", "enterprise")
 
 DAY_MS = 86_400_000
+_first = operator.itemgetter(0)
+_WRITE_BATCH = 20_000  # lines joined and encoded at a time
 _EPOCH = dt.date(1970, 1, 1)
 
 # --------------------------------------------------------------------------- public API
@@ -366,16 +376,26 @@ def generate_events(config: GeneratorConfig, out_dir: Path, progress: bool = Fal
     )
 
 
+class ForeignOutputError(FileExistsError):
+    """``out_dir`` holds ``dt=*`` partitions that the generator did not write."""
+
+
 def _clean_output(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f"{out_dir} exists and is not a directory")
+        raise NotADirectoryError(f"{out_dir} exists and is not a directory; choose a folder for the events")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for p in sorted(out_dir.glob("dt=*")):
+    gt = out_dir / "_ground_truth"
+    partitions = sorted(out_dir.glob("dt=*"))
+    if partitions and not gt.exists():
+        # every generator run writes _ground_truth first: these partitions are someone's real data
+        raise ForeignOutputError(
+            f"{out_dir} holds dt=* partitions without a _ground_truth folder, so the generator did not write "
+            "them; choose another output folder (or delete those partitions yourself)")
+    for p in partitions:
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
         else:
             p.unlink()
-    gt = out_dir / "_ground_truth"
     if gt.is_dir() and not gt.is_symlink():
         shutil.rmtree(gt)
     elif gt.exists() or gt.is_symlink():
@@ -455,13 +475,30 @@ def _uuid4(bits: int) -> str:
 _UUID_MASK = ((1 << 128) - 1) ^ ((0xF << 76) | (0x3 << 62))
 _UUID_SET = (0x4 << 76) | (0x2 << 62)
 
+
+def _uuid_stream(seed: int, day: int, block: int = 2048):
+    """Endless deterministic stream of random (version 4) UUID strings, made in numpy blocks."""
+    gen = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(5, day)))
+    dash = ord("-")
+    while True:
+        block = min(block * 2, 65_536)
+        raw = np.frombuffer(gen.bytes(16 * block), dtype=np.uint8).reshape(block, 16).copy()
+        raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40
+        raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
+        hexs = np.frombuffer(raw.tobytes().hex().encode("ascii"), dtype=np.uint8).reshape(block, 32)
+        out = np.full((block, 36), dash, dtype=np.uint8)
+        out[:, 0:8], out[:, 9:13], out[:, 14:18] = hexs[:, 0:8], hexs[:, 8:12], hexs[:, 12:16]
+        out[:, 19:23], out[:, 24:36] = hexs[:, 16:20], hexs[:, 20:32]
+        text = out.tobytes().decode("ascii")
+        yield from [text[i : i + 36] for i in range(0, 36 * block, 36)]
+
 # --------------------------------------------------------------------------- planning
 
 
 class _Account:
     __slots__ = (
         "idx", "account_id", "name", "size", "employees", "industry", "country", "plan", "signup_day",
-        "n_target", "domain", "currency", "members", "paid_plan", "timeline", "converted",
+        "n_target", "domain", "currency", "members", "paid_plan", "timeline", "converted", "person",
         "first_conversion_day", "_traits",
     )
 
@@ -500,7 +537,7 @@ class _User:
         "days", "n_sess", "n_short", "projects", "invites", "integrations", "tickets", "errors",
         "onboarding", "plan_events", "conversion_day", "first_in_account", "converted", "censored",
         "u_draw", "probability", "flags", "counts", "signup_ms", "converted_at_ms",
-        "ident", "anon_ident", "group_ident", "ctx_track", "ctx_plain", "off_ms", "suffix",
+        "ident", "anon_ident", "group_ident", "ctx_track", "ctx_plain",
     )
 
     def __init__(self) -> None:
@@ -536,22 +573,57 @@ class _Plan:
     weekday_factor: np.ndarray = field(repr=False)
 
 
+def _poisson(rnd, lam: float) -> int:
+    """Poisson draw from uniforms (Knuth; normal approximation for large means)."""
+    if lam <= 0:
+        return 0
+    if lam > 30:
+        u1, u2 = 1.0 - rnd(), rnd()
+        z = math.sqrt(-2.0 * math.log(u1)) * math.cos(2 * math.pi * u2)
+        return max(0, int(round(lam + z * math.sqrt(lam))))
+    limit, k, p = math.exp(-lam), 0, rnd()
+    while p > limit:
+        k += 1
+        p *= rnd()
+    return k
+
+
+def _geometric(rnd, p: float) -> int:
+    """Number of trials up to and including the first success (>= 1)."""
+    return 1 + int(math.log(1.0 - rnd()) / math.log(1.0 - p))
+
+
+def _weighted(rnd, cum: list[float]) -> int:
+    return bisect.bisect(cum, rnd() * cum[-1])
+
+
+def _cum(weights) -> list[float]:
+    return list(itertools.accumulate(weights))
+
+
+_SIZE_CUM = _cum(SIZE_SHARES)
+_INDUSTRY_CUM = _cum(_INDUSTRY_WEIGHTS)
+_COUNTRY_CUM = _cum(c[0] for c in _COUNTRIES.values())
+
+
 class _Planner:
     def __init__(self, cfg: GeneratorConfig) -> None:
         self.cfg = cfg
-        ss = np.random.SeedSequence(cfg.seed, spawn_key=(1,))
-        self.rng = np.random.default_rng(ss)
-        self.pr = random.Random(int(np.random.SeedSequence(cfg.seed, spawn_key=(2,)).generate_state(1)[0]))
+        seed = int(np.random.SeedSequence(cfg.seed, spawn_key=(1,)).generate_state(1, np.uint64)[0])
+        self.R = random.Random(seed)
+        self.rnd = self.R.random
         self.last_day = cfg.days - 1
         wd0 = cfg.start_date.weekday()
-        self.wdf = np.array([WEEKEND_FACTOR if (wd0 + d) % 7 >= 5 else 1.0 for d in range(cfg.days)])
+        self.wdf = [WEEKEND_FACTOR if (wd0 + d) % 7 >= 5 else 1.0 for d in range(cfg.days)]
         self.users: list[_User] = []
         self._ids: set[str] = set()
+        # flat plan: user-days (day, user, sessions, short sessions), key events (day, user, kind, param)
+        self._ud = [array("q") for _ in range(4)]
+        self._kk = [array("q") for _ in range(4)]
 
-    # ---- identities
     def _fresh_id(self, prefix: str, bits: int) -> str:
         while True:
-            s = f"{prefix}{self.pr.getrandbits(bits):0{bits // 4}x}"
+            s = f"{prefix}{self.R.getrandbits(bits):0{bits // 4}x}"
             if s not in self._ids:
                 self._ids.add(s)
                 return s
@@ -563,71 +635,74 @@ class _Planner:
         return self._assemble(accounts)
 
     def _account(self, i: int) -> _Account:
-        rng, pr, cfg = self.rng, self.pr, self.cfg
+        R, rnd, cfg = self.R, self.rnd, self.cfg
         a = _Account()
         a.idx = i
         a.account_id = self._fresh_id("acc_", 40)
-        a.size = SIZE_SEGMENTS[int(rng.choice(4, p=SIZE_SHARES))]
+        a.size = SIZE_SEGMENTS[_weighted(rnd, _SIZE_CUM)]
         lo, hi = _EMPLOYEES[a.size]
-        a.employees = lo if lo == hi else int(round(math.exp(rng.uniform(math.log(lo), math.log(hi + 1)))))
-        a.employees = min(max(a.employees, lo), hi)
-        a.industry = list(INDUSTRY_EFFECTS)[int(rng.choice(len(INDUSTRY_EFFECTS), p=_INDUSTRY_WEIGHTS))]
-        cw = np.array([c[0] for c in _COUNTRIES.values()])
-        a.country = list(_COUNTRIES)[int(rng.choice(len(cw), p=cw / cw.sum()))]
+        emp = lo if lo == hi else int(round(math.exp(math.log(lo) + rnd() * (math.log(hi + 1) - math.log(lo)))))
+        a.employees = min(max(emp, lo), hi)
+        a.industry = list(INDUSTRY_EFFECTS)[_weighted(rnd, _INDUSTRY_CUM)]
+        a.country = list(_COUNTRIES)[_weighted(rnd, _COUNTRY_CUM)]
         _, _, _, a.currency, suffix, tld = _COUNTRIES[a.country]
-        a.plan = "trial" if rng.random() < 0.28 else "free"
+        a.plan = "trial" if rnd() < 0.28 else "free"
         if a.size == "solo":
-            base = f"{pr.choice(_FIRST_NAMES)} {pr.choice(_LAST_NAMES)}"
-            a.name = base + pr.choice(_SOLO_SUFFIX)
+            a.person = (R.choice(_FIRST_NAMES), R.choice(_LAST_NAMES))  # the one user: a freelancer
+            a.name = f"{a.person[0]} {a.person[1]}{R.choice(_SOLO_SUFFIX)}"
+            a.domain = f"{_ascii_slug(a.name)}.{tld}"
         else:
-            a.name = f"{pr.choice(_COMPANY_A)} {pr.choice(_COMPANY_B)} {suffix}"
-        a.domain = f"{_ascii_slug(a.name.replace(suffix, '') if a.size != 'solo' else a.name)}.{tld}"
+            stem = f"{R.choice(_COMPANY_A)} {R.choice(_COMPANY_B)}"
+            a.name = f"{stem} {suffix}"
+            a.person = None
+            a.domain = f"{_ascii_slug(stem)}.{tld}"
         # signup day: most within the first 2/3 of the period, fewer on weekends
         if i == 0:
             a.signup_day = 0
         else:
             two_thirds = max(1, int(round(cfg.days * 2 / 3)))
             while True:
-                if rng.random() < 0.8 or two_thirds >= cfg.days:
-                    d = int(rng.integers(0, two_thirds))
+                if rnd() < 0.85 or two_thirds >= cfg.days:
+                    d = int(rnd() * two_thirds)
                 else:
-                    d = int(rng.integers(two_thirds, cfg.days))
-                if self.wdf[d] == 1.0 or rng.random() < WEEKEND_FACTOR:
+                    d = two_thirds + int(rnd() * (cfg.days - two_thirds))
+                if self.wdf[d] == 1.0 or rnd() < WEEKEND_FACTOR:
                     break
             a.signup_day = d
         lo, hi = _USERS_PER_SIZE[a.size]
-        base_n = lo if lo == hi else int(lo + math.floor((hi - lo + 1) * rng.random() ** 1.2))
+        base_n = lo + int(rnd() * (hi - lo + 1))
         a.n_target = max(1, int(round(base_n * cfg.users_per_account_scale)))
-        a.paid_plan = {"solo": "starter", "smb": "pro" if rng.random() < 0.6 else "starter",
-                       "mid_market": "pro", "enterprise": "enterprise" if rng.random() < 0.6 else "pro"}[a.size]
+        r = rnd()
+        a.paid_plan = {"solo": "starter", "smb": "pro" if r < 0.6 else "starter",
+                       "mid_market": "pro", "enterprise": "enterprise" if r < 0.6 else "pro"}[a.size]
         return a
 
     def _new_user(self, acc: _Account, signup_day: int, role: str) -> _User:
-        rng, pr = self.rng, self.pr
+        R, rnd = self.R, self.rnd
         u = _User()
         u.idx = len(self.users)
         self.users.append(u)
         u.account = acc
         u.is_creator = not acc.members
+        taken = {m.email for m in acc.members}
         acc.members.append(u)
         u.role = role
         u.user_id = self._fresh_id("usr_", 48)
-        u.anonymous_id = _uuid4(pr.getrandbits(128))
-        u.first, u.last = pr.choice(_FIRST_NAMES), pr.choice(_LAST_NAMES)
+        u.anonymous_id = _uuid4(R.getrandbits(128))
+        u.first, u.last = R.choice(_FIRST_NAMES), R.choice(_LAST_NAMES)
+        if u.is_creator and acc.person:
+            u.first, u.last = acc.person
         free_mail = {"solo": 0.5, "smb": 0.15}.get(acc.size, 0.02)
-        domain = pr.choice(_FREE_MAIL) if pr.random() < free_mail else acc.domain
+        domain = R.choice(_FREE_MAIL) if rnd() < free_mail else acc.domain
         local = f"{_ascii_slug(u.first)}.{_ascii_slug(u.last)}"
-        taken = {m.email for m in acc.members if m is not u and getattr(m, "email", None)}
-        email = f"{local}@{domain}"
-        k = 2
+        email, k = f"{local}@{domain}", 2
         while email in taken:
-            email = f"{local}{k}@{domain}"
-            k += 1
+            email, k = f"{local}{k}@{domain}", k + 1
         u.email = email
-        country = acc.country if pr.random() < 0.9 else pr.choice(list(_COUNTRIES))
+        country = acc.country if rnd() < 0.9 else R.choice(list(_COUNTRIES))
         _, u.locale, tzs, *_ = _COUNTRIES[country]
-        u.tz = pr.choice(tzs)
-        r = pr.random()
+        u.tz = R.choice(tzs)
+        r = rnd()
         u.platform = "web" if r < 0.72 else ("ios" if r < 0.86 else "android")
         u.p_late = 0.002 if u.platform == "web" else 0.05
         u.batch_ms = 1500 if u.platform == "web" else 30_000
@@ -635,90 +710,88 @@ class _Planner:
         self._plan_behaviour(u)
         return u
 
+    def _pick(self, window: list[int], k: int) -> list[int]:
+        """k days drawn (with replacement) from ``window``, sorted."""
+        if k <= 0 or not window:
+            return []
+        rnd, n = self.rnd, len(window)
+        return sorted(window[int(rnd() * n)] for _ in range(k))
+
     def _plan_behaviour(self, u: _User) -> None:
         """Active days, sessions and dated key events of one user (before any conversion)."""
-        rng, last = self.rng, self.last_day
+        R, rnd, last, wdf, pick = self.R, self.rnd, self.last_day, self.wdf, self._pick
         s0 = u.signup_day
-        a = float(rng.beta(1.6, 2.4))
+        a = R.betavariate(1.6, 2.4)
         u.activity = a
         u.fill_mean = 1.5 + 7.0 * a
-        if rng.random() < 0.22:
-            life = 1 + int(rng.geometric(0.35))  # tried it, went quiet
+        if rnd() < 0.22:
+            life = 1 + _geometric(rnd, 0.35)  # tried it, went quiet
         else:
-            life = int(rng.exponential(40 + 90 * a))
+            life = int(R.expovariate(1.0 / (50 + 100 * a)))
         end = min(last, s0 + life)
-        cand = np.arange(s0 + 1, end + 1)
-        if cand.size:
-            p = (0.08 + 0.8 * a) * self.wdf[cand]
-            cand = cand[rng.random(cand.size) < p]
-        days = np.concatenate((np.array([s0]), cand)).astype(np.int64)
-        n = days.size
-        n_sess = 1 + np.minimum(rng.poisson(0.15 + 1.0 * a, n), 5)
-        s = rng.beta(6.0, 2.0) if rng.random() < 0.2 else rng.beta(1.0, 7.0)
-        n_short = rng.binomial(n_sess, s)
-        u.days, u.n_sess, u.n_short = days, n_sess.astype(np.int64), n_short.astype(np.int64)
+        p = 0.1 + 0.85 * a
+        days = [s0] + [d for d in range(s0 + 1, end + 1) if rnd() < p * wdf[d]]
+        lam = 0.15 + 1.0 * a
+        n_sess = [1 + min(_poisson(rnd, lam), 5) for _ in days]
+        s = R.betavariate(6.0, 2.0) if rnd() < 0.25 else R.betavariate(1.0, 7.0)
+        n_short = [sum(1 for _ in range(k) if rnd() < s) for k in n_sess]
+        u.days, u.n_sess, u.n_short = days, n_sess, n_short
+        n = len(days)
 
-        def pick(window: np.ndarray, k: int) -> list[int]:
-            if k <= 0 or window.size == 0:
-                return []
-            return sorted(int(x) for x in rng.choice(window, k))
-
-        early = days[days <= s0 + 13]
+        early = [d for d in days if d <= s0 + 13]
         # onboarding: step 1 at signup, further steps on the first active days
-        k = 1 + int(rng.binomial(4, 0.3 + 0.55 * a))
+        k = 1 + sum(1 for _ in range(4) if rnd() < 0.3 + 0.55 * a)
         u.onboarding = [(s0, 1)] + [(d, i + 2) for i, d in enumerate(pick(days[:4], k - 1))]
         # projects: builders create several in the first two weeks
-        b = float(rng.gamma(1.3, 1.35))
-        u.projects = pick(early, int(rng.poisson(b * (0.55 + a))))
-        late = days[days >= s0 + 15]  # never on day 14: keeps "within 14 days" unambiguous
-        if late.size:
-            u.projects += pick(late, int(rng.poisson(0.04 * b * late.size)))
-        # invites that are never accepted (teammates are added in _populate)
-        c = float(rng.gamma(0.6, 1.0))
-        u.invites = [(d, -1) for d in pick(days[days <= s0 + 21], int(rng.poisson(0.55 * c)))]
+        b = R.gammavariate(1.3, 1.35)
+        u.projects = pick(early, _poisson(rnd, b * (0.75 + 0.5 * a)))
+        late = [d for d in days if d >= s0 + 15]  # never on day 14: keeps "within 14 days" unambiguous
+        if late:
+            u.projects += pick(late, _poisson(rnd, 0.04 * b * len(late)))
+        # invites that are never accepted (teammates who join are added in _populate)
+        c = R.gammavariate(0.6, 1.0)
+        first3w = [d for d in days if d <= s0 + 21]
+        u.invites = [(d, -1) for d in pick(first3w, _poisson(rnd, 0.55 * c))]
         # integrations
-        if rng.random() < 0.1 + 0.36 * a:
-            ni = 1 + min(int(rng.poisson(0.4)), 3)
-            names = rng.choice(len(_INTEGRATIONS), ni, replace=False)
-            u.integrations = list(zip(pick(days[days <= s0 + 30], ni), (int(x) for x in names)))
+        if rnd() < 0.16 + 0.2 * a:
+            ni = 1 + min(_poisson(rnd, 0.4), 3)
+            names = R.sample(range(len(_INTEGRATIONS)), ni)
+            u.integrations = list(zip(pick([d for d in days if d <= s0 + 30], ni), names))
         # support tickets: confused users ask "basics" questions early on
-        q = float(rng.gamma(0.3, 3.5))
-        nb = int(rng.poisson(q * min(1.0, n / 4)))
-        tickets = [(d, 0) for d in pick(days[days <= s0 + 21], nb)]
-        tickets += [(d, 1) for d in pick(days, int(rng.poisson(0.04)))]
-        tickets += [(d, 2) for d in pick(days, int(rng.poisson(0.12)))]
-        tickets += [(d, 3) for d in pick(days, int(rng.poisson(0.3 * a)))]
+        q = R.gammavariate(0.3, 3.5)
+        tickets = [(d, 0) for d in pick(first3w, _poisson(rnd, q * min(1.0, n / 4)))]
+        tickets += [(d, 1) for d in pick(days, _poisson(rnd, 0.04))]
+        tickets += [(d, 2) for d in pick(days, _poisson(rnd, 0.12))]
+        tickets += [(d, 3) for d in pick(days, _poisson(rnd, 0.3 * a))]
         u.tickets = sorted(tickets)
-        # errors
-        r = float(rng.gamma(0.6, 0.5))
-        u.errors = pick(days, int(rng.poisson(r * n ** 0.7)))
+        # errors: some users keep running into problems
+        r = R.gammavariate(0.6, 0.7)
+        u.errors = pick(days, _poisson(rnd, r * 4.0))
 
     def _ensure_full_session(self, u: _User, day: int) -> None:
         """A day with key events needs at least one non-short session."""
-        i = int(np.searchsorted(u.days, day))
-        assert i < u.days.size and u.days[i] == day
+        i = bisect.bisect_left(u.days, day)
+        assert i < len(u.days) and u.days[i] == day
         if u.n_short[i] >= u.n_sess[i]:
             u.n_short[i] = u.n_sess[i] - 1
 
     def _populate(self, acc: _Account) -> None:
-        rng, last = self.rng, self.last_day
+        rnd, last = self.rnd, self.last_day
         creator = self._new_user(acc, acc.signup_day, "admin")
         for _ in range(1, acc.n_target):
             members = acc.members
-            inviter = creator if (len(members) == 1 or rng.random() < 0.7) else members[
-                int(rng.integers(len(members)))]
-            d = inviter.days
-            cand = d[(d <= inviter.signup_day + 21) & (d < last)]
-            if cand.size == 0:
-                cand = d[d < last]
-            if cand.size == 0:
+            inviter = creator if (len(members) == 1 or rnd() < 0.7) else members[int(rnd() * len(members))]
+            cand = [d for d in inviter.days if d <= inviter.signup_day + 21 and d < last]
+            if not cand:
+                cand = [d for d in inviter.days if d < last]
+            if not cand:
                 continue
-            inv_day = int(rng.choice(cand))
-            join = inv_day + int(rng.geometric(0.45))
+            inv_day = cand[int(rnd() * len(cand))]
+            join = inv_day + _geometric(rnd, 0.45)
             if join > last:  # accepted after the period: an open invite for now
                 inviter.invites.append((inv_day, -1))
                 continue
-            role = _INVITE_ROLES[int(rng.integers(len(_INVITE_ROLES)))]
+            role = _INVITE_ROLES[int(rnd() * len(_INVITE_ROLES))]
             invitee = self._new_user(acc, join, role)
             inviter.invites.append((inv_day, invitee.idx))
         for u in acc.members:
@@ -729,6 +802,8 @@ class _Planner:
         for u in acc.members:
             self._convert(u)
         self._account_plans(acc)
+        for u in acc.members:
+            self._collect(u)
 
     @staticmethod
     def _key_days(u: _User) -> set[int]:
@@ -740,14 +815,14 @@ class _Planner:
         """Milestone flags, counts and the true conversion probability from the behaviour."""
         s0 = u.signup_day
         early = [d for d in u.projects if d <= s0 + 13]
-        sess, short = int(u.n_sess.sum()), int(u.n_short.sum())
+        sess, short = sum(u.n_sess), sum(u.n_short)
         basics = sum(1 for _, c in u.tickets if c == 0)
         u.counts = {
             "projects_created": len(u.projects),
             "projects_in_14d": len(early),
             "teammates_invited": len(u.invites),
             "integrations_connected": len(u.integrations),
-            "active_days": int(u.days.size),
+            "active_days": len(u.days),
             "support_tickets_basics": basics,
             "support_tickets": len(u.tickets),
             "session_count": sess,
@@ -759,7 +834,7 @@ class _Planner:
             "invited_2_teammates": len(u.invites) >= 2,
             "integration_connected": len(u.integrations) >= 1,
             "projects_3_in_14d": len(early) >= 3,
-            "active_14_days": u.days.size >= 14,
+            "active_14_days": len(u.days) >= 14,
             "basics_tickets_3plus": basics >= 3,
             "short_sessions": 2 * short > sess,
             "errors_5plus": len(u.errors) >= 5,
@@ -778,12 +853,12 @@ class _Planner:
         if u.flags["integration_connected"]:
             reach = max(reach, min(d for d, _ in u.integrations))
         if u.flags["active_14_days"]:
-            reach = max(reach, int(u.days[13]))
+            reach = max(reach, u.days[13])
         return reach
 
     def _convert(self, u: _User) -> None:
-        rng, last = self.rng, self.last_day
-        u.u_draw = float(rng.random())
+        rnd, last = self.rnd, self.last_day
+        u.u_draw = rnd()
         if u.u_draw >= u.probability:
             return
         s0 = u.signup_day
@@ -792,23 +867,20 @@ class _Planner:
         if lo > hi:
             u.censored = True  # would convert, but after the generated period
             return
-        d = u.days
-        ok = (d >= lo) & (d <= hi) & (u.n_short < u.n_sess)
-        cand = d[ok]
-        if cand.size:
-            day = int(rng.choice(cand[:5]))
+        cand = [d for d, ns, nsh in zip(u.days, u.n_sess, u.n_short) if lo <= d <= hi and nsh < ns]
+        if cand:
+            day = cand[int(rnd() * min(5, len(cand)))]
         else:
             # comes back to subscribe: one more (full) session on a day in the window
-            span = np.arange(lo, min(hi, lo + 10) + 1)
-            w = self.wdf[span] / self.wdf[span].sum()
-            day = int(rng.choice(span, p=w))
-            i = int(np.searchsorted(d, day))
-            if i < d.size and d[i] == day:
+            span = list(range(lo, min(hi, lo + 10) + 1))
+            day = span[_weighted(rnd, _cum(self.wdf[d] for d in span))]
+            i = bisect.bisect_left(u.days, day)
+            if i < len(u.days) and u.days[i] == day:
                 u.n_sess[i] += 1
             else:
-                u.days = np.insert(d, i, day)
-                u.n_sess = np.insert(u.n_sess, i, 1)
-                u.n_short = np.insert(u.n_short, i, 0)
+                u.days.insert(i, day)
+                u.n_sess.insert(i, 1)
+                u.n_short.insert(i, 0)
             self._evaluate(u)  # can only have raised the probability
             assert u.u_draw < u.probability
         u.conversion_day = day
@@ -816,7 +888,7 @@ class _Planner:
 
     def _account_plans(self, acc: _Account) -> None:
         """Group calls for plan changes: trial starts / expiries and the first paid seat."""
-        rng = self.rng
+        rnd = self.rnd
         converters = sorted((u for u in acc.members if u.converted), key=lambda u: (u.conversion_day, u.idx))
         c_day = converters[0].conversion_day if converters else None
         if converters:
@@ -824,28 +896,25 @@ class _Planner:
             acc.first_conversion_day = c_day
             converters[0].first_in_account = True
 
-        def full_days(u: _User, lo: int, hi: int) -> np.ndarray:
-            d = u.days
-            return d[(d >= lo) & (d <= hi) & (u.n_short < u.n_sess)]
+        def full_days(lo: int, hi: int) -> list[tuple[int, int, _User]]:
+            return [(d, m.idx, m) for m in acc.members
+                    for d, ns, nsh in zip(m.days, m.n_sess, m.n_short)
+                    if lo <= d <= hi and nsh < ns and d > m.signup_day]
 
         changes: list[tuple[int, _User, str]] = []
         trial_start = acc.signup_day if acc.plan == "trial" else None
-        if acc.plan == "free":
-            want = (rng.random() < 0.45) if c_day is not None else (rng.random() < 0.08)
-            if want:
-                lo = acc.signup_day + 1 if c_day is None else max(acc.signup_day + 1, c_day - 14)
-                hi = self.last_day if c_day is None else c_day - 1
-                opts = [(int(d), m) for m in acc.members for d in full_days(m, lo, hi) if d > m.signup_day]
-                if opts:
-                    day, m = opts[int(rng.integers(len(opts)))]
-                    changes.append((day, m, "trial"))
-                    trial_start = day
+        if acc.plan == "free" and rnd() < (0.45 if c_day is not None else 0.08):
+            lo = acc.signup_day + 1 if c_day is None else max(acc.signup_day + 1, c_day - 14)
+            hi = self.last_day if c_day is None else c_day - 1
+            opts = full_days(lo, hi)
+            if opts:
+                day, _, m = opts[int(rnd() * len(opts))]
+                changes.append((day, m, "trial"))
+                trial_start = day
         if trial_start is not None:
             expiry = trial_start + 14
             if c_day is None or c_day > expiry:
-                hi = self.last_day if c_day is None else c_day - 1
-                opts = sorted((int(d), m.idx, m) for m in acc.members for d in full_days(m, expiry, hi)
-                              if d > m.signup_day)
+                opts = sorted(full_days(expiry, self.last_day if c_day is None else c_day - 1))
                 if opts:
                     day, _, m = opts[0]
                     changes.append((day, m, "free"))
@@ -856,30 +925,44 @@ class _Planner:
             timeline.append((c_day, acc.paid_plan))
         acc.timeline = sorted(timeline)
 
+    def _collect(self, u: _User) -> None:
+        """Move a finished user's plan into the flat arrays and drop the per-user lists."""
+        ud, kk, i = self._ud, self._kk, u.idx
+
+        def keys(day_params, kind: int) -> None:
+            for d, p in day_params:
+                kk[0].append(d)
+                kk[1].append(i)
+                kk[2].append(kind)
+                kk[3].append(p)
+
+        ud[0].extend(u.days)
+        ud[1].extend([i] * len(u.days))
+        ud[2].extend(u.n_sess)
+        ud[3].extend(u.n_short)
+        keys([(u.signup_day, 0)], K_SIGNUP)
+        keys(u.onboarding, K_ONBOARD)
+        keys([(d, 0) for d in u.projects], K_PROJECT)
+        keys(u.invites, K_INVITE)
+        keys(u.integrations, K_INTEGRATION)
+        keys(u.tickets, K_TICKET)
+        keys([(d, 0) for d in u.errors], K_ERROR)
+        keys(u.plan_events, K_PLAN)
+        if u.converted:
+            keys([(u.conversion_day, int(u.first_in_account))], K_SUBSCRIBE)
+        # keep only what the ground truth needs (bounded memory for big runs)
+        u.flags = tuple(int(u.flags[m]) for m in MILESTONE_NAMES)
+        u.counts = tuple(u.counts[c] for c in COUNT_COLUMNS)
+        u.days = u.n_sess = u.n_short = u.projects = u.invites = u.integrations = None
+        u.tickets = u.errors = u.onboarding = u.plan_events = None
+
     def _assemble(self, accounts: list[_Account]) -> _Plan:
-        ud: list[np.ndarray] = []
-        keys: list[tuple[int, int, int, int]] = []
-        for u in self.users:
-            m = u.days.size
-            ud.append(np.stack([u.days, np.full(m, u.idx), u.n_sess, u.n_short]))
-            i = u.idx
-            keys.append((u.signup_day, i, K_SIGNUP, 0))
-            keys += [(d, i, K_ONBOARD, step) for d, step in u.onboarding]
-            keys += [(d, i, K_PROJECT, 0) for d in u.projects]
-            keys += [(d, i, K_INVITE, p) for d, p in u.invites]
-            keys += [(d, i, K_INTEGRATION, p) for d, p in u.integrations]
-            keys += [(d, i, K_TICKET, p) for d, p in u.tickets]
-            keys += [(d, i, K_ERROR, 0) for d in u.errors]
-            keys += [(d, i, K_PLAN, p) for d, p in u.plan_events]
-            if u.converted:
-                keys.append((u.conversion_day, i, K_SUBSCRIBE, int(u.first_in_account)))
-        udm = np.concatenate(ud, axis=1) if ud else np.zeros((4, 0), dtype=np.int64)
-        order = np.lexsort((udm[1], udm[0]))
-        udm = udm[:, order]
-        km = np.array(keys, dtype=np.int64).reshape(-1, 4).T
-        order = np.lexsort((km[3], km[2], km[1], km[0]))
-        km = km[:, order]
-        return _Plan(accounts, self.users, udm[0], udm[1], udm[2], udm[3], km[0], km[1], km[2], km[3], self.wdf)
+        udm = np.array([np.frombuffer(c, dtype=np.int64) for c in self._ud]).reshape(4, -1)
+        udm = udm[:, np.lexsort((udm[1], udm[0]))]
+        km = np.array([np.frombuffer(c, dtype=np.int64) for c in self._kk]).reshape(4, -1)
+        km = km[:, np.lexsort((km[3], km[2], km[1], km[0]))]
+        return _Plan(accounts, self.users, udm[0], udm[1], udm[2], udm[3], km[0], km[1], km[2], km[3],
+                     np.array(self.wdf))
 
 
 # --------------------------------------------------------------------------- emitting
@@ -918,18 +1001,18 @@ class _Emitter:
         self.dates = _DateStrings()
         self.hms = _hms()
         self.pending: dict[int, list[tuple]] = {}
-        self.seq = itertools.count().__next__
         self.partitions: list[str] = []
         self.lines_written = 0
         self.clean_written = 0
         self.dirty_counts = {k: 0 for k in DIRTY_KINDS}
         self.dirty_allocated = 0
+        self.dirty_carried = False  # a dirty line waits in the next day's pending list
         self.cum_clean = 0
         self._tz_cache: dict[tuple[str, int], tuple[int, str]] = {}
         wd, we = np.cumsum(_HOURS_WD).tolist(), np.cumsum(_HOURS_WE).tolist()
         self.hour_cum = (wd, we)
         self.feature_cum = np.cumsum([w for _, w in _FEATURES]).tolist()
-        self.feature_props = ['{"feature":"' + f + '"}' for f, _ in _FEATURES]
+        self.feature_bodies = [',"properties":{"feature":"' + f + '"}' for f, _ in _FEATURES]
         self.kinds = list(_DIRTY_WEIGHTS)
         self.kind_cum = np.cumsum([_DIRTY_WEIGHTS[k] for k in self.kinds]).tolist()
         self._prepare_users()
@@ -999,7 +1082,8 @@ class _Emitter:
     def _emit_day(self, day: int, R: random.Random, items: list, uds: slice, ks: slice) -> None:
         plan, users = self.plan, self.plan.users
         rnd, gb, expo, lognorm = R.random, R.getrandbits, R.expovariate, R.lognormvariate
-        dates, hms, ms3, seq = self.dates, self.hms, _MS3, self.seq
+        dates, hms, ms3 = self.dates, self.hms, _MS3
+        next_id = _uuid_stream(self.cfg.seed, day).__next__
         pending = self.pending
         day_ms = (self.d0 + day) * DAY_MS
         next_ms = day_ms + DAY_MS
@@ -1007,10 +1091,11 @@ class _Emitter:
         last_day = day == self.cfg.days - 1
         hour_cum = self.hour_cum[1 if plan.weekday_factor[day] < 1 else 0]
         hour_tot = hour_cum[-1]
-        feature_cum, feature_props = self.feature_cum, self.feature_props
+        feature_cum, feature_bodies = self.feature_cum, self.feature_bodies
         feat_tot = feature_cum[-1]
         bis = bisect.bisect
         append = items.append
+        report_types = _REPORT_TYPES
 
         # key events of the day, per user
         keys: dict[int, list[tuple[int, int]]] = {}
@@ -1020,47 +1105,52 @@ class _Emitter:
         u: _User
         off = 0
         suf = "Z"
+        p_late = 0.0
+        batch = 1000
+        d0 = self.d0
+        # receivedAt of an event timestamped today: at most the end of tomorrow / of the period
+        ra_cap = min(next_ms + DAY_MS, end_ms) - 1
+
+        def pending_for(rel_day: int) -> list:
+            lst = pending.get(rel_day)
+            if lst is None:
+                lst = pending[rel_day] = []
+            return lst
 
         def emit(t: int, head: str, ident: str, body: str, ctx: str) -> None:
             r = rnd()
-            if r < u.p_late and not last_day:
+            if r < p_late:
                 sa = t + 3_600_000 + int(rnd() * 50_400_000)  # offline device flushes hours later
             else:
-                sa = t + int(rnd() * u.batch_ms)
+                sa = t + int(rnd() * batch)
             ra = sa + 15 + int(rnd() * 600)
             if r > 0.992:
                 ra += int(rnd() * 240_000)  # slow network / retries: up to minutes
-            cap = (t // DAY_MS + 2) * DAY_MS - 1  # same or following day
-            if ra > cap:
-                ra = cap
-            if ra >= end_ms:
-                ra = end_ms - 1
-            if sa > ra:
-                sa = ra - 1 if ra - 1 >= t else t
-            x = t + off
-            d, rem = divmod(x, DAY_MS)
-            s, m = divmod(rem, 1000)
-            ts = dates[d] + "T" + hms[s] + "." + ms3[m] + suf
-            x = sa + off
-            d, rem = divmod(x, DAY_MS)
-            s, m = divmod(rem, 1000)
-            sas = dates[d] + "T" + hms[s] + "." + ms3[m] + suf
-            d, rem = divmod(ra, DAY_MS)
-            s, m = divmod(rem, 1000)
-            ras = dates[d] + "T" + hms[s] + "." + ms3[m] + "Z"
-            h = "%032x" % ((gb(128) & _UUID_MASK) | _UUID_SET)
-            line = ('{"messageId":"' + h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
-                    + head + ident + ',"timestamp":"' + ts + '","sentAt":"' + sas + '","receivedAt":"' + ras
-                    + '"' + body + ctx)
+            if ra > ra_cap:  # same or following day (t is always today), and within the period
+                ra = ra_cap
+                if sa > ra:
+                    sa = ra - 1 if ra - 1 >= t else t
+            d1, r1 = divmod(t + off, DAY_MS)
+            s1, m1 = divmod(r1, 1000)
+            d2, r2 = divmod(sa + off, DAY_MS)
+            s2, m2 = divmod(r2, 1000)
+            d3, r3 = divmod(ra, DAY_MS)
+            s3, m3 = divmod(r3, 1000)
+            line = (f'{{"messageId":"{next_id()}{head}{ident}'
+                    f',"timestamp":"{dates[d1]}T{hms[s1]}.{ms3[m1]}{suf}'
+                    f'","sentAt":"{dates[d2]}T{hms[s2]}.{ms3[m2]}{suf}'
+                    f'","receivedAt":"{dates[d3]}T{hms[s3]}.{ms3[m3]}Z"{body}{ctx}')
             if ra < next_ms:
-                append((ra, seq(), line, None, None))
+                append((ra, line, None, None))
             else:
-                pending.setdefault(d - self.d0, []).append((ra, seq(), line, None, None))
+                pending_for(d3 - d0).append((ra, line, None, None))
 
         for ui, ns, nsh in zip(plan.ud_user[uds].tolist(), plan.ud_sess[uds].tolist(), plan.ud_short[uds].tolist()):
             u = users[ui]
             off, suf = self._offset(u, day)
             off_s = off // 1000
+            p_late = 0.0 if last_day else u.p_late
+            batch = u.batch_ms
             ident, ctx = u.ident, u.ctx_track
             # sessions: (start_ms, duration_ms, duration_seconds, short)
             short_idx = set(R.sample(range(ns), nsh)) if nsh else ()
@@ -1081,8 +1171,8 @@ class _Emitter:
                 sessions.append((day_ms + st, dur_ms, dur, i in short_idx))
             sessions.sort()
             for st, dur_ms, dur, short in sessions:
-                sid = '{"session_id":"ses_%016x"' % gb(64)
-                emit(st, _H_SESSION_START, ident, ',"properties":' + sid + "}", ctx)
+                sid = ',"properties":{"session_id":"ses_%016x"' % gb(64)
+                emit(st, _H_SESSION_START, ident, sid + "}", ctx)
                 if short:
                     nf = 1 if rnd() < 0.3 else 0
                 else:
@@ -1093,14 +1183,11 @@ class _Emitter:
                 for _ in range(nf):
                     t = st + 500 + int(rnd() * span)
                     if rnd() < 0.74:
-                        props = feature_props[bis(feature_cum, rnd() * feat_tot)]
-                        emit(t, _H_FEATURE, ident, ',"properties":' + props, ctx)
+                        emit(t, _H_FEATURE, ident, feature_bodies[bis(feature_cum, rnd() * feat_tot)], ctx)
                     else:
-                        props = ('{"report_type":"' + _REPORT_TYPES[int(rnd() * rnd() * 6)]
-                                 + '","duration_ms":' + str(40 + int(expo(1 / 900))) + "}")
-                        emit(t, _H_REPORT, ident, ',"properties":' + props, ctx)
-                emit(st + dur_ms, _H_SESSION_END, ident,
-                     ',"properties":' + sid + ',"duration_seconds":' + repr(dur) + "}", ctx)
+                        emit(t, _H_REPORT, ident, f',"properties":{{"report_type":"{report_types[int(rnd() * rnd() * 6)]}'
+                                                  f'","duration_ms":{40 + int(expo(0.0011))}}}', ctx)
+                emit(st + dur_ms, _H_SESSION_END, ident, f'{sid},"duration_seconds":{dur!r}}}', ctx)
 
             ukeys = keys.get(ui)
             if not ukeys:
@@ -1191,12 +1278,14 @@ class _Emitter:
     # ---- dirty lines and writing
     def _finish_day(self, day: int, R: random.Random, items: list) -> None:
         cfg = self.cfg
-        clean_today = sum(1 for it in items if it[3] is None)
+        clean_items = [it for it in items if it[2] is None] if self.dirty_carried else items
+        self.dirty_carried = False
+        clean_today = len(clean_items)
         self.cum_clean += clean_today
         f = cfg.dirty_fraction
         if f > 0 and clean_today:
             target = int(math.floor(f / (1 - f) * self.cum_clean + 0.5))
-            clean_items = [it for it in items if it[3] is None]
+            clean_items = list(clean_items)  # dirty lines are added to items below
             for _ in range(target - self.dirty_allocated):
                 kind = self.kinds[bisect.bisect(self.kind_cum, R.random() * self.kind_cum[-1])]
                 self._add_dirty(kind, day, R, items, clean_items)
@@ -1205,11 +1294,11 @@ class _Emitter:
                 total = self.lines_written + len(items)
                 if total >= 2000:
                     for kind in DIRTY_KINDS:
-                        if self.dirty_counts[kind] == 0 and not any(it[3] == kind for it in items):
+                        if self.dirty_counts[kind] == 0 and not any(it[2] == kind for it in items):
                             self._add_dirty(kind, day, R, items, clean_items, same_file=True)
         if not items:
             return
-        items.sort()
+        items.sort(key=_first)  # stable: ties keep their (deterministic) insertion order
         self._write_day(day, items)
 
     def _add_dirty(self, kind: str, day: int, R: random.Random, items: list, clean: list,
@@ -1218,37 +1307,39 @@ class _Emitter:
         rnd = R.random
         day_end = (self.d0 + day + 1) * DAY_MS
         if kind == "duplicate":
-            ra, _, line, _, _ = clean[int(rnd() * len(clean))]
+            ra, line, _, _ = clean[int(rnd() * len(clean))]
             mid = line[14:50]
             old = '"receivedAt":"' + self.fmt_z(ra) + '"'
             last = day == self.cfg.days - 1
             if not last and not same_file and rnd() < 0.4:
                 new_ra = day_end + int(rnd() * 6 * 3_600_000)  # re-sent with the next day's export
                 target = self.pending.setdefault(day + 1, [])
+                self.dirty_carried = True
             else:
                 new_ra = min(ra + 500 + int(rnd() * 900_000), day_end - 1)
                 target = items
             dup = line.replace(old, '"receivedAt":"' + self.fmt_z(new_ra) + '"', 1)
-            target.append((new_ra, self.seq(), dup, kind, mid))
+            target.append((new_ra, dup, kind, mid))
             return
         # a fresh event modelled on a clean one of the same day
         obj = None
         for _ in range(40):
-            ra, _, line, _, _ = clean[int(rnd() * len(clean))]
+            ra, line, _, _ = clean[int(rnd() * len(clean))]
             cand = json.loads(line)
-            if self._suits(kind, cand, R):
+            if self._suits(kind, cand):
                 obj = cand
                 break
         if obj is None:  # fall back to the most generic kind
-            kind, obj = "missing_message_id", json.loads(clean[int(rnd() * len(clean))][2])
+            ra, line, _, _ = clean[int(rnd() * len(clean))]
+            kind, obj = "missing_message_id", json.loads(line)
         new_ra = min(ra + 1 + int(rnd() * 50), day_end - 1)
         obj["messageId"] = _uuid4(R.getrandbits(128))
         obj["receivedAt"] = self.fmt_z(new_ra)
         line = self._corrupt(kind, obj, new_ra, R)
-        items.append((new_ra, self.seq(), line, kind, None))
+        items.append((new_ra, line, kind, None))
 
     @staticmethod
-    def _suits(kind: str, obj: dict, R: random.Random) -> bool:
+    def _suits(kind: str, obj: dict) -> bool:
         if kind in ("unknown_event", "oversized"):
             return obj.get("type") == "track" and "userId" in obj
         if kind == "wrong_type":
@@ -1328,21 +1419,29 @@ class _Emitter:
             if not chunk:
                 continue
             rel = f"dt={date}/events-{fi:04d}.jsonl"
-            broken = False
-            for no, it in enumerate(chunk, start=1):
-                kind = it[3]
-                if kind is not None:
-                    self.dirty_counts[kind] += 1
-                    self.dirty_csv.writerow([rel, no, kind, it[4] or ""])
-                    broken = broken or kind == "non_utf8"
-            data = ("\n".join(it[2] for it in chunk) + "\n").encode("utf-8")
-            if broken:
-                for marker, bad in _NON_UTF8_MARKERS.items():
-                    data = data.replace(marker.encode("utf-8"), bad)
+            n_dirty = 0
             with open(self.out_dir / rel, "wb") as fh:
-                fh.write(data)
+                run_start = 0  # first line not written yet
+                for no, it in enumerate(chunk):
+                    kind = it[2]
+                    if kind is not None:
+                        n_dirty += 1
+                        self.dirty_counts[kind] += 1
+                        self.dirty_csv.writerow([rel, no + 1, kind, it[3] or ""])
+                    if kind == "non_utf8" or no - run_start >= _WRITE_BATCH:
+                        if no > run_start:
+                            fh.write(("\n".join([x[1] for x in chunk[run_start:no]]) + "\n").encode("utf-8"))
+                        run_start = no
+                    if kind == "non_utf8":
+                        bad = (it[1] + "\n").encode("utf-8")
+                        for marker, raw in _NON_UTF8_MARKERS.items():
+                            bad = bad.replace(marker.encode("utf-8"), raw)
+                        fh.write(bad)
+                        run_start = no + 1
+                if run_start < len(chunk):
+                    fh.write(("\n".join([x[1] for x in chunk[run_start:]]) + "\n").encode("utf-8"))
             self.lines_written += len(chunk)
-            self.clean_written += sum(1 for it in chunk if it[3] is None)
+            self.clean_written += len(chunk) - n_dirty
         self.partitions.append(date)
 
 
@@ -1358,15 +1457,12 @@ def _iso_ms(ms: int | None) -> str:
 
 
 USER_COLUMNS = (
-    "user_id", "account_id", "anonymous_id", "size_segment", "industry", "signup_at",
-    "true_conversion_probability", "converted", "converted_at", "conversion_censored",
-    *MILESTONE_NAMES,
-    "projects_created", "projects_in_14d", "teammates_invited", "integrations_connected", "active_days",
-    "support_tickets_basics", "support_tickets", "session_count", "short_session_count", "errors",
-    "onboarding_steps", "email", "role", "platform",
+    "user_id", "account_id", "anonymous_id", "size_segment", "signup_at", "true_conversion_probability",
+    "converted", "converted_at", *MILESTONE_NAMES, *COUNT_COLUMNS,
+    "conversion_censored", "industry", "email", "role", "platform",
 )
-ACCOUNT_COLUMNS = ("account_id", "name", "size_segment", "employees", "industry", "country", "plan",
-                   "final_plan", "converted", "signup_date", "n_users", "n_converted_users")
+ACCOUNT_COLUMNS = ("account_id", "name", "size_segment", "employees", "industry", "country", "plan", "converted",
+                   "final_plan", "signup_date", "n_users", "n_converted_users")
 
 
 def _write_ground_truth(cfg: GeneratorConfig, plan: _Plan, em: _Emitter, out_dir: Path) -> None:
@@ -1379,21 +1475,16 @@ def _write_ground_truth(cfg: GeneratorConfig, plan: _Plan, em: _Emitter, out_dir
             assert u.signup_ms is not None, "every planned user signs up within the period"
             assert u.converted == (u.converted_at_ms is not None)
             w.writerow([
-                u.user_id, u.account.account_id, u.anonymous_id, u.account.size, u.account.industry,
-                _iso_ms(u.signup_ms), f"{u.probability:.6f}", int(u.converted), _iso_ms(u.converted_at_ms),
-                int(u.censored), *(int(u.flags[m]) for m in MILESTONE_NAMES),
-                *(u.counts[c] for c in ("projects_created", "projects_in_14d", "teammates_invited",
-                                        "integrations_connected", "active_days", "support_tickets_basics",
-                                        "support_tickets", "session_count", "short_session_count", "errors",
-                                        "onboarding_steps")),
-                u.email, u.role, u.platform,
+                u.user_id, u.account.account_id, u.anonymous_id, u.account.size, _iso_ms(u.signup_ms),
+                f"{u.probability:.6f}", int(u.converted), _iso_ms(u.converted_at_ms), *u.flags, *u.counts,
+                int(u.censored), u.account.industry, u.email, u.role, u.platform,
             ])
     with open(gt / "accounts.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(ACCOUNT_COLUMNS)
         for a in plan.accounts:
-            w.writerow([a.account_id, a.name, a.size, a.employees, a.industry, a.country, a.plan, a.final_plan,
-                        int(a.converted), (cfg.start_date + dt.timedelta(days=a.signup_day)).isoformat(),
+            w.writerow([a.account_id, a.name, a.size, a.employees, a.industry, a.country, a.plan, int(a.converted),
+                        a.final_plan, (cfg.start_date + dt.timedelta(days=a.signup_day)).isoformat(),
                         len(a.members), sum(1 for m in a.members if m.converted)])
     n_users = len(plan.users)
     n_conv = sum(1 for u in plan.users if u.converted)
