@@ -105,5 +105,81 @@ def generate(out: Path, accounts: int, days: int, start_date: dt.date, seed: int
     click.echo(f"took {report.seconds:.1f} s ({rate:,.0f} lines/s)")
 
 
+def _instance():
+    """The Dagster instance in DAGSTER_HOME (default: ./.dagster_home), so runs show up in `make ui`."""
+    import os
+    import shutil
+
+    import dagster as dg
+
+    home = Path(os.environ.get("DAGSTER_HOME") or Path.cwd() / ".dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    project_yaml = Path.cwd() / "dagster.yaml"
+    if not (home / "dagster.yaml").exists() and project_yaml.exists():
+        shutil.copy(project_yaml, home / "dagster.yaml")
+    return dg.DagsterInstance.get()
+
+
+def _settings():
+    from pql_pipeline.settings import ConfigError, load_settings
+
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option("--accounts", type=int, default=300, show_default=True,
+              callback=_positive_int("--accounts", "--accounts 300"), help="Demo size: number of accounts.")
+@click.option("--days", type=int, default=90, show_default=True,
+              callback=_positive_int("--days", "--days 90"), help="Demo length in days (ending yesterday).")
+@click.option("--seed", type=int, default=42, show_default=True, callback=_seed)
+@click.option("--dirty-fraction", type=float, default=0.01, show_default=True, callback=_dirty_fraction)
+@click.option("--regenerate", is_flag=True, help="Write new demo events even if the same demo is already there.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def demo(accounts: int, days: int, seed: int, dirty_fraction: float, regenerate: bool, progress: bool) -> None:
+    """Generate demo events (once), materialize every asset, print a summary."""
+    from pql_pipeline.demo import run_demo
+    from pql_pipeline.runner import PipelineRunError
+
+    settings = _settings()
+    try:
+        report = run_demo(settings, _instance(), accounts, days, seed, dirty_fraction, regenerate, progress,
+                          echo=click.echo)
+    except (PipelineRunError, ValueError, FileExistsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if not report.succeeded:
+        raise click.ClickException("the pipeline run failed; the summary above shows which check or step "
+                                   "(open `make ui` for details)")
+
+
+@main.command()
+@click.option("--start", help="First partition (YYYY-MM-DD); default: the first day with event files.")
+@click.option("--end", help="Last partition (YYYY-MM-DD); default: the last day with event files.")
+def materialize(start: str | None, end: str | None) -> None:
+    """Materialize the pipeline for the days that have event files (one single-run backfill)."""
+    from pql_pipeline.defs.ingest.loader import available_partitions
+    from pql_pipeline.runner import PipelineRunError, format_summary, materialize_all
+
+    settings = _settings()
+    parts = available_partitions(settings.events_root, settings.source.pattern)
+    for label, value in (("--start", start), ("--end", end)):
+        if value is not None:
+            try:
+                dt.date.fromisoformat(value)
+            except ValueError:
+                raise click.BadParameter(f"{value!r} is not a date; write it as YYYY-MM-DD.", param_hint=label)
+    parts = [p for p in parts if (start is None or p >= start) and (end is None or p <= end)]
+    try:
+        report = materialize_all(settings, _instance(), parts)
+    except PipelineRunError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(format_summary(settings, report))
+    if not report.succeeded:
+        raise click.ClickException("the pipeline run failed; see the summary above")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

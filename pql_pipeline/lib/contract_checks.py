@@ -8,7 +8,7 @@ rule compares the live table with the contract's columns and physical types.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import duckdb
@@ -26,6 +26,7 @@ class RuleOutcome:
     observed: Any
     engine: str  # great_expectations | duckdb
     sample: list = field(default_factory=list)
+    partitions: list[str] = field(default_factory=list)  # partitions a failed rule failed in
 
 
 def check_schema(conn: duckdb.DuckDBPyConnection, contract: Contract, object_name: str) -> RuleOutcome:
@@ -56,26 +57,76 @@ def evaluate(
     where: str = "TRUE",
     ge_max_rows: int = 2_000_000,
     sample_rows: int = 5,
+    partitions: list[str] | None = None,
+    partition_column: str = "partition_date",
 ) -> list[RuleOutcome]:
-    """All rules of one contract object on the rows of its table matching ``where``."""
+    """All rules of one contract object on the rows of its table matching ``where``.
+
+    With ``partitions``, rules hold per partition: uniqueness is checked within each
+    partition (compound with the partition column), SQL and row-count rules run once per
+    partition, and a failed rule lists the partitions it failed in. Library rules still
+    run in one Great Expectations validation (or one SQL query) over all the partitions,
+    so a range backfill costs about as much as a single day.
+    """
     table = contract.object(object_name).physicalName or object_name
+    if partitions is not None:
+        keys = ", ".join(f"DATE '{k}'" for k in partitions) or "NULL"
+        where = f"({where}) AND {partition_column} IN ({keys})"
     relation = f"(SELECT * FROM {table} WHERE {where})"
     rules = table_rules(contract, object_name)
+    if partitions is not None:
+        rules = [_per_partition(r, partition_column) for r in rules]
     n = conn.execute(f"SELECT count(*) FROM {relation}").fetchall()[0][0]
     outcomes: list[RuleOutcome] = []
-    lib = [r for r in rules if r.kind != "sql"]
+    whole = [r for r in rules if r.kind not in ("sql", "row_count") or partitions is None]
+    each = [r for r in rules if r not in whole]
+    lib = [r for r in whole if r.kind != "sql"]
     if lib and n <= ge_max_rows:
         outcomes += _evaluate_ge(conn, relation, lib, n, object_name)
     else:
         outcomes += [_evaluate_sql(conn, relation, r, n) for r in lib]
-    outcomes += [_evaluate_sql(conn, relation, r, n) for r in rules if r.kind == "sql"]
+    outcomes += [_evaluate_sql(conn, relation, r, n) for r in whole if r.kind == "sql"]
+    for r in each:
+        failed = {}
+        for key in partitions or []:
+            rel = f"(SELECT * FROM {table} WHERE {where} AND {partition_column} = DATE '{key}')"
+            rows = conn.execute(f"SELECT count(*) FROM {rel}").fetchall()[0][0]
+            o = _evaluate_sql(conn, rel, r, rows)
+            if not o.passed:
+                failed[key] = o.observed
+        outcomes.append(RuleOutcome(r.id, r.description, r.severity, not failed,
+                                    failed or "ok in every partition", "duckdb"))
     by_id = {r.id: r for r in rules}
     for o in outcomes:
         if not o.passed and sample_rows:
             q = by_id[o.rule_id].sample_sql(relation, sample_rows)
             if q:
                 o.sample = _rows(conn, q)
+        if not o.passed and partitions is not None and by_id[o.rule_id].kind not in ("sql", "row_count"):
+            o.partitions = _failing_partitions(conn, relation, by_id[o.rule_id], partition_column)
     return outcomes
+
+
+def _per_partition(rule: TableRule, partition_column: str) -> TableRule:
+    """Uniqueness within each partition: (partition, column...) must be unique."""
+    if rule.kind == "unique" and rule.params.get("mostly", 1.0) >= 1.0:
+        return replace(rule, kind="compound_unique", columns=(partition_column, rule.column), column=None)
+    if rule.kind == "compound_unique" and partition_column not in rule.columns:
+        return replace(rule, columns=(partition_column, *rule.columns))
+    return rule
+
+
+def _failing_partitions(conn, relation: str, rule: TableRule, partition_column: str) -> list[str]:
+    sample = rule.sample_sql(relation, 1_000_000)
+    if sample is None:
+        return []
+    if rule.kind in ("unique", "compound_unique"):
+        cols = rule.columns or (rule.column,)
+        if partition_column not in cols:
+            return []
+    rows = conn.execute(f"SELECT DISTINCT CAST({partition_column} AS VARCHAR) FROM ({sample}) ORDER BY 1 LIMIT 50"
+                        ).fetchall()
+    return [r[0] for r in rows]
 
 
 def _evaluate_sql(conn: duckdb.DuckDBPyConnection, relation: str, rule: TableRule, n: int) -> RuleOutcome:

@@ -114,3 +114,24 @@ def test_schema_check_reports_missing_and_mistyped_columns(tmp_path, conn):
 def test_sql_rule_uses_comparison_operators():
     r = TableRule("x", "sql", "x", params={"query": "q", "mustBeBetween": [1, 3]})
     assert r.passes(2, 0) and not r.passes(4, 0)
+
+
+def test_partitioned_evaluation_checks_uniqueness_within_each_partition(tmp_path, conn):
+    p = _contract(tmp_path, [
+        {"name": "partition_date", "logicalType": "date", "physicalType": "DATE", "required": True},
+        {"name": "id", "logicalType": "string", "physicalType": "VARCHAR", "required": True, "unique": True},
+    ], quality=[{"name": "few", "type": "sql", "query": "SELECT count(*) FROM {table}", "mustBeLessThan": 4}])
+    c = load_contract(p)
+    conn.execute("CREATE TABLE t (partition_date DATE, id VARCHAR)")
+    # 'a' in two partitions is fine; 'b' twice on the 2nd is not; the 3rd has 4 rows (sql rule, per partition)
+    conn.execute("""INSERT INTO t VALUES ('2026-01-01','a'), ('2026-01-02','a'), ('2026-01-02','b'),
+                    ('2026-01-02','b'), ('2026-01-03','x'), ('2026-01-03','y'), ('2026-01-03', NULL),
+                    ('2026-01-03','z')""")
+    for engine_rows in (100, 0):  # GE, then SQL
+        out = {o.rule_id: o for o in evaluate(conn, c, "t", ge_max_rows=engine_rows,
+                                              partitions=["2026-01-01", "2026-01-02", "2026-01-03"])}
+        assert not out["id.unique"].passed and out["id.unique"].partitions == ["2026-01-02"]
+        assert not out["id.not_null"].passed and out["id.not_null"].partitions == ["2026-01-03"]
+        assert not out["few"].passed and out["few"].observed == {"2026-01-03": 4}
+        ok = {o.rule_id: o.passed for o in evaluate(conn, c, "t", ge_max_rows=engine_rows, partitions=["2026-01-01"])}
+        assert ok == {"partition_date.not_null": True, "id.not_null": True, "id.unique": True, "few": True}

@@ -37,9 +37,10 @@ def _result(outcomes_by_label: dict[str, list[RuleOutcome]], extra: dict | None 
         "results": dg.MetadataValue.md(md),
     }
     if failed:
-        meta["failed_rules"] = dg.MetadataValue.json([{"partition": label or None, "rule": o.rule_id,
-                                                       "severity": o.severity, "observed": o.observed,
-                                                       "description": o.description} for label, o in failed[:20]])
+        meta["failed_rules"] = dg.MetadataValue.json([{"partitions": o.partitions or label or None,
+                                                       "rule": o.rule_id, "severity": o.severity,
+                                                       "observed": o.observed, "description": o.description}
+                                                      for label, o in failed[:20]])
         samples = [{"partition": label or None, "rule": o.rule_id, "rows": o.sample} for label, o in failed if o.sample]
         if samples:
             meta["sample_bad_rows"] = dg.MetadataValue.json(samples[:5])
@@ -79,10 +80,9 @@ def contract_check(
                                                   settings.checks.ge_max_rows, settings.checks.sample_rows)
             else:
                 keys = sorted(context.partition_keys)
-                for key in keys:
-                    outs = evaluate(conn, c, object_name, f"partition_date = DATE '{key}'",
-                                    settings.checks.ge_max_rows, settings.checks.sample_rows)
-                    results[key] = ([schema] if key == keys[0] else []) + outs
+                label = keys[0] if len(keys) == 1 else f"{keys[0]} .. {keys[-1]} ({len(keys)} partitions)"
+                results[label] = [schema] + evaluate(conn, c, object_name, "TRUE", settings.checks.ge_max_rows,
+                                                     settings.checks.sample_rows, partitions=keys)
         return _result(results, {"contract": f"{c.id} v{c.version}"})
 
     return _check
