@@ -116,11 +116,11 @@ class Settings(_Strict):
 
     @property
     def warehouse_path(self) -> Path:
-        return self.resolve(os.environ.get("PQL_WAREHOUSE") or self.warehouse.path)
+        return self.resolve(self.warehouse.path)
 
     @property
     def events_root(self) -> Path:
-        return self.resolve(os.environ.get("PQL_EVENTS_DIR") or self.source.root)
+        return self.resolve(self.source.root)
 
     @property
     def contract_path(self) -> Path:
@@ -149,12 +149,20 @@ def load_settings(path: str | os.PathLike | None = None) -> Settings:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     try:
-        return Settings.model_validate(raw)
+        settings = Settings.model_validate(raw)
     except ValidationError as e:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<top level>'}: {err['msg']}" for err in e.errors()
         )
         raise ConfigError(f"{path}: {problems}") from None
+    # environment overrides are read once, here, so a Settings object never changes under its user
+    if os.environ.get("PQL_WAREHOUSE"):
+        settings = settings.model_copy(update={
+            "warehouse": settings.warehouse.model_copy(update={"path": os.environ["PQL_WAREHOUSE"]})})
+    if os.environ.get("PQL_EVENTS_DIR"):
+        settings = settings.model_copy(update={
+            "source": settings.source.model_copy(update={"root": os.environ["PQL_EVENTS_DIR"]})})
+    return settings
 
 
 @lru_cache(maxsize=1)

@@ -30,3 +30,10 @@ def test_env_overrides_paths(tmp_path, monkeypatch):
     monkeypatch.setenv("PQL_EVENTS_DIR", str(tmp_path / "ev"))
     s = load_settings()
     assert s.warehouse_path == tmp_path / "w.duckdb" and s.events_root == tmp_path / "ev"
+
+
+def test_settings_do_not_change_when_the_environment_does(tmp_path, monkeypatch):
+    monkeypatch.setenv("PQL_WAREHOUSE", str(tmp_path / "a.duckdb"))
+    s = load_settings()
+    monkeypatch.setenv("PQL_WAREHOUSE", str(tmp_path / "b.duckdb"))
+    assert s.warehouse_path == tmp_path / "a.duckdb"
