@@ -30,8 +30,8 @@ sys.path.insert(0, str(HERE.parent))
 
 from pql_pipeline.defs.ingest.generator import GeneratorConfig, generate_events  # noqa: E402
 from pql_pipeline.defs.ingest.loader import available_partitions  # noqa: E402
-from pql_pipeline.defs.ingest.raw import load_partition  # noqa: E402
-from pql_pipeline.defs.ingest.validation import validate_partition  # noqa: E402
+from pql_pipeline.defs.ingest.raw import load_partitions  # noqa: E402
+from pql_pipeline.defs.ingest.validation import validate_partitions  # noqa: E402
 from pql_pipeline.lib.contracts import load_contract  # noqa: E402
 from pql_pipeline.lib.warehouse import Warehouse, ensure_tables  # noqa: E402
 from pql_pipeline.settings import PROJECT_ROOT  # noqa: E402
@@ -112,9 +112,9 @@ def main() -> None:
         ensure_tables(conn, load_contract(CONTRACTS / "validated_events.odcs.yaml"), "validated_events",
                       "quarantined_events", "duplicate_events", "identity_links", "account_memberships")
         t0 = time.perf_counter()
-        rows = sum(load_partition(conn, args.data, PATTERN, "jsonl", p).rows for p in parts)
+        rows = sum(r.rows for r in load_partitions(conn, args.data, PATTERN, "jsonl", parts))
         t1 = time.perf_counter()
-        counts = [validate_partition(conn, seg, p) for p in parts]
+        counts = validate_partitions(conn, seg, parts)
         t2 = time.perf_counter()
     assert all(c.reconciles for c in counts), "reconciliation failed"
     base_n, base_s = baseline(args.data, parts, args.baseline_lines)

@@ -6,9 +6,9 @@ from pathlib import Path
 import dagster as dg
 
 from pql_pipeline.defs.ingest.dimensions import build_accounts, build_users
-from pql_pipeline.defs.ingest.raw import load_partition
+from pql_pipeline.defs.ingest.raw import load_partitions
 from pql_pipeline.defs.ingest.resources import EventSource
-from pql_pipeline.defs.ingest.validation import validate_partition
+from pql_pipeline.defs.ingest.validation import validate_partitions
 from pql_pipeline.lib.contracts import Contract, load_contract
 from pql_pipeline.lib.warehouse import Warehouse, ensure_tables
 from pql_pipeline.settings import Settings, contracts_dir
@@ -64,8 +64,10 @@ def build_ingest_assets(settings: Settings, daily: dg.PartitionsDefinition) -> l
         total = files = nbytes = bad = 0
         with warehouse.get_connection() as conn:
             ensure_tables(conn, raw_c, "raw_events")
-            for key in context.partition_keys:
-                r = load_partition(conn, Path(event_source.root), event_source.pattern, event_source.format, key)
+            loads = load_partitions(conn, Path(event_source.root), event_source.pattern, event_source.format,
+                                    sorted(context.partition_keys))
+            for r in loads:
+                key = r.partition
                 if not r.files:
                     context.log.warning(f"partition {key}: no files match {event_source.pattern} under {event_source.root}")
                 per_partition.append({"partition": key, "files": len(r.files), "lines": r.rows,
@@ -115,8 +117,9 @@ def build_ingest_assets(settings: Settings, daily: dg.PartitionsDefinition) -> l
             ensure_tables(conn, raw_c, "raw_events")
             ensure_tables(conn, val_c, "validated_events", "quarantined_events", "duplicate_events",
                           "identity_links", "account_memberships")
-            for key in sorted(context.partition_keys):
-                c = validate_partition(conn, seg, key, settings.validation.dedup_lookback_days)
+            for c in validate_partitions(conn, seg, sorted(context.partition_keys),
+                                         settings.validation.dedup_lookback_days):
+                key = c.partition
                 rows.append({"partition": key, "raw": c.raw, "validated": c.validated,
                              "duplicates": c.duplicates, "quarantined": c.quarantined,
                              "reconciles": "yes" if c.reconciles else "**NO**"})

@@ -15,11 +15,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 RAW_SCHEMA = pa.schema(
     [
-        ("source_file", pa.string()),
+        ("source_file", pa.dictionary(pa.int32(), pa.string())),
         ("line_no", pa.int64()),
         ("raw_line", pa.string()),
         ("line_bytes", pa.int64()),
@@ -50,23 +52,36 @@ def _open(path: Path) -> io.BufferedIOBase:
     return open(path, "rb")
 
 
-def _decode_lines(lines: list[bytes]) -> tuple[list[str], list[bool]]:
-    """Decode lines; only if the whole block is not UTF-8 go line by line."""
-    block = b"\n".join(lines)
-    try:
-        text = block.decode("utf-8")
-        return text.split("\n"), [True] * len(lines)
-    except UnicodeDecodeError:
-        pass
-    out, ok = [], []
-    for line in lines:
+def _decode_block(data: bytes) -> tuple[list[str], list[int], list[int]]:
+    """Split a block of whole lines; return (lines, indexes of non-UTF-8 lines, their byte lengths).
+
+    Runs of valid lines are decoded and split in single C calls; only a line holding
+    invalid bytes (rare) is handled on its own, rendered with ``\\xNN`` escapes.
+    """
+    out: list[str] = []
+    bad: list[int] = []
+    bad_bytes: list[int] = []
+    view = memoryview(data)
+    start = 0  # always the first byte of a line
+    while True:
         try:
-            out.append(line.decode("utf-8"))
-            ok.append(True)
-        except UnicodeDecodeError:
-            out.append(line.decode("utf-8", errors="backslashreplace"))
-            ok.append(False)
-    return out, ok
+            out.extend(str(view[start:], "utf-8").split("\n"))
+            return out, bad, bad_bytes
+        except UnicodeDecodeError as e:
+            err = start + e.start
+            line_start = data.rfind(b"\n", start, err) + 1 or start
+            line_end = data.find(b"\n", err)
+            if line_end < 0:
+                line_end = len(data)
+            if line_start > start:
+                out.extend(str(view[start:line_start - 1], "utf-8").split("\n"))
+            raw = data[line_start:line_end]
+            bad.append(len(out))
+            bad_bytes.append(len(raw))
+            out.append(raw.decode("utf-8", errors="backslashreplace"))
+            if line_end >= len(data):
+                return out, bad, bad_bytes
+            start = line_end + 1
 
 
 def read_jsonl(file: SourceFile, chunk_bytes: int = CHUNK_BYTES) -> Iterator[pa.RecordBatch]:
@@ -84,26 +99,34 @@ def read_jsonl(file: SourceFile, chunk_bytes: int = CHUNK_BYTES) -> Iterator[pa.
                 carry = data
                 continue
             carry = data[cut + 1 :]
-            lines = data[:cut].split(b"\n")
-            yield _batch(file, lines, line_no)
-            line_no += len(lines)
+            batch = _batch(file, data[:cut], line_no)
+            line_no += batch.num_rows
+            yield batch
     if carry:
         # last line without a trailing newline
-        yield _batch(file, [carry], line_no)
+        yield _batch(file, carry, line_no)
 
 
-def _batch(file: SourceFile, lines: list[bytes], first: int) -> pa.RecordBatch:
-    # Windows line endings: strip one trailing \r (it is not part of the JSON value)
-    lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
-    text, ok = _decode_lines(lines)
+def _batch(file: SourceFile, block: bytes, first: int) -> pa.RecordBatch:
+    lines, bad, bad_bytes = _decode_block(block)
     n = len(lines)
+    # Windows line endings: one trailing \r is not part of the JSON value
+    if b"\r" in block:
+        lines = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+    text = pa.array(lines, pa.string())
+    # byte length: UTF-8 length of the text, except for the re-rendered non-UTF-8 lines
+    nbytes = pc.binary_length(text).to_numpy(zero_copy_only=False).astype(np.int64)
+    valid = np.ones(n, dtype=bool)
+    if bad:
+        valid[bad] = False
+        nbytes[bad] = bad_bytes
     return pa.RecordBatch.from_arrays(
         [
-            pa.array([file.relative] * n, pa.string()),
-            pa.array(range(first + 1, first + n + 1), pa.int64()),
-            pa.array(text, pa.string()),
-            pa.array([len(x) for x in lines], pa.int64()),
-            pa.array(ok, pa.bool_()),
+            pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([file.relative])),
+            pa.array(np.arange(first + 1, first + n + 1, dtype=np.int64)),
+            text,
+            pa.array(nbytes),
+            pa.array(valid),
         ],
         schema=RAW_SCHEMA,
     )

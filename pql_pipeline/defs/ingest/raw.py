@@ -24,29 +24,50 @@ class RawLoad:
 
 def load_partition(conn: duckdb.DuckDBPyConnection, root: Path, pattern: str, fmt: str, partition: str) -> RawLoad:
     """Replace raw_events for one partition with the lines of its files."""
-    files = partition_files(root, pattern, partition)
-    result = RawLoad(partition=partition, files=files, bytes=sum(f.size for f in files))
-    pdate = f"DATE '{partition}'"
+    return load_partitions(conn, root, pattern, fmt, [partition])[0]
+
+
+def load_partitions(conn: duckdb.DuckDBPyConnection, root: Path, pattern: str, fmt: str, partitions: list[str],
+                    commit_rows: int = 2_000_000) -> list[RawLoad]:
+    """Replace raw_events for several partitions.
+
+    Each partition is deleted and re-inserted inside a transaction; consecutive partitions
+    share a transaction until about ``commit_rows`` lines were written (fewer commits and
+    checkpoints on a range backfill, bounded transaction size). A failure rolls back the
+    open transaction, so no partition is ever left half-loaded.
+    """
+    results = []
+    pending = 0
     conn.execute("BEGIN TRANSACTION")
     try:
-        conn.execute(f"DELETE FROM raw_events WHERE partition_date = {pdate}")
-        for f in files:
-            before = result.rows
-            if fmt == "parquet":
-                n, bad = _insert_parquet(conn, f, pdate)
-                result.rows += n
-                result.invalid_utf8 += bad
-            else:
-                for batch in read_jsonl(f):
-                    _insert_batch(conn, batch, pdate)
-                    result.rows += batch.num_rows
-                    result.invalid_utf8 += batch.num_rows - (pc.sum(batch.column("utf8_valid")).as_py() or 0)
-            result.per_file[f.relative] = result.rows - before
+        for partition in partitions:
+            files = partition_files(root, pattern, partition)
+            r = RawLoad(partition=partition, files=files, bytes=sum(f.size for f in files))
+            pdate = f"DATE '{partition}'"
+            conn.execute(f"DELETE FROM raw_events WHERE partition_date = {pdate}")
+            for f in files:
+                before = r.rows
+                if fmt == "parquet":
+                    n, bad = _insert_parquet(conn, f, pdate)
+                    r.rows += n
+                    r.invalid_utf8 += bad
+                else:
+                    for batch in read_jsonl(f):
+                        _insert_batch(conn, batch, pdate)
+                        r.rows += batch.num_rows
+                        r.invalid_utf8 += batch.num_rows - (pc.sum(batch.column("utf8_valid")).as_py() or 0)
+                r.per_file[f.relative] = r.rows - before
+            results.append(r)
+            pending += r.rows
+            if pending >= commit_rows:
+                conn.execute("COMMIT")
+                conn.execute("BEGIN TRANSACTION")
+                pending = 0
     except Exception:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
-    return result
+    return results
 
 
 def _insert_batch(conn: duckdb.DuckDBPyConnection, batch: pa.RecordBatch, pdate: str) -> None:

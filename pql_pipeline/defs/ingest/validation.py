@@ -207,7 +207,7 @@ def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _checked_sql(compiled: CompiledRules, pdate: str, p_start: str, p_end: str) -> str:
+def _checked_sql(compiled: CompiledRules, partitions: list[str]) -> str:
     """One pass over a raw partition.
 
     Each valid line is parsed a handful of times in total, whatever the number of rules:
@@ -252,19 +252,20 @@ def _checked_sql(compiled: CompiledRules, pdate: str, p_start: str, p_end: str) 
     return f"""
         CREATE OR REPLACE TEMP TABLE _checked AS
         WITH lines AS (
-            SELECT source_file, line_no, raw_line, line_bytes,
+            SELECT partition_date, source_file, line_no, raw_line, line_bytes,
                    CASE WHEN NOT utf8_valid THEN 'line.utf8'
                         WHEN line_bytes > {compiled.max_bytes} THEN 'line.max_bytes'
-                        WHEN trim(raw_line) = '' THEN 'line.empty'
-                        WHEN NOT json_valid(raw_line) THEN 'line.json'
-                        WHEN NOT starts_with(ltrim(raw_line), '{{') THEN 'line.json_object'
+                        WHEN NOT json_valid(raw_line) THEN
+                             CASE WHEN trim(raw_line) = '' THEN 'line.empty' ELSE 'line.json' END
+                        WHEN NOT (starts_with(raw_line, '{{') OR starts_with(ltrim(raw_line), '{{'))
+                             THEN 'line.json_object'
                    END AS line_rule
-            FROM raw_events WHERE partition_date = {pdate}
+            FROM raw_events WHERE partition_date IN ({", ".join(f"DATE '{k}'" for k in partitions)})
         ), parsed AS (
-            SELECT source_file, line_no, raw_line, json_type(raw_line, {paths}) AS jt,
+            SELECT partition_date, source_file, line_no, raw_line, json_type(raw_line, {paths}) AS jt,
                    json_transform(raw_line, '{structure}') AS s
             FROM lines WHERE line_rule IS NULL
-        ), d1 AS (SELECT source_file, line_no, raw_line, {jts}, {svs} FROM parsed
+        ), d1 AS (SELECT partition_date, source_file, line_no, raw_line, {jts}, {svs} FROM parsed
         ), d2 AS (
             SELECT *, {tss},
                    {sv('messageId')} AS message_id, {sv('type')} AS event_type,
@@ -277,7 +278,8 @@ def _checked_sql(compiled: CompiledRules, pdate: str, p_start: str, p_end: str) 
         ), d3 AS (
             SELECT *, {pts}, coalesce({sv('groupId')}, {ctx_group}) AS group_id,
                    {ts('timestamp')} AS event_ts, {ts('receivedAt')} AS received_at, {ts('sentAt')} AS sent_at,
-                   {p_start} AS partition_start, {p_end} AS partition_end
+                   CAST(partition_date AS TIMESTAMPTZ) AS partition_start,
+                   CAST(partition_date AS TIMESTAMPTZ) + INTERVAL 1 DAY AS partition_end
             FROM d2
         ), flagged AS (SELECT *, {flags} FROM d3
         ), judged AS (
@@ -285,14 +287,14 @@ def _checked_sql(compiled: CompiledRules, pdate: str, p_start: str, p_end: str) 
                    CASE WHEN NOT ({any_bad}) THEN json_extract(raw_line, {opaths}) END AS objs
             FROM flagged
         )
-        SELECT source_file, line_no, raw_line, message_id, event_type, event_name, user_id, anonymous_id,
-               previous_id, group_id, event_ts, received_at, sent_at, {", ".join(obj(x) for x in ("properties", "traits", "context"))},
+        SELECT partition_date, source_file, line_no, CASE WHEN bad THEN raw_line END AS raw_line,
+               message_id, event_type, event_name, user_id, anonymous_id, previous_id, group_id, event_ts, received_at, sent_at, {", ".join(obj(x) for x in ("properties", "traits", "context"))},
                CASE WHEN bad THEN list_filter({ids}, lambda x: x IS NOT NULL) ELSE [] END AS rule_ids,
                CASE WHEN bad THEN list_filter({reasons}, lambda x: x IS NOT NULL) ELSE [] END AS reasons
         FROM judged
         UNION ALL
-        SELECT source_file, line_no, raw_line, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-               NULL, NULL, NULL, [line_rule], [{_line_reason()}]
+        SELECT partition_date, source_file, line_no, raw_line, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+               NULL, NULL, NULL, NULL, NULL, [line_rule], [{_line_reason()}]
         FROM lines WHERE line_rule IS NOT NULL
     """
 
@@ -319,63 +321,102 @@ def validate_partition(
     dedup_lookback_days: int = 7,
 ) -> PartitionCounts:
     """Rebuild one partition of validated / quarantined / duplicate events and identity tables."""
-    compiled = compile_row_rules(contract)
-    day = dt.date.fromisoformat(partition)
-    p_start = f"TIMESTAMPTZ '{day.isoformat()} 00:00:00+00'"
-    p_end = f"TIMESTAMPTZ '{(day + dt.timedelta(days=1)).isoformat()} 00:00:00+00'"
-    pdate = f"DATE '{partition}'"
+    return validate_partitions(conn, contract, [partition], dedup_lookback_days)[0]
 
-    conn.execute("BEGIN TRANSACTION")
-    try:
-        conn.execute(_checked_sql(compiled, pdate, p_start, p_end))
-        for table in ("quarantined_events", "duplicate_events", "validated_events", "identity_links",
-                      "account_memberships"):
-            conn.execute(f"DELETE FROM {table} WHERE partition_date = {pdate}")
-        conn.execute(f"""
-            INSERT INTO quarantined_events
-            SELECT {pdate}, source_file, line_no, message_id, rule_ids[1], rule_ids, reasons, raw_line,
-                   {_lit(contract.id)}, {_lit(contract.version)}
-            FROM _checked WHERE len(rule_ids) > 0
-        """)
-        # first wins: earlier line in this partition, or validated in the lookback window
-        conn.execute(f"""
-            CREATE OR REPLACE TEMP TABLE _ranked AS
-            SELECT c.*,
-                   row_number() OVER (PARTITION BY message_id ORDER BY source_file, line_no) AS copy_no,
-                   first_value(source_file) OVER (PARTITION BY message_id ORDER BY source_file, line_no) AS first_file,
-                   first_value(line_no) OVER (PARTITION BY message_id ORDER BY source_file, line_no) AS first_line
-            FROM _checked c WHERE len(rule_ids) = 0
-        """)
-        conn.execute(f"""
-            CREATE OR REPLACE TEMP TABLE _earlier AS
-            SELECT message_id, min_by(partition_date, (partition_date, source_file, line_no)) AS partition_date,
-                   min_by(source_file, (partition_date, source_file, line_no)) AS source_file,
-                   min_by(line_no, (partition_date, source_file, line_no)) AS line_no
-            FROM validated_events
-            WHERE partition_date >= {pdate} - INTERVAL {int(dedup_lookback_days)} DAY AND partition_date < {pdate}
-              AND message_id IN (SELECT message_id FROM _ranked)
-            GROUP BY message_id
-        """)
-        conn.execute(f"""
-            INSERT INTO duplicate_events
-            SELECT {pdate}, r.source_file, r.line_no, r.message_id,
-                   coalesce(e.partition_date, {pdate}), coalesce(e.source_file, r.first_file),
-                   coalesce(e.line_no, r.first_line)
-            FROM _ranked r LEFT JOIN _earlier e USING (message_id)
-            WHERE r.copy_no > 1 OR e.message_id IS NOT NULL
-        """)
-        conn.execute(f"""
-            CREATE OR REPLACE TEMP TABLE _valid AS
-            SELECT r.* FROM _ranked r ANTI JOIN _earlier e USING (message_id) WHERE r.copy_no = 1
-        """)
-        _resolve_identities(conn, pdate)
-    except Exception:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    for t in ("_checked", "_ranked", "_earlier", "_valid"):
+
+def validate_partitions(
+    conn: duckdb.DuckDBPyConnection,
+    contract: Contract,
+    partitions: list[str],
+    dedup_lookback_days: int = 7,
+    group_rows: int = 2_000_000,
+) -> list[PartitionCounts]:
+    """Rebuild several partitions, oldest first (dedup and identities depend on earlier days).
+
+    The row rules do not depend on other rows, so they run over a group of partitions
+    at once (up to ``group_rows`` raw rows: parallel and compiled once); deduplication
+    and identity resolution then run partition by partition. Each group is one
+    transaction: a failure leaves every partition of the group as it was.
+    """
+    compiled = compile_row_rules(contract)
+    partitions = sorted(partitions)
+    keys = ", ".join(f"DATE '{k}'" for k in partitions) or "NULL"
+    sizes = dict(conn.execute(f"""SELECT CAST(partition_date AS VARCHAR), count(*) FROM raw_events
+                                  WHERE partition_date IN ({keys}) GROUP BY 1""").fetchall())
+    groups: list[list[str]] = []
+    rows = 0
+    for key in partitions:
+        if not groups or rows + sizes.get(key, 0) > group_rows:
+            groups.append([])
+            rows = 0
+        groups[-1].append(key)
+        rows += sizes.get(key, 0)
+    for group in groups:
+        conn.execute("BEGIN TRANSACTION")
+        try:
+            conn.execute(_checked_sql(compiled, group))
+            for key in group:
+                _validate_one(conn, contract, key, dedup_lookback_days)
+        except Exception:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        conn.execute("DROP TABLE IF EXISTS _checked")
+    return [partition_counts(conn, key) for key in partitions]
+
+
+def _validate_one(conn: duckdb.DuckDBPyConnection, contract: Contract, partition: str, lookback: int) -> None:
+    pdate = f"DATE '{partition}'"
+    for table in ("quarantined_events", "duplicate_events", "validated_events", "identity_links",
+                  "account_memberships"):
+        conn.execute(f"DELETE FROM {table} WHERE partition_date = {pdate}")
+    conn.execute(f"""
+        INSERT INTO quarantined_events
+        SELECT {pdate}, source_file, line_no, message_id, rule_ids[1], rule_ids, reasons, raw_line,
+               {_lit(contract.id)}, {_lit(contract.version)}
+        FROM _checked WHERE partition_date = {pdate} AND len(rule_ids) > 0
+    """)
+    # first wins: earlier line in this partition, or validated in the lookback window.
+    # Only narrow key columns travel through these steps; the wide JSON columns are
+    # read once, from _checked, by the final insert.
+    conn.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ranked AS
+        SELECT source_file, line_no, message_id,
+               row_number() OVER w AS copy_no, first_value(source_file) OVER w AS first_file,
+               first_value(line_no) OVER w AS first_line
+        FROM _checked WHERE partition_date = {pdate} AND len(rule_ids) = 0
+        WINDOW w AS (PARTITION BY message_id ORDER BY source_file, line_no)
+    """)
+    conn.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _earlier AS
+        SELECT message_id, min_by(partition_date, (partition_date, source_file, line_no)) AS partition_date,
+               min_by(source_file, (partition_date, source_file, line_no)) AS source_file,
+               min_by(line_no, (partition_date, source_file, line_no)) AS line_no
+        FROM validated_events
+        WHERE partition_date >= {pdate} - INTERVAL {int(lookback)} DAY AND partition_date < {pdate}
+          AND message_id IN (SELECT message_id FROM _ranked)
+        GROUP BY message_id
+    """)
+    conn.execute(f"""
+        INSERT INTO duplicate_events
+        SELECT {pdate}, r.source_file, r.line_no, r.message_id,
+               coalesce(e.partition_date, {pdate}), coalesce(e.source_file, r.first_file),
+               coalesce(e.line_no, r.first_line)
+        FROM _ranked r LEFT JOIN _earlier e USING (message_id)
+        WHERE r.copy_no > 1 OR e.message_id IS NOT NULL
+    """)
+    conn.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _valid AS
+        SELECT c.source_file, c.line_no, c.message_id, c.event_type, c.user_id, c.anonymous_id, c.previous_id,
+               c.group_id, c.event_ts
+        FROM _checked c
+        JOIN (SELECT source_file, line_no FROM _ranked r ANTI JOIN _earlier e USING (message_id)
+              WHERE r.copy_no = 1) k USING (source_file, line_no)
+        WHERE c.partition_date = {pdate}
+    """)
+    _resolve_identities(conn, pdate)
+    for t in ("_ranked", "_earlier", "_valid"):
         conn.execute(f"DROP TABLE IF EXISTS {t}")
-    return partition_counts(conn, partition)
 
 
 def _line_reason() -> str:
@@ -431,11 +472,12 @@ def _resolve_identities(conn: duckdb.DuckDBPyConnection, pdate: str) -> None:
             WHERE r.group_id IS NULL
             GROUP BY r.message_id
         )
-        SELECT {pdate}, r.message_id, r.event_type, r.event_name, r.user_id, r.anonymous_id, r.resolved_user_id,
-               r.group_id, coalesce(r.group_id, a.account_id), r.event_ts, r.received_at, r.sent_at,
-               r.properties, r.traits, r.context, r.source_file, r.line_no
-        FROM _resolved r LEFT JOIN acct a ON r.group_id IS NULL AND a.message_id = r.message_id
-        ORDER BY r.event_ts, r.message_id
+        SELECT {pdate}, c.message_id, c.event_type, c.event_name, c.user_id, c.anonymous_id, r.resolved_user_id,
+               c.group_id, coalesce(c.group_id, a.account_id), c.event_ts, c.received_at, c.sent_at,
+               c.properties, c.traits, c.context, c.source_file, c.line_no
+        FROM _resolved r
+        JOIN _checked c ON c.partition_date = {pdate} AND c.source_file = r.source_file AND c.line_no = r.line_no
+        LEFT JOIN acct a ON r.group_id IS NULL AND a.message_id = r.message_id
     """)
     conn.execute("DROP TABLE IF EXISTS _resolved")
 
