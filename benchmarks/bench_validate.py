@@ -5,10 +5,11 @@ Generates (once, cached under benchmarks/.data/) a demo data set of roughly
 
 * load:     files -> raw_events (DuckDB file)
 * validate: raw_events -> validated / quarantined / duplicate events (all rules)
-* baseline: a straightforward per-line Python implementation (json.loads + the
-  same kinds of checks + dict-based dedup) on the first ``--baseline-lines``
-  lines, measured in the same run, so the result is a ratio rather than a
-  machine-dependent number.
+* baseline: a straightforward per-line Python implementation of the same step
+  (json.loads, the contract's envelope / timestamp / tracking-plan checks, dict
+  dedup and identity map, pandas -> DuckDB writes) on the first
+  ``--baseline-lines`` lines, measured in the same run, so the result is a
+  ratio rather than a machine-dependent number.
 
 Writes benchmarks/results/validate.json and prints a table.
 """
@@ -59,35 +60,111 @@ def ensure_data(out: Path, accounts: int, days: int, seed: int) -> dict:
     return json.loads(manifest.read_text())
 
 
-def baseline(root: Path, parts: list[str], max_lines: int) -> tuple[int, float]:
-    """Straightforward per-line Python validation, for a same-run reference."""
-    known = {o.name for o in load_contract(CONTRACTS / "segment_events.odcs.yaml").objects()}
+PY_TYPES = {"string": (str,), "timestamp": (str,), "date": (str,), "integer": (int,), "number": (int, float),
+            "boolean": (bool,), "object": (dict,), "array": (list,)}
+
+
+def _ts(v):
+    try:
+        d = dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
+        return d if d.tzinfo else d.replace(tzinfo=dt.timezone.utc)
+    except (ValueError, AttributeError):
+        return None
+
+
+def baseline(root: Path, parts: list[str], max_lines: int, db: Path) -> tuple[int, float]:
+    """A straightforward per-line Python implementation of the same step, for a same-run reference.
+
+    Same inputs and outputs: every line is decoded and parsed, checked against the
+    contract's envelope types, timestamps, tracking plan and property types, deduplicated
+    (first wins), anonymous ids resolved, and validated / quarantined / duplicate rows
+    written to DuckDB through pandas.
+    """
+    import duckdb
+    import pandas as pd
+
+    contract = load_contract(CONTRACTS / "segment_events.odcs.yaml")
+    envelope = [(p.name, p.logicalType, bool(p.required)) for p in contract.object("segment_event").properties]
+    plan = {o.name: [(p.name, p.logicalType, bool(p.required)) for p in o.properties or []]
+            for o in contract.objects() if o.name != "segment_event"}
+    types_allowed = {"track", "identify", "group", "page", "screen", "alias"}
     seen: set[str] = set()
+    links: dict[str, str] = {}
+    valid, quarantined, duplicates = [], [], []
     n = 0
     t = time.perf_counter()
-    out_valid = out_bad = 0
     for p in parts:
         for f in sorted((root / f"dt={p}").glob("*.jsonl*")):
             with open(f, "rb") as fh:
-                for raw in fh:
+                for line_no, raw in enumerate(fh, start=1):
                     n += 1
+                    problems = []
+                    msg = None
                     try:
                         msg = json.loads(raw.decode("utf-8"))
-                        ok = (isinstance(msg, dict) and isinstance(msg.get("messageId"), str)
-                              and msg.get("type") in ("track", "identify", "group", "page", "screen", "alias")
-                              and (msg.get("userId") or msg.get("anonymousId"))
-                              and dt.datetime.fromisoformat(msg["timestamp"].replace("Z", "+00:00"))
-                              and (msg["type"] != "track" or msg.get("event") in known)
-                              and isinstance(msg.get("properties", {}), dict))
-                    except Exception:
-                        ok = False
-                    if ok and msg["messageId"] not in seen:
-                        seen.add(msg["messageId"])
-                        out_valid += 1
+                        if not isinstance(msg, dict):
+                            problems.append("line.json_object")
+                    except UnicodeDecodeError:
+                        problems.append("line.utf8")
+                    except ValueError:
+                        problems.append("line.json")
+                    if not problems:
+                        for name, ltype, required in envelope:
+                            v = msg.get(name)
+                            if v is None or v == "":
+                                if required:
+                                    problems.append(f"{name}.required")
+                            elif not isinstance(v, PY_TYPES[ltype]) or (ltype == "integer" and isinstance(v, bool)):
+                                problems.append(f"{name}.type")
+                            elif ltype == "timestamp" and _ts(v) is None:
+                                problems.append(f"{name}.parse")
+                        if msg.get("type") not in types_allowed:
+                            problems.append("type.allowed")
+                        if not msg.get("userId") and not msg.get("anonymousId"):
+                            problems.append("identity.required")
+                        ts, recv = _ts(msg.get("timestamp")), _ts(msg.get("receivedAt"))
+                        if ts and recv and (ts - recv).total_seconds() > 86400:
+                            problems.append("timestamp.not_future")
+                        if msg.get("type") == "track":
+                            props = msg.get("properties") if isinstance(msg.get("properties"), dict) else {}
+                            if msg.get("event") not in plan:
+                                problems.append("event.in_tracking_plan")
+                            else:
+                                for name, ltype, required in plan[msg["event"]]:
+                                    v = props.get(name)
+                                    if v is None:
+                                        if required:
+                                            problems.append("properties.required")
+                                    elif not isinstance(v, PY_TYPES[ltype]):
+                                        problems.append("properties.type")
+                    if problems:
+                        quarantined.append((p, f.name, line_no, problems[0], problems, raw.decode("utf-8", "replace")))
+                    elif msg["messageId"] in seen:
+                        duplicates.append((p, f.name, line_no, msg["messageId"]))
                     else:
-                        out_bad += 1
+                        seen.add(msg["messageId"])
+                        if msg.get("userId") and msg.get("anonymousId"):
+                            links.setdefault(msg["anonymousId"], msg["userId"])
+                        valid.append((p, msg["messageId"], msg["type"], msg.get("event"), msg.get("userId"),
+                                      msg.get("anonymousId"), msg.get("userId") or links.get(msg.get("anonymousId")),
+                                      ts, json.dumps(msg.get("properties")), f.name, line_no))
                     if n >= max_lines:
-                        return n, time.perf_counter() - t
+                        break
+            if n >= max_lines:
+                break
+        if n >= max_lines:
+            break
+    con = duckdb.connect(str(db))
+    v = pd.DataFrame(valid, columns=["partition_date", "message_id", "event_type", "event_name", "user_id",
+                                     "anonymous_id", "resolved_user_id", "event_ts", "properties", "source_file",
+                                     "line_no"])
+    q = pd.DataFrame(quarantined, columns=["partition_date", "source_file", "line_no", "rule_id", "rule_ids",
+                                           "raw_line"])
+    d = pd.DataFrame(duplicates, columns=["partition_date", "source_file", "line_no", "message_id"])
+    con.execute("CREATE OR REPLACE TABLE validated AS SELECT * FROM v")
+    con.execute("CREATE OR REPLACE TABLE quarantined AS SELECT * FROM q")
+    con.execute("CREATE OR REPLACE TABLE duplicates AS SELECT * FROM d")
+    con.close()
     return n, time.perf_counter() - t
 
 
@@ -117,7 +194,7 @@ def main() -> None:
         counts = validate_partitions(conn, seg, parts)
         t2 = time.perf_counter()
     assert all(c.reconciles for c in counts), "reconciliation failed"
-    base_n, base_s = baseline(args.data, parts, args.baseline_lines)
+    base_n, base_s = baseline(args.data, parts, args.baseline_lines, db_dir / "baseline.duckdb")
     load_s, val_s = t1 - t0, t2 - t1
     result = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

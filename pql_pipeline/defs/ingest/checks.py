@@ -45,8 +45,10 @@ def _result(outcomes_by_label: dict[str, list[RuleOutcome]], extra: dict | None 
         if samples:
             meta["sample_bad_rows"] = dg.MetadataValue.json(samples[:5])
     meta.update(extra or {})
+    # a failure is ERROR when an error-severity rule failed; a pass reports the level the check gates at
+    gates = any_error if not passed else any(o.severity == "error" for o in all_outcomes)
     return dg.AssetCheckResult(passed=passed, metadata=meta,
-                               severity=dg.AssetCheckSeverity.ERROR if any_error else dg.AssetCheckSeverity.WARN)
+                               severity=dg.AssetCheckSeverity.ERROR if gates else dg.AssetCheckSeverity.WARN)
 
 
 def contract_check(
@@ -152,7 +154,8 @@ def build_ingest_checks(settings: Settings, daily: dg.PartitionsDefinition) -> l
                 SELECT partition_date::VARCHAR, source_file, line_no, rule_id, reasons[1], left(raw_line, 200)
                 FROM quarantined_events WHERE partition_date IN ({keys})
                 ORDER BY partition_date, source_file, line_no LIMIT {settings.checks.sample_rows}""").fetchall()
-        severity = dg.AssetCheckSeverity.ERROR if worst > qr.error_above else dg.AssetCheckSeverity.WARN
+        # between the two thresholds: a warning; above error_above (or passing): the blocking level
+        severity = dg.AssetCheckSeverity.WARN if qr.warn_above < worst <= qr.error_above else dg.AssetCheckSeverity.ERROR
         return dg.AssetCheckResult(passed=worst <= qr.warn_above, severity=severity, metadata={
             "max_quarantine_rate": dg.MetadataValue.float(round(worst, 6)),
             "warn_above": qr.warn_above,
