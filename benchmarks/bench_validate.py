@@ -75,7 +75,7 @@ def _ts(v):
 def baseline(root: Path, parts: list[str], max_lines: int, db: Path) -> tuple[int, float]:
     """A straightforward per-line Python implementation of the same step, for a same-run reference.
 
-    Same inputs and outputs: every line is decoded and parsed, checked against the
+    Same inputs and outputs: every line is kept verbatim (the raw table), decoded and parsed, checked against the
     contract's envelope types, timestamps, tracking plan and property types, deduplicated
     (first wins), anonymous ids resolved, and validated / quarantined / duplicate rows
     written to DuckDB through pandas.
@@ -90,7 +90,7 @@ def baseline(root: Path, parts: list[str], max_lines: int, db: Path) -> tuple[in
     types_allowed = {"track", "identify", "group", "page", "screen", "alias"}
     seen: set[str] = set()
     links: dict[str, str] = {}
-    valid, quarantined, duplicates = [], [], []
+    valid, quarantined, duplicates, raw_rows = [], [], [], []
     n = 0
     t = time.perf_counter()
     for p in parts:
@@ -98,6 +98,7 @@ def baseline(root: Path, parts: list[str], max_lines: int, db: Path) -> tuple[in
             with open(f, "rb") as fh:
                 for line_no, raw in enumerate(fh, start=1):
                     n += 1
+                    raw_rows.append((p, f.name, line_no, raw.decode("utf-8", "backslashreplace")))
                     problems = []
                     msg = None
                     try:
@@ -161,6 +162,8 @@ def baseline(root: Path, parts: list[str], max_lines: int, db: Path) -> tuple[in
     q = pd.DataFrame(quarantined, columns=["partition_date", "source_file", "line_no", "rule_id", "rule_ids",
                                            "raw_line"])
     d = pd.DataFrame(duplicates, columns=["partition_date", "source_file", "line_no", "message_id"])
+    r = pd.DataFrame(raw_rows, columns=["partition_date", "source_file", "line_no", "raw_line"])
+    con.execute("CREATE OR REPLACE TABLE raw AS SELECT * FROM r")
     con.execute("CREATE OR REPLACE TABLE validated AS SELECT * FROM v")
     con.execute("CREATE OR REPLACE TABLE quarantined AS SELECT * FROM q")
     con.execute("CREATE OR REPLACE TABLE duplicates AS SELECT * FROM d")

@@ -13,6 +13,7 @@ import statistics
 import dagster as dg
 
 from pql_pipeline.defs.ingest.assets import POOL, contract
+from pql_pipeline.defs.ingest.assets import _md_table as _md
 from pql_pipeline.defs.ingest.validation import partition_counts
 from pql_pipeline.lib.contract_checks import RuleOutcome, check_schema, evaluate, outcomes_markdown, summarize
 from pql_pipeline.lib.contracts import Contract
@@ -88,14 +89,6 @@ def contract_check(
         return _result(results, {"contract": f"{c.id} v{c.version}"})
 
     return _check
-
-
-def _md(rows: list[dict]) -> str:
-    if not rows:
-        return "_none_"
-    cols = list(rows[0])
-    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] +
-                     ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows])
 
 
 def build_ingest_checks(settings: Settings, daily: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:

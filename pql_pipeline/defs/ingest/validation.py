@@ -24,7 +24,6 @@ and is checked independently.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from dataclasses import dataclass
 
 import duckdb
@@ -47,25 +46,12 @@ JSON_TYPES = {
 
 ENVELOPE = "segment_event"
 
-# typed envelope column -> Segment field
-TYPED_COLUMNS = {
-    "message_id": "messageId",
-    "event_type": "type",
-    "user_id": "userId",
-    "anonymous_id": "anonymousId",
-    "previous_id": "previousId",
-}
-
 
 @dataclass(frozen=True)
 class RowRule:
     id: str
     condition: str  # SQL predicate, TRUE = violation
     reason: str  # SQL expression producing the sentence
-
-
-def snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 def _lit(s: str) -> str:
