@@ -3,6 +3,7 @@
 import csv
 import datetime as dt
 
+import dagster as dg
 import pytest
 
 from pql_pipeline.defs.ingest.generator import GeneratorConfig, generate_events
@@ -52,6 +53,9 @@ def test_generated_events_through_the_graph(generated, tmp_path, monkeypatch):
                  "duplicate_events:duplicate_events_contract", "users:users_contract", "users:users_history_contract",
                  "accounts:accounts_contract", "accounts:accounts_history_contract"):
         assert checks[name].passed, (name, checks[name].metadata)
+    # the checks evaluated every partition of the range run, not just one
+    assert checks["validated_events:reconciliation"].metadata["raw_rows"].value == report.lines_written
+    assert f"({len(parts)} partitions)" in checks["validated_events:validated_events_contract"].metadata["results"].value
     # dirt at 1 %: under the 5 % gate, so at most a warning
     q = checks["validated_events:quarantine_rate"]
     assert q.passed or q.severity.value == "WARN"
@@ -96,8 +100,11 @@ def test_generated_events_through_the_graph(generated, tmp_path, monkeypatch):
 
     # re-running one partition changes nothing, anywhere
     before = snapshot(p)
-    again = p.run(parts[len(parts) // 2])
+    mid = parts[len(parts) // 2]
+    again = p.run(mid)
     assert again.success
+    mid_rows = p.query(f"SELECT count(*) FROM raw_events WHERE partition_date = DATE '{mid}'")[0][0]
+    assert p.checks(again)["validated_events:reconciliation"].metadata["raw_rows"].value == mid_rows
     assert snapshot(p) == before
 
 
@@ -114,3 +121,18 @@ def test_range_backfill_equals_day_by_day(generated, tmp_path, monkeypatch):
     assert snapshot(one) == snapshot(daily)
     assert len(snapshot(one)["raw_events"]) == sum(
         1 for d in parts for f in (events / f"dt={d}").iterdir() for _ in open(f, "rb"))
+
+
+@pytest.mark.slow
+def test_a_check_executed_on_its_own_evaluates_the_newest_partition(generated, tmp_path, monkeypatch):
+    events, report = generated
+    parts = report.partitions[:3]
+    p = make_pipeline(monkeypatch, events, tmp_path / "wh.duckdb")
+    assert p.run(parts[0], parts[-1]).success
+    job = dg.define_asset_job("reconcile_only", selection=dg.AssetSelection.checks(
+        dg.AssetCheckKey(dg.AssetKey("validated_events"), "reconciliation")))
+    defs = dg.Definitions.merge(p.defs, dg.Definitions(jobs=[job]))
+    result = defs.resolve_job_def("reconcile_only").execute_in_process(instance=p.instance)
+    (ev,) = result.get_asset_check_evaluations()
+    newest = p.query(f"SELECT count(*) FROM raw_events WHERE partition_date = DATE '{parts[-1]}'")[0][0]
+    assert ev.passed and ev.metadata["raw_rows"].value == newest
