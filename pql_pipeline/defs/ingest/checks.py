@@ -1,11 +1,12 @@
 """Asset checks of the ingest stage.
 
 Contract checks are generated from ``data_contracts/`` (see lib/contract_checks.py).
-Checks of daily assets evaluate every partition of the run they execute in (a single
-day, or a whole range in a single-run backfill) and report per partition in their
-metadata; executed on their own, they evaluate the newest partition in the table.
-They are deliberately not declared partitioned: Dagster 1.13 records a range run's
-evaluation without a partition, and the UI then shows partitioned checks as skipped.
+Checks of daily assets are partitioned like their assets and evaluate every partition
+of the run they execute in (a single day, or a whole range in a single-run backfill),
+reporting per partition in their metadata. Dagster 1.13 records a range run's
+evaluation without a partition key, so after a range backfill the UI lists those checks
+as skipped per partition while the run's evaluation (Execution history) holds the
+result; a daily run records its partition as usual.
 Blocking checks fail with ERROR severity, which is what stops downstream assets;
 WARN results are shown but let the pipeline continue.
 """
@@ -28,10 +29,7 @@ from pql_pipeline.settings import Settings
 
 def run_partitions(context, conn, table: str) -> list[str]:
     """The partitions the run materialized, or the newest one in the table for a standalone check run."""
-    try:
-        keys = list(context.partition_keys) if context.has_partition_key or context.has_partition_key_range else []
-    except Exception:  # an unpartitioned run (check executed on its own)
-        keys = []
+    keys = list(context.partition_keys) if context.has_partition_key or context.has_partition_key_range else []
     if not keys and table_exists(conn, table):
         latest = conn.execute(f"SELECT CAST(max(partition_date) AS VARCHAR) FROM {table}").fetchall()[0][0]
         keys = [latest] if latest else []
@@ -81,6 +79,7 @@ def contract_check(
         asset=asset,
         name=check_name,
         blocking=True,
+        partitions_def=partitions_def,
         pool=POOL,
         description=f"Schema and quality rules of {object_name} from {c.path.name} (v{c.version}).",
     )
@@ -111,7 +110,7 @@ def build_ingest_checks(settings: Settings, daily: dg.PartitionsDefinition) -> l
     qr = settings.checks.quarantine_rate
     vol = settings.checks.volume
 
-    @dg.asset_check(asset="validated_events", blocking=True, pool=POOL,
+    @dg.asset_check(asset="validated_events", blocking=True, partitions_def=daily, pool=POOL,
                     description="Every raw line is accounted for exactly once: raw = validated + duplicates "
                                 "removed + quarantined, matched line by line, per partition.")
     def reconciliation(context: dg.AssetCheckExecutionContext, warehouse: Warehouse) -> dg.AssetCheckResult:
@@ -141,7 +140,7 @@ def build_ingest_checks(settings: Settings, daily: dg.PartitionsDefinition) -> l
             "partitions": dg.MetadataValue.md(_md(rows[-31:] if ok else [r for r in rows if r["ok"] != "yes"][:31])),
         })
 
-    @dg.asset_check(asset="validated_events", blocking=True, pool=POOL,
+    @dg.asset_check(asset="validated_events", blocking=True, partitions_def=daily, pool=POOL,
                     description=f"Share of raw lines quarantined: warn above {qr.warn_above:.1%}, "
                                 f"block downstream above {qr.error_above:.1%}.")
     def quarantine_rate(context: dg.AssetCheckExecutionContext, warehouse: Warehouse) -> dg.AssetCheckResult:
@@ -175,7 +174,7 @@ def build_ingest_checks(settings: Settings, daily: dg.PartitionsDefinition) -> l
         })
 
     def volume_check(asset: str, table: str):
-        @dg.asset_check(asset=asset, name=f"{asset}_volume", blocking=False, pool=POOL,
+        @dg.asset_check(asset=asset, name=f"{asset}_volume", blocking=False, partitions_def=daily, pool=POOL,
                         description=f"Rows per partition vs the median of the previous {vol.lookback_partitions} "
                                     f"non-empty partitions (warn outside {vol.min_ratio}x-{vol.max_ratio}x).")
         def _volume(context: dg.AssetCheckExecutionContext, warehouse: Warehouse) -> dg.AssetCheckResult:

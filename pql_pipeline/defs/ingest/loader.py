@@ -94,6 +94,8 @@ def read_jsonl(file: SourceFile, chunk_bytes: int = CHUNK_BYTES) -> Iterator[pa.
             if not data:
                 break
             data = carry + data
+            if line_no == 0 and not carry and data.startswith(b"\xef\xbb\xbf"):
+                data = data[3:]  # a UTF-8 byte-order mark is not part of the first line
             cut = data.rfind(b"\n")
             if cut < 0:
                 carry = data

@@ -24,6 +24,7 @@ and is checked independently.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 
 import duckdb
@@ -58,9 +59,13 @@ def _lit(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def _path(field: str) -> str:
-    # JSON path with the key quoted, safe for spaces and dots
-    return _lit('$."' + field.replace('"', '\\"') + '"')
+def _raw_path(*keys: str) -> str:
+    """A JSON path with every key quoted (safe for spaces, dots and quotes), unescaped for SQL."""
+    return "$" + "".join('."' + k.replace('"', '\\"') + '"' for k in keys)
+
+
+def _path(*keys: str) -> str:
+    return _lit(_raw_path(*keys))
 
 
 def _types_sql(types: tuple[str, ...]) -> str:
@@ -165,7 +170,7 @@ def compile_row_rules(contract: Contract) -> CompiledRules:
                     if allowed is None:
                         raise ContractError(f"{contract.path.name}: {o.name}.{p.name}: "
                                             f"unsupported logicalType {p.logicalType!r}")
-                    shown = _show(f"json_extract(raw_line, {_lit('$.properties.' + _path(p.name)[3:-1])})")
+                    shown = _show(f"json_extract(raw_line, {_path('properties', p.name)})")
                     typ.setdefault(o.name, []).append((
                         f"({pt} <> 'NULL' AND {pt} NOT IN {_types_sql(allowed)})",
                         f"{_lit(o.name + ': property ' + p.name + ' must be ' + p.logicalType + ', got ')}"
@@ -205,14 +210,14 @@ def _checked_sql(compiled: CompiledRules, partitions: list[str]) -> str:
     fields, rules = compiled.fields, compiled.rules
     paths = "[" + ", ".join(_path(x) for x in fields) + "]"
     scalar = [x for x in fields if x not in ("properties", "traits", "context")]
-    structure = "{" + ", ".join(f'"{x}": "VARCHAR"' for x in scalar) + "}"
+    structure = _lit(json.dumps({x: "VARCHAR" for x in scalar}))
     jts = ", ".join(f"jt[{i + 1}] AS {_jt(x)}" for i, x in enumerate(fields))
     svs = ", ".join(f"CASE WHEN jt[{fields.index(x) + 1}] = 'VARCHAR' THEN NULLIF(trim(s.{_quote_ident(x)}), '') END "
                     f"AS {_sv(x)}" for x in scalar)
     tss = ", ".join(f"TRY_CAST({_sv(x)} AS TIMESTAMPTZ) AS {_quote_ident('ts__' + x)}"
                     for x in scalar if x in ("timestamp", "receivedAt", "sentAt"))
     props = compiled.plan_properties
-    ppaths = "[" + ", ".join(_lit("$.properties." + _path(x)[3:-1]) for x in props) + "]"
+    ppaths = "[" + ", ".join(_path("properties", x) for x in props) + "]"
     pts = ", ".join(f"pjt[{i + 1}] AS {_pt(x)}" for i, x in enumerate(props)) or "NULL AS _no_plan"
     flags = ", ".join(f"coalesce({r.condition}, FALSE) AS r{i}" for i, r in enumerate(rules))
     any_bad = " OR ".join(f"r{i}" for i in range(len(rules))) or "FALSE"
@@ -232,8 +237,8 @@ def _checked_sql(compiled: CompiledRules, partitions: list[str]) -> str:
             return f"NULL::JSON AS {x}"
         return f"CASE WHEN {_jt(x)} = 'OBJECT' THEN objs[{objects.index(x) + 1}] END AS {x}"
 
-    ctx_group = (f"CASE WHEN {_jt('context')} = 'OBJECT' THEN "
-                 f"NULLIF(trim(json_extract_string(raw_line, '$.context.groupId')), '') END"
+    ctx_group = (f"CASE WHEN {_jt('context')} = 'OBJECT' AND json_type(raw_line, '$.context.groupId') = 'VARCHAR' "
+                 f"THEN NULLIF(trim(json_extract_string(raw_line, '$.context.groupId')), '') END"
                  if "context" in fields else "NULL")
     return f"""
         CREATE OR REPLACE TEMP TABLE _checked AS
@@ -243,13 +248,13 @@ def _checked_sql(compiled: CompiledRules, partitions: list[str]) -> str:
                         WHEN line_bytes > {compiled.max_bytes} THEN 'line.max_bytes'
                         WHEN NOT json_valid(raw_line) THEN
                              CASE WHEN trim(raw_line) = '' THEN 'line.empty' ELSE 'line.json' END
-                        WHEN NOT (starts_with(raw_line, '{{') OR starts_with(ltrim(raw_line), '{{'))
+                        WHEN NOT (starts_with(raw_line, '{{') OR regexp_matches(raw_line, '^\\s*[{{]'))
                              THEN 'line.json_object'
                    END AS line_rule
             FROM raw_events WHERE partition_date IN ({", ".join(f"DATE '{k}'" for k in partitions)})
         ), parsed AS (
             SELECT partition_date, source_file, line_no, raw_line, json_type(raw_line, {paths}) AS jt,
-                   json_transform(raw_line, '{structure}') AS s
+                   json_transform(raw_line, {structure}) AS s
             FROM lines WHERE line_rule IS NULL
         ), d1 AS (SELECT partition_date, source_file, line_no, raw_line, {jts}, {svs} FROM parsed
         ), d2 AS (
@@ -307,7 +312,8 @@ def validate_partition(
     dedup_lookback_days: int = 7,
 ) -> PartitionCounts:
     """Rebuild one partition of validated / quarantined / duplicate events and identity tables."""
-    return validate_partitions(conn, contract, [partition], dedup_lookback_days)[0]
+    counts = validate_partitions(conn, contract, [partition], dedup_lookback_days)
+    return next(c for c in counts if c.partition == partition)
 
 
 def validate_partitions(
@@ -319,13 +325,16 @@ def validate_partitions(
 ) -> list[PartitionCounts]:
     """Rebuild several partitions, oldest first (dedup and identities depend on earlier days).
 
+    Validated partitions within ``dedup_lookback_days`` after the rebuilt ones are rebuilt
+    too (see _dependent_partitions); the result lists every partition rebuilt.
+
     The row rules do not depend on other rows, so they run over a group of partitions
     at once (up to ``group_rows`` raw rows: parallel and compiled once); deduplication
     and identity resolution then run partition by partition. Each group is one
     transaction: a failure leaves every partition of the group as it was.
     """
     compiled = compile_row_rules(contract)
-    partitions = sorted(partitions)
+    partitions = sorted(set(partitions) | set(_dependent_partitions(conn, partitions, dedup_lookback_days)))
     keys = ", ".join(f"DATE '{k}'" for k in partitions) or "NULL"
     sizes = dict(conn.execute(f"""SELECT CAST(partition_date AS VARCHAR), count(*) FROM raw_events
                                   WHERE partition_date IN ({keys}) GROUP BY 1""").fetchall())
@@ -349,6 +358,25 @@ def validate_partitions(
         conn.execute("COMMIT")
         conn.execute("DROP TABLE IF EXISTS _checked")
     return [partition_counts(conn, key) for key in partitions]
+
+
+def _dependent_partitions(conn: duckdb.DuckDBPyConnection, partitions: list[str], lookback: int) -> list[str]:
+    """Already-validated partitions whose result depends on the ones being rebuilt.
+
+    A partition's deduplication looks back ``lookback`` days (and its identities at every
+    earlier day), so rebuilding day D can change days D+1 .. D+lookback: a messageId that
+    is new on D makes its copy on D+3 a duplicate. Rebuilding those days too, in order,
+    makes the result independent of the order partitions were run in. The daily run on
+    the newest day has none.
+    """
+    if not partitions or lookback <= 0:
+        return []
+    lo, hi = min(partitions), max(partitions)
+    rows = conn.execute(f"""
+        SELECT DISTINCT CAST(partition_date AS VARCHAR) FROM validated_events
+        WHERE partition_date > DATE '{lo}' AND partition_date <= DATE '{hi}' + INTERVAL {int(lookback)} DAY
+        ORDER BY 1""").fetchall()
+    return [r[0] for r in rows if r[0] not in set(partitions)]
 
 
 def _validate_one(conn: duckdb.DuckDBPyConnection, contract: Contract, partition: str, lookback: int) -> None:

@@ -3,7 +3,6 @@
 import csv
 import datetime as dt
 
-import dagster as dg
 import pytest
 
 from pql_pipeline.defs.ingest.generator import GeneratorConfig, generate_events
@@ -122,17 +121,3 @@ def test_range_backfill_equals_day_by_day(generated, tmp_path, monkeypatch):
     assert len(snapshot(one)["raw_events"]) == sum(
         1 for d in parts for f in (events / f"dt={d}").iterdir() for _ in open(f, "rb"))
 
-
-@pytest.mark.slow
-def test_a_check_executed_on_its_own_evaluates_the_newest_partition(generated, tmp_path, monkeypatch):
-    events, report = generated
-    parts = report.partitions[:3]
-    p = make_pipeline(monkeypatch, events, tmp_path / "wh.duckdb")
-    assert p.run(parts[0], parts[-1]).success
-    job = dg.define_asset_job("reconcile_only", selection=dg.AssetSelection.checks(
-        dg.AssetCheckKey(dg.AssetKey("validated_events"), "reconciliation")))
-    defs = dg.Definitions.merge(p.defs, dg.Definitions(jobs=[job]))
-    result = defs.resolve_job_def("reconcile_only").execute_in_process(instance=p.instance)
-    (ev,) = result.get_asset_check_evaluations()
-    newest = p.query(f"SELECT count(*) FROM raw_events WHERE partition_date = DATE '{parts[-1]}'")[0][0]
-    assert ev.passed and ev.metadata["raw_rows"].value == newest

@@ -1,6 +1,7 @@
 """Row-level validation, deduplication and identity resolution on hand-built events."""
 
 import datetime as dt
+import json
 
 import pytest
 
@@ -195,3 +196,56 @@ def test_empty_partition_is_fine(tmp_path, conn, segment_contract, day):
     (tmp_path / f"dt={day}" / "empty.jsonl").write_bytes(b"")
     (c,) = ingest(conn, tmp_path, segment_contract, day)
     assert (c.raw, c.validated, c.quarantined, c.duplicates) == (0, 0, 0, 0)
+
+
+def test_result_does_not_depend_on_the_order_partitions_run_in(tmp_path, conn, segment_contract):
+    x = track("x", "Feature Used", "2026-01-02T10:00:00Z", feature="x")
+    write_lines(tmp_path / "dt=2026-01-02" / "a.jsonl", [x])
+    write_lines(tmp_path / "dt=2026-01-03" / "a.jsonl", [dict(x, receivedAt="2026-01-03T00:10:00.000Z")])
+    ingest(conn, tmp_path, segment_contract, "2026-01-03", "2026-01-02")  # newest first
+    assert conn.execute("SELECT CAST(partition_date AS VARCHAR) FROM validated_events").fetchall() == [("2026-01-02",)]
+    assert conn.execute("SELECT CAST(partition_date AS VARCHAR), first_partition_date::VARCHAR "
+                        "FROM duplicate_events").fetchall() == [("2026-01-03", "2026-01-02")]
+
+
+def test_client_clock_cannot_smuggle_events_past_the_partition_window(tmp_path, conn, segment_contract):
+    both_future = {"messageId": "f", "type": "track", "event": "Feature Used", "userId": "u1",
+                   "timestamp": "2030-01-01T00:00:00Z", "receivedAt": "2030-01-01T00:00:00Z",
+                   "properties": {"feature": "x"}}
+    write_lines(tmp_path / f"dt={DAY}" / "a.jsonl", [both_future])
+    (c,) = ingest(conn, tmp_path, segment_contract, DAY)
+    assert (c.validated, c.quarantined) == (0, 1)
+    assert "timestamp.in_partition_window" in quarantine(conn)[1][1]
+
+
+def test_quotes_in_names_and_odd_but_valid_lines(tmp_path, conn, segment_contract):
+    lines = [
+        "\t" + json.dumps(track("tab", "Feature Used", "2026-01-02T10:00:00Z", feature="x")),
+        dict(track("ctx", "Feature Used", "2026-01-02T10:00:00Z", feature="x"), context={"groupId": {"x": 1}}),
+    ]
+    path = write_lines(tmp_path / f"dt={DAY}" / "it's.jsonl", lines)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # byte-order mark
+    (c,) = ingest(conn, tmp_path, segment_contract, DAY)
+    assert (c.raw, c.validated) == (2, 2), quarantine(conn)
+    assert conn.execute("SELECT account_id FROM validated_events WHERE message_id = 'ctx'").fetchall() == [(None,)]
+
+
+def test_property_names_with_quotes_in_the_contract(tmp_path, conn):
+    import yaml
+
+    from pql_pipeline.lib.contracts import load_contract
+    from pql_pipeline_tests.conftest import CONTRACTS
+
+    doc = yaml.safe_load((CONTRACTS / "segment_events.odcs.yaml").read_text())
+    plan = next(o for o in doc["schema"] if o["name"] == "Feature Used")
+    plan["properties"].append({"name": "it's \"quoted\"", "logicalType": "integer", "required": True})
+    p = tmp_path / "c.odcs.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    contract = load_contract(p)
+    write_lines(tmp_path / f"dt={DAY}" / "a.jsonl", [
+        track("ok", "Feature Used", "2026-01-02T10:00:00Z", feature="x", **{"it's \"quoted\"": 3}),
+        track("bad", "Feature Used", "2026-01-02T10:00:00Z", feature="x", **{"it's \"quoted\"": "3"}),
+    ])
+    (c,) = ingest(conn, tmp_path, contract, DAY)
+    assert (c.validated, c.quarantined) == (1, 1)
+    assert quarantine(conn)[2][0] == "properties.type"
