@@ -18,7 +18,7 @@ import dagster as dg
 
 from pql_pipeline.defs.ingest.assets import POOL, contract
 from pql_pipeline.defs.ingest.assets import _md_table as _md
-from pql_pipeline.defs.ingest.validation import partition_counts
+from pql_pipeline.defs.ingest.validation import partition_counts, reconcile_partition
 from pql_pipeline.lib.contract_checks import RuleOutcome, check_schema, evaluate, outcomes_markdown, summarize
 from pql_pipeline.lib.contracts import Contract
 from pql_pipeline.lib.warehouse import Warehouse, table_exists
@@ -117,23 +117,9 @@ def build_ingest_checks(settings: Settings, daily: dg.PartitionsDefinition) -> l
         rows, ok = [], True
         with warehouse.get_connection() as conn:
             for key in run_partitions(context, conn, "raw_events"):
-                c = partition_counts(conn, key)
-                p = f"DATE '{key}'"
-                missing, extra, multi = conn.execute(f"""
-                    WITH acc AS (
-                        SELECT source_file, line_no FROM validated_events WHERE partition_date = {p}
-                        UNION ALL SELECT source_file, line_no FROM duplicate_events WHERE partition_date = {p}
-                        UNION ALL SELECT source_file, line_no FROM quarantined_events WHERE partition_date = {p}
-                    ), raw AS (SELECT source_file, line_no FROM raw_events WHERE partition_date = {p})
-                    SELECT (SELECT count(*) FROM raw ANTI JOIN acc USING (source_file, line_no)),
-                           (SELECT count(*) FROM acc ANTI JOIN raw USING (source_file, line_no)),
-                           (SELECT count(*) FROM (SELECT source_file, line_no FROM acc GROUP BY ALL HAVING count(*) > 1))
-                """).fetchall()[0]
-                good = c.reconciles and missing == 0 and extra == 0 and multi == 0
-                ok &= good
-                rows.append({"partition": key, "raw": c.raw, "validated": c.validated, "duplicates": c.duplicates,
-                             "quarantined": c.quarantined, "unaccounted_lines": missing, "unknown_lines": extra,
-                             "counted_twice": multi, "ok": "yes" if good else "**NO**"})
+                r = reconcile_partition(conn, key)
+                ok &= r["ok"]
+                rows.append({**r, "ok": "yes" if r["ok"] else "**NO**"})
         return dg.AssetCheckResult(passed=ok, severity=dg.AssetCheckSeverity.ERROR, metadata={
             "raw_rows": sum(r["raw"] for r in rows),
             "accounted_rows": sum(r["validated"] + r["duplicates"] + r["quarantined"] for r in rows),

@@ -42,7 +42,8 @@ class SourceFile:
 def partition_files(root: Path, pattern: str, partition: str) -> list[SourceFile]:
     """The files of one daily partition, sorted by name (the order defines 'first wins')."""
     expr = pattern.replace("{date}", partition)
-    paths = sorted(Path(p) for p in glob.glob(str(root / expr)) if Path(p).is_file())
+    # the root is a literal path (it may contain glob characters such as '['); the pattern is a glob
+    paths = sorted(Path(p) for p in glob.glob(glob.escape(str(root)) + "/" + expr) if Path(p).is_file())
     return [SourceFile(p, p.relative_to(root).as_posix(), p.stat().st_size) for p in paths]
 
 

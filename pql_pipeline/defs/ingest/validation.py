@@ -505,3 +505,23 @@ def partition_counts(conn: duckdb.DuckDBPyConnection, partition: str) -> Partiti
                (SELECT count(*) FROM quarantined_events WHERE partition_date = {pdate})
     """).fetchall()[0]
     return PartitionCounts(partition, raw, val, dup, qua)
+
+
+def reconcile_partition(conn: duckdb.DuckDBPyConnection, partition: str) -> dict:
+    """Line-by-line accounting of one partition: every raw line is in exactly one output table."""
+    c = partition_counts(conn, partition)
+    p = f"DATE '{partition}'"
+    missing, extra, multi = conn.execute(f"""
+        WITH acc AS (
+            SELECT source_file, line_no FROM validated_events WHERE partition_date = {p}
+            UNION ALL SELECT source_file, line_no FROM duplicate_events WHERE partition_date = {p}
+            UNION ALL SELECT source_file, line_no FROM quarantined_events WHERE partition_date = {p}
+        ), raw AS (SELECT source_file, line_no FROM raw_events WHERE partition_date = {p})
+        SELECT (SELECT count(*) FROM raw ANTI JOIN acc USING (source_file, line_no)),
+               (SELECT count(*) FROM acc ANTI JOIN raw USING (source_file, line_no)),
+               (SELECT count(*) FROM (SELECT source_file, line_no FROM acc GROUP BY ALL HAVING count(*) > 1))
+    """).fetchall()[0]
+    ok = c.reconciles and missing == 0 and extra == 0 and multi == 0
+    return {"partition": partition, "raw": c.raw, "validated": c.validated, "duplicates": c.duplicates,
+            "quarantined": c.quarantined, "unaccounted_lines": missing, "unknown_lines": extra,
+            "counted_twice": multi, "ok": ok}

@@ -71,3 +71,11 @@ def test_reload_replaces_the_partition(tmp_path, conn):
     r = load_partition(conn, tmp_path, "dt={date}/*.jsonl", "jsonl", "2026-01-02")
     assert r.rows == 1
     assert conn.execute("SELECT count(*) FROM raw_events").fetchall()[0][0] == 1
+
+
+def test_root_with_glob_characters(tmp_path):
+    root = tmp_path / "exports [prod]"
+    (root / "dt=2026-01-02").mkdir(parents=True)
+    (root / "dt=2026-01-02" / "e.jsonl").write_text("{}\n")
+    assert available_partitions(root, "dt={date}/*.jsonl*") == ["2026-01-02"]
+    assert [f.relative for f in partition_files(root, "dt={date}/*.jsonl*", "2026-01-02")] == ["dt=2026-01-02/e.jsonl"]

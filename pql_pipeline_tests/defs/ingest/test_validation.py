@@ -249,3 +249,20 @@ def test_property_names_with_quotes_in_the_contract(tmp_path, conn):
     (c,) = ingest(conn, tmp_path, contract, DAY)
     assert (c.validated, c.quarantined) == (1, 1)
     assert quarantine(conn)[2][0] == "properties.type"
+
+
+def test_reconciliation_detects_lost_moved_and_double_counted_lines(tmp_path, conn, segment_contract):
+    from pql_pipeline.defs.ingest.validation import reconcile_partition
+
+    write_lines(tmp_path / f"dt={DAY}" / "a.jsonl", [
+        track(f"m{i}", "Feature Used", "2026-01-02T10:00:00Z", feature="x") for i in range(5)] + ["junk"])
+    ingest(conn, tmp_path, segment_contract, DAY)
+    assert reconcile_partition(conn, DAY)["ok"]
+    conn.execute("DELETE FROM validated_events WHERE message_id = 'm1'")  # a lost line
+    r = reconcile_partition(conn, DAY)
+    assert not r["ok"] and r["unaccounted_lines"] == 1
+    conn.execute("INSERT INTO duplicate_events SELECT partition_date, source_file, line_no, message_id, "
+                 "partition_date, source_file, line_no FROM validated_events WHERE message_id = 'm2'")
+    r = reconcile_partition(conn, DAY)  # counts balance again, but one line is counted twice
+    assert r["raw"] == r["validated"] + r["duplicates"] + r["quarantined"]
+    assert not r["ok"] and r["counted_twice"] == 1
