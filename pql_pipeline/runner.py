@@ -45,8 +45,10 @@ def materialize_all(settings: Settings, instance: dg.DagsterInstance, partitions
         raise PipelineRunError(
             f"no event files match {settings.source.pattern!r} under {settings.events_root}; "
             "run `pql generate` or point source.root at your Segment export")
-    jobs = [(INGEST_JOB, {"dagster/asset_partition_range_start": parts[0],
-                          "dagster/asset_partition_range_end": parts[-1]})]
+    # one day: an ordinary partition run (checks record their partition); several: one single-run range
+    tags = ({"dagster/partition": parts[0]} if len(parts) == 1 else
+            {"dagster/asset_partition_range_start": parts[0], "dagster/asset_partition_range_end": parts[-1]})
+    jobs = [(INGEST_JOB, tags)]
     for job_name, tags in jobs:
         # the full event log is in the Dagster instance (and the UI); the console shows warnings and errors
         result = defs.resolve_job_def(job_name).execute_in_process(

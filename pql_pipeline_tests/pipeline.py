@@ -19,7 +19,8 @@ class Pipeline:
     instance: dg.DagsterInstance
 
     def run(self, start: str, end: str | None = None) -> dg.ExecuteInProcessResult:
-        tags = {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end or start}
+        tags = ({"dagster/partition": start} if end in (None, start) else
+                {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end})
         return self.defs.resolve_job_def(INGEST_JOB).execute_in_process(
             instance=self.instance, tags=tags, raise_on_error=False)
 
