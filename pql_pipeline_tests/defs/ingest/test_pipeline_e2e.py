@@ -104,6 +104,7 @@ def test_generated_events_through_the_graph(generated, tmp_path, monkeypatch):
     assert again.success
     mid_rows = p.query(f"SELECT count(*) FROM raw_events WHERE partition_date = DATE '{mid}'")[0][0]
     assert p.checks(again)["validated_events:reconciliation"].metadata["raw_rows"].value == mid_rows
+    assert p.checks(again)["validated_events:reconciliation"].partition == mid  # per-partition status in the UI
     assert snapshot(p) == before
 
 
