@@ -31,6 +31,15 @@ def _start_date(ctx: click.Context, param: click.Parameter, value: str) -> dt.da
         ) from None
 
 
+def _optional_date(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date; write it as YYYY-MM-DD.") from None
+
+
 def _seed(ctx: click.Context, param: click.Parameter, value: int) -> int:
     if value < 0:
         raise click.BadParameter(f"the seed must be a non-negative integer, got {value}; pass e.g. --seed 42.")
@@ -156,8 +165,8 @@ def demo(accounts: int, days: int, seed: int, dirty_fraction: float, regenerate:
 
 
 @main.command()
-@click.option("--start", help="First partition (YYYY-MM-DD); default: the first day with event files.")
-@click.option("--end", help="Last partition (YYYY-MM-DD); default: the last day with event files.")
+@click.option("--start", callback=_optional_date, help="First partition (YYYY-MM-DD); default: the first day with event files.")
+@click.option("--end", callback=_optional_date, help="Last partition (YYYY-MM-DD); default: the last day with event files.")
 def materialize(start: str | None, end: str | None) -> None:
     """Materialize the pipeline for the days that have event files (one single-run backfill)."""
     from pql_pipeline.defs.ingest.loader import available_partitions
@@ -165,12 +174,6 @@ def materialize(start: str | None, end: str | None) -> None:
 
     settings = _settings()
     parts = available_partitions(settings.events_root, settings.source.pattern)
-    for label, value in (("--start", start), ("--end", end)):
-        if value is not None:
-            try:
-                dt.date.fromisoformat(value)
-            except ValueError:
-                raise click.BadParameter(f"{value!r} is not a date; write it as YYYY-MM-DD.", param_hint=label)
     parts = [p for p in parts if (start is None or p >= start) and (end is None or p <= end)]
     try:
         report = materialize_all(settings, _instance(), parts)

@@ -65,13 +65,13 @@ def run_demo(settings: Settings, instance: dg.DagsterInstance, accounts: int, da
 
 def prune_warehouse(settings: Settings, keep: list[str]) -> None:
     """Drop partitions of an earlier demo window so the warehouse mirrors the new demo data."""
+    from pql_pipeline.defs.ingest.validation import PARTITION_TABLES
     from pql_pipeline.lib.warehouse import Warehouse, table_exists
 
     if not settings.warehouse_path.exists():
         return
     keys = ", ".join(f"DATE '{k}'" for k in keep) or "NULL"
     with Warehouse(database=str(settings.warehouse_path)).get_connection() as conn:
-        for t in ("raw_events", "validated_events", "quarantined_events", "duplicate_events", "identity_links",
-                  "account_memberships"):
+        for t in ("raw_events", *PARTITION_TABLES):
             if table_exists(conn, t):
                 conn.execute(f"DELETE FROM {t} WHERE partition_date NOT IN ({keys})")

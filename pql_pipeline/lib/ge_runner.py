@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -37,10 +37,8 @@ class ExpectationOutcome:
     rule_id: str
     expectation_type: str
     success: bool
-    element_count: int | None = None
     unexpected_count: int | None = None
     observed_value: Any = None
-    partial_unexpected: list = field(default_factory=list)
 
 
 def run_expectations(df: pd.DataFrame, expectations: list, name: str = "suite") -> list[ExpectationOutcome]:
@@ -70,21 +68,8 @@ def run_expectations(df: pd.DataFrame, expectations: list, name: str = "suite") 
             rule_id=(cfg.meta or {}).get("rule_id", cfg.type),
             expectation_type=cfg.type,
             success=bool(r.success),
-            element_count=res.get("element_count"),
             unexpected_count=res.get("unexpected_count"),
             observed_value=res.get("observed_value"),
-            partial_unexpected=_jsonable(res.get("partial_unexpected_list") or [])[:5],
         ))
     return outcomes
 
-
-def _jsonable(values: list) -> list:
-    out = []
-    for v in values:
-        if isinstance(v, (str, int, float, bool)) or v is None:
-            out.append(v)
-        elif isinstance(v, dict):
-            out.append({k: str(x) for k, x in v.items()})
-        else:
-            out.append(str(v))
-    return out

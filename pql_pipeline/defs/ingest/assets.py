@@ -8,7 +8,7 @@ import dagster as dg
 from pql_pipeline.defs.ingest.dimensions import build_accounts, build_users
 from pql_pipeline.defs.ingest.raw import load_partitions
 from pql_pipeline.defs.ingest.resources import EventSource
-from pql_pipeline.defs.ingest.validation import validate_partitions
+from pql_pipeline.defs.ingest.validation import PARTITION_TABLES, validate_partitions
 from pql_pipeline.lib.contracts import Contract, load_contract
 from pql_pipeline.lib.warehouse import Warehouse, ensure_tables
 from pql_pipeline.settings import Settings, contracts_dir
@@ -30,7 +30,7 @@ def table_schema(c: Contract, object_name: str) -> dg.TableSchema:
     ])
 
 
-def _md_table(rows: list[dict]) -> str:
+def md_table(rows: list[dict]) -> str:
     if not rows:
         return "_none_"
     cols = list(rows[0])
@@ -81,7 +81,7 @@ def build_ingest_assets(settings: Settings, daily: dg.PartitionsDefinition) -> l
             "files": files,
             "bytes": nbytes,
             "invalid_utf8_lines": bad,
-            "partitions": dg.MetadataValue.md(_md_table(per_partition[-31:])),
+            "partitions": dg.MetadataValue.md(md_table(per_partition[-31:])),
         })
 
     @dg.multi_asset(
@@ -115,8 +115,7 @@ def build_ingest_assets(settings: Settings, daily: dg.PartitionsDefinition) -> l
         totals = {"raw": 0, "validated": 0, "duplicates": 0, "quarantined": 0}
         with warehouse.get_connection() as conn:
             ensure_tables(conn, raw_c, "raw_events")
-            ensure_tables(conn, val_c, "validated_events", "quarantined_events", "duplicate_events",
-                          "identity_links", "account_memberships")
+            ensure_tables(conn, val_c, *PARTITION_TABLES)
             for c in validate_partitions(conn, seg, sorted(context.partition_keys),
                                          settings.validation.dedup_lookback_days):
                 key = c.partition
@@ -139,12 +138,12 @@ def build_ingest_assets(settings: Settings, daily: dg.PartitionsDefinition) -> l
             "quarantined": totals["quarantined"],
             "quarantine_rate": dg.MetadataValue.float(round(rate, 6)),
             "contract_version": seg.version,
-            "reconciliation": dg.MetadataValue.md(_md_table(rows[-31:])),
+            "reconciliation": dg.MetadataValue.md(md_table(rows[-31:])),
         })
         yield dg.MaterializeResult(asset_key="quarantined_events", metadata={
             "dagster/row_count": totals["quarantined"],
             "quarantine_rate": dg.MetadataValue.float(round(rate, 6)),
-            "by_rule": dg.MetadataValue.md(_md_table([{"rule_id": r, "rows": n} for r, n in by_rule])),
+            "by_rule": dg.MetadataValue.md(md_table([{"rule_id": r, "rows": n} for r, n in by_rule])),
         })
         yield dg.MaterializeResult(asset_key="duplicate_events", metadata={
             "dagster/row_count": totals["duplicates"],
@@ -190,7 +189,7 @@ def build_ingest_assets(settings: Settings, daily: dg.PartitionsDefinition) -> l
             seg = conn.execute("SELECT size_segment, count(*) FROM accounts GROUP BY 1 ORDER BY 1").fetchall()
         return dg.MaterializeResult(metadata={
             "dagster/row_count": n,
-            "by_segment": dg.MetadataValue.md(_md_table([{"segment": s, "accounts": c} for s, c in seg])),
+            "by_segment": dg.MetadataValue.md(md_table([{"segment": s, "accounts": c} for s, c in seg])),
         })
 
     return [raw_events, validate_events, users, accounts]

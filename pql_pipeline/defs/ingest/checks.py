@@ -16,8 +16,7 @@ import statistics
 
 import dagster as dg
 
-from pql_pipeline.defs.ingest.assets import POOL, contract
-from pql_pipeline.defs.ingest.assets import _md_table as _md
+from pql_pipeline.defs.ingest.assets import POOL, contract, md_table
 from pql_pipeline.defs.ingest.validation import partition_counts, reconcile_partition
 from pql_pipeline.lib.contract_checks import RuleOutcome, check_schema, evaluate, outcomes_markdown, summarize
 from pql_pipeline.lib.contracts import Contract
@@ -123,7 +122,7 @@ def build_ingest_checks(settings: Settings, daily: dg.PartitionsDefinition) -> l
         return dg.AssetCheckResult(passed=ok, severity=dg.AssetCheckSeverity.ERROR, metadata={
             "raw_rows": sum(r["raw"] for r in rows),
             "accounted_rows": sum(r["validated"] + r["duplicates"] + r["quarantined"] for r in rows),
-            "partitions": dg.MetadataValue.md(_md(rows[-31:] if ok else [r for r in rows if r["ok"] != "yes"][:31])),
+            "partitions": dg.MetadataValue.md(md_table(rows[-31:] if ok else [r for r in rows if r["ok"] != "yes"][:31])),
         })
 
     @dg.asset_check(asset="validated_events", blocking=True, partitions_def=daily, pool=POOL,
@@ -153,7 +152,7 @@ def build_ingest_checks(settings: Settings, daily: dg.PartitionsDefinition) -> l
             "max_quarantine_rate": dg.MetadataValue.float(round(worst, 6)),
             "warn_above": qr.warn_above,
             "error_above": qr.error_above,
-            "partitions": dg.MetadataValue.md(_md(rows[-31:])),
+            "partitions": dg.MetadataValue.md(md_table(rows[-31:])),
             "sample_bad_rows": dg.MetadataValue.json([
                 {"partition": s[0], "file": s[1], "line": s[2], "rule": s[3], "reason": s[4], "raw": s[5]}
                 for s in samples]),
@@ -172,19 +171,19 @@ def build_ingest_checks(settings: Settings, daily: dg.PartitionsDefinition) -> l
                         SELECT count(*) FROM {table} WHERE partition_date < DATE '{key}'
                         GROUP BY partition_date ORDER BY partition_date DESC LIMIT {vol.lookback_partitions}
                     """).fetchall()]
-                    if not hist:
+                    med = statistics.median(hist) if hist else None
+                    if med is None:
                         verdict, ratio = ("no history" if n else "**empty**"), None
                         good = n > 0
                     else:
-                        med = statistics.median(hist)
                         ratio = n / med if med else None
                         good = ratio is not None and vol.min_ratio <= ratio <= vol.max_ratio
                         verdict = "ok" if good else "**out of range**"
                     ok &= good
-                    rows.append({"partition": key, "rows": n, "baseline_median": statistics.median(hist) if hist else "-",
+                    rows.append({"partition": key, "rows": n, "baseline_median": med if med is not None else "-",
                                  "ratio": f"{ratio:.2f}" if ratio is not None else "-", "verdict": verdict})
             return dg.AssetCheckResult(passed=ok, severity=dg.AssetCheckSeverity.WARN, metadata={
-                "partitions": dg.MetadataValue.md(_md(rows[-31:])),
+                "partitions": dg.MetadataValue.md(md_table(rows[-31:])),
                 "min_ratio": vol.min_ratio, "max_ratio": vol.max_ratio,
             })
         return _volume

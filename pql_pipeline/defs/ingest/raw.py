@@ -19,7 +19,6 @@ class RawLoad:
     rows: int = 0
     bytes: int = 0
     invalid_utf8: int = 0
-    per_file: dict[str, int] = field(default_factory=dict)
 
 
 def load_partition(conn: duckdb.DuckDBPyConnection, root: Path, pattern: str, fmt: str, partition: str) -> RawLoad:
@@ -46,7 +45,6 @@ def load_partitions(conn: duckdb.DuckDBPyConnection, root: Path, pattern: str, f
             pdate = f"DATE '{partition}'"
             conn.execute(f"DELETE FROM raw_events WHERE partition_date = {pdate}")
             for f in files:
-                before = r.rows
                 if fmt == "parquet":
                     n, bad = _insert_parquet(conn, f, pdate)
                     r.rows += n
@@ -56,7 +54,6 @@ def load_partitions(conn: duckdb.DuckDBPyConnection, root: Path, pattern: str, f
                         _insert_batch(conn, batch, pdate)
                         r.rows += batch.num_rows
                         r.invalid_utf8 += batch.num_rows - (pc.sum(batch.column("utf8_valid")).as_py() or 0)
-                r.per_file[f.relative] = r.rows - before
             results.append(r)
             pending += r.rows
             if pending >= commit_rows:

@@ -47,6 +47,10 @@ JSON_TYPES = {
 
 ENVELOPE = "segment_event"
 
+# tables validation rebuilds per partition (besides raw_events, which it reads)
+PARTITION_TABLES = ("quarantined_events", "duplicate_events", "validated_events", "identity_links",
+                    "account_memberships")
+
 
 @dataclass(frozen=True)
 class RowRule:
@@ -381,8 +385,7 @@ def _dependent_partitions(conn: duckdb.DuckDBPyConnection, partitions: list[str]
 
 def _validate_one(conn: duckdb.DuckDBPyConnection, contract: Contract, partition: str, lookback: int) -> None:
     pdate = f"DATE '{partition}'"
-    for table in ("quarantined_events", "duplicate_events", "validated_events", "identity_links",
-                  "account_memberships"):
+    for table in PARTITION_TABLES:
         conn.execute(f"DELETE FROM {table} WHERE partition_date = {pdate}")
     conn.execute(f"""
         INSERT INTO quarantined_events
