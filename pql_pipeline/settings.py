@@ -12,16 +12,13 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from pql_pipeline.lib.yaml_config import ConfigError, load_model
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = PACKAGE_DIR / "config" / "pipeline.yaml"
 PROJECT_ROOT = PACKAGE_DIR.parent
-
-
-class ConfigError(ValueError):
-    """The configuration file is invalid; the message says where and how to fix it."""
 
 
 class _Strict(BaseModel):
@@ -92,6 +89,59 @@ class Segment(_Strict):
     max_employees: int | None = None
 
 
+class FeatureSettings(_Strict):
+    signals: str = "pql_pipeline/config/signals.yaml"
+    # a user gets a feature row on a snapshot day if they signed up by then and had an
+    # event within this many days before it
+    active_within_days: int = Field(60, ge=1)
+    # a range backfill computes this many snapshot days per query (bounds memory)
+    snapshot_batch_days: int = Field(31, ge=1)
+    # feature null-rate check: largest allowed rise against the previous partition
+    null_rate_max_increase: float = Field(0.10, ge=0, le=1)
+
+
+class BaseRateBounds(_Strict):
+    min: float = Field(0.002, ge=0, le=1)
+    max: float = Field(0.5, ge=0, le=1)
+
+
+class LabelSettings(_Strict):
+    conversion_events: list[str] = Field(default_factory=lambda: ["Subscription Started"], min_length=1)
+    horizon_days: int = Field(30, ge=1, le=730)
+    # events may arrive this many days late; a label waits for them before it is final
+    late_arrival_days: int = Field(1, ge=0, le=30)
+    # an account whose plan trait is one of these at the snapshot is already paying
+    paid_plans: list[str] = Field(default_factory=list)
+    # a free user in an account that already pays is an expansion lead, not a PQL
+    exclude_users_of_paying_accounts: bool = True
+    base_rate: BaseRateBounds = BaseRateBounds()
+
+
+class TrainingSettings(_Strict):
+    snapshot_every_days: int = Field(7, ge=1)
+    lookback_days: int = Field(365, ge=1)
+
+
+class MilestoneSettings(_Strict):
+    min_counts: list[int] = Field(default_factory=lambda: [1, 2, 3, 5, 10], min_length=1)
+    within_days: list[int] = Field(default_factory=lambda: [1, 3, 7, 14, 30], min_length=1)
+    # a user counts as converted if the conversion happens within this many days after
+    # the milestone window ends; only users observed that long are used
+    outcome_days: int = Field(60, ge=1)
+    exclude_events: list[str] = Field(default_factory=list)
+    min_coverage: float = Field(0.02, ge=0, le=1)
+    min_users: int = Field(30, ge=1)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    top: int = Field(3, ge=1)
+
+    @field_validator("min_counts", "within_days")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(x < 1 for x in v):
+            raise ValueError("grid values must be >= 1")
+        return sorted(set(v))
+
+
 class Settings(_Strict):
     warehouse: WarehouseSettings = WarehouseSettings()
     source: SourceSettings = SourceSettings()
@@ -99,6 +149,10 @@ class Settings(_Strict):
     validation: ValidationSettings = ValidationSettings()
     checks: CheckSettings = CheckSettings()
     segments: list[Segment] = Field(default_factory=list)
+    features: FeatureSettings = FeatureSettings()
+    labels: LabelSettings = LabelSettings()
+    training: TrainingSettings = TrainingSettings()
+    milestones: MilestoneSettings = MilestoneSettings()
 
     @field_validator("segments")
     @classmethod
@@ -124,13 +178,21 @@ class Settings(_Strict):
 
     @property
     def contract_path(self) -> Path:
-        p = Path(self.validation.contract)
-        if p.is_absolute():
-            return p
-        # Contracts ship with the project; fall back to the project copy when the
-        # working directory is elsewhere (tests, a scheduled run in another cwd).
-        cwd_path = Path.cwd() / p
-        return cwd_path if cwd_path.exists() else PROJECT_ROOT / p
+        return project_file(self.validation.contract)
+
+    @property
+    def signals_path(self) -> Path:
+        return project_file(self.features.signals)
+
+
+def project_file(path: str) -> Path:
+    """A file that ships with the project: relative to the working directory if it is
+    there, else to the project root (tests, a scheduled run in another cwd)."""
+    p = Path(path)
+    if p.is_absolute():
+        return p
+    cwd_path = Path.cwd() / p
+    return cwd_path if cwd_path.exists() else PROJECT_ROOT / p
 
 
 def contracts_dir() -> Path:
@@ -140,21 +202,9 @@ def contracts_dir() -> Path:
 
 
 def load_settings(path: str | os.PathLike | None = None) -> Settings:
-    """Load and validate the configuration; raises ConfigError naming the bad key."""
+    """Load and validate the configuration; raises ConfigError naming the bad key and line."""
     path = Path(path or os.environ.get("PQL_CONFIG") or DEFAULT_CONFIG)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"configuration file {path} does not exist (set PQL_CONFIG to a valid file)") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    try:
-        settings = Settings.model_validate(raw)
-    except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<top level>'}: {err['msg']}" for err in e.errors()
-        )
-        raise ConfigError(f"{path}: {problems}") from None
+    settings = load_model(path, Settings)
     # environment overrides are read once, here, so a Settings object never changes under its user
     if os.environ.get("PQL_WAREHOUSE"):
         settings = settings.model_copy(update={

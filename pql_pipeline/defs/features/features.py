@@ -1,0 +1,495 @@
+"""Point-in-time user and account features, generated from the signal configuration.
+
+For a batch of snapshot days the computation is:
+
+1. ``fx_events``: validated events up to the last snapshot, with anonymous events
+   resolved through ``identity_links``. Each event carries ``day`` (UTC date of its
+   timestamp) and ``avail_day``: the day the pipeline could first have known it (its
+   partition, i.e. the day it was received, or the day the anonymous id was linked to
+   the user, whichever is later). A snapshot sees an event only if both are on or
+   before the snapshot day, so a late-arriving event or a later identify never leaks
+   into an earlier snapshot.
+2. ``fx_user_day``: one row per user, day and avail_day with the per-signal measures
+   (conditional counts, sums); ``fx_user_values``: distinct property values for the
+   distinct-count signals; ``fx_user_firsts``: the first occurrence of each first-time
+   milestone.
+3. Joining those to the snapshot days and aggregating with each signal's window gives
+   one row per (user, snapshot). Account features roll the users up through the
+   account memberships valid at the snapshot and add firmographic traits from
+   ``accounts_history`` as of the snapshot.
+
+All SQL is generated in the DuckDB dialect and passed through SQLGlot (``lib.engine``),
+so the same definitions can be written out for Spark.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from pql_pipeline.defs.features.signals import Signal, SignalSet, rollup_column
+from pql_pipeline.lib.engine import DuckDBEngine, json_path, sql_literal
+
+ACTIVITY_TYPES = ("track", "page", "screen")
+USER_KEY_COLUMNS = [
+    ("snapshot_date", "DATE"), ("user_id", "VARCHAR"), ("account_id", "VARCHAR"), ("signup_date", "DATE"),
+    ("days_since_signup", "BIGINT"), ("is_paying", "BOOLEAN"),
+]
+ACCOUNT_KEY_COLUMNS = [
+    ("snapshot_date", "DATE"), ("account_id", "VARCHAR"), ("signup_date", "DATE"), ("days_since_signup", "BIGINT"),
+    ("is_paying", "BOOLEAN"), ("n_members", "BIGINT"),
+]
+AUDIT_COLUMNS = [("max_event_ts", "TIMESTAMPTZ"), ("max_partition_date", "DATE"), ("definition_hash", "VARCHAR")]
+
+
+def user_table_columns(signals: SignalSet) -> list[tuple[str, str]]:
+    return USER_KEY_COLUMNS + [(c, t) for c, t, _ in signals.user_columns()] + AUDIT_COLUMNS
+
+
+def account_table_columns(signals: SignalSet) -> list[tuple[str, str]]:
+    return ACCOUNT_KEY_COLUMNS + [(c, t) for c, t, _ in signals.account_columns()] + AUDIT_COLUMNS
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Tables the features read; the leakage guard points them at truncated copies."""
+
+    validated_events: str = "validated_events"
+    identity_links: str = "identity_links"
+    account_memberships: str = "account_memberships"
+    users_history: str = "users_history"
+    accounts_history: str = "accounts_history"
+
+
+WAREHOUSE = Sources()
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Everything the feature SQL depends on besides the data."""
+
+    signals: SignalSet
+    conversion_events: tuple[str, ...]
+    active_within_days: int = 60
+    paid_plans: tuple[str, ...] = ()
+
+
+# ------------------------------------------------------------------ SQL building blocks
+
+def q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def prop(key: str, source: str = "properties") -> str:
+    return f"json_extract_string({source}, {json_path(key)})"
+
+
+def num(key: str, source: str = "properties") -> str:
+    return f"TRY_CAST({prop(key, source)} AS DOUBLE)"
+
+
+def event_condition(s: Signal) -> str:
+    """SQL condition selecting the events a signal counts (event name + where filter)."""
+    parts = [f"event_name = {sql_literal(s.event)}"] if s.event else [
+        f"event_type IN ({', '.join(sql_literal(t) for t in ACTIVITY_TYPES)})"]
+    for key, value in (s.where or {}).items():
+        if isinstance(value, bool):
+            parts.append(f"{prop(key)} = {sql_literal('true' if value else 'false')}")
+        elif isinstance(value, (int, float)):
+            parts.append(f"{num(key)} = {sql_literal(float(value))}")
+        else:
+            parts.append(f"{prop(key)} = {sql_literal(value)}")
+    return " AND ".join(parts)
+
+
+def window_condition(s: Signal, age: str = "age", since_signup: str = "since_signup") -> str:
+    """Condition on a joined row: ``age`` = days between the row's day and the snapshot,
+    ``since_signup`` = days between signup and the row's day."""
+    if s.window_days:
+        return f"{age} < {s.window_days}"
+    if s.within_days_of_signup:
+        return f"{since_signup} < {s.within_days_of_signup}"
+    return "TRUE"
+
+
+def snapshots_sql(days: list[dt.date]) -> str:
+    values = ", ".join(f"({sql_literal(d.isoformat())})" for d in days)
+    return f"SELECT CAST(d AS DATE) AS snapshot_date FROM (VALUES {values}) AS t(d)"
+
+
+def events_sql(last_day: dt.date, src: Sources = WAREHOUSE) -> str:
+    """Validated events known by ``last_day``, anonymous ones resolved through identity links."""
+    end = sql_literal(f"{(last_day + dt.timedelta(days=1)).isoformat()} 00:00:00+00:00")
+    last = sql_literal(last_day.isoformat())
+    cols = "e.account_id, e.event_type, e.event_name, e.event_ts, e.partition_date, e.properties"
+    return f"""
+SELECT e.resolved_user_id AS user_id, {cols}, CAST(e.event_ts AS DATE) AS day, e.partition_date AS avail_day
+FROM {src.validated_events} AS e
+WHERE e.resolved_user_id IS NOT NULL AND e.partition_date <= CAST({last} AS DATE)
+  AND e.event_ts < CAST({end} AS TIMESTAMPTZ)
+UNION ALL
+SELECT l.user_id, {cols}, CAST(e.event_ts AS DATE) AS day,
+       CASE WHEN l.link_day > e.partition_date THEN l.link_day ELSE e.partition_date END AS avail_day
+FROM {src.validated_events} AS e
+JOIN (SELECT anonymous_id, ARG_MIN(user_id, linked_at) AS user_id, MIN(partition_date) AS link_day
+      FROM {src.identity_links} WHERE partition_date <= CAST({last} AS DATE) GROUP BY anonymous_id) AS l
+  ON e.anonymous_id = l.anonymous_id
+WHERE e.resolved_user_id IS NULL AND e.partition_date <= CAST({last} AS DATE)
+  AND e.event_ts < CAST({end} AS TIMESTAMPTZ)"""
+
+
+def _measure_signals(spec: FeatureSpec) -> list[Signal]:
+    """Signals measured on fx_user_day (account count signals are summed over members)."""
+    return [s for s in spec.signals.signals if s.kind not in ("distinct_count", "trait")] + [
+        s for s in spec.signals.account_signals if s.kind == "count"]
+
+
+def user_day_sql(spec: FeatureSpec) -> str:
+    activity = f"event_type IN ({', '.join(sql_literal(t) for t in ACTIVITY_TYPES)})"
+    conv = ", ".join(sql_literal(e) for e in spec.conversion_events)
+    measures = [
+        f"COUNT(*) FILTER (WHERE {activity}) AS n_events",
+        f"COUNT(*) FILTER (WHERE event_name IN ({conv})) AS n_conversion",
+        "MAX(event_ts) AS max_ts",
+        "MAX(partition_date) AS max_pd",
+    ]
+    if spec.signals.signup_event:
+        measures.append(f"COUNT(*) FILTER (WHERE event_name = {sql_literal(spec.signals.signup_event)}) AS n_signup")
+    else:
+        measures.append("0 AS n_signup")
+    for s in _measure_signals(spec):
+        cond = event_condition(s)
+        m = q("m_" + s.name)
+        if s.kind in ("count", "first_time", "recency", "trend"):
+            measures.append(f"COUNT(*) FILTER (WHERE {cond}) AS {m}")
+        elif s.kind == "session_length":
+            measures.append(f"SUM({num(s.prop)}) FILTER (WHERE {cond}) AS {m}")
+            measures.append(f"COUNT({num(s.prop)}) FILTER (WHERE {cond}) AS {q('n_' + s.name)}")
+        elif s.kind == "share":
+            measures.append(f"COUNT(*) FILTER (WHERE {cond} AND {num(s.prop)} < {sql_literal(float(s.below))}) AS {m}")
+            measures.append(f"COUNT({num(s.prop)}) FILTER (WHERE {cond}) AS {q('n_' + s.name)}")
+    return (f"SELECT user_id, day, avail_day, {', '.join(measures)} FROM fx_events "
+            "GROUP BY user_id, day, avail_day")
+
+
+def user_values_sql(spec: FeatureSpec) -> str | None:
+    parts = []
+    for s in [*spec.signals.signals, *spec.signals.account_signals]:
+        if s.kind == "distinct_count":
+            parts.append(
+                f"SELECT DISTINCT user_id, {sql_literal(s.name)} AS signal, {prop(s.prop)} AS value, day, avail_day "
+                f"FROM fx_events WHERE {event_condition(s)} AND {prop(s.prop)} IS NOT NULL")
+    return " UNION ALL ".join(parts) if parts else None
+
+
+def user_firsts_sql(spec: FeatureSpec) -> str | None:
+    parts = []
+    for s in spec.signals.signals:
+        if s.kind == "first_time" and s.detail_property:
+            parts.append(
+                f"SELECT user_id, {sql_literal(s.name)} AS signal, {prop(s.detail_property)} AS value, "
+                f"event_ts, day, avail_day FROM fx_events WHERE {event_condition(s)}")
+    return " UNION ALL ".join(parts) if parts else None
+
+
+def _user_aggregate(s: Signal) -> str:
+    w = window_condition(s)
+    m = q("m_" + s.name)
+    if s.kind == "count":
+        return f"COALESCE(SUM({m}) FILTER (WHERE {w}), 0)"
+    if s.kind == "first_time":
+        return f"COALESCE(SUM({m}) FILTER (WHERE {w}), 0) > 0"
+    if s.kind == "active_days":
+        return f"COUNT(DISTINCT day) FILTER (WHERE n_events > 0 AND {w})"
+    if s.kind in ("session_length", "share"):
+        n = q("n_" + s.name)
+        return (f"CAST(SUM({m}) FILTER (WHERE {w}) AS DOUBLE) / "
+                f"NULLIF(SUM({n}) FILTER (WHERE {w}), 0)")
+    if s.kind == "recency":
+        cond = f"{m} > 0" if s.event else "n_events > 0"
+        return f"DATE_DIFF('day', MAX(day) FILTER (WHERE {cond}), snapshot_date)"
+    if s.kind == "trend":
+        p = s.period_days or 7
+        col = m if s.event else "n_events"
+        cur = f"COALESCE(SUM({col}) FILTER (WHERE age < {p}), 0)"
+        prev = f"COALESCE(SUM({col}) FILTER (WHERE age >= {p} AND age < {2 * p}), 0)"
+        return f"CAST({cur} - {prev} AS DOUBLE) / GREATEST({prev}, 1)"
+    raise ValueError(f"no day aggregate for kind {s.kind}")
+
+
+def user_features_sql(spec: FeatureSpec, src: Sources = WAREHOUSE) -> str:
+    """One row per (user, snapshot) from fx_user_day, fx_user_values, fx_user_firsts, fx_snapshots."""
+    sigs = spec.signals
+    day_aggs = [f"{_user_aggregate(s)} AS {q(s.name)}" for s in sigs.signals
+                if s.kind not in ("distinct_count", "trait")]
+    select_cols, joins = [], []
+    for col, dtype, s in sigs.user_columns():
+        if s.kind == "distinct_count":
+            alias = q("dv_" + s.name)
+            w = window_condition(s, age="DATE_DIFF('day', v.day, sp.snapshot_date)",
+                                 since_signup="DATE_DIFF('day', sp.signup_day, v.day)")
+            select_cols.append(f"COALESCE({alias}.n, 0) AS {q(col)}")
+            joins.append(
+                f"LEFT JOIN (SELECT v.user_id, sp.snapshot_date, COUNT(DISTINCT v.value) AS n "
+                f"FROM fx_user_values AS v JOIN spine AS sp ON v.user_id = sp.user_id "
+                f"AND v.day <= sp.snapshot_date AND v.avail_day <= sp.snapshot_date "
+                f"WHERE v.signal = {sql_literal(s.name)} AND {w} "
+                f"GROUP BY v.user_id, sp.snapshot_date) AS {alias} "
+                f"ON {alias}.user_id = a.user_id AND {alias}.snapshot_date = a.snapshot_date")
+        elif s.kind == "first_time" and col.endswith("_detail"):
+            alias = q("fv_" + s.name)
+            w = window_condition(s, since_signup="DATE_DIFF('day', sp.signup_day, f.day)")
+            select_cols.append(f"{alias}.value AS {q(col)}")
+            joins.append(
+                f"LEFT JOIN (SELECT f.user_id, sp.snapshot_date, ARG_MIN(f.value, f.event_ts) AS value "
+                f"FROM fx_user_firsts AS f JOIN spine AS sp ON f.user_id = sp.user_id "
+                f"AND f.day <= sp.snapshot_date AND f.avail_day <= sp.snapshot_date "
+                f"WHERE f.signal = {sql_literal(s.name)} AND {w} "
+                f"GROUP BY f.user_id, sp.snapshot_date) AS {alias} "
+                f"ON {alias}.user_id = a.user_id AND {alias}.snapshot_date = a.snapshot_date")
+        elif s.kind == "trait":
+            expr = prop(s.prop, "h.traits")
+            if s.type == "number":
+                expr = f"TRY_CAST({expr} AS DOUBLE)"
+            elif s.type == "boolean":
+                expr = f"TRY_CAST({expr} AS BOOLEAN)"
+            select_cols.append(f"{expr} AS {q(col)}")
+        elif dtype == "DOUBLE":  # rounded: sums of doubles vary in the last bits with the order of addition
+            select_cols.append(f"ROUND(a.{q(col)}, 6) AS {q(col)}")
+        else:
+            select_cols.append(f"a.{q(col)}")
+    has_traits = any(s.kind == "trait" for s in sigs.signals)
+    if has_traits:
+        joins.append(
+            f"LEFT JOIN {src.users_history} AS h ON h.user_id = a.user_id "
+            "AND CAST(h.valid_from AS DATE) <= a.snapshot_date "
+            "AND (h.valid_to IS NULL OR CAST(h.valid_to AS DATE) > a.snapshot_date)")
+    joins.append(
+        "LEFT JOIN (SELECT m.user_id, sp.snapshot_date, ARG_MAX(m.account_id, m.joined_at) AS account_id "
+        f"FROM {src.account_memberships} AS m JOIN spine AS sp ON m.user_id = sp.user_id "
+        "AND CAST(m.joined_at AS DATE) <= sp.snapshot_date AND m.partition_date <= sp.snapshot_date "
+        "GROUP BY m.user_id, sp.snapshot_date) AS mem "
+        "ON mem.user_id = a.user_id AND mem.snapshot_date = a.snapshot_date")
+    aggs = ", ".join(day_aggs)
+    return f"""
+WITH joined AS (
+  SELECT d.*, s.snapshot_date, DATE_DIFF('day', d.day, s.snapshot_date) AS age
+  FROM fx_user_day AS d JOIN fx_snapshots AS s ON d.day <= s.snapshot_date AND d.avail_day <= s.snapshot_date
+),
+spine AS (
+  SELECT user_id, snapshot_date,
+         COALESCE(MIN(day) FILTER (WHERE n_signup > 0), MIN(day)) AS signup_day,
+         MAX(day) FILTER (WHERE n_events > 0) AS last_active_day
+  FROM joined GROUP BY user_id, snapshot_date
+  HAVING MAX(day) FILTER (WHERE n_events > 0) > snapshot_date - {spec.active_within_days}
+),
+a AS (
+  SELECT user_id, snapshot_date, signup_day,
+         SUM(n_conversion) > 0 AS is_paying,
+         MAX(max_ts) AS max_event_ts, MAX(max_pd) AS max_partition_date
+         {', ' + aggs if aggs else ''}
+  FROM (SELECT joined.*, spine.signup_day, DATE_DIFF('day', spine.signup_day, joined.day) AS since_signup
+        FROM joined JOIN spine ON joined.user_id = spine.user_id AND joined.snapshot_date = spine.snapshot_date) AS j
+  GROUP BY user_id, snapshot_date, signup_day
+)
+SELECT a.snapshot_date, a.user_id, mem.account_id, a.signup_day AS signup_date,
+       DATE_DIFF('day', a.signup_day, a.snapshot_date) AS days_since_signup, a.is_paying,
+       {', '.join(select_cols)},
+       a.max_event_ts, a.max_partition_date, {sql_literal(sigs.definition_hash)} AS definition_hash
+FROM a
+{chr(10).join(joins)}"""
+
+
+def _rollup_expr(rollup: str, col: str, dtype: str) -> str:
+    c = q(col)
+    if dtype == "BOOLEAN":
+        return {"max": f"MAX({c})", "min": f"MIN({c})", "sum": f"SUM(CAST({c} AS BIGINT))",
+                "mean": f"AVG(CAST({c} AS DOUBLE))"}[rollup]
+    return {"max": f"MAX({c})", "min": f"MIN({c})", "sum": f"SUM({c})", "mean": f"AVG(CAST({c} AS DOUBLE))"}[rollup]
+
+
+def account_features_sql(spec: FeatureSpec, src: Sources = WAREHOUSE) -> str:
+    """One row per (account, snapshot) for accounts with at least one user row in fx_user_features."""
+    sigs = spec.signals
+    rolled = []
+    for s in sigs.signals:
+        for r in s.rollups:
+            rolled.append(f"{_rollup_expr(r, s.name, s.dtype)} AS {q(rollup_column(r, s.name))}")
+    member_aggs = []
+    for s in sigs.account_signals:
+        age = "DATE_DIFF('day', d.day, mb.snapshot_date)"
+        w = f"{age} < {s.window_days}" if s.window_days else "TRUE"
+        if s.kind in ("active_users", "active_seat_share"):
+            member_aggs.append(f"COUNT(DISTINCT d.user_id) FILTER (WHERE d.n_events > 0 AND {w}) AS {q('au_' + s.name)}")
+        elif s.kind == "count":
+            member_aggs.append(f"COALESCE(SUM(d.{q('m_' + s.name)}) FILTER (WHERE {w}), 0) AS {q('ac_' + s.name)}")
+    select_cols, joins = [], []
+    for col, dtype, s in sigs.account_columns():
+        if s in sigs.signals:
+            select_cols.append(f"ROUND(r.{q(col)}, 6) AS {q(col)}" if dtype == "DOUBLE" else f"r.{q(col)}")
+        elif s.kind == "seats":
+            select_cols.append(f"COALESCE(st.seats, 0) AS {q(col)}")
+        elif s.kind == "active_users":
+            select_cols.append(f"COALESCE(md.{q('au_' + s.name)}, 0) AS {q(col)}")
+        elif s.kind == "active_seat_share":
+            select_cols.append(
+                f"ROUND(CAST(COALESCE(md.{q('au_' + s.name)}, 0) AS DOUBLE) / NULLIF(st.seats, 0), 6) AS {q(col)}")
+        elif s.kind == "count":
+            select_cols.append(f"COALESCE(md.{q('ac_' + s.name)}, 0) AS {q(col)}")
+        elif s.kind == "distinct_count":
+            alias = q("dv_" + s.name)
+            w = f"DATE_DIFF('day', v.day, mb.snapshot_date) < {s.window_days}" if s.window_days else "TRUE"
+            select_cols.append(f"COALESCE({alias}.n, 0) AS {q(col)}")
+            joins.append(
+                f"LEFT JOIN (SELECT mb.account_id, mb.snapshot_date, COUNT(DISTINCT v.value) AS n "
+                f"FROM members AS mb JOIN fx_user_values AS v ON v.user_id = mb.user_id "
+                f"AND v.day <= mb.snapshot_date AND v.avail_day <= mb.snapshot_date "
+                f"WHERE v.signal = {sql_literal(s.name)} AND {w} "
+                f"GROUP BY mb.account_id, mb.snapshot_date) AS {alias} "
+                f"ON {alias}.account_id = sp.account_id AND {alias}.snapshot_date = sp.snapshot_date")
+        elif s.kind == "trait":
+            expr = prop(s.prop, "h.traits")
+            if s.type == "number":
+                expr = f"TRY_CAST({expr} AS DOUBLE)"
+            elif s.type == "boolean":
+                expr = f"TRY_CAST({expr} AS BOOLEAN)"
+            select_cols.append(f"{expr} AS {q(col)}")
+    paid = (f" OR {prop('plan', 'h.traits')} IN ({', '.join(sql_literal(p) for p in spec.paid_plans)})"
+            if spec.paid_plans else "")
+    return f"""
+WITH members AS (
+  SELECT m.user_id, s.snapshot_date, ARG_MAX(m.account_id, m.joined_at) AS account_id
+  FROM {src.account_memberships} AS m JOIN fx_snapshots AS s
+    ON CAST(m.joined_at AS DATE) <= s.snapshot_date AND m.partition_date <= s.snapshot_date
+  GROUP BY m.user_id, s.snapshot_date
+),
+sp AS (SELECT DISTINCT account_id, snapshot_date FROM fx_user_features WHERE account_id IS NOT NULL),
+st AS (SELECT account_id, snapshot_date, COUNT(*) AS seats FROM members GROUP BY account_id, snapshot_date),
+md AS (
+  SELECT mb.account_id, mb.snapshot_date, SUM(d.n_conversion) AS n_conversion,
+         MAX(d.max_ts) AS max_ts, MAX(d.max_pd) AS max_pd,
+         MIN(d.day) AS first_day{''.join(', ' + a for a in member_aggs)}
+  FROM members AS mb JOIN fx_user_day AS d
+    ON d.user_id = mb.user_id AND d.day <= mb.snapshot_date AND d.avail_day <= mb.snapshot_date
+  GROUP BY mb.account_id, mb.snapshot_date
+),
+r AS (
+  SELECT account_id, snapshot_date, MIN(signup_date) AS signup_date{''.join(', ' + x for x in rolled)}
+  FROM fx_user_features WHERE account_id IS NOT NULL GROUP BY account_id, snapshot_date
+)
+SELECT sp.snapshot_date, sp.account_id, LEAST(r.signup_date, md.first_day) AS signup_date,
+       DATE_DIFF('day', LEAST(r.signup_date, md.first_day), sp.snapshot_date) AS days_since_signup,
+       (COALESCE(md.n_conversion, 0) > 0{paid}) AS is_paying,
+       COALESCE(st.seats, 0) AS n_members,
+       {', '.join(select_cols)},
+       md.max_ts AS max_event_ts, md.max_pd AS max_partition_date,
+       {sql_literal(sigs.definition_hash)} AS definition_hash
+FROM sp
+JOIN r ON r.account_id = sp.account_id AND r.snapshot_date = sp.snapshot_date
+LEFT JOIN st ON st.account_id = sp.account_id AND st.snapshot_date = sp.snapshot_date
+LEFT JOIN md ON md.account_id = sp.account_id AND md.snapshot_date = sp.snapshot_date
+LEFT JOIN {src.accounts_history} AS h ON h.account_id = sp.account_id
+  AND CAST(h.valid_from AS DATE) <= sp.snapshot_date
+  AND (h.valid_to IS NULL OR CAST(h.valid_to AS DATE) > sp.snapshot_date)
+{chr(10).join(joins)}"""
+
+
+# ------------------------------------------------------------------ running a batch
+
+def _chunks(days: list[dt.date], size: int) -> list[list[dt.date]]:
+    days = sorted(set(days))
+    return [days[i:i + size] for i in range(0, len(days), size)]
+
+
+def ensure_columns(conn, table: str, columns: list[tuple[str, str]]) -> list[str]:
+    """Create ``table`` or bring its columns to ``columns`` (a signal was added, removed or
+    retyped). Rows keep the values of columns that stay; new columns are NULL until the
+    affected snapshots are recomputed (their ``definition_hash`` says they are stale).
+    Returns a description of the changes made."""
+    from pql_pipeline.lib.warehouse import describe, table_exists
+
+    ddl = ", ".join(f"{q(c)} {t}" for c, t in columns)
+    if not table_exists(conn, table):
+        conn.execute(f"CREATE TABLE {table} ({ddl})")
+        return [f"created {table}"]
+    have = describe(conn, table)
+    want = dict(columns)
+    if list(have) == list(want) and all(_same_type(have[c], want[c]) for c in want):
+        return []
+    keep = [c for c in want if c in have and _same_type(have[c], want[c])]
+    changes = ([f"added {c}" for c in want if c not in have] + [f"dropped {c}" for c in have if c not in want]
+               + [f"retyped {c}" for c in want if c in have and not _same_type(have[c], want[c])])
+    conn.execute(f"CREATE TABLE {table}__new ({ddl})")
+    if keep:
+        cols = ", ".join(q(c) for c in keep)
+        conn.execute(f"INSERT INTO {table}__new ({cols}) SELECT {cols} FROM {table}")
+    conn.execute(f"DROP TABLE {table}")
+    conn.execute(f"ALTER TABLE {table}__new RENAME TO {table}")
+    return changes
+
+
+def _same_type(have: str, want: str) -> bool:
+    alias = {"TIMESTAMPTZ": "TIMESTAMP WITH TIME ZONE", "TIMESTAMP WITH TIME ZONE": "TIMESTAMP WITH TIME ZONE"}
+    return alias.get(have.upper(), have.upper()) == alias.get(want.upper(), want.upper())
+
+
+@dataclass
+class FeatureRun:
+    snapshot_days: list[dt.date]
+    user_rows: int = 0
+    account_rows: int = 0
+    schema_changes: list[str] | None = None
+
+
+def compute_features(conn, spec: FeatureSpec, snapshot_days: list[dt.date], batch_days: int = 31) -> FeatureRun:
+    """(Re)compute user_features and account_features for ``snapshot_days``.
+
+    Idempotent: the snapshot days' rows are deleted and inserted in one transaction
+    per batch of ``batch_days`` days."""
+    eng = DuckDBEngine(conn)
+    ucols = user_table_columns(spec.signals)
+    acols = account_table_columns(spec.signals)
+    run = FeatureRun(snapshot_days=sorted(set(snapshot_days)))
+    run.schema_changes = ensure_columns(conn, "user_features", ucols) + ensure_columns(conn, "account_features", acols)
+    for batch in _chunks(snapshot_days, batch_days):
+        build_feature_temps(eng, spec, batch)
+        days = ", ".join(f"CAST({sql_literal(d.isoformat())} AS DATE)" for d in batch)
+        conn.execute("BEGIN TRANSACTION")
+        try:
+            for table, cols, tmp in (("user_features", ucols, "fx_user_features"),
+                                     ("account_features", acols, "fx_account_features")):
+                names = ", ".join(q(c) for c, _ in cols)
+                conn.execute(f"DELETE FROM {table} WHERE snapshot_date IN ({days})")
+                conn.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {tmp}")
+            conn.execute("COMMIT")
+        except Exception:
+            conn.execute("ROLLBACK")
+            raise
+        run.user_rows += conn.execute("SELECT count(*) FROM fx_user_features").fetchall()[0][0]
+        run.account_rows += conn.execute("SELECT count(*) FROM fx_account_features").fetchall()[0][0]
+    drop_feature_temps(eng)
+    return run
+
+
+def build_feature_temps(eng: DuckDBEngine, spec: FeatureSpec, days: list[dt.date], src: Sources = WAREHOUSE) -> None:
+    """Compute the snapshot days' rows into temp tables fx_user_features / fx_account_features."""
+    values_sql, firsts_sql = user_values_sql(spec), user_firsts_sql(spec)
+    eng.temp("fx_snapshots", snapshots_sql(days))
+    eng.view("fx_events", events_sql(max(days), src))
+    eng.temp("fx_user_day", user_day_sql(spec))
+    eng.temp("fx_user_values", values_sql or
+             "SELECT CAST(NULL AS VARCHAR) AS user_id, CAST(NULL AS VARCHAR) AS signal, "
+             "CAST(NULL AS VARCHAR) AS value, CAST(NULL AS DATE) AS day, CAST(NULL AS DATE) AS avail_day "
+             "WHERE FALSE")
+    eng.temp("fx_user_firsts", firsts_sql or
+             "SELECT CAST(NULL AS VARCHAR) AS user_id, CAST(NULL AS VARCHAR) AS signal, "
+             "CAST(NULL AS VARCHAR) AS value, CAST(NULL AS TIMESTAMPTZ) AS event_ts, "
+             "CAST(NULL AS DATE) AS day, CAST(NULL AS DATE) AS avail_day WHERE FALSE")
+    eng.temp("fx_user_features", user_features_sql(spec, src))
+    eng.temp("fx_account_features", account_features_sql(spec, src))
+
+
+def drop_feature_temps(eng: DuckDBEngine) -> None:
+    eng.drop_temp("fx_snapshots", "fx_user_day", "fx_user_values", "fx_user_firsts", "fx_user_features",
+                  "fx_account_features")
+    eng.drop_view("fx_events")

@@ -1,0 +1,189 @@
+"""The training sets and the leakage guard.
+
+``training_set`` holds one row per (user, training snapshot): the user's features, the
+features of the user's account at the same snapshot (prefixed ``acct_``) and the known
+label. ``account_training_set`` is the same per account. Training snapshots are every
+``snapshot_every_days``-th day counted from ``partitions.start_date`` (a fixed grid, so
+the set does not shift from one day to the next) within ``lookback_days``.
+
+The leakage guard proves, rather than assumes, that no feature saw the future:
+
+1. bookkeeping - every row's newest event (``max_event_ts``) and newest partition lie on
+   or before its snapshot day, and its label window starts after both;
+2. recomputation - for sampled snapshot days the features are computed again from
+   copies of the source tables cut off at the end of that day (events received later,
+   identities linked later and trait versions valid later removed) and must equal the
+   stored rows exactly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from pql_pipeline.defs.features.features import (
+    FeatureSpec,
+    Sources,
+    account_table_columns,
+    build_feature_temps,
+    drop_feature_temps,
+    q,
+    user_table_columns,
+)
+from pql_pipeline.lib.engine import DuckDBEngine, sql_literal
+
+USER_KEYS = ("snapshot_date", "user_id", "account_id")
+LABEL_OUT = [("label", "BOOLEAN"), ("converted_at", "TIMESTAMPTZ"), ("label_window_start", "DATE"),
+             ("label_window_end", "DATE")]
+
+
+def training_columns(spec: FeatureSpec) -> list[tuple[str, str]]:
+    user = user_table_columns(spec.signals)
+    acct = [(f"acct_{c}", t) for c, t in account_table_columns(spec.signals)
+            if c not in ("snapshot_date", "account_id", "definition_hash")]
+    return user + acct + LABEL_OUT
+
+
+def account_training_columns(spec: FeatureSpec) -> list[tuple[str, str]]:
+    return account_table_columns(spec.signals) + LABEL_OUT
+
+
+def _grid(start: dt.date, every: int) -> str:
+    return f"DATE_DIFF('day', CAST({sql_literal(start.isoformat())} AS DATE), {{col}}) % {every} = 0"
+
+
+def build_training_sets(conn, spec: FeatureSpec, start: dt.date, every_days: int, lookback_days: int) -> dict:
+    """Rebuild training_set and account_training_set; returns row and label counts."""
+    eng = DuckDBEngine(conn)
+    last = conn.execute("SELECT MAX(snapshot_date) FROM conversion_labels WHERE label IS NOT NULL").fetchall()[0][0]
+    grid = _grid(start, every_days)
+    lo = (last - dt.timedelta(days=lookback_days)) if last else start
+    window = f"{{col}} >= CAST({sql_literal(lo.isoformat())} AS DATE)"
+    user_cols = [c for c, _ in user_table_columns(spec.signals)]
+    acct_cols = [c for c, _ in account_table_columns(spec.signals)
+                 if c not in ("snapshot_date", "account_id", "definition_hash")]
+    sel = ([f"u.{q(c)}" for c in user_cols] + [f"a.{q(c)} AS {q('acct_' + c)}" for c in acct_cols]
+           + ["l.label", "l.converted_at", "l.label_window_start", "l.label_window_end"])
+    user_sql = f"""
+SELECT {', '.join(sel)}
+FROM user_features AS u
+JOIN conversion_labels AS l
+  ON l.entity_type = 'user' AND l.entity_id = u.user_id AND l.snapshot_date = u.snapshot_date
+LEFT JOIN account_features AS a ON a.account_id = u.account_id AND a.snapshot_date = u.snapshot_date
+WHERE l.label IS NOT NULL AND {grid.format(col='u.snapshot_date')} AND {window.format(col='u.snapshot_date')}"""
+    acct_all = [c for c, _ in account_table_columns(spec.signals)]
+    acct_sql = f"""
+SELECT {', '.join(f'a.{q(c)}' for c in acct_all)}, l.label, l.converted_at, l.label_window_start, l.label_window_end
+FROM account_features AS a
+JOIN conversion_labels AS l
+  ON l.entity_type = 'account' AND l.entity_id = a.account_id AND l.snapshot_date = a.snapshot_date
+WHERE l.label IS NOT NULL AND {grid.format(col='a.snapshot_date')} AND {window.format(col='a.snapshot_date')}"""
+    from pql_pipeline.defs.features.features import ensure_columns
+    out = {}
+    for table, sql, cols in (("training_set", user_sql, training_columns(spec)),
+                             ("account_training_set", acct_sql, account_training_columns(spec))):
+        eng.temp("fx_training", sql)
+        names = ", ".join(q(c) for c, _ in cols)
+        conn.execute("BEGIN TRANSACTION")
+        try:
+            ensure_columns(conn, table, cols)
+            conn.execute(f"DELETE FROM {table}")
+            conn.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM fx_training")
+            conn.execute("COMMIT")
+        except Exception:
+            conn.execute("ROLLBACK")
+            raise
+        rows, pos, snaps = conn.execute(
+            f"SELECT count(*), count(*) FILTER (WHERE label), count(DISTINCT snapshot_date) FROM {table}").fetchall()[0]
+        out[table] = {"rows": rows, "positives": pos, "snapshots": snaps}
+    eng.drop_temp("fx_training")
+    return out
+
+
+# ------------------------------------------------------------------ leakage guard
+
+@dataclass
+class LeakageReport:
+    bookkeeping_violations: dict[str, int] = field(default_factory=dict)
+    recomputed_days: list[dt.date] = field(default_factory=list)
+    recomputed_rows: int = 0
+    mismatched_rows: dict[str, int] = field(default_factory=dict)
+    samples: list[dict] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not any(self.bookkeeping_violations.values()) and not any(self.mismatched_rows.values())
+
+
+BOOKKEEPING = {
+    "feature event after snapshot": "CAST(max_event_ts AS DATE) > snapshot_date",
+    "feature partition after snapshot": "max_partition_date > snapshot_date",
+    "account feature event after snapshot": "CAST(acct_max_event_ts AS DATE) > snapshot_date",
+    "account feature partition after snapshot": "acct_max_partition_date > snapshot_date",
+    "label window starts on or before snapshot": "label_window_start <= snapshot_date",
+    "label window overlaps features": "label_window_start <= CAST(max_event_ts AS DATE)",
+    "conversion outside label window": "converted_at IS NOT NULL AND (CAST(converted_at AS DATE) < label_window_start "
+                                       "OR CAST(converted_at AS DATE) > label_window_end)",
+    "positive label without conversion": "label AND converted_at IS NULL",
+}
+
+
+def truncated_sources(conn, day: dt.date) -> Sources:
+    """Temp views of the source tables as the pipeline held them at the end of ``day``."""
+    end = f"CAST({sql_literal((day + dt.timedelta(days=1)).isoformat() + ' 00:00:00+00:00')} AS TIMESTAMPTZ)"
+    d = f"CAST({sql_literal(day.isoformat())} AS DATE)"
+    views = {
+        "validated_events": f"SELECT * FROM validated_events WHERE partition_date <= {d}",
+        "identity_links": f"SELECT * FROM identity_links WHERE partition_date <= {d}",
+        "account_memberships": f"SELECT * FROM account_memberships WHERE partition_date <= {d}",
+        "users_history": f"SELECT * REPLACE (CASE WHEN valid_to >= {end} THEN NULL ELSE valid_to END AS valid_to) "
+                         f"FROM users_history WHERE valid_from < {end}",
+        "accounts_history": f"SELECT * REPLACE (CASE WHEN valid_to >= {end} THEN NULL ELSE valid_to END AS valid_to) "
+                            f"FROM accounts_history WHERE valid_from < {end}",
+    }
+    for name, sql in views.items():
+        conn.execute(f"CREATE OR REPLACE TEMP VIEW lg_{name} AS {sql}")
+    return Sources(**{name: f"lg_{name}" for name in views})
+
+
+def leakage_guard(conn, spec: FeatureSpec, sample_days: list[dt.date], max_samples: int = 5) -> LeakageReport:
+    rep = LeakageReport()
+    for name, cond in BOOKKEEPING.items():
+        rep.bookkeeping_violations[name] = conn.execute(
+            f"SELECT count(*) FROM training_set WHERE {cond}").fetchall()[0][0]
+    eng = DuckDBEngine(conn)
+    for day in sample_days:
+        src = truncated_sources(conn, day)
+        build_feature_temps(eng, spec, [day], src)
+        rep.recomputed_days.append(day)
+        for table, tmp, cols, key in (
+                ("user_features", "fx_user_features", user_table_columns(spec.signals), "user_id"),
+                ("account_features", "fx_account_features", account_table_columns(spec.signals), "account_id")):
+            rep.recomputed_rows += conn.execute(f"SELECT count(*) FROM {tmp}").fetchall()[0][0]
+            differs = []
+            for c, t in cols:
+                if c in ("snapshot_date", key):
+                    continue
+                a, b = f"s.{q(c)}", f"f.{q(c)}"
+                if t == "DOUBLE":  # sums of doubles depend on the order they are added in
+                    differs.append(f"NOT ({a} IS NULL AND {b} IS NULL OR "
+                                   f"abs({a} - {b}) <= 1e-9 * greatest(1.0, abs({a})))")
+                else:
+                    differs.append(f"{a} IS DISTINCT FROM {b}")
+            stored = f"SELECT * FROM {table} WHERE snapshot_date = CAST({sql_literal(day.isoformat())} AS DATE)"
+            diff = conn.execute(
+                f"SELECT coalesce(s.{key}, f.{key}) AS {key}, s.{key} IS NULL AS only_recomputed, "
+                f"f.{key} IS NULL AS only_stored, "
+                + " || ".join(f"CASE WHEN coalesce({d}, TRUE) THEN '{c} ' ELSE '' END"
+                              for d, (c, _) in zip(differs, [x for x in cols if x[0] not in ("snapshot_date", key)]))
+                + f" AS differing_columns FROM ({stored}) AS s FULL OUTER JOIN {tmp} AS f ON s.{key} = f.{key} "
+                f"WHERE s.{key} IS NULL OR f.{key} IS NULL OR " + " OR ".join(f"coalesce({d}, TRUE)" for d in differs)
+            ).df()
+            rep.mismatched_rows[f"{table}@{day}"] = len(diff)
+            if len(diff) and len(rep.samples) < max_samples:
+                rep.samples += [{"table": table, "snapshot_date": str(day), **r}
+                                for r in diff.head(max_samples - len(rep.samples)).astype(str).to_dict("records")]
+        drop_feature_temps(eng)
+        for name in ("validated_events", "identity_links", "account_memberships", "users_history", "accounts_history"):
+            conn.execute(f"DROP VIEW IF EXISTS lg_{name}")
+    return rep

@@ -1,0 +1,71 @@
+"""Engine-portable SQL: written once, transpiled by SQLGlot for the engine that runs it.
+
+Feature, label and milestone logic is generated as SQL text in one dialect
+(``SOURCE_DIALECT``, DuckDB's) and every statement goes through ``render`` before it is
+executed, so the SQL that runs locally is the same SQLGlot tree that would be written
+out for Spark (``render(sql, "spark")``). An engine only has to run a SELECT into a
+named temporary relation and hand back rows; ``DuckDBEngine`` does that on a DuckDB
+connection.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import sqlglot
+
+SOURCE_DIALECT = "duckdb"
+
+
+@lru_cache(maxsize=512)
+def render(sql: str, dialect: str = SOURCE_DIALECT) -> str:
+    """Parse ``sql`` (DuckDB dialect) and write it for ``dialect``; raises on unsupported SQL."""
+    out = sqlglot.transpile(sql, read=SOURCE_DIALECT, write=dialect,
+                            unsupported_level=sqlglot.ErrorLevel.RAISE)
+    if len(out) != 1:
+        raise ValueError(f"expected one SQL statement, got {len(out)}")
+    return out[0]
+
+
+def sql_literal(value) -> str:
+    """A SQL literal for a config value (strings quoted, numbers as is, booleans)."""
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def json_path(key: str) -> str:
+    """JSONPath for a top-level property name, quoted so any name is safe."""
+    escaped = key.replace("\\", "\\\\").replace('"', '\\"')
+    return sql_literal(f'$."{escaped}"')
+
+
+class DuckDBEngine:
+    """Runs rendered SQL on a DuckDB connection."""
+
+    dialect = "duckdb"
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def temp(self, name: str, select_sql: str) -> None:
+        self.conn.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {render(select_sql, self.dialect)}")
+
+    def view(self, name: str, select_sql: str) -> None:
+        self.conn.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {render(select_sql, self.dialect)}")
+
+    def drop_view(self, *names: str) -> None:
+        for n in names:
+            self.conn.execute(f"DROP VIEW IF EXISTS {n}")
+
+    def drop_temp(self, *names: str) -> None:
+        for n in names:
+            self.conn.execute(f"DROP TABLE IF EXISTS temp.{n}")
+
+    def rows(self, select_sql: str, params: list | None = None) -> list[tuple]:
+        return self.conn.execute(render(select_sql, self.dialect), params or []).fetchall()
+
+    def df(self, select_sql: str):
+        return self.conn.execute(render(select_sql, self.dialect)).df()

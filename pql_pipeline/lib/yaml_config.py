@@ -1,0 +1,77 @@
+"""YAML configuration files validated by pydantic, with errors that name the line.
+
+``load_model(path, Model)`` parses the file, validates it and, when validation fails,
+raises ``ConfigError`` whose message lists every problem as
+``<file> line <n> (<key path>): <what is wrong>`` so the person editing the file goes
+straight to the right place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A configuration file is invalid; the message says where and how to fix it."""
+
+
+def _line_map(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
+    """Key path -> 1-based line of the value (or of the key, for mappings) in the file."""
+    out = {} if out is None else out
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            out[path + (key,)] = key_node.start_mark.line + 1
+            _line_map(value_node, path + (key,), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_map(item, path + (i,), out)
+            out[path + (i,)] = item.start_mark.line + 1
+    return out
+
+
+def read_yaml(path: Path) -> tuple[object, dict[tuple, int]]:
+    """Parse a YAML file; returns the data and a key-path -> line map."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    return data, (_line_map(node) if node is not None else {})
+
+
+def describe_errors(path: Path, error: ValidationError, lines: dict[tuple, int]) -> str:
+    problems = []
+    for err in error.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        # the deepest key of the error's path that exists in the file (a missing key -> its parent)
+        line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
+        key = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[") or "<top level>"
+        msg = err["msg"].removeprefix("Value error, ")
+        problems.append(f"{path}{f' line {line}' if line else ''} ({key}): {msg}")
+    return "\n".join(problems)
+
+
+def load_model(path: Path, model: type[M], transform=None) -> M:
+    """Read ``path`` and validate it as ``model``; ``transform`` may adjust the raw data first."""
+    data, lines = read_yaml(path)
+    data = {} if data is None else data
+    if transform is not None:
+        data = transform(data)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(describe_errors(path, e, lines)) from None
