@@ -6,6 +6,8 @@ import warnings
 
 import dagster as dg
 
+from pql_pipeline.defs.features.assets import build_feature_assets
+from pql_pipeline.defs.features.checks import build_feature_checks
 from pql_pipeline.defs.ingest.assets import build_ingest_assets
 from pql_pipeline.defs.ingest.checks import build_ingest_checks
 from pql_pipeline.defs.ingest.resources import EventSource
@@ -18,6 +20,8 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 INGEST_JOB = "ingest_events"
 DIMENSIONS_JOB = "build_dimensions"
+FEATURES_JOB = "build_features"
+PIPELINE_JOB = "pql_pipeline"
 
 
 def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
@@ -37,8 +41,8 @@ def build_resources(settings: Settings) -> dict:
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     daily = daily_partitions(settings)
-    assets = build_ingest_assets(settings, daily)
-    checks = build_ingest_checks(settings, daily)
+    assets = build_ingest_assets(settings, daily) + build_feature_assets(settings, daily)
+    checks = build_ingest_checks(settings, daily) + build_feature_checks(settings, daily)
     ingest_job = dg.define_asset_job(
         INGEST_JOB,
         selection=dg.AssetSelection.groups("ingest"),
@@ -51,10 +55,24 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         selection=dg.AssetSelection.assets("users", "accounts"),
         description="Rebuild the users and accounts dimensions from validated events.",
     )
+    features_job = dg.define_asset_job(
+        FEATURES_JOB,
+        selection=dg.AssetSelection.groups("features"),
+        partitions_def=daily,
+        description="Point-in-time features, conversion labels (refreshing earlier horizons), training sets "
+                    "and milestone discovery for a partition (snapshot day) or a range.",
+    )
+    pipeline_job = dg.define_asset_job(
+        PIPELINE_JOB,
+        selection=dg.AssetSelection.groups("ingest", "features"),
+        partitions_def=daily,
+        description="The whole graph for a partition or a range: events to features, labels and milestones. "
+                    "Blocking checks stop everything downstream of a failure.",
+    )
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=[ingest_job, dims_job],
+        jobs=[pipeline_job, ingest_job, dims_job, features_job],
         resources=build_resources(settings),
         # One process per run: DuckDB allows a single writing process per file, and
         # Great Expectations' import (seconds) is paid once per run instead of per step.

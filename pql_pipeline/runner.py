@@ -30,8 +30,8 @@ class RunReport:
 
 def materialize_all(settings: Settings, instance: dg.DagsterInstance, partitions: list[str] | None = None,
                     defs: dg.Definitions | None = None, log_level: str = "WARNING") -> RunReport:
-    """Run the ingest job over every partition that has files, as one single-run range."""
-    from pql_pipeline.definitions import INGEST_JOB, build_definitions
+    """Run the whole graph over every partition that has files, as one single-run range."""
+    from pql_pipeline.definitions import PIPELINE_JOB, build_definitions
 
     defs = defs or build_definitions(settings)
     parts = partitions if partitions is not None else available_partitions(settings.events_root, settings.source.pattern)
@@ -48,7 +48,7 @@ def materialize_all(settings: Settings, instance: dg.DagsterInstance, partitions
     # one day: an ordinary partition run (checks record their partition); several: one single-run range
     tags = ({"dagster/partition": parts[0]} if len(parts) == 1 else
             {"dagster/asset_partition_range_start": parts[0], "dagster/asset_partition_range_end": parts[-1]})
-    jobs = [(INGEST_JOB, tags)]
+    jobs = [(PIPELINE_JOB, tags)]
     for job_name, tags in jobs:
         # the full event log is in the Dagster instance (and the UI); the console shows warnings and errors
         result = defs.resolve_job_def(job_name).execute_in_process(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pql_pipeline.lib.yaml_config import ConfigError, load_model
+from pql_pipeline.lib.yaml_config import ConfigError, load_model  # noqa: F401 (ConfigError is re-exported)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = PACKAGE_DIR / "config" / "pipeline.yaml"
@@ -123,11 +123,11 @@ class TrainingSettings(_Strict):
 
 
 class MilestoneSettings(_Strict):
-    min_counts: list[int] = Field(default_factory=lambda: [1, 2, 3, 5, 10], min_length=1)
+    min_counts: list[int] = Field(default_factory=lambda: [1, 2, 3, 5, 10, 14], min_length=1)
     within_days: list[int] = Field(default_factory=lambda: [1, 3, 7, 14, 30], min_length=1)
     # a user counts as converted if the conversion happens within this many days after
     # the milestone window ends; only users observed that long are used
-    outcome_days: int = Field(60, ge=1)
+    outcome_days: int = Field(30, ge=1)
     exclude_events: list[str] = Field(default_factory=list)
     min_coverage: float = Field(0.02, ge=0, le=1)
     min_users: int = Field(30, ge=1)

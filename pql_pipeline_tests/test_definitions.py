@@ -1,29 +1,39 @@
 import dagster as dg
 
-from pql_pipeline.definitions import INGEST_JOB, defs
+from pql_pipeline.definitions import FEATURES_JOB, INGEST_JOB, PIPELINE_JOB, defs
+
+INGEST = {"raw_events", "validated_events", "quarantined_events", "duplicate_events", "users", "accounts"}
+FEATURES = {"user_features", "account_features", "conversion_labels", "training_set", "account_training_set",
+            "activation_milestones"}
 
 
 def test_definitions_load_and_list_the_pipeline():
     dg.Definitions.validate_loadable(defs)
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert keys == {"raw_events", "validated_events", "quarantined_events", "duplicate_events", "users", "accounts"}
-    assert defs.resolve_job_def(INGEST_JOB) is not None
+    assert keys == INGEST | FEATURES
+    for job in (INGEST_JOB, FEATURES_JOB, PIPELINE_JOB):
+        assert defs.resolve_job_def(job) is not None
 
 
 def test_every_asset_has_checks_and_the_gates_block():
     graph = defs.resolve_asset_graph()
     checks = {(k.asset_key.to_user_string(), k.name): graph.get_check_spec(k) for k in graph.asset_check_keys}
-    for asset in ("raw_events", "validated_events", "quarantined_events", "duplicate_events", "users", "accounts"):
+    for asset in INGEST | FEATURES:
         assert any(a == asset for a, _ in checks), f"{asset} has no check"
     for gate in ("reconciliation", "quarantine_rate", "validated_events_contract"):
         assert checks[("validated_events", gate)].blocking, gate
     assert not checks[("raw_events", "raw_events_volume")].blocking
+    assert checks[("training_set", "leakage_guard")].blocking
+    assert checks[("conversion_labels", "label_base_rate")].blocking
+    assert checks[("user_features", "user_features_contract")].blocking
+    assert not checks[("user_features", "user_features_null_rates")].blocking
 
 
 def test_partitioned_assets_share_one_partitions_definition_and_single_run_backfills():
     graph = defs.resolve_asset_graph()
     parts = set()
-    for key in ("raw_events", "validated_events", "quarantined_events"):
+    for key in ("raw_events", "validated_events", "quarantined_events", "user_features", "account_features",
+                "conversion_labels"):
         node = graph.get(dg.AssetKey(key))
         parts.add(node.partitions_def)
         assert node.backfill_policy == dg.BackfillPolicy.single_run()

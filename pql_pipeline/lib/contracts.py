@@ -375,3 +375,37 @@ def _lit(v: Any) -> str:
     if isinstance(v, (int, float)):
         return repr(v)
     return "'" + str(v).replace("'", "''") + "'"
+
+
+_LOGICAL = {"BIGINT": "integer", "DOUBLE": "number", "BOOLEAN": "boolean", "VARCHAR": "string", "DATE": "date",
+            "TIMESTAMPTZ": "timestamp"}
+
+
+def with_columns(contract: Contract, object_name: str, columns: list[dict], before: str | None = None) -> Contract:
+    """A copy of ``contract`` whose object ``object_name`` also has ``columns``.
+
+    Used for tables whose columns follow configuration (one per signal): each column is
+    ``{"name", "physicalType", "required"?, "minimum"?, "maximum"?, "description"?}`` and is
+    inserted before the property ``before`` (appended if None), so the generated checks
+    cover configured columns like declared ones."""
+    from open_data_contract_standard.model import SchemaProperty
+
+    odcs = contract.odcs.model_copy(deep=True)
+    obj = next((o for o in odcs.schema_ or [] if o.name == object_name), None)
+    if obj is None:
+        raise ContractError(f"{contract.path.name}: no schema object named {object_name!r}")
+    new = []
+    for c in columns:
+        opts = {k: c[k] for k in ("minimum", "maximum") if c.get(k) is not None}
+        new.append(SchemaProperty(name=c["name"], physicalType=c["physicalType"],
+                                  logicalType=_LOGICAL.get(c["physicalType"], "string"),
+                                  required=bool(c.get("required")), description=c.get("description"),
+                                  logicalTypeOptions=opts or None))
+    props = list(obj.properties or [])
+    taken = {p.name for p in props}
+    clash = [c["name"] for c in columns if c["name"] in taken]
+    if clash:
+        raise ContractError(f"{contract.path.name}: configured columns {clash} clash with {object_name}'s own columns")
+    at = next((i for i, p in enumerate(props) if p.name == before), len(props)) if before else len(props)
+    obj.properties = props[:at] + new + props[at:]
+    return Contract(path=contract.path, odcs=odcs)

@@ -11,6 +11,10 @@ A label answers: did this user (account), free at the snapshot, convert within
 - ``negative``: no conversion, and the horizon plus ``late_arrival_days`` lies within the
   data the warehouse holds;
 - ``unknown``: the horizon has not fully been observed yet.
+
+``horizon_complete`` says whether the whole horizon has been observed. A positive can be
+known before that, but training uses complete horizons only: recent snapshots would
+otherwise contribute their early converters and none of their non-converters.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ LABEL_COLUMNS = [
     ("snapshot_date", "DATE"), ("entity_type", "VARCHAR"), ("entity_id", "VARCHAR"), ("account_id", "VARCHAR"),
     ("label_status", "VARCHAR"), ("label", "BOOLEAN"), ("converted_at", "TIMESTAMPTZ"),
     ("label_window_start", "DATE"), ("label_window_end", "DATE"), ("observed_until", "DATE"),
-    ("definition_hash", "VARCHAR"),
+    ("horizon_complete", "BOOLEAN"), ("definition_hash", "VARCHAR"),
 ]
 STATUSES = ("positive", "negative", "unknown", "excluded_paying")
 
@@ -96,6 +100,7 @@ SELECT e.snapshot_date, e.entity_type, e.entity_id, e.account_id,
        CAST(e.snapshot_date + INTERVAL 1 DAY AS DATE) AS label_window_start,
        CAST(e.snapshot_date + INTERVAL {h} DAY AS DATE) AS label_window_end,
        CAST({sql_literal(until.isoformat())} AS DATE) AS observed_until,
+       {final} AS horizon_complete,
        {sql_literal(spec.definition_hash)} AS definition_hash
 FROM e LEFT JOIN hit
   ON hit.snapshot_date = e.snapshot_date AND hit.entity_type = e.entity_type AND hit.entity_id = e.entity_id"""

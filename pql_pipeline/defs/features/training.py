@@ -1,8 +1,8 @@
 """The training sets and the leakage guard.
 
 ``training_set`` holds one row per (user, training snapshot): the user's features, the
-features of the user's account at the same snapshot (prefixed ``acct_``) and the known
-label. ``account_training_set`` is the same per account. Training snapshots are every
+features of the user's account at the same snapshot (prefixed ``acct_``) and the label,
+for snapshots whose label horizon has been observed completely. ``account_training_set`` is the same per account. Training snapshots are every
 ``snapshot_every_days``-th day counted from ``partitions.start_date`` (a fixed grid, so
 the set does not shift from one day to the next) within ``lookback_days``.
 
@@ -55,7 +55,7 @@ def _grid(start: dt.date, every: int) -> str:
 def build_training_sets(conn, spec: FeatureSpec, start: dt.date, every_days: int, lookback_days: int) -> dict:
     """Rebuild training_set and account_training_set; returns row and label counts."""
     eng = DuckDBEngine(conn)
-    last = conn.execute("SELECT MAX(snapshot_date) FROM conversion_labels WHERE label IS NOT NULL").fetchall()[0][0]
+    last = conn.execute("SELECT MAX(snapshot_date) FROM conversion_labels WHERE horizon_complete").fetchall()[0][0]
     grid = _grid(start, every_days)
     lo = (last - dt.timedelta(days=lookback_days)) if last else start
     window = f"{{col}} >= CAST({sql_literal(lo.isoformat())} AS DATE)"
@@ -70,14 +70,14 @@ FROM user_features AS u
 JOIN conversion_labels AS l
   ON l.entity_type = 'user' AND l.entity_id = u.user_id AND l.snapshot_date = u.snapshot_date
 LEFT JOIN account_features AS a ON a.account_id = u.account_id AND a.snapshot_date = u.snapshot_date
-WHERE l.label IS NOT NULL AND {grid.format(col='u.snapshot_date')} AND {window.format(col='u.snapshot_date')}"""
+WHERE l.label IS NOT NULL AND l.horizon_complete AND {grid.format(col='u.snapshot_date')} AND {window.format(col='u.snapshot_date')}"""
     acct_all = [c for c, _ in account_table_columns(spec.signals)]
     acct_sql = f"""
 SELECT {', '.join(f'a.{q(c)}' for c in acct_all)}, l.label, l.converted_at, l.label_window_start, l.label_window_end
 FROM account_features AS a
 JOIN conversion_labels AS l
   ON l.entity_type = 'account' AND l.entity_id = a.account_id AND l.snapshot_date = a.snapshot_date
-WHERE l.label IS NOT NULL AND {grid.format(col='a.snapshot_date')} AND {window.format(col='a.snapshot_date')}"""
+WHERE l.label IS NOT NULL AND l.horizon_complete AND {grid.format(col='a.snapshot_date')} AND {window.format(col='a.snapshot_date')}"""
     from pql_pipeline.defs.features.features import ensure_columns
     out = {}
     for table, sql, cols in (("training_set", user_sql, training_columns(spec)),
@@ -165,9 +165,11 @@ def leakage_guard(conn, spec: FeatureSpec, sample_days: list[dt.date], max_sampl
                 if c in ("snapshot_date", key):
                     continue
                 a, b = f"s.{q(c)}", f"f.{q(c)}"
-                if t == "DOUBLE":  # sums of doubles depend on the order they are added in
+                if t == "DOUBLE":
+                    # doubles are stored rounded to 6 decimals, and sums of doubles vary in the last
+                    # bits with the order of addition: one unit of the 6th decimal is equality
                     differs.append(f"NOT ({a} IS NULL AND {b} IS NULL OR "
-                                   f"abs({a} - {b}) <= 1e-9 * greatest(1.0, abs({a})))")
+                                   f"abs({a} - {b}) <= 1.5e-6 + 1e-9 * abs({a}))")
                 else:
                     differs.append(f"{a} IS DISTINCT FROM {b}")
             stored = f"SELECT * FROM {table} WHERE snapshot_date = CAST({sql_literal(day.isoformat())} AS DATE)"

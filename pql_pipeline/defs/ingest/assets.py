@@ -9,35 +9,10 @@ from pql_pipeline.defs.ingest.dimensions import build_accounts, build_users
 from pql_pipeline.defs.ingest.raw import load_partitions
 from pql_pipeline.defs.ingest.resources import EventSource
 from pql_pipeline.defs.ingest.validation import PARTITION_TABLES, validate_partitions
-from pql_pipeline.lib.contracts import Contract, load_contract
 from pql_pipeline.lib.warehouse import Warehouse, ensure_tables
-from pql_pipeline.settings import Settings, contracts_dir
-
-POOL = "duckdb_warehouse"
-OWNERS = ["team:data-engineering"]
-
-
-def contract(name: str) -> Contract:
-    return load_contract(contracts_dir() / f"{name}.odcs.yaml")
-
-
-def table_schema(c: Contract, object_name: str) -> dg.TableSchema:
-    obj = c.object(object_name)
-    return dg.TableSchema(columns=[
-        dg.TableColumn(p.name, p.physicalType or p.logicalType or "unknown", description=p.description,
-                       constraints=dg.TableColumnConstraints(nullable=not p.required, unique=bool(p.unique)))
-        for p in obj.properties or []
-    ])
-
-
-def md_table(rows: list[dict]) -> str:
-    if not rows:
-        return "_none_"
-    cols = list(rows[0])
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(out)
-
+from pql_pipeline.lib.contracts import load_contract
+from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, contract, md_table, table_schema
+from pql_pipeline.settings import Settings
 
 def build_ingest_assets(settings: Settings, daily: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     raw_c, val_c = contract("raw_events"), contract("validated_events")
