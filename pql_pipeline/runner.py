@@ -74,6 +74,24 @@ def warehouse_summary(settings: Settings) -> dict[str, int]:
         if table_exists(conn, "quarantined_events"):
             out["by_rule"] = conn.execute(
                 "SELECT rule_id, count(*) FROM quarantined_events GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
+        if table_exists(conn, "user_features"):
+            out["features"] = conn.execute("""
+                SELECT count(DISTINCT snapshot_date), CAST(max(snapshot_date) AS VARCHAR),
+                       count(*) FILTER (WHERE snapshot_date = (SELECT max(snapshot_date) FROM user_features))
+                FROM user_features""").fetchall()[0]
+        if table_exists(conn, "account_features"):
+            out["account_rows_latest"] = conn.execute("""
+                SELECT count(*) FROM account_features
+                WHERE snapshot_date = (SELECT max(snapshot_date) FROM account_features)""").fetchall()[0][0]
+        if table_exists(conn, "training_set"):
+            out["training"] = conn.execute(
+                "SELECT count(*), count(*) FILTER (WHERE label), count(DISTINCT snapshot_date) FROM training_set"
+            ).fetchall()[0]
+        if table_exists(conn, "activation_milestones"):
+            out["milestones"] = conn.execute("""
+                SELECT direction, rank, candidate, min_count, within_days, lift, rate_with, rate_without
+                FROM activation_milestones WHERE is_best_variant AND rank <= 3
+                ORDER BY direction DESC, rank""").fetchall()
     return out
 
 
@@ -94,6 +112,20 @@ def format_summary(settings: Settings, report: RunReport) -> str:
     if s.get("by_rule"):
         lines.append("quarantined by rule:")
         lines += [f"  {rule:<28} {n:,}" for rule, n in s["by_rule"]]
+    if s.get("features"):
+        n_snap, latest, n_users = s["features"]
+        lines.append(f"features        {n_snap} snapshot days; on {latest}: {n_users:,} active users, "
+                     f"{s.get('account_rows_latest', 0):,} accounts")
+    if s.get("training"):
+        rows, pos, snaps = s["training"]
+        lines.append(f"training set    {rows:,} rows over {snaps} snapshots, {pos:,} converted "
+                     f"({(pos / rows if rows else 0):.1%})")
+    if s.get("milestones"):
+        lines.append("milestones (did N times within D days of signup -> conversion rate with / without):")
+        for direction, rank, cand, n, d, lift, rw, rwo in s["milestones"]:
+            lines.append(f"  {direction[:3]} {rank}  {cand} >= {n} in {d} d: {rw:.1%} vs {rwo:.1%} ({lift:.1f}x)")
+        from pql_pipeline.defs.features.assets import proposed_rule_path
+        lines.append(f"proposed rule   {proposed_rule_path(settings)}")
     lines.append("checks:")
     width = max((len(f"{c['asset']}.{c['check']}") for c in report.checks), default=10)
     for c in sorted(report.checks, key=lambda c: (c["asset"], c["check"])):

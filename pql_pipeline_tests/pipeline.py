@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from pql_pipeline.definitions import INGEST_JOB, build_definitions
+from pql_pipeline.definitions import INGEST_JOB, PIPELINE_JOB, build_definitions
 from pql_pipeline.lib.warehouse import Warehouse
 from pql_pipeline.settings import Settings, load_settings
 
@@ -18,10 +18,10 @@ class Pipeline:
     defs: dg.Definitions
     instance: dg.DagsterInstance
 
-    def run(self, start: str, end: str | None = None) -> dg.ExecuteInProcessResult:
+    def run(self, start: str, end: str | None = None, job: str = INGEST_JOB) -> dg.ExecuteInProcessResult:
         tags = ({"dagster/partition": start} if end in (None, start) else
                 {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end})
-        return self.defs.resolve_job_def(INGEST_JOB).execute_in_process(
+        return self.defs.resolve_job_def(job).execute_in_process(
             instance=self.instance, tags=tags, raise_on_error=False)
 
     def checks(self, result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
@@ -30,6 +30,11 @@ class Pipeline:
     def query(self, sql: str) -> list[tuple]:
         with Warehouse(database=str(self.settings.warehouse_path)).get_connection() as c:
             return c.execute(sql).fetchall()
+
+
+def run_all(p: "Pipeline", start: str, end: str | None = None) -> dg.ExecuteInProcessResult:
+    """The whole graph (ingest and features) over a partition or a range."""
+    return p.run(start, end, job=PIPELINE_JOB)
 
 
 def make_pipeline(monkeypatch, events: Path, warehouse: Path) -> Pipeline:
