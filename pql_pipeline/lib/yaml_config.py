@@ -8,6 +8,7 @@ straight to the right place.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TypeVar
 
@@ -57,6 +58,10 @@ def describe_errors(path: Path, error: ValidationError, lines: dict[tuple, int])
     problems = []
     for err in error.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        # a message about a key the entry has ("... does not use window_days") points at that key
+        named = re.search(r"does not use ([A-Za-z_]+)|give either ([A-Za-z_]+)", err["msg"])
+        if named and loc + (named.group(1) or named.group(2),) in lines:
+            loc = loc + (named.group(1) or named.group(2),)
         # the deepest key of the error's path that exists in the file (a missing key -> its parent)
         line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
         key = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[") or "<top level>"

@@ -75,10 +75,15 @@ class Signal(BaseModel):
             raise ValueError(f"signal name {v!r} is a column every feature table already has; choose another")
         return v
 
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v not in _FIELDS:
+            raise ValueError(f"unknown kind {v!r}; one of {', '.join(sorted(_FIELDS))}")
+        return v
+
     @model_validator(mode="after")
     def _shape(self):
-        if self.kind not in _FIELDS:
-            raise ValueError(f"unknown kind {self.kind!r}; one of {', '.join(sorted(_FIELDS))}")
         required, optional = _FIELDS[self.kind]
         given = {("property" if k == "prop" else k) for k in self.model_fields_set
                  if getattr(self, k) is not None} - _COMMON
