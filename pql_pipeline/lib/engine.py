@@ -43,12 +43,14 @@ def json_path(key: str) -> str:
 
 
 class DuckDBEngine:
-    """Runs rendered SQL on a DuckDB connection."""
+    """Runs rendered SQL on a DuckDB connection (and sets the session to UTC)."""
 
     dialect = "duckdb"
 
     def __init__(self, conn):
         self.conn = conn
+        # calendar days are UTC days whatever the caller's session zone (CAST(ts AS DATE))
+        conn.execute("SET TimeZone = 'UTC'")
 
     def temp(self, name: str, select_sql: str) -> None:
         self.conn.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {render(select_sql, self.dialect)}")

@@ -58,14 +58,19 @@ def describe_errors(path: Path, error: ValidationError, lines: dict[tuple, int])
     problems = []
     for err in error.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        msg = err["msg"].removeprefix("Value error, ")
+        # a validator of a whole section can name the entry: "@signals.3.name: message"
+        marker = re.match(r"@([\w.]+): (.*)", msg, flags=re.S)
+        if marker:
+            loc = loc + tuple(int(x) if x.isdigit() else x for x in marker.group(1).split("."))
+            msg = marker.group(2)
         # a message about a key the entry has ("... does not use window_days") points at that key
-        named = re.search(r"does not use ([A-Za-z_]+)|give either ([A-Za-z_]+)", err["msg"])
+        named = re.search(r"does not use ([A-Za-z_]+)|give either ([A-Za-z_]+)", msg)
         if named and loc + (named.group(1) or named.group(2),) in lines:
             loc = loc + (named.group(1) or named.group(2),)
         # the deepest key of the error's path that exists in the file (a missing key -> its parent)
         line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
         key = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[") or "<top level>"
-        msg = err["msg"].removeprefix("Value error, ")
         problems.append(f"{path}{f' line {line}' if line else ''} ({key}): {msg}")
     return "\n".join(problems)
 

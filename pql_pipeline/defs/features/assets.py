@@ -55,14 +55,14 @@ def build_feature_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
 
     @dg.multi_asset(
         specs=[
-            dg.AssetSpec("user_features", deps=["validated_events", "users"], group_name=GROUP, kinds={"duckdb"},
+            dg.AssetSpec("user_features", deps=["validated_events"], group_name=GROUP, kinds={"duckdb"},
                          owners=OWNERS, tags=TAGS, code_version=code_version,
                          description="One row per active user per snapshot day: every signal of signals.yaml, "
                                      "computed only from events known by the end of that day.",
                          metadata={"partition_expr": "snapshot_date", "contract": fc.id,
                                    "dagster/table_name": "user_features",
                                    "dagster/column_schema": table_schema(fc, "user_features")}),
-            dg.AssetSpec("account_features", deps=["validated_events", "accounts"], group_name=GROUP,
+            dg.AssetSpec("account_features", deps=["validated_events"], group_name=GROUP,
                          kinds={"duckdb"}, owners=OWNERS, tags=TAGS, code_version=code_version,
                          description="One row per account with an active user per snapshot day: users rolled up "
                                      "(best user, averages), seats, active users, breadth, firmographics as of the day.",

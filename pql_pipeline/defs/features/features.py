@@ -4,22 +4,24 @@ For a batch of snapshot days the computation is:
 
 1. ``fx_events``: validated events up to the last snapshot, with anonymous events
    resolved through ``identity_links``. Each event carries ``day`` (UTC date of its
-   timestamp) and ``avail_day``: the day the pipeline could first have known it (its
-   partition, i.e. the day it was received, or the day the anonymous id was linked to
-   the user, whichever is later). A snapshot sees an event only if both are on or
-   before the snapshot day, so a late-arriving event or a later identify never leaks
-   into an earlier snapshot.
-2. ``fx_user_day``: one row per user, day and avail_day with the per-signal measures
+   timestamp), ``avail_day`` (the first day the pipeline could have known it: its
+   partition, i.e. the day it was received, or the day the identity link arrived,
+   whichever is later) and ``until_day`` (the end of the identity resolution's
+   validity, if a later link re-attributes it). A snapshot sees a row only if it
+   happened and was known by the snapshot day, so a late-arriving event, a later
+   identify, group call or identity link never reaches an earlier snapshot.
+2. ``fx_user_day``: one row per user, day and availability with the per-signal measures
    (conditional counts, sums); ``fx_user_values``: distinct property values for the
-   distinct-count signals; ``fx_user_firsts``: the first occurrence of each first-time
-   milestone.
+   distinct-count signals; ``fx_user_firsts``: occurrences of first-time milestones;
+   ``fx_traits``: identify and group calls.
 3. Joining those to the snapshot days and aggregating with each signal's window gives
    one row per (user, snapshot). Account features roll the users up through the
-   account memberships valid at the snapshot and add firmographic traits from
-   ``accounts_history`` as of the snapshot.
+   account memberships valid at the snapshot and add firmographic traits from the group
+   calls known by the snapshot.
 
 All SQL is generated in the DuckDB dialect and passed through SQLGlot (``lib.engine``),
-so the same definitions can be written out for Spark.
+so the same definitions can be written out for Spark. Days are UTC days: the engine
+runs its session in UTC.
 """
 
 from __future__ import annotations
@@ -57,8 +59,6 @@ class Sources:
     validated_events: str = "validated_events"
     identity_links: str = "identity_links"
     account_memberships: str = "account_memberships"
-    users_history: str = "users_history"
-    accounts_history: str = "accounts_history"
 
 
 WAREHOUSE = Sources()
@@ -108,8 +108,15 @@ def window_condition(s: Signal, age: str = "age", since_signup: str = "since_sig
     if s.window_days:
         return f"{age} < {s.window_days}"
     if s.within_days_of_signup:
-        return f"{since_signup} < {s.within_days_of_signup}"
+        return f"{since_signup} >= 0 AND {since_signup} < {s.within_days_of_signup}"
     return "TRUE"
+
+
+def visible(rel: str, snap: str) -> str:
+    """A row of fx_* (``rel``) is known at snapshot ``snap``: it happened and arrived by then,
+    and the identity link that attributes it (if any) was valid then."""
+    return (f"{rel}.day <= {snap} AND {rel}.avail_day <= {snap} "
+            f"AND ({rel}.until_day IS NULL OR {snap} < {rel}.until_day)")
 
 
 def snapshots_sql(days: list[dt.date]) -> str:
@@ -118,23 +125,40 @@ def snapshots_sql(days: list[dt.date]) -> str:
 
 
 def events_sql(last_day: dt.date, src: Sources = WAREHOUSE) -> str:
-    """Validated events known by ``last_day``, anonymous ones resolved through identity links."""
+    """Validated events known by ``last_day``, anonymous ones resolved through identity links.
+
+    ``avail_day`` is the first day the row was known; ``until_day`` (exclusive) ends the
+    validity of an identity resolution: an anonymous id resolves, on each day, to the
+    user of its earliest link known that day (as validation does), so a link that
+    arrives later with an earlier ``linked_at`` re-attributes the events from its
+    arrival on, never before."""
     end = sql_literal(f"{(last_day + dt.timedelta(days=1)).isoformat()} 00:00:00+00:00")
-    last = sql_literal(last_day.isoformat())
-    cols = "e.account_id, e.event_type, e.event_name, e.event_ts, e.partition_date, e.properties"
+    last = f"CAST({sql_literal(last_day.isoformat())} AS DATE)"
+    cols = ("e.account_id, e.event_type, e.event_name, e.event_ts, e.partition_date, e.message_id, "
+            "e.properties, e.traits")
     return f"""
-SELECT e.resolved_user_id AS user_id, {cols}, CAST(e.event_ts AS DATE) AS day, e.partition_date AS avail_day
+SELECT e.resolved_user_id AS user_id, {cols}, CAST(e.event_ts AS DATE) AS day, e.partition_date AS avail_day,
+       CAST(NULL AS DATE) AS until_day
 FROM {src.validated_events} AS e
-WHERE e.resolved_user_id IS NOT NULL AND e.partition_date <= CAST({last} AS DATE)
+WHERE e.resolved_user_id IS NOT NULL AND e.partition_date <= {last}
   AND e.event_ts < CAST({end} AS TIMESTAMPTZ)
 UNION ALL
-SELECT l.user_id, {cols}, CAST(e.event_ts AS DATE) AS day,
-       CASE WHEN l.link_day > e.partition_date THEN l.link_day ELSE e.partition_date END AS avail_day
+SELECT r.user_id, {cols}, CAST(e.event_ts AS DATE) AS day,
+       CASE WHEN r.from_day > e.partition_date THEN r.from_day ELSE e.partition_date END AS avail_day,
+       r.until_day
 FROM {src.validated_events} AS e
-JOIN (SELECT anonymous_id, ARG_MIN(user_id, linked_at) AS user_id, MIN(partition_date) AS link_day
-      FROM {src.identity_links} WHERE partition_date <= CAST({last} AS DATE) GROUP BY anonymous_id) AS l
-  ON e.anonymous_id = l.anonymous_id
-WHERE e.resolved_user_id IS NULL AND e.partition_date <= CAST({last} AS DATE)
+JOIN (
+  SELECT anonymous_id, from_day, until_day, user_id FROM (
+    SELECT k.anonymous_id, k.from_day, k.until_day, l.user_id,
+           ROW_NUMBER() OVER (PARTITION BY k.anonymous_id, k.from_day ORDER BY l.linked_at, l.user_id) AS rn
+    FROM (SELECT anonymous_id, partition_date AS from_day,
+                 LEAD(partition_date) OVER (PARTITION BY anonymous_id ORDER BY partition_date) AS until_day
+          FROM (SELECT DISTINCT anonymous_id, partition_date FROM {src.identity_links}
+                WHERE partition_date <= {last}) AS d) AS k
+    JOIN {src.identity_links} AS l ON l.anonymous_id = k.anonymous_id AND l.partition_date <= k.from_day
+  ) AS ranked WHERE rn = 1
+) AS r ON e.anonymous_id = r.anonymous_id
+WHERE e.resolved_user_id IS NULL AND e.partition_date <= {last}
   AND e.event_ts < CAST({end} AS TIMESTAMPTZ)"""
 
 
@@ -168,8 +192,8 @@ def user_day_sql(spec: FeatureSpec) -> str:
         elif s.kind == "share":
             measures.append(f"COUNT(*) FILTER (WHERE {cond} AND {num(s.prop)} < {sql_literal(float(s.below))}) AS {m}")
             measures.append(f"COUNT({num(s.prop)}) FILTER (WHERE {cond}) AS {q('n_' + s.name)}")
-    return (f"SELECT user_id, day, avail_day, {', '.join(measures)} FROM fx_events "
-            "GROUP BY user_id, day, avail_day")
+    return (f"SELECT user_id, day, avail_day, until_day, {', '.join(measures)} FROM fx_events "
+            "GROUP BY user_id, day, avail_day, until_day")
 
 
 def user_values_sql(spec: FeatureSpec) -> str | None:
@@ -177,8 +201,8 @@ def user_values_sql(spec: FeatureSpec) -> str | None:
     for s in [*spec.signals.signals, *spec.signals.account_signals]:
         if s.kind == "distinct_count":
             parts.append(
-                f"SELECT DISTINCT user_id, {sql_literal(s.name)} AS signal, {prop(s.prop)} AS value, day, avail_day "
-                f"FROM fx_events WHERE {event_condition(s)} AND {prop(s.prop)} IS NOT NULL")
+                f"SELECT DISTINCT user_id, {sql_literal(s.name)} AS signal, {prop(s.prop)} AS value, day, avail_day, "
+                f"until_day FROM fx_events WHERE {event_condition(s)} AND {prop(s.prop)} IS NOT NULL")
     return " UNION ALL ".join(parts) if parts else None
 
 
@@ -188,8 +212,34 @@ def user_firsts_sql(spec: FeatureSpec) -> str | None:
         if s.kind == "first_time" and s.detail_property:
             parts.append(
                 f"SELECT user_id, {sql_literal(s.name)} AS signal, {prop(s.detail_property)} AS value, "
-                f"event_ts, day, avail_day FROM fx_events WHERE {event_condition(s)}")
+                f"event_ts, message_id, day, avail_day, until_day FROM fx_events WHERE {event_condition(s)}")
     return " UNION ALL ".join(parts) if parts else None
+
+
+def _typed(expr: str, s: Signal) -> str:
+    if s.type == "number":
+        return f"TRY_CAST({expr} AS DOUBLE)"
+    if s.type == "boolean":
+        return f"TRY_CAST({expr} AS BOOLEAN)"
+    return expr
+
+
+def _trait_join(s: Signal, alias: str, call: str, key: str, spine: str, outer: str) -> str:
+    """The latest value of trait ``s.prop`` sent by ``call`` calls (identify / group) known
+    by the snapshot; a call without the trait leaves the earlier value in place."""
+    value = prop(s.prop, "t.traits")
+    return (f"LEFT JOIN (SELECT {key}, snapshot_date, value FROM ("
+            f"SELECT sp.{key}, sp.snapshot_date, {value} AS value, ROW_NUMBER() OVER ("
+            f"PARTITION BY sp.{key}, sp.snapshot_date ORDER BY t.event_ts DESC, t.message_id DESC) AS rn "
+            f"FROM fx_traits AS t JOIN {spine} AS sp ON t.{key} = sp.{key} AND {visible('t', 'sp.snapshot_date')} "
+            f"WHERE t.event_type = {sql_literal(call)} AND {value} IS NOT NULL) AS ranked WHERE rn = 1) AS {alias} "
+            f"ON {alias}.{key} = {outer}.{key} AND {alias}.snapshot_date = {outer}.snapshot_date")
+
+
+def traits_sql() -> str:
+    """Identify and group calls with their traits (few rows; read by the trait joins)."""
+    return ("SELECT user_id, account_id, event_type, event_ts, message_id, traits, day, avail_day, until_day "
+            "FROM fx_events WHERE event_type IN ('identify', 'group')")
 
 
 def _user_aggregate(s: Signal) -> str:
@@ -232,7 +282,7 @@ def user_features_sql(spec: FeatureSpec, src: Sources = WAREHOUSE) -> str:
             joins.append(
                 f"LEFT JOIN (SELECT v.user_id, sp.snapshot_date, COUNT(DISTINCT v.value) AS n "
                 f"FROM fx_user_values AS v JOIN spine AS sp ON v.user_id = sp.user_id "
-                f"AND v.day <= sp.snapshot_date AND v.avail_day <= sp.snapshot_date "
+                f"AND {visible('v', 'sp.snapshot_date')} "
                 f"WHERE v.signal = {sql_literal(s.name)} AND {w} "
                 f"GROUP BY v.user_id, sp.snapshot_date) AS {alias} "
                 f"ON {alias}.user_id = a.user_id AND {alias}.snapshot_date = a.snapshot_date")
@@ -240,30 +290,23 @@ def user_features_sql(spec: FeatureSpec, src: Sources = WAREHOUSE) -> str:
             alias = q("fv_" + s.name)
             w = window_condition(s, since_signup="DATE_DIFF('day', sp.signup_day, f.day)")
             select_cols.append(f"{alias}.value AS {q(col)}")
+            # the value of the first occurrence (even if it has none), ties broken by message id
             joins.append(
-                f"LEFT JOIN (SELECT f.user_id, sp.snapshot_date, ARG_MIN(f.value, f.event_ts) AS value "
+                f"LEFT JOIN (SELECT user_id, snapshot_date, value FROM ("
+                f"SELECT f.user_id, sp.snapshot_date, f.value, ROW_NUMBER() OVER ("
+                f"PARTITION BY f.user_id, sp.snapshot_date ORDER BY f.event_ts, f.message_id) AS rn "
                 f"FROM fx_user_firsts AS f JOIN spine AS sp ON f.user_id = sp.user_id "
-                f"AND f.day <= sp.snapshot_date AND f.avail_day <= sp.snapshot_date "
-                f"WHERE f.signal = {sql_literal(s.name)} AND {w} "
-                f"GROUP BY f.user_id, sp.snapshot_date) AS {alias} "
+                f"AND {visible('f', 'sp.snapshot_date')} "
+                f"WHERE f.signal = {sql_literal(s.name)} AND {w}) AS ranked WHERE rn = 1) AS {alias} "
                 f"ON {alias}.user_id = a.user_id AND {alias}.snapshot_date = a.snapshot_date")
         elif s.kind == "trait":
-            expr = prop(s.prop, "h.traits")
-            if s.type == "number":
-                expr = f"TRY_CAST({expr} AS DOUBLE)"
-            elif s.type == "boolean":
-                expr = f"TRY_CAST({expr} AS BOOLEAN)"
-            select_cols.append(f"{expr} AS {q(col)}")
+            alias = q("tv_" + s.name)
+            select_cols.append(f"{_typed(alias + '.value', s)} AS {q(col)}")
+            joins.append(_trait_join(s, alias, "identify", "user_id", "spine", "a"))
         elif dtype == "DOUBLE":  # rounded: sums of doubles vary in the last bits with the order of addition
             select_cols.append(f"ROUND(a.{q(col)}, 6) AS {q(col)}")
         else:
             select_cols.append(f"a.{q(col)}")
-    has_traits = any(s.kind == "trait" for s in sigs.signals)
-    if has_traits:
-        joins.append(
-            f"LEFT JOIN {src.users_history} AS h ON h.user_id = a.user_id "
-            "AND CAST(h.valid_from AS DATE) <= a.snapshot_date "
-            "AND (h.valid_to IS NULL OR CAST(h.valid_to AS DATE) > a.snapshot_date)")
     joins.append(
         "LEFT JOIN (SELECT m.user_id, sp.snapshot_date, ARG_MAX(m.account_id, m.joined_at) AS account_id "
         f"FROM {src.account_memberships} AS m JOIN spine AS sp ON m.user_id = sp.user_id "
@@ -274,7 +317,7 @@ def user_features_sql(spec: FeatureSpec, src: Sources = WAREHOUSE) -> str:
     return f"""
 WITH joined AS (
   SELECT d.*, s.snapshot_date, DATE_DIFF('day', d.day, s.snapshot_date) AS age
-  FROM fx_user_day AS d JOIN fx_snapshots AS s ON d.day <= s.snapshot_date AND d.avail_day <= s.snapshot_date
+  FROM fx_user_day AS d JOIN fx_snapshots AS s ON {visible('d', 's.snapshot_date')}
 ),
 spine AS (
   SELECT user_id, snapshot_date,
@@ -343,19 +386,20 @@ def account_features_sql(spec: FeatureSpec, src: Sources = WAREHOUSE) -> str:
             joins.append(
                 f"LEFT JOIN (SELECT mb.account_id, mb.snapshot_date, COUNT(DISTINCT v.value) AS n "
                 f"FROM members AS mb JOIN fx_user_values AS v ON v.user_id = mb.user_id "
-                f"AND v.day <= mb.snapshot_date AND v.avail_day <= mb.snapshot_date "
+                f"AND {visible('v', 'mb.snapshot_date')} "
                 f"WHERE v.signal = {sql_literal(s.name)} AND {w} "
                 f"GROUP BY mb.account_id, mb.snapshot_date) AS {alias} "
                 f"ON {alias}.account_id = sp.account_id AND {alias}.snapshot_date = sp.snapshot_date")
         elif s.kind == "trait":
-            expr = prop(s.prop, "h.traits")
-            if s.type == "number":
-                expr = f"TRY_CAST({expr} AS DOUBLE)"
-            elif s.type == "boolean":
-                expr = f"TRY_CAST({expr} AS BOOLEAN)"
-            select_cols.append(f"{expr} AS {q(col)}")
-    paid = (f" OR {prop('plan', 'h.traits')} IN ({', '.join(sql_literal(p) for p in spec.paid_plans)})"
-            if spec.paid_plans else "")
+            alias = q("tv_" + s.name)
+            select_cols.append(f"{_typed(alias + '.value', s)} AS {q(col)}")
+            joins.append(_trait_join(s, alias, "group", "account_id", "sp", "sp"))
+    paid = ""
+    if spec.paid_plans:
+        plan = Signal(name="plan_for_paying", kind="trait", property="plan", type="string")
+        joins.append(_trait_join(plan, "paid_plan", "group", "account_id", "sp", "sp"))
+        paid = (f" OR COALESCE(paid_plan.value IN ({', '.join(sql_literal(p) for p in spec.paid_plans)}), "
+                "FALSE)")
     return f"""
 WITH members AS (
   SELECT m.user_id, s.snapshot_date, ARG_MAX(m.account_id, m.joined_at) AS account_id
@@ -370,7 +414,7 @@ md AS (
          MAX(d.max_ts) AS max_ts, MAX(d.max_pd) AS max_pd,
          MIN(d.day) AS first_day{''.join(', ' + a for a in member_aggs)}
   FROM members AS mb JOIN fx_user_day AS d
-    ON d.user_id = mb.user_id AND d.day <= mb.snapshot_date AND d.avail_day <= mb.snapshot_date
+    ON d.user_id = mb.user_id AND {visible('d', 'mb.snapshot_date')}
   GROUP BY mb.account_id, mb.snapshot_date
 ),
 r AS (
@@ -388,9 +432,6 @@ FROM sp
 JOIN r ON r.account_id = sp.account_id AND r.snapshot_date = sp.snapshot_date
 LEFT JOIN st ON st.account_id = sp.account_id AND st.snapshot_date = sp.snapshot_date
 LEFT JOIN md ON md.account_id = sp.account_id AND md.snapshot_date = sp.snapshot_date
-LEFT JOIN {src.accounts_history} AS h ON h.account_id = sp.account_id
-  AND CAST(h.valid_from AS DATE) <= sp.snapshot_date
-  AND (h.valid_to IS NULL OR CAST(h.valid_to AS DATE) > sp.snapshot_date)
 {chr(10).join(joins)}"""
 
 
@@ -479,17 +520,19 @@ def build_feature_temps(eng: DuckDBEngine, spec: FeatureSpec, days: list[dt.date
     eng.temp("fx_user_day", user_day_sql(spec))
     eng.temp("fx_user_values", values_sql or
              "SELECT CAST(NULL AS VARCHAR) AS user_id, CAST(NULL AS VARCHAR) AS signal, "
-             "CAST(NULL AS VARCHAR) AS value, CAST(NULL AS DATE) AS day, CAST(NULL AS DATE) AS avail_day "
-             "WHERE FALSE")
+             "CAST(NULL AS VARCHAR) AS value, CAST(NULL AS DATE) AS day, CAST(NULL AS DATE) AS avail_day, "
+             "CAST(NULL AS DATE) AS until_day WHERE FALSE")
     eng.temp("fx_user_firsts", firsts_sql or
              "SELECT CAST(NULL AS VARCHAR) AS user_id, CAST(NULL AS VARCHAR) AS signal, "
              "CAST(NULL AS VARCHAR) AS value, CAST(NULL AS TIMESTAMPTZ) AS event_ts, "
-             "CAST(NULL AS DATE) AS day, CAST(NULL AS DATE) AS avail_day WHERE FALSE")
+             "CAST(NULL AS VARCHAR) AS message_id, CAST(NULL AS DATE) AS day, CAST(NULL AS DATE) AS avail_day, "
+             "CAST(NULL AS DATE) AS until_day WHERE FALSE")
+    eng.temp("fx_traits", traits_sql())
     eng.temp("fx_user_features", user_features_sql(spec, src))
     eng.temp("fx_account_features", account_features_sql(spec, src))
 
 
 def drop_feature_temps(eng: DuckDBEngine) -> None:
-    eng.drop_temp("fx_snapshots", "fx_user_day", "fx_user_values", "fx_user_firsts", "fx_user_features",
-                  "fx_account_features")
+    eng.drop_temp("fx_snapshots", "fx_user_day", "fx_user_values", "fx_user_firsts", "fx_traits",
+                  "fx_user_features", "fx_account_features")
     eng.drop_view("fx_events")

@@ -3,9 +3,9 @@
 A label answers: did this user (account), free at the snapshot, convert within
 ``horizon_days`` after it? Status per (entity, snapshot):
 
-- ``excluded_paying``: already paying at the snapshot (own conversion event before the
-  end of the snapshot day; for users optionally also an account that already pays) -
-  not a training example at all, never a negative;
+- ``excluded_paying``: already paying at the snapshot (a conversion event on or before
+  the snapshot day, even one that arrived later; for users optionally also an account
+  that already pays) - not a training example at all, never a negative;
 - ``positive``: a conversion event on one of the ``horizon_days`` days after the
   snapshot (known as soon as it is observed);
 - ``negative``: no conversion, and the horizon plus ``late_arrival_days`` lies within the
@@ -76,6 +76,15 @@ e AS (
   SELECT snapshot_date, 'account' AS entity_type, account_id AS entity_id, account_id, is_paying AS excluded
   FROM account_features WHERE snapshot_date IN ({in_days})
 ),
+-- conversions on or before the snapshot, including ones that arrived after it: such an
+-- entity was already paying, whatever the snapshot's features could see
+before AS (
+  SELECT DISTINCT e.snapshot_date, e.entity_type, e.entity_id
+  FROM e JOIN conv AS c ON c.user_id = e.entity_id AND c.day <= e.snapshot_date WHERE e.entity_type = 'user'
+  UNION ALL
+  SELECT DISTINCT e.snapshot_date, e.entity_type, e.entity_id
+  FROM e JOIN conv AS c ON c.account_id = e.entity_id AND c.day <= e.snapshot_date WHERE e.entity_type = 'account'
+),
 hit AS (
   SELECT e.snapshot_date, e.entity_type, e.entity_id, MIN(c.event_ts) AS converted_at
   FROM e JOIN conv AS c ON c.user_id = e.entity_id
@@ -90,33 +99,39 @@ hit AS (
   GROUP BY e.snapshot_date, e.entity_type, e.entity_id
 )
 SELECT e.snapshot_date, e.entity_type, e.entity_id, e.account_id,
-       CASE WHEN e.excluded THEN 'excluded_paying'
+       CASE WHEN e.excluded OR b.entity_id IS NOT NULL THEN 'excluded_paying'
             WHEN hit.converted_at IS NOT NULL THEN 'positive'
             WHEN {final} THEN 'negative' ELSE 'unknown' END AS label_status,
-       CASE WHEN e.excluded THEN NULL
+       CASE WHEN e.excluded OR b.entity_id IS NOT NULL THEN NULL
             WHEN hit.converted_at IS NOT NULL THEN TRUE
             WHEN {final} THEN FALSE END AS label,
-       CASE WHEN e.excluded THEN NULL ELSE hit.converted_at END AS converted_at,
+       CASE WHEN e.excluded OR b.entity_id IS NOT NULL THEN NULL ELSE hit.converted_at END AS converted_at,
        CAST(e.snapshot_date + INTERVAL 1 DAY AS DATE) AS label_window_start,
        CAST(e.snapshot_date + INTERVAL {h} DAY AS DATE) AS label_window_end,
        CAST({sql_literal(until.isoformat())} AS DATE) AS observed_until,
        {final} AS horizon_complete,
        {sql_literal(spec.definition_hash)} AS definition_hash
 FROM e LEFT JOIN hit
-  ON hit.snapshot_date = e.snapshot_date AND hit.entity_type = e.entity_type AND hit.entity_id = e.entity_id"""
+  ON hit.snapshot_date = e.snapshot_date AND hit.entity_type = e.entity_type AND hit.entity_id = e.entity_id
+LEFT JOIN before AS b
+  ON b.snapshot_date = e.snapshot_date AND b.entity_type = e.entity_type AND b.entity_id = e.entity_id"""
 
 
 def refresh_days(conn, requested: list[dt.date], spec: LabelSpec) -> list[dt.date]:
     """Snapshot days whose labels a run over ``requested`` must (re)compute: the requested
-    days plus every earlier day with features whose horizon reaches into them (new data
-    can turn an unknown label into a known one)."""
+    days, every earlier day with features whose horizon reaches into them, and every day
+    whose horizon was still incomplete (new data can turn an unknown label into a known
+    one, even after days without a run)."""
     if not requested:
         return []
     lo = min(requested) - dt.timedelta(days=spec.horizon_days + spec.late_arrival_days)
     rows = conn.execute(
         "SELECT DISTINCT snapshot_date FROM user_features WHERE snapshot_date >= ? AND snapshot_date < ?",
         [lo, min(requested)]).fetchall()
-    return sorted(set(requested) | {r[0] for r in rows})
+    open_days = conn.execute(
+        "SELECT DISTINCT snapshot_date FROM conversion_labels WHERE NOT horizon_complete "
+        "AND snapshot_date IN (SELECT DISTINCT snapshot_date FROM user_features)").fetchall()
+    return sorted(set(requested) | {r[0] for r in rows} | {r[0] for r in open_days})
 
 
 @dataclass

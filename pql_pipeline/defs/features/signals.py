@@ -95,13 +95,19 @@ class Signal(BaseModel):
             raise ValueError(f"kind {self.kind!r} does not use {', '.join(sorted(extra))}")
         if self.window_days and self.within_days_of_signup:
             raise ValueError("give either window_days or within_days_of_signup, not both")
-        if self.reason:
-            try:
-                self.reason.format(value=1.0, detail="x")
-            except (KeyError, IndexError, ValueError) as e:
-                raise ValueError(f"reason {self.reason!r} is not a valid template ({e}); "
-                                 "use {value} and, for first_time, {detail}") from None
         return self
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, v: str | None) -> str | None:
+        if v:
+            try:
+                v.format(value=1.0, detail="x")
+            except (KeyError, IndexError, ValueError, AttributeError) as e:
+                raise ValueError(f"reason {v!r} is not a valid template ({type(e).__name__}: {e}); "
+                                 "use {value} (with a format such as {value:.0%}) and, for first_time, {detail}"
+                                 ) from None
+        return v
 
     # ---------------------------------------------------------------- what it produces
     @property
@@ -160,23 +166,33 @@ class SignalSet(BaseModel):
 
     @model_validator(mode="after")
     def _unique(self):
+        # "@section.index.key: message" tells the error formatter which line to name
         for section, kinds in (("signals", USER_KINDS), ("account_signals", ACCOUNT_KINDS)):
-            for s in getattr(self, section):
+            for i, s in enumerate(getattr(self, section)):
                 if s.kind not in kinds:
-                    raise ValueError(f"{section}: {s.name!r} has kind {s.kind!r}, which only "
+                    raise ValueError(f"@{section}.{i}.kind: {s.name!r} has kind {s.kind!r}, which only "
                                      f"{'account_signals' if section == 'signals' else 'signals'} accept; "
                                      f"{section} accept {', '.join(kinds)}")
         seen: set[str] = set()
-        for s in self.signals:
+        for i, s in enumerate(self.signals):
             if s.name in seen:
-                raise ValueError(f"signal {s.name!r} is declared twice")
+                raise ValueError(f"@signals.{i}.name: signal {s.name!r} is declared twice")
             seen.add(s.name)
-        account_cols = [rollup_column(r, s.name) for s in self.signals for r in s.rollups]
-        for s in self.account_signals:
-            if s.name in account_cols or s.name in {a.name for a in self.account_signals if a is not s}:
-                raise ValueError(f"account signal {s.name!r} clashes with another account column")
+        account_cols = {rollup_column(r, s.name) for s in self.signals for r in s.rollups}
+        taken: set[str] = set()
+        for i, s in enumerate(self.account_signals):
+            if s.name in seen:
+                raise ValueError(f"@account_signals.{i}.name: {s.name!r} is also a user signal; "
+                                 "give the account signal its own name")
+            if s.name in account_cols or s.name in taken:
+                raise ValueError(f"@account_signals.{i}.name: account signal {s.name!r} clashes with another "
+                                 "account column")
+            taken.add(s.name)
             if s.account_rollup:
-                raise ValueError(f"account signal {s.name!r}: account_rollup applies to user signals only")
+                raise ValueError(f"@account_signals.{i}.account_rollup: account_rollup applies to user signals only")
+            if s.within_days_of_signup:
+                raise ValueError(f"@account_signals.{i}.within_days_of_signup: account signals take window_days "
+                                 "(an account has no single signup day)")
         return self
 
     @cached_property

@@ -11,9 +11,9 @@ The leakage guard proves, rather than assumes, that no feature saw the future:
 1. bookkeeping - every row's newest event (``max_event_ts``) and newest partition lie on
    or before its snapshot day, and its label window starts after both;
 2. recomputation - for sampled snapshot days the features are computed again from
-   copies of the source tables cut off at the end of that day (events received later,
-   identities linked later and trait versions valid later removed) and must equal the
-   stored rows exactly.
+   copies of the source tables cut off at the end of that day (events, identify and
+   group calls, identity links and memberships received later removed) and must equal
+   the stored rows.
 """
 
 from __future__ import annotations
@@ -130,16 +130,11 @@ BOOKKEEPING = {
 
 def truncated_sources(conn, day: dt.date) -> Sources:
     """Temp views of the source tables as the pipeline held them at the end of ``day``."""
-    end = f"CAST({sql_literal((day + dt.timedelta(days=1)).isoformat() + ' 00:00:00+00:00')} AS TIMESTAMPTZ)"
     d = f"CAST({sql_literal(day.isoformat())} AS DATE)"
     views = {
         "validated_events": f"SELECT * FROM validated_events WHERE partition_date <= {d}",
         "identity_links": f"SELECT * FROM identity_links WHERE partition_date <= {d}",
         "account_memberships": f"SELECT * FROM account_memberships WHERE partition_date <= {d}",
-        "users_history": f"SELECT * REPLACE (CASE WHEN valid_to >= {end} THEN NULL ELSE valid_to END AS valid_to) "
-                         f"FROM users_history WHERE valid_from < {end}",
-        "accounts_history": f"SELECT * REPLACE (CASE WHEN valid_to >= {end} THEN NULL ELSE valid_to END AS valid_to) "
-                            f"FROM accounts_history WHERE valid_from < {end}",
     }
     for name, sql in views.items():
         conn.execute(f"CREATE OR REPLACE TEMP VIEW lg_{name} AS {sql}")
@@ -186,6 +181,6 @@ def leakage_guard(conn, spec: FeatureSpec, sample_days: list[dt.date], max_sampl
                 rep.samples += [{"table": table, "snapshot_date": str(day), **r}
                                 for r in diff.head(max_samples - len(rep.samples)).astype(str).to_dict("records")]
         drop_feature_temps(eng)
-        for name in ("validated_events", "identity_links", "account_memberships", "users_history", "accounts_history"):
+        for name in ("validated_events", "identity_links", "account_memberships"):
             conn.execute(f"DROP VIEW IF EXISTS lg_{name}")
     return rep
