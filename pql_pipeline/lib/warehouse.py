@@ -76,3 +76,18 @@ def describe(conn: duckdb.DuckDBPyConnection, name: str) -> dict[str, str]:
         "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
         [name]).fetchall()
     return {c: t for c, t in rows}
+
+
+def replace_rows(conn: duckdb.DuckDBPyConnection, table: str, columns: list[str], source: str,
+                 where: str = "TRUE", params: list | None = None) -> None:
+    """Idempotent write: delete ``table``'s rows matching ``where`` and insert ``columns``
+    from the relation ``source``, in one transaction (readers see the old or the new rows)."""
+    names = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute(f"DELETE FROM {table} WHERE {where}", params or [])
+        conn.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {source}")
+        conn.execute("COMMIT")
+    except Exception:
+        conn.execute("ROLLBACK")
+        raise

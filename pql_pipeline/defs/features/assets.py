@@ -22,7 +22,7 @@ from pql_pipeline.defs.features.specs import (
 )
 from pql_pipeline.defs.features.training import build_training_sets
 from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, contract, md_table, table_schema
-from pql_pipeline.lib.warehouse import Warehouse, table_exists
+from pql_pipeline.lib.warehouse import Warehouse, replace_rows, table_exists
 from pql_pipeline.settings import Settings
 
 GROUP = "features"
@@ -169,14 +169,9 @@ def build_feature_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
             df, until = discover(conn, spec)
             from pql_pipeline.defs.features.features import ensure_columns
             ensure_columns(conn, "activation_milestones", MILESTONE_COLUMNS)
-            conn.execute("BEGIN TRANSACTION")
-            conn.execute("DELETE FROM activation_milestones")
-            if len(df):
-                conn.register("milestones_df", df)
-                cols = ", ".join(f'"{c}"' for c, _ in MILESTONE_COLUMNS)
-                conn.execute(f"INSERT INTO activation_milestones ({cols}) SELECT {cols} FROM milestones_df")
-                conn.unregister("milestones_df")
-            conn.execute("COMMIT")
+            conn.register("milestones_df", df)
+            replace_rows(conn, "activation_milestones", [c for c, _ in MILESTONE_COLUMNS], "milestones_df")
+            conn.unregister("milestones_df")
         rule = proposed_rule(df, spec)
         text = yaml.safe_dump({"proposed_pql_rule": rule}, sort_keys=False, allow_unicode=True)
         path = proposed_rule_path(settings)

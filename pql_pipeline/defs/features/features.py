@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from pql_pipeline.defs.features.signals import Signal, SignalSet, rollup_column
 from pql_pipeline.lib.engine import DuckDBEngine, json_path, sql_literal
+from pql_pipeline.lib.warehouse import replace_rows
 
 ACTIVITY_TYPES = ("track", "page", "screen")
 USER_KEY_COLUMNS = [
@@ -494,18 +495,10 @@ def compute_features(conn, spec: FeatureSpec, snapshot_days: list[dt.date], batc
     run.schema_changes = ensure_columns(conn, "user_features", ucols) + ensure_columns(conn, "account_features", acols)
     for batch in _chunks(snapshot_days, batch_days):
         build_feature_temps(eng, spec, batch)
-        days = ", ".join(f"CAST({sql_literal(d.isoformat())} AS DATE)" for d in batch)
-        conn.execute("BEGIN TRANSACTION")
-        try:
-            for table, cols, tmp in (("user_features", ucols, "fx_user_features"),
-                                     ("account_features", acols, "fx_account_features")):
-                names = ", ".join(q(c) for c, _ in cols)
-                conn.execute(f"DELETE FROM {table} WHERE snapshot_date IN ({days})")
-                conn.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {tmp}")
-            conn.execute("COMMIT")
-        except Exception:
-            conn.execute("ROLLBACK")
-            raise
+        days = ", ".join("?" for _ in batch)
+        for table, cols, tmp in (("user_features", ucols, "fx_user_features"),
+                                 ("account_features", acols, "fx_account_features")):
+            replace_rows(conn, table, [c for c, _ in cols], tmp, f"snapshot_date IN ({days})", batch)
         run.user_rows += conn.execute("SELECT count(*) FROM fx_user_features").fetchall()[0][0]
         run.account_rows += conn.execute("SELECT count(*) FROM fx_account_features").fetchall()[0][0]
     drop_feature_temps(eng)

@@ -24,8 +24,9 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from pql_pipeline.defs.features.features import WAREHOUSE, Sources, events_sql, q
+from pql_pipeline.defs.features.features import WAREHOUSE, Sources, events_sql
 from pql_pipeline.lib.engine import DuckDBEngine, sql_literal
+from pql_pipeline.lib.warehouse import replace_rows
 
 LABEL_COLUMNS = [
     ("snapshot_date", "DATE"), ("entity_type", "VARCHAR"), ("entity_id", "VARCHAR"), ("account_id", "VARCHAR"),
@@ -156,15 +157,8 @@ def compute_labels(conn, spec: LabelSpec, requested: list[dt.date], src: Sources
     eng.view("fx_label_events", events_sql(until, src))
     eng.temp("fx_labels", labels_sql(spec, days, until))
     in_days = ", ".join("?" for _ in days)
-    names = ", ".join(q(c) for c, _ in LABEL_COLUMNS)
-    conn.execute("BEGIN TRANSACTION")
-    try:
-        conn.execute(f"DELETE FROM conversion_labels WHERE snapshot_date IN ({in_days})", days)
-        conn.execute(f"INSERT INTO conversion_labels ({names}) SELECT {names} FROM fx_labels")
-        conn.execute("COMMIT")
-    except Exception:
-        conn.execute("ROLLBACK")
-        raise
+    replace_rows(conn, "conversion_labels", [c for c, _ in LABEL_COLUMNS], "fx_labels",
+                 f"snapshot_date IN ({in_days})", days)
     run.counts = {f"{t}.{s}": n for t, s, n in conn.execute(
         "SELECT entity_type, label_status, count(*) FROM fx_labels GROUP BY ALL ORDER BY ALL").fetchall()}
     eng.drop_temp("fx_labels")

@@ -31,6 +31,7 @@ from pql_pipeline.defs.features.features import (
     user_table_columns,
 )
 from pql_pipeline.lib.engine import DuckDBEngine, sql_literal
+from pql_pipeline.lib.warehouse import replace_rows
 
 USER_KEYS = ("snapshot_date", "user_id", "account_id")
 LABEL_OUT = [("label", "BOOLEAN"), ("converted_at", "TIMESTAMPTZ"), ("label_window_start", "DATE"),
@@ -83,16 +84,8 @@ WHERE l.label IS NOT NULL AND l.horizon_complete AND {grid.format(col='a.snapsho
     for table, sql, cols in (("training_set", user_sql, training_columns(spec)),
                              ("account_training_set", acct_sql, account_training_columns(spec))):
         eng.temp("fx_training", sql)
-        names = ", ".join(q(c) for c, _ in cols)
-        conn.execute("BEGIN TRANSACTION")
-        try:
-            ensure_columns(conn, table, cols)
-            conn.execute(f"DELETE FROM {table}")
-            conn.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM fx_training")
-            conn.execute("COMMIT")
-        except Exception:
-            conn.execute("ROLLBACK")
-            raise
+        ensure_columns(conn, table, cols)
+        replace_rows(conn, table, [c for c, _ in cols], "fx_training")
         rows, pos, snaps = conn.execute(
             f"SELECT count(*), count(*) FILTER (WHERE label), count(DISTINCT snapshot_date) FROM {table}").fetchall()[0]
         out[table] = {"rows": rows, "positives": pos, "snapshots": snaps}
