@@ -145,7 +145,7 @@ def build_feature_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
             if not table_exists(conn, "conversion_labels"):
                 raise dg.Failure("conversion_labels does not exist yet: materialize the features group first")
             out = build_training_sets(conn, feature_spec(settings), settings.partitions.start_date,
-                                      t.snapshot_every_days, t.lookback_days)
+                                      t.snapshot_every_days, t.lookback_days, lspec.definition_hash)
         for key in ("training_set", "account_training_set"):
             o = out[key]
             yield dg.MaterializeResult(asset_key=key, metadata={
@@ -172,7 +172,7 @@ def build_feature_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
             conn.register("milestones_df", df)
             replace_rows(conn, "activation_milestones", [c for c, _ in MILESTONE_COLUMNS], "milestones_df")
             conn.unregister("milestones_df")
-        rule = proposed_rule(df, spec)
+        rule = proposed_rule(df, spec, until)
         text = yaml.safe_dump({"proposed_pql_rule": rule}, sort_keys=False, allow_unicode=True)
         path = proposed_rule_path(settings)
         path.parent.mkdir(parents=True, exist_ok=True)

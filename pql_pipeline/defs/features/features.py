@@ -90,8 +90,8 @@ def num(key: str, source: str = "properties") -> str:
 
 
 def event_condition(s: Signal) -> str:
-    """SQL condition selecting the events a signal counts (event name + where filter)."""
-    parts = [f"event_name = {sql_literal(s.event)}"] if s.event else [
+    """SQL condition selecting the events a signal counts (track event name + where filter)."""
+    parts = [f"event_type = 'track' AND event_name = {sql_literal(s.event)}"] if s.event else [
         f"event_type IN ({', '.join(sql_literal(t) for t in ACTIVITY_TYPES)})"]
     for key, value in (s.where or {}).items():
         if isinstance(value, bool):

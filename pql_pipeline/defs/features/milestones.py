@@ -6,14 +6,17 @@ seen, minus the configured exclusions and the conversion events), an event with 
 property filter taken from a ``where`` signal in signals.yaml (e.g. support tickets
 about the basics), or "active days" (distinct days with activity).
 
-For a given D the cohort is every user whose signup lies far enough back that
+Users are placed in time by their signup event (``signup_event``; users without one in
+the data, e.g. users older than the data, are left out) or, if none is configured, by
+their first event. For a given D the cohort is every user whose signup lies far enough back that
 ``D + outcome_days`` days after it (plus the late-arrival allowance) have been observed,
 minus users who converted within the first D days (a milestone must come before the
 conversion it predicts). The outcome is a conversion within ``outcome_days`` after day D.
 
 For every (X, N, D): coverage (share of the cohort that did it), conversion rate with
 and without it (Wilson intervals), lift = rate with / rate without with a Katz
-log-ratio interval, and the phi correlation. Candidates are ranked by the lower bound of
+log-ratio interval, the phi correlation and a Benjamini-Hochberg q-value over every
+variant tested (a variant is conclusive only if its q-value is below 1 - confidence). Candidates are ranked by the lower bound of
 by the strength of the association (|phi|) among variants whose lift interval excludes 1,
 each represented by its strongest (N, D); the top ones become a proposed rule-based PQL
 definition.
@@ -22,6 +25,7 @@ definition.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 from dataclasses import dataclass
 
@@ -39,7 +43,7 @@ MILESTONE_COLUMNS = [
     ("conversions_with", "BIGINT"), ("conversions_without", "BIGINT"),
     ("rate_with", "DOUBLE"), ("rate_with_low", "DOUBLE"), ("rate_with_high", "DOUBLE"),
     ("rate_without", "DOUBLE"), ("rate_without_low", "DOUBLE"), ("rate_without_high", "DOUBLE"),
-    ("lift", "DOUBLE"), ("lift_low", "DOUBLE"), ("lift_high", "DOUBLE"), ("phi", "DOUBLE"),
+    ("lift", "DOUBLE"), ("lift_low", "DOUBLE"), ("lift_high", "DOUBLE"), ("phi", "DOUBLE"), ("q_value", "DOUBLE"),
     ("direction", "VARCHAR"), ("eligible", "BOOLEAN"), ("is_best_variant", "BOOLEAN"), ("rank", "BIGINT"),
     ("observed_until", "DATE"), ("definition_hash", "VARCHAR"),
 ]
@@ -68,8 +72,8 @@ class Candidate:
     condition: str
 
     @property
-    def where_text(self) -> str | None:
-        return ", ".join(f"{k}={v}" for k, v in self.where.items()) if self.where else None
+    def where_json(self) -> str | None:
+        return json.dumps(self.where, sort_keys=True) if self.where else None
 
 
 def candidates(conn, spec: MilestoneSpec, src: Sources = WAREHOUSE) -> list[Candidate]:
@@ -113,6 +117,7 @@ WITH users0 AS (
   SELECT user_id, COALESCE({signup}, MIN(day)) AS signup_day,
          MIN(day) FILTER (WHERE event_name IN ({conv})) AS conversion_day
   FROM ml_events GROUP BY user_id
+  {"HAVING " + signup + " IS NOT NULL" if spec.signals.signup_event else ""}
 ),
 dg AS (SELECT d FROM (VALUES {d_grid}) AS t(d)),
 ng AS (SELECT n FROM (VALUES {n_grid}) AS t(n)),
@@ -151,15 +156,28 @@ def _wilson(k: int, n: int, z: float) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def _katz(a: int, n1: int, c: int, n2: int, z: float) -> tuple[float, float, float]:
-    """Risk ratio (a/n1)/(c/n2) with the Katz log interval; 0.5 added to empty cells."""
-    if n1 == 0 or n2 == 0:
-        return float("nan"), float("nan"), float("nan")
+def _katz(a: int, n1: int, c: int, n2: int, z: float) -> tuple[float, float, float, float]:
+    """Risk ratio (a/n1)/(c/n2) with the Katz log interval (0.5 added to empty cells) and
+    the two-sided p-value of "no effect"; all NaN when a group is empty or nobody converted."""
+    nan = float("nan")
+    if n1 == 0 or n2 == 0 or a + c == 0:
+        return nan, nan, nan, nan
     if a == 0 or c == 0 or a == n1 or c == n2:
         a, c, n1, n2 = a + 0.5, c + 0.5, n1 + 1, n2 + 1
     rr = (a / n1) / (c / n2)
     se = math.sqrt(max(1 / a - 1 / n1 + 1 / c - 1 / n2, 0.0))
-    return rr, rr * math.exp(-z * se), rr * math.exp(z * se)
+    p = 2 * norm.sf(abs(math.log(rr)) / se) if se > 0 else (1.0 if rr == 1 else 0.0)
+    return rr, rr * math.exp(-z * se), rr * math.exp(z * se), p
+
+
+def _bh(p: pd.Series) -> pd.Series:
+    """Benjamini-Hochberg q-values (NaN stays NaN): every candidate x N x D variant is a test."""
+    ok = p.dropna().sort_values()
+    m = len(ok)
+    if not m:
+        return p
+    q = (ok * m / pd.Series(range(1, m + 1), index=ok.index)).iloc[::-1].cummin().iloc[::-1].clip(upper=1.0)
+    return q.reindex(p.index)
 
 
 def _phi(a: int, b: int, c: int, d: int) -> float:
@@ -185,23 +203,28 @@ def discover(conn, spec: MilestoneSpec, src: Sources = WAREHOUSE) -> tuple[pd.Da
         n1, a = int(r.users_with), int(r.conversions_with)
         n, conv = int(r.cohort_users), int(r.conversions)
         n2, c = n - n1, conv - a
-        lift, lo, hi = _katz(a, n1, c, n2, z)
+        lift, lo, hi, pval = _katz(a, n1, c, n2, z)
         w_lo, w_hi = _wilson(a, n1, z)
         wo_lo, wo_hi = _wilson(c, n2, z)
         cand = by_name[r.candidate]
         rows.append({
-            "candidate": r.candidate, "event": cand.event, "where_filter": cand.where_text,
+            "candidate": r.candidate, "event": cand.event, "where_filter": cand.where_json,
             "min_count": int(r.min_count), "within_days": int(r.within_days), "cohort_users": n, "users_with": n1,
             "coverage": n1 / n if n else float("nan"), "conversions_with": a, "conversions_without": c,
             "rate_with": a / n1 if n1 else float("nan"), "rate_with_low": w_lo, "rate_with_high": w_hi,
             "rate_without": c / n2 if n2 else float("nan"), "rate_without_low": wo_lo, "rate_without_high": wo_hi,
-            "lift": lift, "lift_low": lo, "lift_high": hi, "phi": _phi(a, n1 - a, c, n2 - c),
+            "lift": lift, "lift_low": lo, "lift_high": hi, "phi": _phi(a, n1 - a, c, n2 - c), "p": pval,
         })
-    df = pd.DataFrame(rows, columns=[c for c, _ in MILESTONE_COLUMNS[:20]])
+    df = pd.DataFrame(rows, columns=[c for c, _ in MILESTONE_COLUMNS[:20]] + ["p"])
     if df.empty:
         return _finish(df, until, spec), until
-    df["direction"] = df.apply(lambda r: "positive" if r.lift_low > 1 else ("negative" if r.lift_high < 1
-                                                                             else "inconclusive"), axis=1)
+    # conclusive: the interval excludes 1 and the effect survives the false-discovery control over
+    # all variants tested (hundreds of intervals would otherwise give dozens of chance findings)
+    df["q_value"] = _bh(df.p)
+    alpha = 1 - spec.confidence
+    df["direction"] = df.apply(
+        lambda r: "inconclusive" if not (r.q_value <= alpha) else
+        ("positive" if r.lift_low > 1 else ("negative" if r.lift_high < 1 else "inconclusive")), axis=1)
     df["eligible"] = ((df.users_with >= spec.min_users) & (df.coverage >= spec.min_coverage)
                       & ((df.cohort_users - df.users_with) >= spec.min_users))
     # strength of association: |phi| (as Amplitude Compass and Mixpanel Signal rank), only for
@@ -212,10 +235,14 @@ def discover(conn, spec: MilestoneSpec, src: Sources = WAREHOUSE) -> tuple[pd.Da
     df["rank"] = pd.NA
     ok = df[df.eligible & (df.direction != "inconclusive")]
     if not ok.empty:
-        best = ok.sort_values(["_strength", "coverage"], ascending=False).groupby("candidate", sort=False).head(1)
+        # stable and fully ordered, so ties resolve the same way on every run
+        best = (ok.sort_values(["_strength", "coverage", "within_days", "min_count", "candidate"],
+                               ascending=[False, False, True, True, True], kind="mergesort")
+                .groupby("candidate", sort=False).head(1))
         df.loc[best.index, "is_best_variant"] = True
         for direction in ("positive", "negative"):
-            ranked = best[best.direction == direction].sort_values("_strength", ascending=False)
+            ranked = best[best.direction == direction].sort_values(["_strength", "candidate"],
+                                                                   ascending=[False, True], kind="mergesort")
             df.loc[ranked.index, "rank"] = range(1, len(ranked) + 1)
     return _finish(df, until, spec), until
 
@@ -231,7 +258,7 @@ def _finish(df: pd.DataFrame, until, spec: MilestoneSpec) -> pd.DataFrame:
     return df[[c for c, _ in MILESTONE_COLUMNS]].reset_index(drop=True)
 
 
-def proposed_rule(df: pd.DataFrame, spec: MilestoneSpec) -> dict:
+def proposed_rule(df: pd.DataFrame, spec: MilestoneSpec, observed_until: dt.date | None = None) -> dict:
     """The top milestones as a rule-based PQL definition (a dict ready for YAML).
 
     A user is a PQL when they reach any of the positive milestones and none of the
@@ -246,10 +273,11 @@ def proposed_rule(df: pd.DataFrame, spec: MilestoneSpec) -> dict:
         else:
             c.update({"kind": "count", "event": r.event})
             if isinstance(r.where_filter, str) and r.where_filter:
-                c["where"] = dict(kv.split("=", 1) for kv in r.where_filter.split(", "))
+                c["where"] = json.loads(r.where_filter)
         c.update({"within_days_of_signup": int(r.within_days), "threshold": int(r.min_count),
                   "evidence": {"lift": round(float(r.lift), 2),
                                "lift_interval": [round(float(r.lift_low), 2), round(float(r.lift_high), 2)],
+                               "q_value": float(f"{float(r.q_value):.3g}"),
                                "conversion_with": round(float(r.rate_with), 4),
                                "conversion_without": round(float(r.rate_without), 4),
                                "coverage": round(float(r.coverage), 4), "cohort_users": int(r.cohort_users)}})
@@ -257,7 +285,7 @@ def proposed_rule(df: pd.DataFrame, spec: MilestoneSpec) -> dict:
 
     pos = best[best.direction == "positive"].sort_values("rank").head(spec.top)
     neg = best[best.direction == "negative"].sort_values("rank").head(spec.top)
-    until = df.observed_until.iloc[0] if len(df) else None
+    until = observed_until if observed_until is not None else (df.observed_until.iloc[0] if len(df) else None)
     return {
         "name": "discovered_milestones",
         "description": (f"PQL when a user reaches any of these milestones within the given days of signup and none of "

@@ -53,13 +53,18 @@ def _grid(start: dt.date, every: int) -> str:
     return f"DATE_DIFF('day', CAST({sql_literal(start.isoformat())} AS DATE), {{col}}) % {every} = 0"
 
 
-def build_training_sets(conn, spec: FeatureSpec, start: dt.date, every_days: int, lookback_days: int) -> dict:
-    """Rebuild training_set and account_training_set; returns row and label counts."""
+def build_training_sets(conn, spec: FeatureSpec, start: dt.date, every_days: int, lookback_days: int,
+                        label_hash: str) -> dict:
+    """Rebuild training_set and account_training_set from the rows of the current signal
+    and label definitions (``label_hash``); returns row and label counts."""
     eng = DuckDBEngine(conn)
     last = conn.execute("SELECT MAX(snapshot_date) FROM conversion_labels WHERE horizon_complete").fetchall()[0][0]
     grid = _grid(start, every_days)
     lo = (last - dt.timedelta(days=lookback_days)) if last else start
-    window = f"{{col}} >= CAST({sql_literal(lo.isoformat())} AS DATE)"
+    window = f"{{col}} > CAST({sql_literal(lo.isoformat())} AS DATE)"
+    # rows computed with another signals.yaml / label definition are stale: left out until recomputed
+    current = (f"{{alias}}.definition_hash = {sql_literal(spec.signals.definition_hash)} "
+               f"AND l.definition_hash = {sql_literal(label_hash)}")
     user_cols = [c for c, _ in user_table_columns(spec.signals)]
     acct_cols = [c for c, _ in account_table_columns(spec.signals)
                  if c not in ("snapshot_date", "account_id", "definition_hash")]
@@ -71,14 +76,16 @@ FROM user_features AS u
 JOIN conversion_labels AS l
   ON l.entity_type = 'user' AND l.entity_id = u.user_id AND l.snapshot_date = u.snapshot_date
 LEFT JOIN account_features AS a ON a.account_id = u.account_id AND a.snapshot_date = u.snapshot_date
-WHERE l.label IS NOT NULL AND l.horizon_complete AND {grid.format(col='u.snapshot_date')} AND {window.format(col='u.snapshot_date')}"""
+WHERE l.label IS NOT NULL AND l.horizon_complete AND {grid.format(col='u.snapshot_date')}
+  AND {window.format(col='u.snapshot_date')} AND {current.format(alias='u')}"""
     acct_all = [c for c, _ in account_table_columns(spec.signals)]
     acct_sql = f"""
 SELECT {', '.join(f'a.{q(c)}' for c in acct_all)}, l.label, l.converted_at, l.label_window_start, l.label_window_end
 FROM account_features AS a
 JOIN conversion_labels AS l
   ON l.entity_type = 'account' AND l.entity_id = a.account_id AND l.snapshot_date = a.snapshot_date
-WHERE l.label IS NOT NULL AND l.horizon_complete AND {grid.format(col='a.snapshot_date')} AND {window.format(col='a.snapshot_date')}"""
+WHERE l.label IS NOT NULL AND l.horizon_complete AND {grid.format(col='a.snapshot_date')}
+  AND {window.format(col='a.snapshot_date')} AND {current.format(alias='a')}"""
     from pql_pipeline.defs.features.features import ensure_columns
     out = {}
     for table, sql, cols in (("training_set", user_sql, training_columns(spec)),
@@ -136,10 +143,14 @@ def truncated_sources(conn, day: dt.date) -> Sources:
 
 def leakage_guard(conn, spec: FeatureSpec, sample_days: list[dt.date], max_samples: int = 5) -> LeakageReport:
     rep = LeakageReport()
+    eng = DuckDBEngine(conn)  # UTC session: the bookkeeping compares UTC days
     for name, cond in BOOKKEEPING.items():
         rep.bookkeeping_violations[name] = conn.execute(
             f"SELECT count(*) FROM training_set WHERE {cond}").fetchall()[0][0]
-    eng = DuckDBEngine(conn)
+    for name, cond in BOOKKEEPING.items():
+        if "acct_" not in cond:
+            rep.bookkeeping_violations["account set: " + name] = conn.execute(
+                f"SELECT count(*) FROM account_training_set WHERE {cond}").fetchall()[0][0]
     for day in sample_days:
         src = truncated_sources(conn, day)
         build_feature_temps(eng, spec, [day], src)
