@@ -16,10 +16,10 @@ conversion it predicts). The outcome is a conversion within ``outcome_days`` aft
 For every (X, N, D): coverage (share of the cohort that did it), conversion rate with
 and without it (Wilson intervals), lift = rate with / rate without with a Katz
 log-ratio interval, the phi correlation and a Benjamini-Hochberg q-value over every
-variant tested (a variant is conclusive only if its q-value is below 1 - confidence). Candidates are ranked by the lower bound of
-by the strength of the association (|phi|) among variants whose lift interval excludes 1,
-each represented by its strongest (N, D); the top ones become a proposed rule-based PQL
-definition.
+variant tested. A variant is conclusive if its lift interval excludes 1 and its q-value
+is below 1 - confidence. Candidates are ranked by the strength of the association
+(|phi|) among their conclusive, eligible variants, each represented by its strongest
+(N, D); the top ones become a proposed rule-based PQL definition.
 """
 
 from __future__ import annotations
