@@ -31,9 +31,10 @@ from dataclasses import dataclass
 
 from pql_pipeline.defs.features.signals import Signal, SignalSet, rollup_column
 from pql_pipeline.lib.engine import DuckDBEngine, json_path, sql_literal
-from pql_pipeline.lib.warehouse import replace_rows
+from pql_pipeline.lib.warehouse import replace_rows, table_exists
 
 ACTIVITY_TYPES = ("track", "page", "screen")
+CACHE_FORMAT = "1"  # bump when the cached measures change meaning
 USER_KEY_COLUMNS = [
     ("snapshot_date", "DATE"), ("user_id", "VARCHAR"), ("account_id", "VARCHAR"), ("signup_date", "DATE"),
     ("days_since_signup", "BIGINT"), ("is_paying", "BOOLEAN"),
@@ -73,6 +74,14 @@ class FeatureSpec:
     conversion_events: tuple[str, ...]
     active_within_days: int = 60
     paid_plans: tuple[str, ...] = ()
+
+    @property
+    def measures_hash(self) -> str:
+        """Identifies what the per-day measures (the feature cache) contain."""
+        import hashlib
+
+        blob = f"{self.signals.definition_hash}|{sorted(self.conversion_events)}|{CACHE_FORMAT}"
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------ SQL building blocks
@@ -125,14 +134,20 @@ def snapshots_sql(days: list[dt.date]) -> str:
     return f"SELECT CAST(d AS DATE) AS snapshot_date FROM (VALUES {values}) AS t(d)"
 
 
-def events_sql(last_day: dt.date, src: Sources = WAREHOUSE) -> str:
+def events_sql(last_day: dt.date, src: Sources = WAREHOUSE, only_partitions: list[dt.date] | None = None) -> str:
     """Validated events known by ``last_day``, anonymous ones resolved through identity links.
 
     ``avail_day`` is the first day the row was known; ``until_day`` (exclusive) ends the
     validity of an identity resolution: an anonymous id resolves, on each day, to the
     user of its earliest link known that day (as validation does), so a link that
     arrives later with an earlier ``linked_at`` re-attributes the events from its
-    arrival on, never before."""
+    arrival on, never before. With ``only_partitions``, resolved events are read from those
+    partitions only (the others come from the feature cache); a literal list, so the scan
+    skips the other row groups."""
+    skip = ""
+    if only_partitions is not None:
+        listed = ", ".join(f"CAST({sql_literal(d.isoformat())} AS DATE)" for d in only_partitions)
+        skip = f" AND e.partition_date IN ({listed})" if listed else " AND FALSE"
     end = sql_literal(f"{(last_day + dt.timedelta(days=1)).isoformat()} 00:00:00+00:00")
     last = f"CAST({sql_literal(last_day.isoformat())} AS DATE)"
     cols = ("e.account_id, e.event_type, e.event_name, e.event_ts, e.partition_date, e.message_id, "
@@ -142,7 +157,7 @@ SELECT e.resolved_user_id AS user_id, {cols}, CAST(e.event_ts AS DATE) AS day, e
        CAST(NULL AS DATE) AS until_day
 FROM {src.validated_events} AS e
 WHERE e.resolved_user_id IS NOT NULL AND e.partition_date <= {last}
-  AND e.event_ts < CAST({end} AS TIMESTAMPTZ)
+  AND e.event_ts < CAST({end} AS TIMESTAMPTZ){skip}
 UNION ALL
 SELECT r.user_id, {cols}, CAST(e.event_ts AS DATE) AS day,
        CASE WHEN r.from_day > e.partition_date THEN r.from_day ELSE e.partition_date END AS avail_day,
@@ -155,7 +170,9 @@ JOIN (
     FROM (SELECT anonymous_id, partition_date AS from_day,
                  LEAD(partition_date) OVER (PARTITION BY anonymous_id ORDER BY partition_date) AS until_day
           FROM (SELECT DISTINCT anonymous_id, partition_date FROM {src.identity_links}
-                WHERE partition_date <= {last}) AS d) AS k
+                WHERE partition_date <= {last} AND anonymous_id IN (
+                  SELECT anonymous_id FROM {src.validated_events}
+                  WHERE resolved_user_id IS NULL AND anonymous_id IS NOT NULL AND partition_date <= {last})) AS d) AS k
     JOIN {src.identity_links} AS l ON l.anonymous_id = k.anonymous_id AND l.partition_date <= k.from_day
   ) AS ranked WHERE rn = 1
 ) AS r ON e.anonymous_id = r.anonymous_id
@@ -169,7 +186,9 @@ def _measure_signals(spec: FeatureSpec) -> list[Signal]:
         s for s in spec.signals.account_signals if s.kind == "count"]
 
 
-def user_day_sql(spec: FeatureSpec) -> str:
+def user_day_measures(spec: FeatureSpec) -> list[tuple[str, str]]:
+    """(column, aggregate) of fx_user_day; numeric properties are parsed only for the
+    signal's own events (an aggregate's argument is otherwise evaluated on every event)."""
     activity = f"event_type IN ({', '.join(sql_literal(t) for t in ACTIVITY_TYPES)})"
     conv = ", ".join(sql_literal(e) for e in spec.conversion_events)
     measures = [
@@ -187,33 +206,40 @@ def user_day_sql(spec: FeatureSpec) -> str:
         m = q("m_" + s.name)
         if s.kind in ("count", "first_time", "recency", "trend"):
             measures.append(f"COUNT(*) FILTER (WHERE {cond}) AS {m}")
-        elif s.kind == "session_length":
-            measures.append(f"SUM({num(s.prop)}) FILTER (WHERE {cond}) AS {m}")
-            measures.append(f"COUNT({num(s.prop)}) FILTER (WHERE {cond}) AS {q('n_' + s.name)}")
-        elif s.kind == "share":
-            measures.append(f"COUNT(*) FILTER (WHERE {cond} AND {num(s.prop)} < {sql_literal(float(s.below))}) AS {m}")
-            measures.append(f"COUNT({num(s.prop)}) FILTER (WHERE {cond}) AS {q('n_' + s.name)}")
-    return (f"SELECT user_id, day, avail_day, until_day, {', '.join(measures)} FROM fx_events "
+        elif s.kind in ("session_length", "share"):
+            value = f"CASE WHEN {cond} THEN {num(s.prop)} END"
+            if s.kind == "session_length":
+                measures.append(f"SUM({value}) AS {m}")
+            else:
+                measures.append(f"COUNT(*) FILTER (WHERE {value} < {sql_literal(float(s.below))}) AS {m}")
+            measures.append(f"COUNT({value}) AS {q('n_' + s.name)}")
+    return [(expr.rsplit(" AS ", 1)[1].strip('"'), expr) for expr in measures]
+
+
+def user_day_sql(spec: FeatureSpec, source: str = "fx_events") -> str:
+    """Per user, day and availability: the measures every user signal is computed from."""
+    measures = ", ".join(expr for _, expr in user_day_measures(spec))
+    return (f"SELECT user_id, day, avail_day, until_day, {measures} FROM {source} "
             "GROUP BY user_id, day, avail_day, until_day")
 
 
-def user_values_sql(spec: FeatureSpec) -> str | None:
+def user_values_sql(spec: FeatureSpec, source: str = "fx_events") -> str | None:
     parts = []
     for s in [*spec.signals.signals, *spec.signals.account_signals]:
         if s.kind == "distinct_count":
             parts.append(
                 f"SELECT DISTINCT user_id, {sql_literal(s.name)} AS signal, {prop(s.prop)} AS value, day, avail_day, "
-                f"until_day FROM fx_events WHERE {event_condition(s)} AND {prop(s.prop)} IS NOT NULL")
+                f"until_day FROM {source} WHERE {event_condition(s)} AND {prop(s.prop)} IS NOT NULL")
     return " UNION ALL ".join(parts) if parts else None
 
 
-def user_firsts_sql(spec: FeatureSpec) -> str | None:
+def user_firsts_sql(spec: FeatureSpec, source: str = "fx_events") -> str | None:
     parts = []
     for s in spec.signals.signals:
         if s.kind == "first_time" and s.detail_property:
             parts.append(
                 f"SELECT user_id, {sql_literal(s.name)} AS signal, {prop(s.detail_property)} AS value, "
-                f"event_ts, message_id, day, avail_day, until_day FROM fx_events WHERE {event_condition(s)}")
+                f"event_ts, message_id, day, avail_day, until_day FROM {source} WHERE {event_condition(s)}")
     return " UNION ALL ".join(parts) if parts else None
 
 
@@ -237,10 +263,10 @@ def _trait_join(s: Signal, alias: str, call: str, key: str, spine: str, outer: s
             f"ON {alias}.{key} = {outer}.{key} AND {alias}.snapshot_date = {outer}.snapshot_date")
 
 
-def traits_sql() -> str:
+def traits_sql(source: str = "fx_events") -> str:
     """Identify and group calls with their traits (few rows; read by the trait joins)."""
     return ("SELECT user_id, account_id, event_type, event_ts, message_id, traits, day, avail_day, until_day "
-            "FROM fx_events WHERE event_type IN ('identify', 'group')")
+            f"FROM {source} WHERE event_type IN ('identify', 'group')")
 
 
 def _user_aggregate(s: Signal) -> str:
@@ -481,9 +507,11 @@ class FeatureRun:
     user_rows: int = 0
     account_rows: int = 0
     schema_changes: list[str] | None = None
+    cache_partitions_built: int = 0
 
 
-def compute_features(conn, spec: FeatureSpec, snapshot_days: list[dt.date], batch_days: int = 31) -> FeatureRun:
+def compute_features(conn, spec: FeatureSpec, snapshot_days: list[dt.date], batch_days: int = 31,
+                     use_cache: bool = True) -> FeatureRun:
     """(Re)compute user_features and account_features for ``snapshot_days``.
 
     Idempotent: the snapshot days' rows are deleted and inserted in one transaction
@@ -494,7 +522,7 @@ def compute_features(conn, spec: FeatureSpec, snapshot_days: list[dt.date], batc
     run = FeatureRun(snapshot_days=sorted(set(snapshot_days)))
     run.schema_changes = ensure_columns(conn, "user_features", ucols) + ensure_columns(conn, "account_features", acols)
     for batch in _chunks(snapshot_days, batch_days):
-        build_feature_temps(eng, spec, batch)
+        run.cache_partitions_built += build_feature_temps(eng, spec, batch, use_cache=use_cache)
         days = ", ".join("?" for _ in batch)
         for table, cols, tmp in (("user_features", ucols, "fx_user_features"),
                                  ("account_features", acols, "fx_account_features")):
@@ -505,27 +533,56 @@ def compute_features(conn, spec: FeatureSpec, snapshot_days: list[dt.date], batc
     return run
 
 
-def build_feature_temps(eng: DuckDBEngine, spec: FeatureSpec, days: list[dt.date], src: Sources = WAREHOUSE) -> None:
-    """Compute the snapshot days' rows into temp tables fx_user_features / fx_account_features."""
-    values_sql, firsts_sql = user_values_sql(spec), user_firsts_sql(spec)
+EMPTY_VALUES = ("SELECT CAST(NULL AS VARCHAR) AS user_id, CAST(NULL AS VARCHAR) AS signal, "
+                "CAST(NULL AS VARCHAR) AS value, CAST(NULL AS DATE) AS day, CAST(NULL AS DATE) AS avail_day, "
+                "CAST(NULL AS DATE) AS until_day WHERE FALSE")
+EMPTY_FIRSTS = ("SELECT CAST(NULL AS VARCHAR) AS user_id, CAST(NULL AS VARCHAR) AS signal, "
+                "CAST(NULL AS VARCHAR) AS value, CAST(NULL AS TIMESTAMPTZ) AS event_ts, "
+                "CAST(NULL AS VARCHAR) AS message_id, CAST(NULL AS DATE) AS day, CAST(NULL AS DATE) AS avail_day, "
+                "CAST(NULL AS DATE) AS until_day WHERE FALSE")
+
+
+def build_feature_temps(eng: DuckDBEngine, spec: FeatureSpec, days: list[dt.date], src: Sources = WAREHOUSE,
+                        use_cache: bool = True) -> int:
+    """Compute the snapshot days' rows into temp tables fx_user_features / fx_account_features.
+
+    With the cache (the warehouse's own tables only), resolved events of partitions whose
+    per-day measures are cached are read from the cache; the rest (partitions not cached,
+    anonymous events) from validated_events. Returns the number of partitions cached now."""
+    from pql_pipeline.defs.features.cache import cached_sql, refresh_cache
+
+    last = max(days)
     eng.temp("fx_snapshots", snapshots_sql(days))
-    eng.view("fx_events", events_sql(max(days), src))
-    eng.temp("fx_user_day", user_day_sql(spec))
-    eng.temp("fx_user_values", values_sql or
-             "SELECT CAST(NULL AS VARCHAR) AS user_id, CAST(NULL AS VARCHAR) AS signal, "
-             "CAST(NULL AS VARCHAR) AS value, CAST(NULL AS DATE) AS day, CAST(NULL AS DATE) AS avail_day, "
-             "CAST(NULL AS DATE) AS until_day WHERE FALSE")
-    eng.temp("fx_user_firsts", firsts_sql or
-             "SELECT CAST(NULL AS VARCHAR) AS user_id, CAST(NULL AS VARCHAR) AS signal, "
-             "CAST(NULL AS VARCHAR) AS value, CAST(NULL AS TIMESTAMPTZ) AS event_ts, "
-             "CAST(NULL AS VARCHAR) AS message_id, CAST(NULL AS DATE) AS day, CAST(NULL AS DATE) AS avail_day, "
-             "CAST(NULL AS DATE) AS until_day WHERE FALSE")
-    eng.temp("fx_traits", traits_sql())
+    eng.view("fx_all_events", events_sql(last, src))
+    eng.temp("fx_traits", traits_sql("fx_all_events"))
+    built = 0
+    # the cache needs partition versions from validation and the warehouse's own tables
+    cached = use_cache and src == WAREHOUSE and table_exists(eng.conn, "validated_partitions")
+    if cached:
+        built = refresh_cache(eng, spec, last)
+        uncached = [r[0] for r in eng.conn.execute(
+            "SELECT DISTINCT partition_date FROM validated_events WHERE partition_date <= ? "
+            "EXCEPT SELECT partition_date FROM fx_cached ORDER BY 1", [last]).fetchall()]
+        eng.view("fx_events", events_sql(last, src, only_partitions=uncached))
+    else:
+        eng.temp("fx_cached", "SELECT CAST(NULL AS DATE) AS partition_date WHERE FALSE")
+        eng.view("fx_events", "SELECT * FROM fx_all_events")
+
+    def with_cache(raw: str, kind: str) -> str:
+        return f"{raw} UNION ALL {cached_sql(spec, kind)}" if cached else raw
+
+    raw_values, raw_firsts = user_values_sql(spec), user_firsts_sql(spec)
+    eng.temp("fx_user_day", with_cache(user_day_sql(spec), "user_day"))
+    eng.temp("fx_user_values", with_cache(raw_values, "user_values") if raw_values else EMPTY_VALUES)
+    eng.temp("fx_user_firsts", with_cache(raw_firsts, "user_firsts") if raw_firsts else EMPTY_FIRSTS)
     eng.temp("fx_user_features", user_features_sql(spec, src))
     eng.temp("fx_account_features", account_features_sql(spec, src))
+    return built
 
 
 def drop_feature_temps(eng: DuckDBEngine) -> None:
     eng.drop_temp("fx_snapshots", "fx_user_day", "fx_user_values", "fx_user_firsts", "fx_traits",
                   "fx_user_features", "fx_account_features")
     eng.drop_view("fx_events")
+    eng.drop_view("fx_all_events")
+    eng.drop_temp("fx_cached")

@@ -356,12 +356,24 @@ def validate_partitions(
             conn.execute(_checked_sql(compiled, group))
             for key in group:
                 _validate_one(conn, contract, key, dedup_lookback_days)
+                _record_version(conn, key)
         except Exception:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
         conn.execute("DROP TABLE IF EXISTS _checked")
     return [partition_counts(conn, key) for key in partitions]
+
+
+def _record_version(conn: duckdb.DuckDBPyConnection, key: str) -> None:
+    """A new version id for a rebuilt partition: derived tables (the feature cache) that
+    were built from another version of it know they are stale."""
+    conn.execute("CREATE TABLE IF NOT EXISTS validated_partitions "
+                 "(partition_date DATE, version VARCHAR, validated_at TIMESTAMPTZ, validated_rows BIGINT)")
+    conn.execute(f"DELETE FROM validated_partitions WHERE partition_date = DATE '{key}'")
+    conn.execute(f"""INSERT INTO validated_partitions
+                     SELECT DATE '{key}', CAST(uuid() AS VARCHAR), now(),
+                            (SELECT count(*) FROM validated_events WHERE partition_date = DATE '{key}')""")
 
 
 def _dependent_partitions(conn: duckdb.DuckDBPyConnection, partitions: list[str], lookback: int) -> list[str]:
