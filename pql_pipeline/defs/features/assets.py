@@ -86,7 +86,8 @@ def build_feature_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
         if run.schema_changes:
             context.log.info("feature tables changed: " + ", ".join(run.schema_changes))
         common = {"snapshots": len(days), "signals_definition_hash": sigs.definition_hash,
-                  "schema_changes": ", ".join(run.schema_changes or []) or "none"}
+                  "schema_changes": ", ".join(run.schema_changes or []) or "none",
+                  "cache_partitions_built": run.cache_partitions_built}
         yield dg.MaterializeResult(asset_key="user_features", metadata={
             "dagster/row_count": run.user_rows, **common,
             "signals": len(sigs.signals),
