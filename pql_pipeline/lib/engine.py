@@ -53,10 +53,21 @@ class DuckDBEngine:
         conn.execute("SET TimeZone = 'UTC'")
 
     def temp(self, name: str, select_sql: str) -> None:
-        self.conn.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {render(select_sql, self.dialect)}")
+        self.drop(name)
+        self.conn.execute(f"CREATE TEMP TABLE {name} AS {render(select_sql, self.dialect)}")
 
     def view(self, name: str, select_sql: str) -> None:
-        self.conn.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {render(select_sql, self.dialect)}")
+        self.drop(name)
+        self.conn.execute(f"CREATE TEMP VIEW {name} AS {render(select_sql, self.dialect)}")
+
+    def drop(self, *names: str) -> None:
+        """Drop temp tables or views of these names, whichever they are."""
+        for n in names:
+            kinds = self.conn.execute(
+                "SELECT table_type FROM information_schema.tables WHERE table_schema = 'main' "
+                "AND table_catalog = 'temp' AND table_name = ?", [n]).fetchall()
+            for (kind,) in kinds:
+                self.conn.execute(f"DROP {'VIEW' if kind == 'VIEW' else 'TABLE'} IF EXISTS temp.{n}")
 
     def drop_view(self, *names: str) -> None:
         for n in names:

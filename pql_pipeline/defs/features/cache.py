@@ -3,7 +3,8 @@
 A snapshot's features need every event of the user's history, but a day's events only
 change when that day's partition is validated again. So the per-(user, day) measures of
 each validated partition (``fx_user_day``'s rows), its distinct property values and its
-first-time occurrences are kept in three tables keyed by ``partition_date``; a daily run
+first-time occurrences and its identify / group calls are kept in four tables keyed by
+``partition_date``; a daily run
 adds the new partition and reads the rest from the cache instead of scanning every event
 again.
 
@@ -27,6 +28,7 @@ from pql_pipeline.defs.features.features import (
     FeatureSpec,
     q,
     user_day_measures,
+    traits_sql,
     user_day_sql,
     user_firsts_sql,
     user_values_sql,
@@ -37,11 +39,15 @@ from pql_pipeline.lib.warehouse import table_exists
 USER_DAY = "feature_cache_user_day"
 USER_VALUES = "feature_cache_user_values"
 USER_FIRSTS = "feature_cache_user_firsts"
+TRAIT_CALLS = "feature_cache_trait_calls"
 MANIFEST = "feature_cache_partitions"
 VALUE_COLUMNS = [("partition_date", "DATE"), ("user_id", "VARCHAR"), ("signal", "VARCHAR"), ("value", "VARCHAR"),
                  ("day", "DATE")]
 FIRST_COLUMNS = [("partition_date", "DATE"), ("user_id", "VARCHAR"), ("signal", "VARCHAR"), ("value", "VARCHAR"),
                  ("event_ts", "TIMESTAMPTZ"), ("message_id", "VARCHAR"), ("day", "DATE")]
+TRAIT_COLUMNS = [("partition_date", "DATE"), ("user_id", "VARCHAR"), ("account_id", "VARCHAR"),
+                 ("event_type", "VARCHAR"), ("event_ts", "TIMESTAMPTZ"), ("message_id", "VARCHAR"), ("traits", "JSON"),
+                 ("day", "DATE")]
 MANIFEST_COLUMNS = [("partition_date", "DATE"), ("version", "VARCHAR"), ("measures_hash", "VARCHAR"),
                     ("built_at", "TIMESTAMPTZ")]
 GROUP_PARTITIONS = 31  # partitions built per statement
@@ -67,6 +73,7 @@ def _ensure_tables(eng: DuckDBEngine, spec: FeatureSpec) -> None:
     ensure_columns(conn, USER_DAY, day_cols)
     ensure_columns(conn, USER_VALUES, VALUE_COLUMNS)
     ensure_columns(conn, USER_FIRSTS, FIRST_COLUMNS)
+    ensure_columns(conn, TRAIT_CALLS, TRAIT_COLUMNS)
     ensure_columns(conn, MANIFEST, MANIFEST_COLUMNS)
 
 
@@ -98,7 +105,7 @@ def refresh_cache(eng: DuckDBEngine, spec: FeatureSpec, last_day: dt.date) -> in
         day_cols = ", ".join(q(c) for c in ["user_id", "day", *measures])
         conn.execute("BEGIN TRANSACTION")
         try:
-            for table in (USER_DAY, USER_VALUES, USER_FIRSTS, MANIFEST):
+            for table in (USER_DAY, USER_VALUES, USER_FIRSTS, TRAIT_CALLS, MANIFEST):
                 conn.execute(f"DELETE FROM {table} WHERE partition_date IN ({marks})", group)
             conn.execute(f"INSERT INTO {USER_DAY} (partition_date, {day_cols}) "
                          + render(f"SELECT avail_day, {day_cols} FROM ({user_day_sql(spec, 'fx_build_events')}) AS d"))
@@ -110,6 +117,10 @@ def refresh_cache(eng: DuckDBEngine, spec: FeatureSpec, last_day: dt.date) -> in
                              "message_id, day) " + render(
                                  "SELECT avail_day, user_id, signal, value, event_ts, message_id, day "
                                  f"FROM ({firsts_sql}) AS f"))
+            conn.execute(f"INSERT INTO {TRAIT_CALLS} (partition_date, user_id, account_id, event_type, event_ts, "
+                         "message_id, traits, day) " + render(
+                             "SELECT avail_day, user_id, account_id, event_type, event_ts, message_id, traits, day "
+                             f"FROM ({traits_sql('fx_build_events')}) AS t"))
             conn.execute(f"""INSERT INTO {MANIFEST}
                              SELECT partition_date, version, ?, now() FROM validated_partitions
                              WHERE partition_date IN ({marks})""", [h, *group])
@@ -136,6 +147,9 @@ def cached_sql(spec: FeatureSpec, kind: str) -> str:
     if kind == "user_values":
         return (f"SELECT user_id, signal, value, day, partition_date AS avail_day, CAST(NULL AS DATE) AS until_day "
                 f"FROM {USER_VALUES} WHERE {usable}")
+    if kind == "traits":
+        return (f"SELECT user_id, account_id, event_type, event_ts, message_id, traits, day, "
+                f"partition_date AS avail_day, CAST(NULL AS DATE) AS until_day FROM {TRAIT_CALLS} WHERE {usable}")
     if kind == "user_firsts":
         return (f"SELECT user_id, signal, value, event_ts, message_id, day, partition_date AS avail_day, "
                 f"CAST(NULL AS DATE) AS until_day FROM {USER_FIRSTS} WHERE {usable}")

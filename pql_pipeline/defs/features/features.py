@@ -34,7 +34,7 @@ from pql_pipeline.lib.engine import DuckDBEngine, json_path, sql_literal
 from pql_pipeline.lib.warehouse import replace_rows, table_exists
 
 ACTIVITY_TYPES = ("track", "page", "screen")
-CACHE_FORMAT = "1"  # bump when the cached measures change meaning
+CACHE_FORMAT = "2"  # bump when what the feature cache holds changes
 USER_KEY_COLUMNS = [
     ("snapshot_date", "DATE"), ("user_id", "VARCHAR"), ("account_id", "VARCHAR"), ("signup_date", "DATE"),
     ("days_since_signup", "BIGINT"), ("is_paying", "BOOLEAN"),
@@ -553,8 +553,6 @@ def build_feature_temps(eng: DuckDBEngine, spec: FeatureSpec, days: list[dt.date
 
     last = max(days)
     eng.temp("fx_snapshots", snapshots_sql(days))
-    eng.view("fx_all_events", events_sql(last, src))
-    eng.temp("fx_traits", traits_sql("fx_all_events"))
     built = 0
     # the cache needs partition versions from validation and the warehouse's own tables
     cached = use_cache and src == WAREHOUSE and table_exists(eng.conn, "validated_partitions")
@@ -566,23 +564,23 @@ def build_feature_temps(eng: DuckDBEngine, spec: FeatureSpec, days: list[dt.date
         eng.view("fx_events", events_sql(last, src, only_partitions=uncached))
     else:
         eng.temp("fx_cached", "SELECT CAST(NULL AS DATE) AS partition_date WHERE FALSE")
-        eng.view("fx_events", "SELECT * FROM fx_all_events")
+        eng.view("fx_events", events_sql(last, src))
 
     def with_cache(raw: str, kind: str) -> str:
         return f"{raw} UNION ALL {cached_sql(spec, kind)}" if cached else raw
 
     raw_values, raw_firsts = user_values_sql(spec), user_firsts_sql(spec)
-    eng.temp("fx_user_day", with_cache(user_day_sql(spec), "user_day"))
-    eng.temp("fx_user_values", with_cache(raw_values, "user_values") if raw_values else EMPTY_VALUES)
-    eng.temp("fx_user_firsts", with_cache(raw_firsts, "user_firsts") if raw_firsts else EMPTY_FIRSTS)
+    # with the cache the raw part is small: views, so the cached rows are not copied again
+    make = eng.view if cached else eng.temp
+    make("fx_user_day", with_cache(user_day_sql(spec), "user_day"))
+    make("fx_user_values", with_cache(raw_values, "user_values") if raw_values else EMPTY_VALUES)
+    make("fx_user_firsts", with_cache(raw_firsts, "user_firsts") if raw_firsts else EMPTY_FIRSTS)
+    eng.temp("fx_traits", with_cache(traits_sql(), "traits"))
     eng.temp("fx_user_features", user_features_sql(spec, src))
     eng.temp("fx_account_features", account_features_sql(spec, src))
     return built
 
 
 def drop_feature_temps(eng: DuckDBEngine) -> None:
-    eng.drop_temp("fx_snapshots", "fx_user_day", "fx_user_values", "fx_user_firsts", "fx_traits",
-                  "fx_user_features", "fx_account_features")
-    eng.drop_view("fx_events")
-    eng.drop_view("fx_all_events")
-    eng.drop_temp("fx_cached")
+    eng.drop("fx_user_features", "fx_account_features", "fx_user_day", "fx_user_values", "fx_user_firsts",
+             "fx_traits", "fx_events", "fx_cached", "fx_snapshots")
