@@ -10,7 +10,7 @@ ACCOUNTS ?= 300
 DAYS ?= 90
 PYTEST_ARGS ?=
 
-.PHONY: install run test ui bench clean dagster-home
+.PHONY: install run test ui bench bench-quick clean dagster-home
 
 install: $(STAMP)
 
@@ -38,9 +38,13 @@ test: install
 ui: install dagster-home
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
-## Benchmarks (see benchmarks/README.md)
+## Benchmarks (see benchmarks/README.md); bench-quick is a small smoke run of the feature benchmark
 bench: install
 	$(BIN)/python benchmarks/bench_validate.py
+	$(BIN)/python benchmarks/bench_features.py
+
+bench-quick: install
+	$(BIN)/python benchmarks/bench_features.py --quick
 
 clean:
 	rm -rf data warehouse .dagster_home
