@@ -79,7 +79,7 @@ def build_feature_checks(settings: Settings, daily: dg.PartitionsDefinition) -> 
 
     @dg.asset_check(asset="conversion_labels", name="label_base_rate", blocking=True, partitions_def=daily,
                     pool=POOL,
-                    description=f"Share of positive labels among known user labels within "
+                    description=f"Share of positive labels among user labels with a complete horizon within "
                                 f"[{bounds.min:.1%}, {bounds.max:.0%}] (outside: conversion tracking is probably "
                                 "broken or the conversion events are misconfigured). Blocks training.")
     def label_base_rate(context: dg.AssetCheckExecutionContext, warehouse: Warehouse) -> dg.AssetCheckResult:
@@ -90,19 +90,22 @@ def build_feature_checks(settings: Settings, daily: dg.PartitionsDefinition) -> 
                 # the labels this run can judge: its days and the earlier ones it refreshed
                 lo = dt.date.fromisoformat(keys[0]) - dt.timedelta(
                     days=settings.labels.horizon_days + settings.labels.late_arrival_days)
+                # complete horizons only: positives are known early, negatives only at the end of the
+                # horizon, so recent snapshots alone would overstate the rate
                 rows = conn.execute("""
-                    SELECT entity_type, count(*) FILTER (WHERE label), count(*) FILTER (WHERE label IS NOT NULL),
-                           count(*) FILTER (WHERE label_status = 'unknown'),
+                    SELECT entity_type, count(*) FILTER (WHERE label AND horizon_complete),
+                           count(*) FILTER (WHERE label IS NOT NULL AND horizon_complete),
+                           count(*) FILTER (WHERE label_status = 'unknown' OR (label AND NOT horizon_complete)),
                            count(*) FILTER (WHERE label_status = 'excluded_paying')
                     FROM conversion_labels WHERE snapshot_date BETWEEN ? AND ?
                     GROUP BY 1 ORDER BY 1""", [lo, dt.date.fromisoformat(keys[-1])]).fetchall()
-        table = [{"entity": e, "positive": p, "known": k, "unknown": u, "excluded_paying": x,
+        table = [{"entity": e, "positive": p, "known": k, "not_final": u, "excluded_paying": x,
                   "base_rate": f"{p / k:.2%}" if k else "-"} for e, p, k, u, x in rows]
         users = next((r for r in rows if r[0] == "user"), None)
         known = users[2] if users else 0
         if known < 100:
             return dg.AssetCheckResult(passed=True, severity=dg.AssetCheckSeverity.ERROR, metadata={
-                "verdict": "insufficient data: fewer than 100 known user labels (horizons not observed yet)",
+                "verdict": "insufficient data: fewer than 100 user labels with a complete horizon",
                 "labels": dg.MetadataValue.md(md_table(table))})
         rate = users[1] / known
         ok = bounds.min <= rate <= bounds.max

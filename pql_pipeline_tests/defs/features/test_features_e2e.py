@@ -127,6 +127,22 @@ def test_the_proposed_rule_is_yaml_in_signal_vocabulary(built):
 
 
 @pytest.mark.slow
+def test_a_daily_run_after_the_backfill_passes_its_gates(built):
+    """The next day's run computes one snapshot (from the cache) and refreshes the labels whose
+    horizon it completes; its label base rate is judged on complete horizons only (early
+    positives of recent snapshots would otherwise inflate it)."""
+    p, _, report, _ = built
+    before = p.query("SELECT count(*) FROM user_features")[0][0]
+    result = run_all(p, report.partitions[-1])
+    checks = p.checks(result)
+    assert result.success, {k: v.passed for k, v in checks.items() if not v.passed}
+    assert checks["conversion_labels:label_base_rate"].passed
+    assert "base_rate" in checks["conversion_labels:label_base_rate"].metadata
+    assert p.query("SELECT count(*) FROM user_features")[0][0] == before
+    assert p.query("SELECT count(*) FROM feature_cache_partitions")[0][0] == len(report.partitions)
+
+
+@pytest.mark.slow
 def test_the_cache_gives_the_features_computed_from_events(built):
     """The pipeline run built the feature cache from the validated partitions; recomputing every
     snapshot straight from validated_events gives the same rows."""
