@@ -145,9 +145,9 @@ def test_account_signals_refuse_within_days_of_signup(kind, extra):
 
 @pytest.mark.parametrize("kind", ["count", "distinct_count"])
 def test_an_account_signal_named_like_a_user_signal_is_refused_or_kept_apart(world, fconn, kind):
-    """A user signal and an account signal may share a name (the account table holds
-    best_<name> and <name>), but the SQL keys intermediate columns (m_<name>) and
-    distinct values (fx_user_values.signal) by the bare name, so the two get mixed."""
+    """A user signal and an account signal sharing a name would mix their values (the SQL keys
+    intermediate columns m_<name> and distinct values by the bare name), so it must be refused
+    (or, if ever allowed, kept apart)."""
     w = world
     w.member("u1", "A", "2026-03-01 09:00")
     w.track("2026-03-08 10:00", "Feature Used", account="A", props={"p": "x"})

@@ -517,13 +517,12 @@ def test_no_cohort_observed_long_enough_gives_an_empty_table_and_an_empty_rule(w
     assert (rule["conditions"], rule["unless"]) == ([], [])
 
 
-# ------------------------------------------------------------------ defects (these tests fail until fixed)
+# ------------------------------------------------------------------ edge cases
 
 def test_without_any_conversion_nothing_is_a_milestone(world, fconn):
-    """BUG: with no conversion in the cohort (a = c = 0) the 0.5 correction turns 0/0 into a
-    lift of (n2 + 1) / (n1 + 1) - here 296 / 6 = 49.3 with a Katz interval 1.07 .. 2290 -
-    so an event done by 5 of 300 users becomes a 'positive' milestone and a proposed PQL
-    condition in a cohort where nobody converted (e.g. a misspelt conversion event)."""
+    """With no conversion in the cohort (a = c = 0) there is no lift: the 0.5 correction would
+    turn 0/0 into (n2 + 1) / (n1 + 1) - here 296 / 6 = 49.3 - and make an event done by 5 of
+    300 users a 'positive' milestone where nobody converted (e.g. a misspelt conversion event)."""
     with bulk(world) as w:
         last_day(w)
         for i in range(300):
@@ -541,8 +540,8 @@ def test_without_any_conversion_nothing_is_a_milestone(world, fconn):
 
 @pytest.mark.parametrize("where, props", [
     ({"category": "basics"}, {"category": "basics"}),
-    ({"urgent": True}, {"urgent": True}),                         # BUG: comes back as the string "True"
-    ({"category": "setup, basics"}, {"category": "setup, basics"}),  # BUG: proposed_rule raises ValueError
+    ({"urgent": True}, {"urgent": True}),                         # stays a boolean, not the string "True"
+    ({"category": "setup, basics"}, {"category": "setup, basics"}),  # a comma in a value survives
 ], ids=["string", "boolean", "comma"])
 def test_the_proposed_where_filter_selects_the_same_events(world, fconn, where, props):
     """A proposed condition must reproduce its milestone when written into signals.yaml:
@@ -569,11 +568,10 @@ def test_the_proposed_where_filter_selects_the_same_events(world, fconn, where, 
 
 
 def test_ties_are_broken_the_same_way_whatever_order_the_engine_returns_rows_in(world, fconn, monkeypatch):
-    """BUG: a SELECT without ORDER BY has no order (and with several threads DuckDB's varies
-    from run to run), but equal |phi| and coverage keep the order of the raw result: the best
-    (N, D) of a candidate and the rank of tied candidates - hence the proposed rule - change
-    between runs on the same data. Here X done on day 1 gives identical (1, 3) and (1, 7)
-    variants, and "active days >= 2" is the same set of users as X."""
+    """A SELECT without ORDER BY has no order (with several threads DuckDB's varies from run
+    to run); ties of |phi| and coverage must still pick the same best (N, D) and rank, or the
+    proposed rule changes between runs on the same data. Here X done on day 1 gives identical
+    (1, 3) and (1, 7) variants, and "active days >= 2" is the same set of users as X."""
     with bulk(world) as w:
         last_day(w)
         for i in range(60):

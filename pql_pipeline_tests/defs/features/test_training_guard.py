@@ -194,9 +194,8 @@ def test_bookkeeping_violations_fail_the_guard(built):
 
 
 def test_the_guard_reads_days_in_utc_whatever_the_session_zone(built):
-    """BUG (minor): the bookkeeping queries run before the guard sets the session to UTC, so
-    ``CAST(max_event_ts AS DATE)`` takes the caller's zone: u3's 03-01 20:00 UTC event is
-    03-02 in Tokyo and the clean training set is reported as leaking."""
+    """The bookkeeping compares UTC days whatever the caller's session zone: u3's 03-01 20:00
+    UTC event is 03-02 in Tokyo, and a clean training set must not be reported as leaking."""
     conn = built
     build_training_sets(conn, FSPEC, START, every_days=2, lookback_days=30, label_hash=LSPEC.definition_hash)
     conn.execute("SET TimeZone = 'Asia/Tokyo'")
