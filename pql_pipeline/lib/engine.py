@@ -69,16 +69,6 @@ class DuckDBEngine:
             for (kind,) in kinds:
                 self.conn.execute(f"DROP {'VIEW' if kind == 'VIEW' else 'TABLE'} IF EXISTS temp.{n}")
 
-    def drop_view(self, *names: str) -> None:
-        for n in names:
-            self.conn.execute(f"DROP VIEW IF EXISTS {n}")
-
-    def drop_temp(self, *names: str) -> None:
-        for n in names:
-            self.conn.execute(f"DROP TABLE IF EXISTS temp.{n}")
-
-    def rows(self, select_sql: str, params: list | None = None) -> list[tuple]:
-        return self.conn.execute(render(select_sql, self.dialect), params or []).fetchall()
 
     def df(self, select_sql: str):
         return self.conn.execute(render(select_sql, self.dialect)).df()

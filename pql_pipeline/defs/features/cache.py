@@ -128,7 +128,7 @@ def refresh_cache(eng: DuckDBEngine, spec: FeatureSpec, last_day: dt.date) -> in
         except Exception:
             conn.execute("ROLLBACK")
             raise
-    eng.drop_view("fx_build_events")
+    eng.drop("fx_build_events")
     eng.temp("fx_cached", f"""
         SELECT c.partition_date FROM {MANIFEST} AS c
         JOIN validated_partitions AS v ON v.partition_date = c.partition_date AND v.version = c.version

@@ -34,7 +34,6 @@ LABEL_COLUMNS = [
     ("label_window_start", "DATE"), ("label_window_end", "DATE"), ("observed_until", "DATE"),
     ("horizon_complete", "BOOLEAN"), ("definition_hash", "VARCHAR"),
 ]
-STATUSES = ("positive", "negative", "unknown", "excluded_paying")
 
 
 @dataclass(frozen=True)
@@ -161,6 +160,6 @@ def compute_labels(conn, spec: LabelSpec, requested: list[dt.date], src: Sources
                  f"snapshot_date IN ({in_days})", days)
     run.counts = {f"{t}.{s}": n for t, s, n in conn.execute(
         "SELECT entity_type, label_status, count(*) FROM fx_labels GROUP BY ALL ORDER BY ALL").fetchall()}
-    eng.drop_temp("fx_labels")
-    eng.drop_view("fx_label_events")
+    eng.drop("fx_labels")
+    eng.drop("fx_label_events")
     return run

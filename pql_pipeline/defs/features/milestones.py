@@ -195,7 +195,7 @@ def discover(conn, spec: MilestoneSpec, src: Sources = WAREHOUSE) -> tuple[pd.Da
     eng = DuckDBEngine(conn)
     eng.view("ml_events", events_sql(until, src))
     raw = eng.df(stats_sql(spec, cands, until))
-    eng.drop_view("ml_events")
+    eng.drop("ml_events")
     by_name = {c.name: c for c in cands}
     z = norm.ppf(0.5 + spec.confidence / 2)
     rows = []

@@ -143,14 +143,6 @@ class Signal(BaseModel):
             return ["min"]
         return ["max"]
 
-    def hit(self, value) -> bool:
-        """Whether a value counts as this signal being hit (for reasons and milestones)."""
-        if value is None:
-            return False
-        if self.kind == "first_time":
-            return bool(value)
-        return self.threshold is not None and float(value) >= self.threshold
-
 
 def rollup_column(rollup: str, name: str) -> str:
     return {"max": "best_", "min": "min_", "sum": "total_", "mean": "avg_"}[rollup] + name
@@ -220,9 +212,6 @@ class SignalSet(BaseModel):
         for s in self.account_signals:
             out.append((s.name, s.dtype, s))
         return out
-
-    def events_used(self) -> set[str]:
-        return {s.event for s in [*self.signals, *self.account_signals] if s.event}
 
 
 def load_signals(path: Path) -> SignalSet:

@@ -33,7 +33,6 @@ from pql_pipeline.defs.features.features import (
 from pql_pipeline.lib.engine import DuckDBEngine, sql_literal
 from pql_pipeline.lib.warehouse import replace_rows
 
-USER_KEYS = ("snapshot_date", "user_id", "account_id")
 LABEL_OUT = [("label", "BOOLEAN"), ("converted_at", "TIMESTAMPTZ"), ("label_window_start", "DATE"),
              ("label_window_end", "DATE")]
 
@@ -96,7 +95,7 @@ WHERE l.label IS NOT NULL AND l.horizon_complete AND {grid.format(col='a.snapsho
         rows, pos, snaps = conn.execute(
             f"SELECT count(*), count(*) FILTER (WHERE label), count(DISTINCT snapshot_date) FROM {table}").fetchall()[0]
         out[table] = {"rows": rows, "positives": pos, "snapshots": snaps}
-    eng.drop_temp("fx_training")
+    eng.drop("fx_training")
     return out
 
 
