@@ -1,26 +1,33 @@
 """Benchmark: point-in-time features (``compute_features``) for one snapshot day.
 
 Synthesizes (once, cached under benchmarks/.data/) the tables the features read --
-validated_events, identity_links, account_memberships, users_history, accounts_history --
-directly in DuckDB SQL from hashes of row numbers (deterministic for a seed), then measures,
-each in a fresh subprocess so that its peak RSS is that work's alone:
+validated_events (with identify and group calls), identity_links, account_memberships,
+validated_partitions, users_history, accounts_history -- directly in DuckDB SQL from hashes
+of row numbers (deterministic for a seed), then measures, each in a fresh subprocess so that
+its peak RSS is that work's alone (DuckDB memory_limit 4GB and 2 threads, the pipeline's
+warehouse settings):
 
-* duckdb:   ``compute_features`` for the last day of the data (user and account features),
-            DuckDB memory_limit 4GB and 2 threads as in the pipeline's warehouse settings;
-* slice:    the same on a consistent slice of the users (every table restricted to the
-            users whose id is below a bound), about ``--baseline-events`` events;
+* cold:     ``compute_features`` for the last day of the data (user and account features)
+            with no feature tables and no feature cache (what the run builds is timed);
+* daily:    the same with the feature cache the cold run left, the snapshot day's
+            partition validated again (a new version), as in a daily run; its output is
+            compared with the cold run's (only if the features stage keeps a cache);
+* slice:    the cold run on a consistent slice of the users (every table restricted to
+            the users whose id is below a bound), about ``--baseline-events`` events;
 * baseline: a straightforward pandas implementation of the same user features (the
             signal definitions of signals.yaml interpreted with groupby / json.loads) on
             that slice, measured in the same run, so the result is a ratio rather than
             a machine-dependent number. Its output is compared with the slice's
             ``user_features`` column by column; disagreements are printed.
 
-Writes benchmarks/results/features.json and prints a markdown table. Generation time is
-reported but is not part of any measurement.
+Writes benchmarks/results/features.json (features-quick.json with --quick) and prints
+markdown tables, with per-statement seconds, RSS and spill. Generation time is reported
+but is not part of any measurement. CPU used by other processes during a measurement is
+reported and warned about: on a 2-core machine it slows the measurement down.
 
     python benchmarks/bench_features.py --quick        # 2 M events, 20 k users (CI smoke run)
     python benchmarks/bench_features.py                # 100 M events, 1 M users, 90 days
-    python benchmarks/bench_features.py --profile      # + EXPLAIN ANALYZE trees per statement
+    python benchmarks/bench_features.py --profile      # + DuckDB profile (EXPLAIN ANALYZE) per statement
 """
 
 from __future__ import annotations
