@@ -14,7 +14,7 @@ from typing import Any
 import duckdb
 
 from pql_pipeline.lib.contracts import Contract, TableRule, schema_columns, table_rules
-from pql_pipeline.lib.warehouse import describe
+from pql_pipeline.lib.warehouse import describe, normalize_type
 
 
 @dataclass
@@ -36,18 +36,12 @@ def check_schema(conn: duckdb.DuckDBPyConnection, contract: Contract, object_nam
     for name, _logical, physical in schema_columns(contract, object_name):
         if name not in live:
             problems.append(f"missing column {name}")
-        elif physical and _norm(live[name]) != _norm(physical):
+        elif physical and normalize_type(live[name]) != normalize_type(physical):
             problems.append(f"{name} is {live[name]}, contract says {physical}")
     extra = set(live) - {c for c, _, _ in schema_columns(contract, object_name)}
     problems += [f"column {c} is not in the contract" for c in sorted(extra)]
     return RuleOutcome("schema", f"{table} matches {contract.path.name}", "error", not problems,
                        problems or "ok", "duckdb")
-
-
-def _norm(t: str) -> str:
-    t = t.upper().replace(" ", "")
-    return {"TIMESTAMPWITHTIMEZONE": "TIMESTAMPTZ", "INT64": "BIGINT", "INTEGER": "INT", "BOOL": "BOOLEAN",
-            "STRING": "VARCHAR", "TEXT": "VARCHAR"}.get(t, t)
 
 
 def evaluate(

@@ -78,11 +78,51 @@ def describe(conn: duckdb.DuckDBPyConnection, name: str) -> dict[str, str]:
     return {c: t for c, t in rows}
 
 
+def normalize_type(t: str) -> str:
+    """A column type as DuckDB spells it in one canonical form (TIMESTAMP WITH TIME ZONE ->
+    TIMESTAMPTZ, ...), so declared and live types compare."""
+    t = t.upper().replace(" ", "")
+    return {"TIMESTAMPWITHTIMEZONE": "TIMESTAMPTZ", "INT64": "BIGINT", "INTEGER": "INT", "BOOL": "BOOLEAN",
+            "STRING": "VARCHAR", "TEXT": "VARCHAR"}.get(t, t)
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def ensure_columns(conn: duckdb.DuckDBPyConnection, table: str, columns: list[tuple[str, str]]) -> list[str]:
+    """Create ``table`` or bring its columns to ``columns`` (for tables whose columns follow
+    configuration, e.g. one per signal). Rows keep the values of columns that stay; new
+    columns are NULL until recomputed. Returns a description of the changes made."""
+    ddl = ", ".join(f"{_quote(c)} {t}" for c, t in columns)
+    if not table_exists(conn, table):
+        conn.execute(f"CREATE TABLE {table} ({ddl})")
+        return [f"created {table}"]
+    have = describe(conn, table)
+    want = dict(columns)
+
+    def same(c: str) -> bool:
+        return c in have and normalize_type(have[c]) == normalize_type(want[c])
+
+    if list(have) == list(want) and all(same(c) for c in want):
+        return []
+    keep = [c for c in want if same(c)]
+    changes = ([f"added {c}" for c in want if c not in have] + [f"dropped {c}" for c in have if c not in want]
+               + [f"retyped {c}" for c in want if c in have and not same(c)])
+    conn.execute(f"CREATE TABLE {table}__new ({ddl})")
+    if keep:
+        cols = ", ".join(_quote(c) for c in keep)
+        conn.execute(f"INSERT INTO {table}__new ({cols}) SELECT {cols} FROM {table}")
+    conn.execute(f"DROP TABLE {table}")
+    conn.execute(f"ALTER TABLE {table}__new RENAME TO {table}")
+    return changes
+
+
 def replace_rows(conn: duckdb.DuckDBPyConnection, table: str, columns: list[str], source: str,
                  where: str = "TRUE", params: list | None = None) -> None:
     """Idempotent write: delete ``table``'s rows matching ``where`` and insert ``columns``
     from the relation ``source``, in one transaction (readers see the old or the new rows)."""
-    names = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
+    names = ", ".join(_quote(c) for c in columns)
     conn.execute("BEGIN TRANSACTION")
     try:
         conn.execute(f"DELETE FROM {table} WHERE {where}", params or [])

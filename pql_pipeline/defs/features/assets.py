@@ -22,7 +22,7 @@ from pql_pipeline.defs.features.specs import (
 )
 from pql_pipeline.defs.features.training import build_training_sets
 from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, contract, md_table, table_schema
-from pql_pipeline.lib.warehouse import Warehouse, replace_rows, table_exists
+from pql_pipeline.lib.warehouse import Warehouse, ensure_columns, replace_rows, table_exists
 from pql_pipeline.settings import Settings
 
 GROUP = "features"
@@ -168,7 +168,6 @@ def build_feature_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
         spec = milestone_spec(settings)
         with warehouse.get_connection() as conn:
             df, until = discover(conn, spec)
-            from pql_pipeline.defs.features.features import ensure_columns
             ensure_columns(conn, "activation_milestones", MILESTONE_COLUMNS)
             conn.register("milestones_df", df)
             replace_rows(conn, "activation_milestones", [c for c, _ in MILESTONE_COLUMNS], "milestones_df")

@@ -34,7 +34,7 @@ from pql_pipeline.defs.features.features import (
     user_values_sql,
 )
 from pql_pipeline.lib.engine import DuckDBEngine, render, sql_literal
-from pql_pipeline.lib.warehouse import table_exists
+from pql_pipeline.lib.warehouse import ensure_columns, table_exists
 
 USER_DAY = "feature_cache_user_day"
 USER_VALUES = "feature_cache_user_values"
@@ -62,8 +62,6 @@ def _build_events_sql(days: list[dt.date]) -> str:
 
 
 def _ensure_tables(eng: DuckDBEngine, spec: FeatureSpec) -> None:
-    from pql_pipeline.defs.features.features import ensure_columns
-
     conn = eng.conn
     # the measure columns and their types, as the engine infers them
     eng.view("fx_build_events", _build_events_sql([dt.date(1970, 1, 1)]))

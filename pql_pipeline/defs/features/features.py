@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from pql_pipeline.defs.features.signals import Signal, SignalSet, rollup_column
 from pql_pipeline.lib.engine import DuckDBEngine, json_path, sql_literal
-from pql_pipeline.lib.warehouse import replace_rows, table_exists
+from pql_pipeline.lib.warehouse import ensure_columns, replace_rows, table_exists
 
 ACTIVITY_TYPES = ("track", "page", "screen")
 CACHE_FORMAT = "2"  # bump when what the feature cache holds changes
@@ -243,6 +243,21 @@ def user_firsts_sql(spec: FeatureSpec, source: str = "fx_events") -> str | None:
     return " UNION ALL ".join(parts) if parts else None
 
 
+def _distinct_values_join(s: Signal, key: str, groups: str, outer: str) -> str:
+    """Distinct values of a distinct-count signal per ``key`` and snapshot, over the users of
+    ``groups`` (spine: one user each; members: every member of an account) within the
+    signal's window; joined to ``outer`` as dv_<signal>."""
+    alias = q("dv_" + s.name)
+    w = window_condition(s, age="DATE_DIFF('day', v.day, g.snapshot_date)",
+                         since_signup="DATE_DIFF('day', g.signup_day, v.day)")
+    return (f"LEFT JOIN (SELECT g.{key}, g.snapshot_date, COUNT(DISTINCT v.value) AS n "
+            f"FROM fx_user_values AS v JOIN {groups} AS g ON v.user_id = g.user_id "
+            f"AND {visible('v', 'g.snapshot_date')} "
+            f"WHERE v.signal = {sql_literal(s.name)} AND {w} "
+            f"GROUP BY g.{key}, g.snapshot_date) AS {alias} "
+            f"ON {alias}.{key} = {outer}.{key} AND {alias}.snapshot_date = {outer}.snapshot_date")
+
+
 def _typed(expr: str, s: Signal) -> str:
     if s.type == "number":
         return f"TRY_CAST({expr} AS DOUBLE)"
@@ -302,17 +317,8 @@ def user_features_sql(spec: FeatureSpec, src: Sources = WAREHOUSE) -> str:
     select_cols, joins = [], []
     for col, dtype, s in sigs.user_columns():
         if s.kind == "distinct_count":
-            alias = q("dv_" + s.name)
-            w = window_condition(s, age="DATE_DIFF('day', v.day, sp.snapshot_date)",
-                                 since_signup="DATE_DIFF('day', sp.signup_day, v.day)")
-            select_cols.append(f"COALESCE({alias}.n, 0) AS {q(col)}")
-            joins.append(
-                f"LEFT JOIN (SELECT v.user_id, sp.snapshot_date, COUNT(DISTINCT v.value) AS n "
-                f"FROM fx_user_values AS v JOIN spine AS sp ON v.user_id = sp.user_id "
-                f"AND {visible('v', 'sp.snapshot_date')} "
-                f"WHERE v.signal = {sql_literal(s.name)} AND {w} "
-                f"GROUP BY v.user_id, sp.snapshot_date) AS {alias} "
-                f"ON {alias}.user_id = a.user_id AND {alias}.snapshot_date = a.snapshot_date")
+            select_cols.append(f"COALESCE({q('dv_' + s.name)}.n, 0) AS {q(col)}")
+            joins.append(_distinct_values_join(s, "user_id", "spine", "a"))
         elif s.kind == "first_time" and col.endswith("_detail"):
             alias = q("fv_" + s.name)
             w = window_condition(s, since_signup="DATE_DIFF('day', sp.signup_day, f.day)")
@@ -407,16 +413,8 @@ def account_features_sql(spec: FeatureSpec, src: Sources = WAREHOUSE) -> str:
         elif s.kind == "count":
             select_cols.append(f"COALESCE(md.{q('ac_' + s.name)}, 0) AS {q(col)}")
         elif s.kind == "distinct_count":
-            alias = q("dv_" + s.name)
-            w = f"DATE_DIFF('day', v.day, mb.snapshot_date) < {s.window_days}" if s.window_days else "TRUE"
-            select_cols.append(f"COALESCE({alias}.n, 0) AS {q(col)}")
-            joins.append(
-                f"LEFT JOIN (SELECT mb.account_id, mb.snapshot_date, COUNT(DISTINCT v.value) AS n "
-                f"FROM members AS mb JOIN fx_user_values AS v ON v.user_id = mb.user_id "
-                f"AND {visible('v', 'mb.snapshot_date')} "
-                f"WHERE v.signal = {sql_literal(s.name)} AND {w} "
-                f"GROUP BY mb.account_id, mb.snapshot_date) AS {alias} "
-                f"ON {alias}.account_id = sp.account_id AND {alias}.snapshot_date = sp.snapshot_date")
+            select_cols.append(f"COALESCE({q('dv_' + s.name)}.n, 0) AS {q(col)}")
+            joins.append(_distinct_values_join(s, "account_id", "members", "sp"))
         elif s.kind == "trait":
             alias = q("tv_" + s.name)
             select_cols.append(f"{_typed(alias + '.value', s)} AS {q(col)}")
@@ -467,38 +465,6 @@ LEFT JOIN md ON md.account_id = sp.account_id AND md.snapshot_date = sp.snapshot
 def _chunks(days: list[dt.date], size: int) -> list[list[dt.date]]:
     days = sorted(set(days))
     return [days[i:i + size] for i in range(0, len(days), size)]
-
-
-def ensure_columns(conn, table: str, columns: list[tuple[str, str]]) -> list[str]:
-    """Create ``table`` or bring its columns to ``columns`` (a signal was added, removed or
-    retyped). Rows keep the values of columns that stay; new columns are NULL until the
-    affected snapshots are recomputed (their ``definition_hash`` says they are stale).
-    Returns a description of the changes made."""
-    from pql_pipeline.lib.warehouse import describe, table_exists
-
-    ddl = ", ".join(f"{q(c)} {t}" for c, t in columns)
-    if not table_exists(conn, table):
-        conn.execute(f"CREATE TABLE {table} ({ddl})")
-        return [f"created {table}"]
-    have = describe(conn, table)
-    want = dict(columns)
-    if list(have) == list(want) and all(_same_type(have[c], want[c]) for c in want):
-        return []
-    keep = [c for c in want if c in have and _same_type(have[c], want[c])]
-    changes = ([f"added {c}" for c in want if c not in have] + [f"dropped {c}" for c in have if c not in want]
-               + [f"retyped {c}" for c in want if c in have and not _same_type(have[c], want[c])])
-    conn.execute(f"CREATE TABLE {table}__new ({ddl})")
-    if keep:
-        cols = ", ".join(q(c) for c in keep)
-        conn.execute(f"INSERT INTO {table}__new ({cols}) SELECT {cols} FROM {table}")
-    conn.execute(f"DROP TABLE {table}")
-    conn.execute(f"ALTER TABLE {table}__new RENAME TO {table}")
-    return changes
-
-
-def _same_type(have: str, want: str) -> bool:
-    alias = {"TIMESTAMPTZ": "TIMESTAMP WITH TIME ZONE", "TIMESTAMP WITH TIME ZONE": "TIMESTAMP WITH TIME ZONE"}
-    return alias.get(have.upper(), have.upper()) == alias.get(want.upper(), want.upper())
 
 
 @dataclass

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from pql_pipeline.defs.features.features import WAREHOUSE, Sources, events_sql
 from pql_pipeline.lib.engine import DuckDBEngine, sql_literal
-from pql_pipeline.lib.warehouse import replace_rows
+from pql_pipeline.lib.warehouse import ensure_columns, replace_rows
 
 LABEL_COLUMNS = [
     ("snapshot_date", "DATE"), ("entity_type", "VARCHAR"), ("entity_id", "VARCHAR"), ("account_id", "VARCHAR"),
@@ -144,8 +144,6 @@ class LabelRun:
 def compute_labels(conn, spec: LabelSpec, requested: list[dt.date], src: Sources = WAREHOUSE) -> LabelRun:
     """(Re)compute conversion_labels for the requested snapshot days and the earlier days
     whose horizon they complete. Idempotent (delete-then-insert in one transaction)."""
-    from pql_pipeline.defs.features.features import ensure_columns
-
     ensure_columns(conn, "conversion_labels", LABEL_COLUMNS)
     days = refresh_days(conn, requested, spec)
     until = observed_until(conn, src)

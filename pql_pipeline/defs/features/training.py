@@ -31,7 +31,7 @@ from pql_pipeline.defs.features.features import (
     user_table_columns,
 )
 from pql_pipeline.lib.engine import DuckDBEngine, sql_literal
-from pql_pipeline.lib.warehouse import replace_rows
+from pql_pipeline.lib.warehouse import ensure_columns, replace_rows
 
 LABEL_OUT = [("label", "BOOLEAN"), ("converted_at", "TIMESTAMPTZ"), ("label_window_start", "DATE"),
              ("label_window_end", "DATE")]
@@ -85,7 +85,6 @@ JOIN conversion_labels AS l
   ON l.entity_type = 'account' AND l.entity_id = a.account_id AND l.snapshot_date = a.snapshot_date
 WHERE l.label IS NOT NULL AND l.horizon_complete AND {grid.format(col='a.snapshot_date')}
   AND {window.format(col='a.snapshot_date')} AND {current.format(alias='a')}"""
-    from pql_pipeline.defs.features.features import ensure_columns
     out = {}
     for table, sql, cols in (("training_set", user_sql, training_columns(spec)),
                              ("account_training_set", acct_sql, account_training_columns(spec))):
