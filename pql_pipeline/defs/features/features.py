@@ -27,6 +27,7 @@ runs its session in UTC.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 
 from pql_pipeline.defs.features.signals import Signal, SignalSet, rollup_column
@@ -34,7 +35,7 @@ from pql_pipeline.lib.engine import DuckDBEngine, json_path, sql_literal
 from pql_pipeline.lib.warehouse import ensure_columns, replace_rows, table_exists
 
 ACTIVITY_TYPES = ("track", "page", "screen")
-CACHE_FORMAT = "2"  # bump when what the feature cache holds changes
+CACHE_FORMAT = "3"  # bump when what the feature cache holds changes
 USER_KEY_COLUMNS = [
     ("snapshot_date", "DATE"), ("user_id", "VARCHAR"), ("account_id", "VARCHAR"), ("signup_date", "DATE"),
     ("days_since_signup", "BIGINT"), ("is_paying", "BOOLEAN"),
@@ -223,13 +224,31 @@ def user_day_sql(spec: FeatureSpec, source: str = "fx_events") -> str:
             "GROUP BY user_id, day, avail_day, until_day")
 
 
-def user_values_sql(spec: FeatureSpec, source: str = "fx_events") -> str | None:
-    parts = []
+def value_source(s: Signal) -> str:
+    """Key of the distinct values a distinct-count signal reads: signals that count the
+    same property of the same events (a user signal and its team-wide twin, or two
+    windows) share one set of cached rows."""
+    import hashlib
+
+    blob = json.dumps([s.event, sorted((s.where or {}).items()), s.prop], default=str)
+    return "src_" + hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _value_sources(spec: FeatureSpec) -> dict[str, Signal]:
+    out: dict[str, Signal] = {}
     for s in [*spec.signals.signals, *spec.signals.account_signals]:
         if s.kind == "distinct_count":
-            parts.append(
-                f"SELECT DISTINCT user_id, {sql_literal(s.name)} AS signal, {prop(s.prop)} AS value, day, avail_day, "
-                f"until_day FROM {source} WHERE {event_condition(s)} AND {prop(s.prop)} IS NOT NULL")
+            out.setdefault(value_source(s), s)
+    return out
+
+
+def user_values_sql(spec: FeatureSpec, source: str = "fx_events") -> str | None:
+    """Distinct (user, value source, value, day, availability) rows of the distinct-count
+    signals; ``signal`` holds the value source (``value_source``)."""
+    parts = [
+        f"SELECT DISTINCT user_id, {sql_literal(key)} AS signal, {prop(s.prop)} AS value, day, avail_day, "
+        f"until_day FROM {source} WHERE {event_condition(s)} AND {prop(s.prop)} IS NOT NULL"
+        for key, s in _value_sources(spec).items()]
     return " UNION ALL ".join(parts) if parts else None
 
 
@@ -243,21 +262,6 @@ def user_firsts_sql(spec: FeatureSpec, source: str = "fx_events") -> str | None:
     return " UNION ALL ".join(parts) if parts else None
 
 
-def _distinct_values_join(s: Signal, key: str, groups: str, outer: str) -> str:
-    """Distinct values of a distinct-count signal per ``key`` and snapshot, over the users of
-    ``groups`` (spine: one user each; members: every member of an account) within the
-    signal's window; joined to ``outer`` as dv_<signal>."""
-    alias = q("dv_" + s.name)
-    w = window_condition(s, age="DATE_DIFF('day', v.day, g.snapshot_date)",
-                         since_signup="DATE_DIFF('day', g.signup_day, v.day)")
-    return (f"LEFT JOIN (SELECT g.{key}, g.snapshot_date, COUNT(DISTINCT v.value) AS n "
-            f"FROM fx_user_values AS v JOIN {groups} AS g ON v.user_id = g.user_id "
-            f"AND {visible('v', 'g.snapshot_date')} "
-            f"WHERE v.signal = {sql_literal(s.name)} AND {w} "
-            f"GROUP BY g.{key}, g.snapshot_date) AS {alias} "
-            f"ON {alias}.{key} = {outer}.{key} AND {alias}.snapshot_date = {outer}.snapshot_date")
-
-
 def _typed(expr: str, s: Signal) -> str:
     if s.type == "number":
         return f"TRY_CAST({expr} AS DOUBLE)"
@@ -266,33 +270,35 @@ def _typed(expr: str, s: Signal) -> str:
     return expr
 
 
-def _trait_join(s: Signal, alias: str, call: str, key: str, spine: str, outer: str) -> str:
-    """The latest value of trait ``s.prop`` sent by ``call`` calls (identify / group) known
-    by the snapshot; a call without the trait leaves the earlier value in place."""
-    value = prop(s.prop, "t.traits")
-    return (f"LEFT JOIN (SELECT {key}, snapshot_date, value FROM ("
-            f"SELECT sp.{key}, sp.snapshot_date, {value} AS value, ROW_NUMBER() OVER ("
-            f"PARTITION BY sp.{key}, sp.snapshot_date ORDER BY t.event_ts DESC, t.message_id DESC) AS rn "
-            f"FROM fx_traits AS t JOIN {spine} AS sp ON t.{key} = sp.{key} AND {visible('t', 'sp.snapshot_date')} "
-            f"WHERE t.event_type = {sql_literal(call)} AND {value} IS NOT NULL) AS ranked WHERE rn = 1) AS {alias} "
-            f"ON {alias}.{key} = {outer}.{key} AND {alias}.snapshot_date = {outer}.snapshot_date")
-
-
 def traits_sql(source: str = "fx_events") -> str:
     """Identify and group calls with their traits (few rows; read by the trait joins)."""
     return ("SELECT user_id, account_id, event_type, event_ts, message_id, traits, day, avail_day, until_day "
             f"FROM {source} WHERE event_type IN ('identify', 'group')")
 
 
-def _user_aggregate(s: Signal) -> str:
+def traits_latest_sql(traits: list[Signal], call: str, key: str, spine: str) -> str:
+    """Per ``key`` and snapshot of ``spine``: the latest value of each trait sent by ``call``
+    calls (identify / group) known by the snapshot; a call without the trait leaves the
+    earlier value in place. Ties on the timestamp go to the larger message id."""
+    cols = []
+    for s in traits:
+        value = prop(s.prop, "t.traits")
+        cols.append(f"ARG_MAX({value}, STRUCT_PACK(ts := t.event_ts, id := t.message_id)) "
+                    f"FILTER (WHERE {value} IS NOT NULL) AS {q('tv_' + s.name)}")
+    return (f"SELECT sp.{key}, sp.snapshot_date, {', '.join(cols)} "
+            f"FROM fx_traits AS t JOIN (SELECT DISTINCT {key}, snapshot_date FROM {spine}) AS sp "
+            f"ON t.{key} = sp.{key} AND {visible('t', 'sp.snapshot_date')} "
+            f"WHERE t.event_type = {sql_literal(call)} GROUP BY sp.{key}, sp.snapshot_date")
+
+
+def _sum_aggregate(s: Signal, col: str | None = None) -> str:
+    """Aggregate of a summed signal over joined day rows (``age``, ``since_signup`` known)."""
     w = window_condition(s)
-    m = q("m_" + s.name)
+    m = col or q("m_" + s.name)
     if s.kind == "count":
         return f"COALESCE(SUM({m}) FILTER (WHERE {w}), 0)"
     if s.kind == "first_time":
         return f"COALESCE(SUM({m}) FILTER (WHERE {w}), 0) > 0"
-    if s.kind == "active_days":
-        return f"COUNT(DISTINCT day) FILTER (WHERE n_events > 0 AND {w})"
     if s.kind in ("session_length", "share"):
         n = q("n_" + s.name)
         return (f"CAST(SUM({m}) FILTER (WHERE {w}) AS DOUBLE) / "
@@ -309,67 +315,140 @@ def _user_aggregate(s: Signal) -> str:
     raise ValueError(f"no day aggregate for kind {s.kind}")
 
 
-def user_features_sql(spec: FeatureSpec, src: Sources = WAREHOUSE) -> str:
-    """One row per (user, snapshot) from fx_user_day, fx_user_values, fx_user_firsts, fx_snapshots."""
+def _needs_signup(s: Signal) -> bool:
+    return bool(s.within_days_of_signup)
+
+
+def user_agg_sql(spec: FeatureSpec) -> str:
+    """Per (user, snapshot), for every user with a row known by the snapshot: the lifecycle
+    columns, every summed user signal and the per-user parts of the account signals
+    (``ac_*``: member counts). Reads fx_user_day and fx_snapshots; signup-window signals
+    and active days are added by ``user_agg_signup_sql``."""
     sigs = spec.signals
-    day_aggs = [f"{_user_aggregate(s)} AS {q(s.name)}" for s in sigs.signals
-                if s.kind not in ("distinct_count", "trait")]
+    aggs = [f"{_sum_aggregate(s)} AS {q(s.name)}" for s in sigs.signals
+            if s.kind not in ("distinct_count", "trait", "active_days") and not _needs_signup(s)]
+    for s in sigs.account_signals:
+        if s.kind == "count":
+            w = f"age < {s.window_days}" if s.window_days else "TRUE"
+            aggs.append(f"COALESCE(SUM({q('m_' + s.name)}) FILTER (WHERE {w}), 0) AS {q('ac_' + s.name)}")
+    return f"""
+SELECT user_id, snapshot_date,
+       COALESCE(MIN(day) FILTER (WHERE n_signup > 0), MIN(day)) AS signup_day,
+       MIN(day) AS first_day,
+       MAX(day) FILTER (WHERE n_events > 0) AS last_active_day,
+       SUM(n_conversion) AS n_conversion,
+       MAX(max_ts) AS max_event_ts, MAX(max_pd) AS max_partition_date{''.join(', ' + a for a in aggs)}
+FROM (SELECT d.*, s.snapshot_date, DATE_DIFF('day', d.day, s.snapshot_date) AS age
+      FROM fx_user_day AS d JOIN fx_snapshots AS s ON {visible('d', 's.snapshot_date')}) AS joined
+GROUP BY user_id, snapshot_date"""
+
+
+def user_agg_signup_sql(spec: FeatureSpec) -> str | None:
+    """fx_user_agg0 (which gives the signup day) with the active days (distinct days, any
+    window) and the signup-window sums."""
+    sigs = spec.signals
+    active = [s for s in sigs.signals if s.kind == "active_days"]
+    summed = [s for s in sigs.signals if s.kind not in ("distinct_count", "trait", "active_days")
+              and _needs_signup(s)]
+    if not active and not summed:
+        return None
+    rows = (f"SELECT d.*, g.snapshot_date, g.signup_day, DATE_DIFF('day', d.day, g.snapshot_date) AS age, "
+            f"DATE_DIFF('day', g.signup_day, d.day) AS since_signup "
+            f"FROM fx_user_day AS d JOIN fx_user_agg0 AS g ON d.user_id = g.user_id "
+            f"AND {visible('d', 'g.snapshot_date')}")
+    parts, cols = [], ["g.*"]
+    if active:
+        ad = ", ".join(f"COUNT(*) FILTER (WHERE {window_condition(s)}) AS {q(s.name)}" for s in active)
+        # one row per distinct active day (a day can have rows from several partitions)
+        parts.append(
+            f"LEFT JOIN (SELECT user_id, snapshot_date, {ad} FROM (SELECT DISTINCT user_id, snapshot_date, day, "
+            f"age, since_signup FROM ({rows}) AS r WHERE n_events > 0) AS dd GROUP BY user_id, snapshot_date) AS ad "
+            f"ON ad.user_id = g.user_id AND ad.snapshot_date = g.snapshot_date")
+        cols += [f"COALESCE(ad.{q(s.name)}, 0) AS {q(s.name)}" for s in active]
+    if summed:
+        sw = ", ".join(f"{_sum_aggregate(s)} AS {q(s.name)}" for s in summed)
+        longest = max(s.within_days_of_signup for s in summed)
+        parts.append(
+            f"LEFT JOIN (SELECT user_id, snapshot_date, {sw} FROM ({rows}) AS r "
+            f"WHERE since_signup >= 0 AND since_signup < {longest} GROUP BY user_id, snapshot_date) AS sw "
+            f"ON sw.user_id = g.user_id AND sw.snapshot_date = g.snapshot_date")
+        for s in summed:
+            empty = "FALSE" if s.kind == "first_time" else ("0" if s.kind == "count" else "NULL")
+            cols.append(f"COALESCE(sw.{q(s.name)}, {empty}) AS {q(s.name)}")
+    return f"SELECT {', '.join(cols)} FROM fx_user_agg0 AS g {' '.join(parts)}"
+
+
+def distinct_values_sql(signals: list[Signal], key: str, groups: str) -> str:
+    """Distinct values of distinct-count signals per ``key`` and snapshot over the users of
+    ``groups`` (user rows: one user each; members: every member of an account) within each
+    signal's window: one column dv_<signal> per signal."""
+    parts = []
+    for s in signals:
+        w = window_condition(s, age="DATE_DIFF('day', v.day, g.snapshot_date)",
+                             since_signup="DATE_DIFF('day', g.signup_day, v.day)")
+        parts.append(
+            f"SELECT g.{key}, g.snapshot_date, {sql_literal(s.name)} AS sig, v.value "
+            f"FROM fx_user_values AS v JOIN {groups} AS g ON v.user_id = g.user_id "
+            f"AND {visible('v', 'g.snapshot_date')} "
+            f"WHERE v.signal = {sql_literal(value_source(s))} AND {w} "
+            f"GROUP BY g.{key}, g.snapshot_date, v.value")
+    pivot = ", ".join(f"COALESCE(MAX(n) FILTER (WHERE sig = {sql_literal(s.name)}), 0) AS {q('dv_' + s.name)}"
+                      for s in signals)
+    return (f"SELECT {key}, snapshot_date, {pivot} FROM (SELECT {key}, snapshot_date, sig, COUNT(*) AS n "
+            f"FROM ({' UNION ALL '.join(parts)}) AS x GROUP BY {key}, snapshot_date, sig) AS c "
+            f"GROUP BY {key}, snapshot_date")
+
+
+def user_features_sql(spec: FeatureSpec, src: Sources = WAREHOUSE) -> str:
+    """One row per (user, snapshot) for the users active within ``active_within_days`` of
+    the snapshot, from fx_user_agg, fx_user_values, fx_user_firsts and fx_traits."""
+    sigs = spec.signals
     select_cols, joins = [], []
+    distinct = [s for s in sigs.signals if s.kind == "distinct_count"]
+    traits = [s for s in sigs.signals if s.kind == "trait"]
     for col, dtype, s in sigs.user_columns():
         if s.kind == "distinct_count":
-            select_cols.append(f"COALESCE({q('dv_' + s.name)}.n, 0) AS {q(col)}")
-            joins.append(_distinct_values_join(s, "user_id", "spine", "a"))
+            select_cols.append(f"COALESCE(dv.{q('dv_' + s.name)}, 0) AS {q(col)}")
         elif s.kind == "first_time" and col.endswith("_detail"):
             alias = q("fv_" + s.name)
             w = window_condition(s, since_signup="DATE_DIFF('day', sp.signup_day, f.day)")
             select_cols.append(f"{alias}.value AS {q(col)}")
             # the value of the first occurrence (even if it has none), ties broken by message id
             joins.append(
-                f"LEFT JOIN (SELECT user_id, snapshot_date, value FROM ("
-                f"SELECT f.user_id, sp.snapshot_date, f.value, ROW_NUMBER() OVER ("
-                f"PARTITION BY f.user_id, sp.snapshot_date ORDER BY f.event_ts, f.message_id) AS rn "
+                f"LEFT JOIN (SELECT f.user_id, sp.snapshot_date, "
+                # wrapped: ARG_MIN skips a NULL argument, and the first occurrence may have no value
+                f"ARG_MIN(STRUCT_PACK(v := f.value), STRUCT_PACK(ts := f.event_ts, id := f.message_id)).v AS value "
                 f"FROM fx_user_firsts AS f JOIN spine AS sp ON f.user_id = sp.user_id "
                 f"AND {visible('f', 'sp.snapshot_date')} "
-                f"WHERE f.signal = {sql_literal(s.name)} AND {w}) AS ranked WHERE rn = 1) AS {alias} "
+                f"WHERE f.signal = {sql_literal(s.name)} AND {w} GROUP BY f.user_id, sp.snapshot_date) AS {alias} "
                 f"ON {alias}.user_id = a.user_id AND {alias}.snapshot_date = a.snapshot_date")
         elif s.kind == "trait":
-            alias = q("tv_" + s.name)
-            select_cols.append(f"{_typed(alias + '.value', s)} AS {q(col)}")
-            joins.append(_trait_join(s, alias, "identify", "user_id", "spine", "a"))
+            select_cols.append(f"{_typed('tv.' + q('tv_' + s.name), s)} AS {q(col)}")
         elif dtype == "DOUBLE":  # rounded: sums of doubles vary in the last bits with the order of addition
             select_cols.append(f"ROUND(a.{q(col)}, 6) AS {q(col)}")
         else:
             select_cols.append(f"a.{q(col)}")
+    if distinct:
+        joins.append(f"LEFT JOIN ({distinct_values_sql(distinct, 'user_id', 'spine')}) AS dv "
+                     "ON dv.user_id = a.user_id AND dv.snapshot_date = a.snapshot_date")
+    if traits:
+        joins.append(f"LEFT JOIN ({traits_latest_sql(traits, 'identify', 'user_id', 'spine')}) AS tv "
+                     "ON tv.user_id = a.user_id AND tv.snapshot_date = a.snapshot_date")
     joins.append(
         "LEFT JOIN (SELECT m.user_id, sp.snapshot_date, ARG_MAX(m.account_id, m.joined_at) AS account_id "
         f"FROM {src.account_memberships} AS m JOIN spine AS sp ON m.user_id = sp.user_id "
         "AND CAST(m.joined_at AS DATE) <= sp.snapshot_date AND m.partition_date <= sp.snapshot_date "
         "GROUP BY m.user_id, sp.snapshot_date) AS mem "
         "ON mem.user_id = a.user_id AND mem.snapshot_date = a.snapshot_date")
-    aggs = ", ".join(day_aggs)
     return f"""
-WITH joined AS (
-  SELECT d.*, s.snapshot_date, DATE_DIFF('day', d.day, s.snapshot_date) AS age
-  FROM fx_user_day AS d JOIN fx_snapshots AS s ON {visible('d', 's.snapshot_date')}
+WITH spine AS (
+  SELECT user_id, snapshot_date, signup_day FROM fx_user_agg
+  WHERE last_active_day > snapshot_date - {spec.active_within_days}
 ),
-spine AS (
-  SELECT user_id, snapshot_date,
-         COALESCE(MIN(day) FILTER (WHERE n_signup > 0), MIN(day)) AS signup_day,
-         MAX(day) FILTER (WHERE n_events > 0) AS last_active_day
-  FROM joined GROUP BY user_id, snapshot_date
-  HAVING MAX(day) FILTER (WHERE n_events > 0) > snapshot_date - {spec.active_within_days}
-),
-a AS (
-  SELECT user_id, snapshot_date, signup_day,
-         SUM(n_conversion) > 0 AS is_paying,
-         MAX(max_ts) AS max_event_ts, MAX(max_pd) AS max_partition_date
-         {', ' + aggs if aggs else ''}
-  FROM (SELECT joined.*, spine.signup_day, DATE_DIFF('day', spine.signup_day, joined.day) AS since_signup
-        FROM joined JOIN spine ON joined.user_id = spine.user_id AND joined.snapshot_date = spine.snapshot_date) AS j
-  GROUP BY user_id, snapshot_date, signup_day
-)
+a AS (SELECT g.* FROM fx_user_agg AS g JOIN spine ON spine.user_id = g.user_id
+      AND spine.snapshot_date = g.snapshot_date)
 SELECT a.snapshot_date, a.user_id, mem.account_id, a.signup_day AS signup_date,
-       DATE_DIFF('day', a.signup_day, a.snapshot_date) AS days_since_signup, a.is_paying,
+       DATE_DIFF('day', a.signup_day, a.snapshot_date) AS days_since_signup, a.n_conversion > 0 AS is_paying,
        {', '.join(select_cols)},
        a.max_event_ts, a.max_partition_date, {sql_literal(sigs.definition_hash)} AS definition_hash
 FROM a
@@ -385,7 +464,8 @@ def _rollup_expr(rollup: str, col: str, dtype: str) -> str:
 
 
 def account_features_sql(spec: FeatureSpec, src: Sources = WAREHOUSE) -> str:
-    """One row per (account, snapshot) for accounts with at least one user row in fx_user_features."""
+    """One row per (account, snapshot) for accounts with at least one user row in
+    fx_user_features; member activity comes from fx_user_agg (every member with a row)."""
     sigs = spec.signals
     rolled = []
     for s in sigs.signals:
@@ -393,13 +473,15 @@ def account_features_sql(spec: FeatureSpec, src: Sources = WAREHOUSE) -> str:
             rolled.append(f"{_rollup_expr(r, s.name, s.dtype)} AS {q(rollup_column(r, s.name))}")
     member_aggs = []
     for s in sigs.account_signals:
-        age = "DATE_DIFF('day', d.day, mb.snapshot_date)"
-        w = f"{age} < {s.window_days}" if s.window_days else "TRUE"
         if s.kind in ("active_users", "active_seat_share"):
-            member_aggs.append(f"COUNT(DISTINCT d.user_id) FILTER (WHERE d.n_events > 0 AND {w}) AS {q('au_' + s.name)}")
+            w = f"u.last_active_day > mb.snapshot_date - {s.window_days}" if s.window_days else \
+                "u.last_active_day IS NOT NULL"
+            member_aggs.append(f"COUNT(*) FILTER (WHERE {w}) AS {q('au_' + s.name)}")
         elif s.kind == "count":
-            member_aggs.append(f"COALESCE(SUM(d.{q('m_' + s.name)}) FILTER (WHERE {w}), 0) AS {q('ac_' + s.name)}")
+            member_aggs.append(f"SUM(u.{q('ac_' + s.name)}) AS {q('ac_' + s.name)}")
     select_cols, joins = [], []
+    distinct = [s for s in sigs.account_signals if s.kind == "distinct_count"]
+    traits = [s for s in sigs.account_signals if s.kind == "trait"]
     for col, dtype, s in sigs.account_columns():
         if s in sigs.signals:
             select_cols.append(f"ROUND(r.{q(col)}, 6) AS {q(col)}" if dtype == "DOUBLE" else f"r.{q(col)}")
@@ -413,18 +495,20 @@ def account_features_sql(spec: FeatureSpec, src: Sources = WAREHOUSE) -> str:
         elif s.kind == "count":
             select_cols.append(f"COALESCE(md.{q('ac_' + s.name)}, 0) AS {q(col)}")
         elif s.kind == "distinct_count":
-            select_cols.append(f"COALESCE({q('dv_' + s.name)}.n, 0) AS {q(col)}")
-            joins.append(_distinct_values_join(s, "account_id", "members", "sp"))
+            select_cols.append(f"COALESCE(dv.{q('dv_' + s.name)}, 0) AS {q(col)}")
         elif s.kind == "trait":
-            alias = q("tv_" + s.name)
-            select_cols.append(f"{_typed(alias + '.value', s)} AS {q(col)}")
-            joins.append(_trait_join(s, alias, "group", "account_id", "sp", "sp"))
+            select_cols.append(f"{_typed('tv.' + q('tv_' + s.name), s)} AS {q(col)}")
     paid = ""
     if spec.paid_plans:
-        plan = Signal(name="plan_for_paying", kind="trait", property="plan", type="string")
-        joins.append(_trait_join(plan, "paid_plan", "group", "account_id", "sp", "sp"))
-        paid = (f" OR COALESCE(paid_plan.value IN ({', '.join(sql_literal(p) for p in spec.paid_plans)}), "
-                "FALSE)")
+        traits = [*traits, Signal(name="plan_for_paying", kind="trait", property="plan", type="string")]
+        paid = (f" OR COALESCE(tv.{q('tv_plan_for_paying')} IN "
+                f"({', '.join(sql_literal(p) for p in spec.paid_plans)}), FALSE)")
+    if distinct:
+        joins.append(f"LEFT JOIN ({distinct_values_sql(distinct, 'account_id', 'members')}) AS dv "
+                     "ON dv.account_id = sp.account_id AND dv.snapshot_date = sp.snapshot_date")
+    if traits:
+        joins.append(f"LEFT JOIN ({traits_latest_sql(traits, 'group', 'account_id', 'sp')}) AS tv "
+                     "ON tv.account_id = sp.account_id AND tv.snapshot_date = sp.snapshot_date")
     return f"""
 WITH members AS (
   SELECT m.user_id, s.snapshot_date, ARG_MAX(m.account_id, m.joined_at) AS account_id
@@ -435,11 +519,10 @@ WITH members AS (
 sp AS (SELECT DISTINCT account_id, snapshot_date FROM fx_user_features WHERE account_id IS NOT NULL),
 st AS (SELECT account_id, snapshot_date, COUNT(*) AS seats FROM members GROUP BY account_id, snapshot_date),
 md AS (
-  SELECT mb.account_id, mb.snapshot_date, SUM(d.n_conversion) AS n_conversion,
-         MAX(d.max_ts) AS max_ts, MAX(d.max_pd) AS max_pd,
-         MIN(d.day) AS first_day{''.join(', ' + a for a in member_aggs)}
-  FROM members AS mb JOIN fx_user_day AS d
-    ON d.user_id = mb.user_id AND {visible('d', 'mb.snapshot_date')}
+  SELECT mb.account_id, mb.snapshot_date, SUM(u.n_conversion) AS n_conversion,
+         MAX(u.max_event_ts) AS max_ts, MAX(u.max_partition_date) AS max_pd,
+         MIN(u.first_day) AS first_day{''.join(', ' + a for a in member_aggs)}
+  FROM members AS mb JOIN fx_user_agg AS u ON u.user_id = mb.user_id AND u.snapshot_date = mb.snapshot_date
   GROUP BY mb.account_id, mb.snapshot_date
 ),
 r AS (
@@ -514,7 +597,9 @@ def build_feature_temps(eng: DuckDBEngine, spec: FeatureSpec, days: list[dt.date
 
     With the cache (the warehouse's own tables only), resolved events of partitions whose
     per-day measures are cached are read from the cache; the rest (partitions not cached,
-    anonymous events) from validated_events. Returns the number of partitions cached now."""
+    anonymous events) from validated_events, once: their day rows, values, first
+    occurrences and trait calls are kept in temp tables. Returns the number of partitions
+    cached now."""
     from pql_pipeline.defs.features.cache import cached_sql, refresh_cache
 
     last = max(days)
@@ -527,26 +612,37 @@ def build_feature_temps(eng: DuckDBEngine, spec: FeatureSpec, days: list[dt.date
         uncached = [r[0] for r in eng.conn.execute(
             "SELECT DISTINCT partition_date FROM validated_events WHERE partition_date <= ? "
             "EXCEPT SELECT partition_date FROM fx_cached ORDER BY 1", [last]).fetchall()]
-        eng.view("fx_events", events_sql(last, src, only_partitions=uncached))
+        eng.temp("fx_events", events_sql(last, src, only_partitions=uncached))
     else:
         eng.temp("fx_cached", "SELECT CAST(NULL AS DATE) AS partition_date WHERE FALSE")
-        eng.view("fx_events", events_sql(last, src))
+        eng.temp("fx_events", events_sql(last, src))
 
-    def with_cache(raw: str, kind: str) -> str:
-        return f"{raw} UNION ALL {cached_sql(spec, kind)}" if cached else raw
+    def with_cache(name: str, raw: str | None, empty: str, kind: str) -> None:
+        if not cached:
+            eng.temp(name, raw or empty)
+            return
+        # the raw part is small: a temp table; the cached rows are read in place
+        eng.temp(f"{name}_raw", raw or empty)
+        eng.view(name, f"SELECT * FROM {name}_raw UNION ALL {cached_sql(spec, kind)}")
 
-    raw_values, raw_firsts = user_values_sql(spec), user_firsts_sql(spec)
-    # with the cache the raw part is small: views, so the cached rows are not copied again
-    make = eng.view if cached else eng.temp
-    make("fx_user_day", with_cache(user_day_sql(spec), "user_day"))
-    make("fx_user_values", with_cache(raw_values, "user_values") if raw_values else EMPTY_VALUES)
-    make("fx_user_firsts", with_cache(raw_firsts, "user_firsts") if raw_firsts else EMPTY_FIRSTS)
-    eng.temp("fx_traits", with_cache(traits_sql(), "traits"))
+    with_cache("fx_user_day", user_day_sql(spec), "", "user_day")
+    with_cache("fx_user_values", user_values_sql(spec), EMPTY_VALUES, "user_values")
+    with_cache("fx_user_firsts", user_firsts_sql(spec), EMPTY_FIRSTS, "user_firsts")
+    with_cache("fx_traits", traits_sql(), "", "traits")
+    eng.drop("fx_events")
+    eng.temp("fx_user_agg0", user_agg_sql(spec))
+    signup = user_agg_signup_sql(spec)
+    eng.temp("fx_user_agg", signup or "SELECT * FROM fx_user_agg0")
+    eng.drop("fx_user_agg0")
     eng.temp("fx_user_features", user_features_sql(spec, src))
     eng.temp("fx_account_features", account_features_sql(spec, src))
     return built
 
 
+TEMPS = ("fx_user_features", "fx_account_features", "fx_user_agg", "fx_user_agg0",
+         "fx_user_day", "fx_user_values", "fx_user_firsts", "fx_traits", "fx_user_day_raw", "fx_user_values_raw",
+         "fx_user_firsts_raw", "fx_traits_raw", "fx_events", "fx_cached", "fx_snapshots")
+
+
 def drop_feature_temps(eng: DuckDBEngine) -> None:
-    eng.drop("fx_user_features", "fx_account_features", "fx_user_day", "fx_user_values", "fx_user_firsts",
-             "fx_traits", "fx_events", "fx_cached", "fx_snapshots")
+    eng.drop(*TEMPS)
