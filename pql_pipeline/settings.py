@@ -27,7 +27,7 @@ class _Strict(BaseModel):
 
 class WarehouseSettings(_Strict):
     path: str = "warehouse/pql.duckdb"
-    memory_limit: str = "4GB"
+    memory_limit: str = "3.5GB"
     threads: int = Field(2, ge=1)
 
 
