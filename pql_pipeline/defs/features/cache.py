@@ -14,8 +14,9 @@ The cache is only an accelerator, never a source of truth:
   partition that ``validated_partitions`` lists now (validation gives every rebuild a new
   version) and with the current measure definitions (``FeatureSpec.measures_hash``);
   anything else is rebuilt before use, or read from validated_events;
-- only events resolved at validation are cached; anonymous events, whose attribution
-  depends on identity links that arrive later, always come from validated_events;
+- events not resolved at validation are cached under their anonymous id and resolved
+  through the identity links known at the snapshot when read, so a link that arrives
+  later (or re-attributes an id) never needs a rebuild;
 - the leakage guard recomputes sampled snapshots without the cache, from source tables
   cut off at the snapshot, and compares.
 """
@@ -41,24 +42,29 @@ USER_VALUES = "feature_cache_user_values"
 USER_FIRSTS = "feature_cache_user_firsts"
 TRAIT_CALLS = "feature_cache_trait_calls"
 MANIFEST = "feature_cache_partitions"
+# ``anonymous``: user_id holds an anonymous id (events not resolved at validation)
 VALUE_COLUMNS = [("partition_date", "DATE"), ("user_id", "VARCHAR"), ("signal", "VARCHAR"), ("value", "VARCHAR"),
-                 ("day", "DATE")]
+                 ("day", "DATE"), ("anonymous", "BOOLEAN")]
 FIRST_COLUMNS = [("partition_date", "DATE"), ("user_id", "VARCHAR"), ("signal", "VARCHAR"), ("value", "VARCHAR"),
-                 ("event_ts", "TIMESTAMPTZ"), ("message_id", "VARCHAR"), ("day", "DATE")]
+                 ("event_ts", "TIMESTAMPTZ"), ("message_id", "VARCHAR"), ("day", "DATE"), ("anonymous", "BOOLEAN")]
 TRAIT_COLUMNS = [("partition_date", "DATE"), ("user_id", "VARCHAR"), ("account_id", "VARCHAR"),
                  ("event_type", "VARCHAR"), ("event_ts", "TIMESTAMPTZ"), ("message_id", "VARCHAR"), ("traits", "JSON"),
-                 ("day", "DATE")]
+                 ("day", "DATE"), ("anonymous", "BOOLEAN")]
 MANIFEST_COLUMNS = [("partition_date", "DATE"), ("version", "VARCHAR"), ("measures_hash", "VARCHAR"),
                     ("built_at", "TIMESTAMPTZ")]
 GROUP_PARTITIONS = 31  # partitions built per statement
 
 
-def _build_events_sql(days: list[dt.date]) -> str:
+def _build_events_sql(days: list[dt.date], anonymous: bool = False) -> str:
+    """The partitions' events resolved at validation or, with ``anonymous``, the others,
+    keyed by their anonymous id in ``user_id`` (resolved through identity links on read)."""
     in_days = ", ".join(f"CAST({sql_literal(d.isoformat())} AS DATE)" for d in days)
-    return ("SELECT resolved_user_id AS user_id, account_id, event_type, event_name, event_ts, partition_date, "
+    who = ("anonymous_id AS user_id", "resolved_user_id IS NULL AND anonymous_id IS NOT NULL") if anonymous else (
+        "resolved_user_id AS user_id", "resolved_user_id IS NOT NULL")
+    return (f"SELECT {who[0]}, account_id, event_type, event_name, event_ts, partition_date, "
             "message_id, properties, traits, CAST(event_ts AS DATE) AS day, partition_date AS avail_day, "
             "CAST(NULL AS DATE) AS until_day FROM validated_events "
-            f"WHERE resolved_user_id IS NOT NULL AND partition_date IN ({in_days})")
+            f"WHERE {who[1]} AND partition_date IN ({in_days})")
 
 
 def _ensure_tables(eng: DuckDBEngine, spec: FeatureSpec) -> None:
@@ -66,7 +72,7 @@ def _ensure_tables(eng: DuckDBEngine, spec: FeatureSpec) -> None:
     # the measure columns and their types, as the engine infers them
     eng.view("fx_build_events", _build_events_sql([dt.date(1970, 1, 1)]))
     types = describe_query(conn, user_day_sql(spec, "fx_build_events"))
-    day_cols = [("partition_date", "DATE"), ("user_id", "VARCHAR"), ("day", "DATE")] + [
+    day_cols = [("partition_date", "DATE"), ("user_id", "VARCHAR"), ("day", "DATE"), ("anonymous", "BOOLEAN")] + [
         (c, types[c]) for c, _ in user_day_measures(spec)]
     ensure_columns(conn, USER_DAY, day_cols)
     ensure_columns(conn, USER_VALUES, VALUE_COLUMNS)
@@ -96,29 +102,32 @@ def refresh_cache(eng: DuckDBEngine, spec: FeatureSpec, last_day: dt.date) -> in
         WHERE v.partition_date <= ? AND c.partition_date IS NULL ORDER BY 1""", [h, last_day]).fetchall()]
     measures = [c for c, _ in user_day_measures(spec)]
     values_sql, firsts_sql = user_values_sql(spec, "fx_build_events"), user_firsts_sql(spec, "fx_build_events")
+    day_cols = ", ".join(q(c) for c in ["user_id", "day", *measures])
     for i in range(0, len(stale), GROUP_PARTITIONS):
         group = stale[i:i + GROUP_PARTITIONS]
-        eng.view("fx_build_events", _build_events_sql(group))
         marks = ", ".join("?" for _ in group)
-        day_cols = ", ".join(q(c) for c in ["user_id", "day", *measures])
         conn.execute("BEGIN TRANSACTION")
         try:
             for table in (USER_DAY, USER_VALUES, USER_FIRSTS, TRAIT_CALLS, MANIFEST):
                 conn.execute(f"DELETE FROM {table} WHERE partition_date IN ({marks})", group)
-            conn.execute(f"INSERT INTO {USER_DAY} (partition_date, {day_cols}) "
-                         + render(f"SELECT avail_day, {day_cols} FROM ({user_day_sql(spec, 'fx_build_events')}) AS d"))
-            if values_sql:
-                conn.execute(f"INSERT INTO {USER_VALUES} (partition_date, user_id, signal, value, day) "
-                             + render(f"SELECT avail_day, user_id, signal, value, day FROM ({values_sql}) AS v"))
-            if firsts_sql:
-                conn.execute(f"INSERT INTO {USER_FIRSTS} (partition_date, user_id, signal, value, event_ts, "
-                             "message_id, day) " + render(
-                                 "SELECT avail_day, user_id, signal, value, event_ts, message_id, day "
-                                 f"FROM ({firsts_sql}) AS f"))
-            conn.execute(f"INSERT INTO {TRAIT_CALLS} (partition_date, user_id, account_id, event_type, event_ts, "
-                         "message_id, traits, day) " + render(
-                             "SELECT avail_day, user_id, account_id, event_type, event_ts, message_id, traits, day "
-                             f"FROM ({traits_sql('fx_build_events')}) AS t"))
+            for anonymous in (False, True):
+                eng.view("fx_build_events", _build_events_sql(group, anonymous))
+                flag = sql_literal(anonymous)
+                conn.execute(f"INSERT INTO {USER_DAY} (partition_date, anonymous, {day_cols}) " + render(
+                    f"SELECT avail_day, {flag}, {day_cols} FROM ({user_day_sql(spec, 'fx_build_events')}) AS d"))
+                if values_sql:
+                    conn.execute(f"INSERT INTO {USER_VALUES} (partition_date, anonymous, user_id, signal, value, day) "
+                                 + render(f"SELECT avail_day, {flag}, user_id, signal, value, day "
+                                          f"FROM ({values_sql}) AS v"))
+                if firsts_sql:
+                    conn.execute(f"INSERT INTO {USER_FIRSTS} (partition_date, anonymous, user_id, signal, value, "
+                                 "event_ts, message_id, day) " + render(
+                                     f"SELECT avail_day, {flag}, user_id, signal, value, event_ts, message_id, day "
+                                     f"FROM ({firsts_sql}) AS f"))
+                conn.execute(f"INSERT INTO {TRAIT_CALLS} (partition_date, anonymous, user_id, account_id, event_type, "
+                             "event_ts, message_id, traits, day) " + render(
+                                 f"SELECT avail_day, {flag}, user_id, account_id, event_type, event_ts, message_id, "
+                                 f"traits, day FROM ({traits_sql('fx_build_events')}) AS t"))
             conn.execute(f"""INSERT INTO {MANIFEST}
                              SELECT partition_date, version, ?, now() FROM validated_partitions
                              WHERE partition_date IN ({marks})""", [h, *group])
@@ -136,21 +145,25 @@ def refresh_cache(eng: DuckDBEngine, spec: FeatureSpec, last_day: dt.date) -> in
 
 
 def cached_sql(spec: FeatureSpec, kind: str) -> str:
-    """The cached rows of the usable partitions (``fx_cached``), shaped like the raw ones."""
-    usable = "partition_date IN (SELECT partition_date FROM fx_cached)"
+    """The cached rows of the usable partitions (``fx_cached``), shaped like the raw ones:
+    rows resolved at validation as they are, anonymous rows resolved through ``fx_links``
+    (available from the link's arrival, until the next link of that id)."""
+    usable = "c.partition_date IN (SELECT partition_date FROM fx_cached)"
     if kind == "user_day":
-        measures = ", ".join(q(c) for c, _ in user_day_measures(spec))
-        return (f"SELECT user_id, day, partition_date AS avail_day, CAST(NULL AS DATE) AS until_day, {measures} "
-                f"FROM {USER_DAY} WHERE {usable}")
-    if kind == "user_values":
-        return (f"SELECT user_id, signal, value, day, partition_date AS avail_day, CAST(NULL AS DATE) AS until_day "
-                f"FROM {USER_VALUES} WHERE {usable}")
-    if kind == "traits":
-        return (f"SELECT user_id, account_id, event_type, event_ts, message_id, traits, day, "
-                f"partition_date AS avail_day, CAST(NULL AS DATE) AS until_day FROM {TRAIT_CALLS} WHERE {usable}")
-    if kind == "user_firsts":
-        return (f"SELECT user_id, signal, value, event_ts, message_id, day, partition_date AS avail_day, "
-                f"CAST(NULL AS DATE) AS until_day FROM {USER_FIRSTS} WHERE {usable}")
-    raise ValueError(kind)
-
-
+        cols = ", ".join(f"c.{q(c)}" for c, _ in user_day_measures(spec))
+        table, head = USER_DAY, "c.day"
+    elif kind == "user_values":
+        table, head, cols = USER_VALUES, "c.signal, c.value, c.day", ""
+    elif kind == "traits":
+        table, head, cols = TRAIT_CALLS, "c.account_id, c.event_type, c.event_ts, c.message_id, c.traits, c.day", ""
+    elif kind == "user_firsts":
+        table, head, cols = USER_FIRSTS, "c.signal, c.value, c.event_ts, c.message_id, c.day", ""
+    else:
+        raise ValueError(kind)
+    # the same column order as the raw rows: user_id, <head>, avail_day, until_day, <measures>
+    tail = f", {cols}" if cols else ""
+    return (f"SELECT c.user_id, {head}, c.partition_date AS avail_day, CAST(NULL AS DATE) AS until_day{tail} "
+            f"FROM {table} AS c WHERE {usable} AND NOT c.anonymous "
+            f"UNION ALL SELECT l.user_id, {head}, GREATEST(c.partition_date, l.from_day) AS avail_day, "
+            f"l.until_day{tail} FROM {table} AS c JOIN fx_links AS l ON l.anonymous_id = c.user_id "
+            f"WHERE {usable} AND c.anonymous")

@@ -35,7 +35,7 @@ from pql_pipeline.lib.engine import DuckDBEngine, json_path, sql_literal
 from pql_pipeline.lib.warehouse import ensure_columns, replace_rows, table_exists
 
 ACTIVITY_TYPES = ("track", "page", "screen")
-CACHE_FORMAT = "3"  # bump when what the feature cache holds changes
+CACHE_FORMAT = "4"  # bump when what the feature cache holds changes
 USER_KEY_COLUMNS = [
     ("snapshot_date", "DATE"), ("user_id", "VARCHAR"), ("account_id", "VARCHAR"), ("signup_date", "DATE"),
     ("days_since_signup", "BIGINT"), ("is_paying", "BOOLEAN"),
@@ -135,6 +135,25 @@ def snapshots_sql(days: list[dt.date]) -> str:
     return f"SELECT CAST(d AS DATE) AS snapshot_date FROM (VALUES {values}) AS t(d)"
 
 
+def links_sql(last_day: dt.date, src: Sources = WAREHOUSE, only_ids: str | None = None) -> str:
+    """Which user an anonymous id resolves to, and when: one row per (anonymous_id,
+    from_day) with the user of the earliest link known on ``from_day`` (a link's partition)
+    and ``until_day`` (exclusive), the arrival of the next link of that id. With
+    ``only_ids`` (a SELECT of anonymous ids) only those ids are resolved."""
+    last = f"CAST({sql_literal(last_day.isoformat())} AS DATE)"
+    ids = f" AND anonymous_id IN ({only_ids})" if only_ids else ""
+    return f"""
+SELECT anonymous_id, from_day, until_day, user_id FROM (
+  SELECT k.anonymous_id, k.from_day, k.until_day, l.user_id,
+         ROW_NUMBER() OVER (PARTITION BY k.anonymous_id, k.from_day ORDER BY l.linked_at, l.user_id) AS rn
+  FROM (SELECT anonymous_id, partition_date AS from_day,
+               LEAD(partition_date) OVER (PARTITION BY anonymous_id ORDER BY partition_date) AS until_day
+        FROM (SELECT DISTINCT anonymous_id, partition_date FROM {src.identity_links}
+              WHERE partition_date <= {last}{ids}) AS d) AS k
+  JOIN {src.identity_links} AS l ON l.anonymous_id = k.anonymous_id AND l.partition_date <= k.from_day
+) AS ranked WHERE rn = 1"""
+
+
 def events_sql(last_day: dt.date, src: Sources = WAREHOUSE, only_partitions: list[dt.date] | None = None) -> str:
     """Validated events known by ``last_day``, anonymous ones resolved through identity links.
 
@@ -142,7 +161,7 @@ def events_sql(last_day: dt.date, src: Sources = WAREHOUSE, only_partitions: lis
     validity of an identity resolution: an anonymous id resolves, on each day, to the
     user of its earliest link known that day (as validation does), so a link that
     arrives later with an earlier ``linked_at`` re-attributes the events from its
-    arrival on, never before. With ``only_partitions``, resolved events are read from those
+    arrival on, never before. With ``only_partitions``, events are read from those
     partitions only (the others come from the feature cache); a literal list, so the scan
     skips the other row groups."""
     skip = ""
@@ -153,6 +172,8 @@ def events_sql(last_day: dt.date, src: Sources = WAREHOUSE, only_partitions: lis
     last = f"CAST({sql_literal(last_day.isoformat())} AS DATE)"
     cols = ("e.account_id, e.event_type, e.event_name, e.event_ts, e.partition_date, e.message_id, "
             "e.properties, e.traits")
+    unresolved = (f"SELECT anonymous_id FROM {src.validated_events} AS e WHERE resolved_user_id IS NULL "
+                  f"AND anonymous_id IS NOT NULL AND partition_date <= {last}{skip}")
     return f"""
 SELECT e.resolved_user_id AS user_id, {cols}, CAST(e.event_ts AS DATE) AS day, e.partition_date AS avail_day,
        CAST(NULL AS DATE) AS until_day
@@ -164,21 +185,9 @@ SELECT r.user_id, {cols}, CAST(e.event_ts AS DATE) AS day,
        CASE WHEN r.from_day > e.partition_date THEN r.from_day ELSE e.partition_date END AS avail_day,
        r.until_day
 FROM {src.validated_events} AS e
-JOIN (
-  SELECT anonymous_id, from_day, until_day, user_id FROM (
-    SELECT k.anonymous_id, k.from_day, k.until_day, l.user_id,
-           ROW_NUMBER() OVER (PARTITION BY k.anonymous_id, k.from_day ORDER BY l.linked_at, l.user_id) AS rn
-    FROM (SELECT anonymous_id, partition_date AS from_day,
-                 LEAD(partition_date) OVER (PARTITION BY anonymous_id ORDER BY partition_date) AS until_day
-          FROM (SELECT DISTINCT anonymous_id, partition_date FROM {src.identity_links}
-                WHERE partition_date <= {last} AND anonymous_id IN (
-                  SELECT anonymous_id FROM {src.validated_events}
-                  WHERE resolved_user_id IS NULL AND anonymous_id IS NOT NULL AND partition_date <= {last})) AS d) AS k
-    JOIN {src.identity_links} AS l ON l.anonymous_id = k.anonymous_id AND l.partition_date <= k.from_day
-  ) AS ranked WHERE rn = 1
-) AS r ON e.anonymous_id = r.anonymous_id
+JOIN ({links_sql(last_day, src, unresolved)}) AS r ON e.anonymous_id = r.anonymous_id
 WHERE e.resolved_user_id IS NULL AND e.partition_date <= {last}
-  AND e.event_ts < CAST({end} AS TIMESTAMPTZ)"""
+  AND e.event_ts < CAST({end} AS TIMESTAMPTZ){skip}"""
 
 
 def _measure_signals(spec: FeatureSpec) -> list[Signal]:
@@ -612,6 +621,7 @@ def build_feature_temps(eng: DuckDBEngine, spec: FeatureSpec, days: list[dt.date
         uncached = [r[0] for r in eng.conn.execute(
             "SELECT DISTINCT partition_date FROM validated_events WHERE partition_date <= ? "
             "EXCEPT SELECT partition_date FROM fx_cached ORDER BY 1", [last]).fetchall()]
+        eng.temp("fx_links", links_sql(last, src))
         eng.temp("fx_events", events_sql(last, src, only_partitions=uncached))
     else:
         eng.temp("fx_cached", "SELECT CAST(NULL AS DATE) AS partition_date WHERE FALSE")
@@ -641,7 +651,7 @@ def build_feature_temps(eng: DuckDBEngine, spec: FeatureSpec, days: list[dt.date
 
 TEMPS = ("fx_user_features", "fx_account_features", "fx_user_agg", "fx_user_agg0",
          "fx_user_day", "fx_user_values", "fx_user_firsts", "fx_traits", "fx_user_day_raw", "fx_user_values_raw",
-         "fx_user_firsts_raw", "fx_traits_raw", "fx_events", "fx_cached", "fx_snapshots")
+         "fx_user_firsts_raw", "fx_traits_raw", "fx_events", "fx_links", "fx_cached", "fx_snapshots")
 
 
 def drop_feature_temps(eng: DuckDBEngine) -> None:

@@ -108,3 +108,29 @@ def test_partitions_without_a_version_are_read_from_events(history, fconn):
     with_cache = table_dump(fconn, "user_features")
     compute_features(fconn, spec(SIGS), DAYS, use_cache=False)
     assert table_dump(fconn, "user_features") == with_cache
+
+
+def test_anonymous_events_are_cached_and_follow_links_that_arrive_after_the_cache(history, fconn, world):
+    """Events not resolved at validation are cached under their anonymous id: a link that
+    arrives after the partition was cached attributes them from its arrival on, and a
+    later conflicting link re-attributes them, without rebuilding the cached partition."""
+    versions(fconn, *DAYS)
+    world.anon_track("2026-03-02 07:00", "Project Created", anon="anon-7")
+    world.anon_track("2026-03-02 07:05", "Invite", anon="anon-7", props={"email": "z@a.io"})
+    compute_features(fconn, spec(SIGS), DAYS)
+    assert fconn.execute(f"SELECT count(*) FROM {USER_DAY} WHERE anonymous AND user_id = 'anon-7'"
+                         ).fetchall() == [(1,)]
+    world.link("anon-7", "u2", "2026-03-04", linked_at="2026-03-04 09:00")
+    world.link("anon-7", "u1", "2026-03-07", linked_at="2026-03-01 09:00")   # earlier linked_at, arrives later
+    run = compute_features(fconn, spec(SIGS), DAYS)
+    assert run.cache_partitions_built == 0
+    with_cache = table_dump(fconn, "user_features")
+    compute_features(fconn, spec(SIGS), DAYS, use_cache=False)
+    assert table_dump(fconn, "user_features") == with_cache
+
+    def projects(user, day):
+        return fconn.execute("SELECT projects FROM user_features WHERE user_id = ? AND snapshot_date = ?",
+                             [user, D(day)]).fetchall()[0][0]
+    # u2 gets the anonymous project from the link's arrival (03-04) until u1's link arrives (03-07)
+    assert [projects("u2", d) for d in ("2026-03-03", "2026-03-04", "2026-03-06", "2026-03-07")] == [2, 4, 6, 6]
+    assert projects("u1", "2026-03-06") == 5 and projects("u1", "2026-03-07") == 7
