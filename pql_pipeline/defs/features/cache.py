@@ -144,10 +144,11 @@ def refresh_cache(eng: DuckDBEngine, spec: FeatureSpec, last_day: dt.date) -> in
     return len(stale)
 
 
-def cached_sql(spec: FeatureSpec, kind: str) -> str:
+def cached_sql(spec: FeatureSpec, kind: str, anonymous: bool = False) -> str:
     """The cached rows of the usable partitions (``fx_cached``), shaped like the raw ones:
-    rows resolved at validation as they are, anonymous rows resolved through ``fx_links``
-    (available from the link's arrival, until the next link of that id)."""
+    rows resolved at validation as they are or, with ``anonymous``, the anonymous rows
+    resolved through ``fx_links`` (available from the link's arrival, until the next link
+    of that id)."""
     usable = "c.partition_date IN (SELECT partition_date FROM fx_cached)"
     if kind == "user_day":
         cols = ", ".join(f"c.{q(c)}" for c, _ in user_day_measures(spec))
@@ -162,8 +163,8 @@ def cached_sql(spec: FeatureSpec, kind: str) -> str:
         raise ValueError(kind)
     # the same column order as the raw rows: user_id, <head>, avail_day, until_day, <measures>
     tail = f", {cols}" if cols else ""
-    return (f"SELECT c.user_id, {head}, c.partition_date AS avail_day, CAST(NULL AS DATE) AS until_day{tail} "
-            f"FROM {table} AS c WHERE {usable} AND NOT c.anonymous "
-            f"UNION ALL SELECT l.user_id, {head}, GREATEST(c.partition_date, l.from_day) AS avail_day, "
-            f"l.until_day{tail} FROM {table} AS c JOIN fx_links AS l ON l.anonymous_id = c.user_id "
-            f"WHERE {usable} AND c.anonymous")
+    if not anonymous:
+        return (f"SELECT c.user_id, {head}, c.partition_date AS avail_day, CAST(NULL AS DATE) AS until_day{tail} "
+                f"FROM {table} AS c WHERE {usable} AND NOT c.anonymous")
+    return (f"SELECT l.user_id, {head}, GREATEST(c.partition_date, l.from_day) AS avail_day, l.until_day{tail} "
+            f"FROM {table} AS c JOIN fx_links AS l ON l.anonymous_id = c.user_id WHERE {usable} AND c.anonymous")

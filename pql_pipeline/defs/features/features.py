@@ -13,11 +13,14 @@ For a batch of snapshot days the computation is:
 2. ``fx_user_day``: one row per user, day and availability with the per-signal measures
    (conditional counts, sums); ``fx_user_values``: distinct property values for the
    distinct-count signals; ``fx_user_firsts``: occurrences of first-time milestones;
-   ``fx_traits``: identify and group calls.
-3. Joining those to the snapshot days and aggregating with each signal's window gives
-   one row per (user, snapshot). Account features roll the users up through the
-   account memberships valid at the snapshot and add firmographic traits from the group
-   calls known by the snapshot.
+   ``fx_traits``: identify and group calls. With the feature cache (``cache.py``) these
+   are the cached partitions' rows plus those of ``fx_events`` for partitions not cached.
+3. ``fx_user_agg``: per (user, snapshot), every user with a row known by the snapshot,
+   the summed signals, lifecycle days and active days, each within its window.
+   User features are those rows for recently active users plus distinct values, first
+   occurrences and traits; account features roll the users up through the account
+   memberships valid at the snapshot and add firmographic traits from the group calls
+   known by the snapshot.
 
 All SQL is generated in the DuckDB dialect and passed through SQLGlot (``lib.engine``),
 so the same definitions can be written out for Spark. Days are UTC days: the engine
@@ -631,8 +634,9 @@ def build_feature_temps(eng: DuckDBEngine, spec: FeatureSpec, days: list[dt.date
         if not cached:
             eng.temp(name, raw or empty)
             return
-        # the raw part is small: a temp table; the cached rows are read in place
-        eng.temp(f"{name}_raw", raw or empty)
+        # the raw part and the cached anonymous rows, resolved once, are small: a temp table;
+        # the cached rows resolved at validation are read in place
+        eng.temp(f"{name}_raw", f"{raw or empty} UNION ALL {cached_sql(spec, kind, anonymous=True)}")
         eng.view(name, f"SELECT * FROM {name}_raw UNION ALL {cached_sql(spec, kind)}")
 
     with_cache("fx_user_day", user_day_sql(spec), "", "user_day")
