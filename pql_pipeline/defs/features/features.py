@@ -30,6 +30,7 @@ runs its session in UTC.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from dataclasses import dataclass
 
@@ -82,8 +83,6 @@ class FeatureSpec:
     @property
     def measures_hash(self) -> str:
         """Identifies what the per-day measures (the feature cache) contain."""
-        import hashlib
-
         blob = f"{self.signals.definition_hash}|{sorted(self.conversion_events)}|{CACHE_FORMAT}"
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -240,8 +239,6 @@ def value_source(s: Signal) -> str:
     """Key of the distinct values a distinct-count signal reads: signals that count the
     same property of the same events (a user signal and its team-wide twin, or two
     windows) share one set of cached rows."""
-    import hashlib
-
     blob = json.dumps([s.event, sorted((s.where or {}).items()), s.prop], default=str)
     return "src_" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
