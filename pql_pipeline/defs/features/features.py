@@ -156,7 +156,8 @@ SELECT anonymous_id, from_day, until_day, user_id FROM (
 ) AS ranked WHERE rn = 1"""
 
 
-def events_sql(last_day: dt.date, src: Sources = WAREHOUSE, only_partitions: list[dt.date] | None = None) -> str:
+def events_sql(last_day: dt.date, src: Sources = WAREHOUSE, only_partitions: list[dt.date] | None = None,
+               links: str | None = None) -> str:
     """Validated events known by ``last_day``, anonymous ones resolved through identity links.
 
     ``avail_day`` is the first day the row was known; ``until_day`` (exclusive) ends the
@@ -165,7 +166,8 @@ def events_sql(last_day: dt.date, src: Sources = WAREHOUSE, only_partitions: lis
     arrives later with an earlier ``linked_at`` re-attributes the events from its
     arrival on, never before. With ``only_partitions``, events are read from those
     partitions only (the others come from the feature cache); a literal list, so the scan
-    skips the other row groups."""
+    skips the other row groups. ``links`` names a relation that already holds
+    ``links_sql``'s rows for ``last_day`` (else they are computed here)."""
     skip = ""
     if only_partitions is not None:
         listed = ", ".join(f"CAST({sql_literal(d.isoformat())} AS DATE)" for d in only_partitions)
@@ -174,8 +176,10 @@ def events_sql(last_day: dt.date, src: Sources = WAREHOUSE, only_partitions: lis
     last = f"CAST({sql_literal(last_day.isoformat())} AS DATE)"
     cols = ("e.account_id, e.event_type, e.event_name, e.event_ts, e.partition_date, e.message_id, "
             "e.properties, e.traits")
-    unresolved = (f"SELECT anonymous_id FROM {src.validated_events} AS e WHERE resolved_user_id IS NULL "
-                  f"AND anonymous_id IS NOT NULL AND partition_date <= {last}{skip}")
+    if links is None:
+        unresolved = (f"SELECT anonymous_id FROM {src.validated_events} AS e WHERE resolved_user_id IS NULL "
+                      f"AND anonymous_id IS NOT NULL AND partition_date <= {last}{skip}")
+        links = f"({links_sql(last_day, src, unresolved)})"
     return f"""
 SELECT e.resolved_user_id AS user_id, {cols}, CAST(e.event_ts AS DATE) AS day, e.partition_date AS avail_day,
        CAST(NULL AS DATE) AS until_day
@@ -187,7 +191,7 @@ SELECT r.user_id, {cols}, CAST(e.event_ts AS DATE) AS day,
        CASE WHEN r.from_day > e.partition_date THEN r.from_day ELSE e.partition_date END AS avail_day,
        r.until_day
 FROM {src.validated_events} AS e
-JOIN ({links_sql(last_day, src, unresolved)}) AS r ON e.anonymous_id = r.anonymous_id
+JOIN {links} AS r ON e.anonymous_id = r.anonymous_id
 WHERE e.resolved_user_id IS NULL AND e.partition_date <= {last}
   AND e.event_ts < CAST({end} AS TIMESTAMPTZ){skip}"""
 
@@ -450,12 +454,8 @@ def user_features_sql(spec: FeatureSpec, src: Sources = WAREHOUSE) -> str:
         "GROUP BY m.user_id, sp.snapshot_date) AS mem "
         "ON mem.user_id = a.user_id AND mem.snapshot_date = a.snapshot_date")
     return f"""
-WITH spine AS (
-  SELECT user_id, snapshot_date, signup_day FROM fx_user_agg
-  WHERE last_active_day > snapshot_date - {spec.active_within_days}
-),
-a AS (SELECT g.* FROM fx_user_agg AS g JOIN spine ON spine.user_id = g.user_id
-      AND spine.snapshot_date = g.snapshot_date)
+WITH a AS (SELECT * FROM fx_user_agg WHERE last_active_day > snapshot_date - {spec.active_within_days}),
+spine AS (SELECT user_id, snapshot_date, signup_day FROM a)
 SELECT a.snapshot_date, a.user_id, mem.account_id, a.signup_day AS signup_date,
        DATE_DIFF('day', a.signup_day, a.snapshot_date) AS days_since_signup, a.n_conversion > 0 AS is_paying,
        {', '.join(select_cols)},
@@ -622,7 +622,7 @@ def build_feature_temps(eng: DuckDBEngine, spec: FeatureSpec, days: list[dt.date
             "SELECT DISTINCT partition_date FROM validated_events WHERE partition_date <= ? "
             "EXCEPT SELECT partition_date FROM fx_cached ORDER BY 1", [last]).fetchall()]
         eng.temp("fx_links", links_sql(last, src))
-        eng.temp("fx_events", events_sql(last, src, only_partitions=uncached))
+        eng.temp("fx_events", events_sql(last, src, only_partitions=uncached, links="fx_links"))
     else:
         eng.temp("fx_cached", "SELECT CAST(NULL AS DATE) AS partition_date WHERE FALSE")
         eng.temp("fx_events", events_sql(last, src))
