@@ -304,94 +304,151 @@ def traits_latest_sql(traits: list[Signal], call: str, key: str, spine: str) -> 
             f"WHERE t.event_type = {sql_literal(call)} GROUP BY sp.{key}, sp.snapshot_date")
 
 
-def _sum_aggregate(s: Signal, col: str | None = None) -> str:
-    """Aggregate of a summed signal over joined day rows (``age``, ``since_signup`` known)."""
-    w = window_condition(s)
-    m = col or q("m_" + s.name)
-    if s.kind == "count":
-        return f"COALESCE(SUM({m}) FILTER (WHERE {w}), 0)"
-    if s.kind == "first_time":
-        return f"COALESCE(SUM({m}) FILTER (WHERE {w}), 0) > 0"
-    if s.kind in ("session_length", "share"):
-        n = q("n_" + s.name)
-        return (f"CAST(SUM({m}) FILTER (WHERE {w}) AS DOUBLE) / "
-                f"NULLIF(SUM({n}) FILTER (WHERE {w}), 0)")
-    if s.kind == "recency":
-        cond = f"{m} > 0" if s.event else "n_events > 0"
-        return f"DATE_DIFF('day', MAX(day) FILTER (WHERE {cond}), snapshot_date)"
-    if s.kind == "trend":
-        p = s.period_days or 7
-        col = m if s.event else "n_events"
-        cur = f"COALESCE(SUM({col}) FILTER (WHERE age < {p}), 0)"
-        prev = f"COALESCE(SUM({col}) FILTER (WHERE age >= {p} AND age < {2 * p}), 0)"
-        return f"CAST({cur} - {prev} AS DOUBLE) / GREATEST({prev}, 1)"
-    raise ValueError(f"no day aggregate for kind {s.kind}")
+@dataclass(frozen=True)
+class StateColumn:
+    """A per-(user, snapshot) aggregate the user features are finished from (``fx_user_agg``).
+
+    ``expr`` aggregates day rows that carry ``day``, ``age`` (days before the snapshot) and
+    ``since_signup``; ``merge`` says how it combines with the same aggregate of more rows
+    (sum, min, max); ``drop`` aggregates the rows that leave its window when the snapshot
+    moves on by one day (``age`` then counted from the new snapshot), so that the state of
+    a snapshot can be advanced to the next one (``state.py``); ``signup``: within a signup
+    window (needs the signup day)."""
+
+    name: str
+    expr: str
+    merge: str
+    drop: str | None = None
+    signup: bool = False
 
 
-def _needs_signup(s: Signal) -> bool:
-    return bool(s.within_days_of_signup)
+def _window_sum(name: str, col: str, s: Signal) -> StateColumn:
+    if s.window_days:
+        w = s.window_days
+        return StateColumn(name, f"COALESCE(SUM({col}) FILTER (WHERE age < {w}), 0)", "sum",
+                           f"COALESCE(SUM({col}) FILTER (WHERE age = {w}), 0)")
+    if s.within_days_of_signup:
+        return StateColumn(name, f"COALESCE(SUM({col}) FILTER (WHERE {window_condition(s)}), 0)", "sum",
+                           signup=True)
+    return StateColumn(name, f"COALESCE(SUM({col}), 0)", "sum")
 
 
-def user_agg_sql(spec: FeatureSpec) -> str:
-    """Per (user, snapshot), for every user with a row known by the snapshot: the lifecycle
-    columns, every summed user signal and the per-user parts of the account signals
-    (``ac_*``: member counts). Reads fx_user_day and fx_snapshots; signup-window signals
-    and active days are added by ``user_agg_signup_sql``."""
-    sigs = spec.signals
-    aggs = [f"{_sum_aggregate(s)} AS {q(s.name)}" for s in sigs.signals
-            if s.kind not in ("distinct_count", "trait", "active_days") and not _needs_signup(s)]
-    for s in sigs.account_signals:
+def state_columns(spec: FeatureSpec) -> list[StateColumn]:
+    """The summed aggregates of fx_user_agg (active days and distinct values aside)."""
+    cols = [
+        StateColumn("sig_day", "MIN(day) FILTER (WHERE n_signup > 0)", "min"),
+        StateColumn("first_day", "MIN(day)", "min"),
+        StateColumn("last_active_day", "MAX(day) FILTER (WHERE n_events > 0)", "max"),
+        StateColumn("n_conversion", "SUM(n_conversion)", "sum"),
+        StateColumn("max_event_ts", "MAX(max_ts)", "max"),
+        StateColumn("max_partition_date", "MAX(max_pd)", "max"),
+    ]
+    for s in spec.signals.signals:
+        m = q("m_" + s.name)
+        if s.kind in ("count", "first_time"):
+            cols.append(_window_sum("st_" + s.name, m, s))
+        elif s.kind in ("session_length", "share"):
+            cols.append(_window_sum("ss_" + s.name, m, s))
+            cols.append(_window_sum("sn_" + s.name, q("n_" + s.name), s))
+        elif s.kind == "recency":
+            cond = f"{m} > 0" if s.event else "n_events > 0"
+            cols.append(StateColumn("sr_" + s.name, f"MAX(day) FILTER (WHERE {cond})", "max"))
+        elif s.kind == "trend":
+            p = s.period_days or 7
+            col = m if s.event else "n_events"
+
+            def at(age: int) -> str:
+                return f"COALESCE(SUM({col}) FILTER (WHERE age = {age}), 0)"
+            cols.append(StateColumn("sc_" + s.name, f"COALESCE(SUM({col}) FILTER (WHERE age < {p}), 0)", "sum",
+                                    at(p)))
+            cols.append(StateColumn(
+                "sp_" + s.name, f"COALESCE(SUM({col}) FILTER (WHERE age >= {p} AND age < {2 * p}), 0)", "sum",
+                f"{at(2 * p)} - {at(p)}"))
+    for s in spec.signals.account_signals:
         if s.kind == "count":
-            w = f"age < {s.window_days}" if s.window_days else "TRUE"
-            aggs.append(f"COALESCE(SUM({q('m_' + s.name)}) FILTER (WHERE {w}), 0) AS {q('ac_' + s.name)}")
+            cols.append(_window_sum("ac_" + s.name, q("m_" + s.name), s))
+    return cols
+
+
+def distinct_items(spec: FeatureSpec) -> list[Signal]:
+    """User signals counted as distinct things per user: active days and distinct values."""
+    return [s for s in spec.signals.signals if s.kind in ("active_days", "distinct_count")]
+
+
+def item_column(s: Signal) -> str:
+    return ("ad_" if s.kind == "active_days" else "dv_") + s.name
+
+
+def finish_expr(s: Signal, a: str = "a") -> str:
+    """A user signal's feature value from its state columns in ``a`` (a row of fx_user_agg)."""
+    n = s.name
+    if s.kind == "count":
+        return f"{a}.{q('st_' + n)}"
+    if s.kind == "first_time":
+        return f"{a}.{q('st_' + n)} > 0"
+    if s.kind in ("session_length", "share"):
+        # rounded: sums of doubles vary in the last bits with the order of addition
+        return f"ROUND(CAST({a}.{q('ss_' + n)} AS DOUBLE) / NULLIF({a}.{q('sn_' + n)}, 0), 6)"
+    if s.kind == "recency":
+        return f"DATE_DIFF('day', {a}.{q('sr_' + n)}, {a}.snapshot_date)"
+    if s.kind == "trend":
+        cur, prev = f"{a}.{q('sc_' + n)}", f"{a}.{q('sp_' + n)}"
+        return f"ROUND(CAST({cur} - {prev} AS DOUBLE) / GREATEST({prev}, 1), 6)"
+    if s.kind in ("active_days", "distinct_count"):
+        return f"{a}.{q(item_column(s))}"
+    raise ValueError(f"no state for kind {s.kind}")
+
+
+def user_agg_sql(spec: FeatureSpec, day_rows: str = "fx_user_day", snapshots: str = "fx_snapshots") -> str:
+    """Per (user, snapshot), for every user with a row known by the snapshot: the signup day
+    and every state column that does not depend on it (``state_columns``). Signup-window
+    sums, active days and distinct values are added by ``user_agg_signup_sql``."""
+    aggs = ", ".join(f"{c.expr} AS {q(c.name)}" for c in state_columns(spec) if not c.signup)
     return f"""
 SELECT user_id, snapshot_date,
-       COALESCE(MIN(day) FILTER (WHERE n_signup > 0), MIN(day)) AS signup_day,
-       MIN(day) AS first_day,
-       MAX(day) FILTER (WHERE n_events > 0) AS last_active_day,
-       SUM(n_conversion) AS n_conversion,
-       MAX(max_ts) AS max_event_ts, MAX(max_pd) AS max_partition_date{''.join(', ' + a for a in aggs)}
+       COALESCE(MIN(day) FILTER (WHERE n_signup > 0), MIN(day)) AS signup_day, {aggs}
 FROM (SELECT d.*, s.snapshot_date, DATE_DIFF('day', d.day, s.snapshot_date) AS age
-      FROM fx_user_day AS d JOIN fx_snapshots AS s ON {visible('d', 's.snapshot_date')}) AS joined
+      FROM {day_rows} AS d JOIN {snapshots} AS s ON {visible('d', 's.snapshot_date')}) AS joined
 GROUP BY user_id, snapshot_date"""
 
 
-def user_agg_signup_sql(spec: FeatureSpec) -> str | None:
-    """fx_user_agg0 (which gives the signup day) with the active days (distinct days, any
-    window) and the signup-window sums."""
-    sigs = spec.signals
-    active = [s for s in sigs.signals if s.kind == "active_days"]
-    summed = [s for s in sigs.signals if s.kind not in ("distinct_count", "trait", "active_days")
-              and _needs_signup(s)]
-    if not active and not summed:
-        return None
+def user_agg_signup_sql(spec: FeatureSpec, agg0: str = "fx_user_agg0", day_rows: str = "fx_user_day",
+                        value_rows: str = "fx_user_values") -> str:
+    """``agg0`` (``user_agg_sql``'s rows, which give the signup day) with the signup-window
+    sums, the active days (distinct days, any window) and the distinct values of every user
+    of ``agg0``: the complete state of fx_user_agg."""
+    active = [s for s in spec.signals.signals if s.kind == "active_days"]
+    signup_cols = [c for c in state_columns(spec) if c.signup]
+    distinct = [s for s in spec.signals.signals if s.kind == "distinct_count"]
     rows = (f"SELECT d.*, g.snapshot_date, g.signup_day, DATE_DIFF('day', d.day, g.snapshot_date) AS age, "
             f"DATE_DIFF('day', g.signup_day, d.day) AS since_signup "
-            f"FROM fx_user_day AS d JOIN fx_user_agg0 AS g ON d.user_id = g.user_id "
+            f"FROM {day_rows} AS d JOIN {agg0} AS g ON d.user_id = g.user_id "
             f"AND {visible('d', 'g.snapshot_date')}")
     parts, cols = [], ["g.*"]
     if active:
-        ad = ", ".join(f"COUNT(*) FILTER (WHERE {window_condition(s)}) AS {q(s.name)}" for s in active)
+        ad = ", ".join(f"COUNT(*) FILTER (WHERE {window_condition(s)}) AS {q(item_column(s))}" for s in active)
         # one row per distinct active day (a day can have rows from several partitions)
         parts.append(
             f"LEFT JOIN (SELECT user_id, snapshot_date, {ad} FROM (SELECT DISTINCT user_id, snapshot_date, day, "
             f"age, since_signup FROM ({rows}) AS r WHERE n_events > 0) AS dd GROUP BY user_id, snapshot_date) AS ad "
             f"ON ad.user_id = g.user_id AND ad.snapshot_date = g.snapshot_date")
-        cols += [f"COALESCE(ad.{q(s.name)}, 0) AS {q(s.name)}" for s in active]
-    if summed:
-        sw = ", ".join(f"{_sum_aggregate(s)} AS {q(s.name)}" for s in summed)
-        longest = max(s.within_days_of_signup for s in summed)
+        cols += [f"COALESCE(ad.{q(item_column(s))}, 0) AS {q(item_column(s))}" for s in active]
+    if signup_cols:
+        sw = ", ".join(f"{c.expr} AS {q(c.name)}" for c in signup_cols)
+        longest = max(s.within_days_of_signup for s in spec.signals.signals if s.within_days_of_signup)
         parts.append(
             f"LEFT JOIN (SELECT user_id, snapshot_date, {sw} FROM ({rows}) AS r "
             f"WHERE since_signup >= 0 AND since_signup < {longest} GROUP BY user_id, snapshot_date) AS sw "
             f"ON sw.user_id = g.user_id AND sw.snapshot_date = g.snapshot_date")
-        for s in summed:
-            empty = "FALSE" if s.kind == "first_time" else ("0" if s.kind == "count" else "NULL")
-            cols.append(f"COALESCE(sw.{q(s.name)}, {empty}) AS {q(s.name)}")
-    return f"SELECT {', '.join(cols)} FROM fx_user_agg0 AS g {' '.join(parts)}"
+        cols += [f"COALESCE(sw.{q(c.name)}, 0) AS {q(c.name)}" for c in signup_cols]
+    if distinct:
+        parts.append(f"LEFT JOIN ({distinct_values_sql(distinct, 'user_id', agg0, value_rows)}) AS dv "
+                     "ON dv.user_id = g.user_id AND dv.snapshot_date = g.snapshot_date")
+        cols += [f"COALESCE(dv.{q(item_column(s))}, 0) AS {q(item_column(s))}" for s in distinct]
+    return f"SELECT {', '.join(cols)} FROM {agg0} AS g {' '.join(parts)}"
 
 
-def distinct_values_sql(signals: list[Signal], key: str, groups: str) -> str:
+def distinct_values_sql(signals: list[Signal], key: str, groups: str, value_rows: str = "fx_user_values") -> str:
     """Distinct values of distinct-count signals per ``key`` and snapshot over the users of
     ``groups`` (user rows: one user each; members: every member of an account) within each
     signal's window: one column dv_<signal> per signal."""
@@ -401,7 +458,7 @@ def distinct_values_sql(signals: list[Signal], key: str, groups: str) -> str:
                              since_signup="DATE_DIFF('day', g.signup_day, v.day)")
         parts.append(
             f"SELECT g.{key}, g.snapshot_date, {sql_literal(s.name)} AS sig, v.value "
-            f"FROM fx_user_values AS v JOIN {groups} AS g ON v.user_id = g.user_id "
+            f"FROM {value_rows} AS v JOIN {groups} AS g ON v.user_id = g.user_id "
             f"AND {visible('v', 'g.snapshot_date')} "
             f"WHERE v.signal = {sql_literal(value_source(s))} AND {w} "
             f"GROUP BY g.{key}, g.snapshot_date, v.value")
@@ -412,17 +469,30 @@ def distinct_values_sql(signals: list[Signal], key: str, groups: str) -> str:
             f"GROUP BY {key}, snapshot_date")
 
 
-def user_features_sql(spec: FeatureSpec, src: Sources = WAREHOUSE) -> str:
+def members_sql(src: Sources = WAREHOUSE, snapshots: str = "fx_snapshots") -> str:
+    """Each user's account at each snapshot: the latest membership known by then."""
+    return (f"SELECT m.user_id, s.snapshot_date, ARG_MAX(m.account_id, m.joined_at) AS account_id "
+            f"FROM {src.account_memberships} AS m JOIN {snapshots} AS s "
+            f"ON CAST(m.joined_at AS DATE) <= s.snapshot_date AND m.partition_date <= s.snapshot_date "
+            f"GROUP BY m.user_id, s.snapshot_date")
+
+
+def account_values_sql(spec: FeatureSpec, members: str = "fx_members", value_rows: str = "fx_user_values") -> str:
+    """Distinct values across the members of each account (account distinct-count signals)."""
+    distinct = [s for s in spec.signals.account_signals if s.kind == "distinct_count"]
+    if not distinct:
+        return "SELECT CAST(NULL AS VARCHAR) AS account_id, CAST(NULL AS DATE) AS snapshot_date WHERE FALSE"
+    return distinct_values_sql(distinct, "account_id", members, value_rows)
+
+
+def user_features_sql(spec: FeatureSpec) -> str:
     """One row per (user, snapshot) for the users active within ``active_within_days`` of
-    the snapshot, from fx_user_agg, fx_user_values, fx_user_firsts and fx_traits."""
+    the snapshot, from fx_user_agg, fx_user_firsts, fx_traits and fx_members."""
     sigs = spec.signals
     select_cols, joins = [], []
-    distinct = [s for s in sigs.signals if s.kind == "distinct_count"]
     traits = [s for s in sigs.signals if s.kind == "trait"]
     for col, dtype, s in sigs.user_columns():
-        if s.kind == "distinct_count":
-            select_cols.append(f"COALESCE(dv.{q('dv_' + s.name)}, 0) AS {q(col)}")
-        elif s.kind == "first_time" and col.endswith("_detail"):
+        if s.kind == "first_time" and col.endswith("_detail"):
             alias = q("fv_" + s.name)
             w = window_condition(s, since_signup="DATE_DIFF('day', sp.signup_day, f.day)")
             select_cols.append(f"{alias}.value AS {q(col)}")
@@ -437,22 +507,12 @@ def user_features_sql(spec: FeatureSpec, src: Sources = WAREHOUSE) -> str:
                 f"ON {alias}.user_id = a.user_id AND {alias}.snapshot_date = a.snapshot_date")
         elif s.kind == "trait":
             select_cols.append(f"{_typed('tv.' + q('tv_' + s.name), s)} AS {q(col)}")
-        elif dtype == "DOUBLE":  # rounded: sums of doubles vary in the last bits with the order of addition
-            select_cols.append(f"ROUND(a.{q(col)}, 6) AS {q(col)}")
         else:
-            select_cols.append(f"a.{q(col)}")
-    if distinct:
-        joins.append(f"LEFT JOIN ({distinct_values_sql(distinct, 'user_id', 'spine')}) AS dv "
-                     "ON dv.user_id = a.user_id AND dv.snapshot_date = a.snapshot_date")
+            select_cols.append(f"{finish_expr(s)} AS {q(col)}")
     if traits:
         joins.append(f"LEFT JOIN ({traits_latest_sql(traits, 'identify', 'user_id', 'spine')}) AS tv "
                      "ON tv.user_id = a.user_id AND tv.snapshot_date = a.snapshot_date")
-    joins.append(
-        "LEFT JOIN (SELECT m.user_id, sp.snapshot_date, ARG_MAX(m.account_id, m.joined_at) AS account_id "
-        f"FROM {src.account_memberships} AS m JOIN spine AS sp ON m.user_id = sp.user_id "
-        "AND CAST(m.joined_at AS DATE) <= sp.snapshot_date AND m.partition_date <= sp.snapshot_date "
-        "GROUP BY m.user_id, sp.snapshot_date) AS mem "
-        "ON mem.user_id = a.user_id AND mem.snapshot_date = a.snapshot_date")
+    joins.append("LEFT JOIN fx_members AS mem ON mem.user_id = a.user_id AND mem.snapshot_date = a.snapshot_date")
     return f"""
 WITH a AS (SELECT * FROM fx_user_agg WHERE last_active_day > snapshot_date - {spec.active_within_days}),
 spine AS (SELECT user_id, snapshot_date, signup_day FROM a)
@@ -472,9 +532,10 @@ def _rollup_expr(rollup: str, col: str, dtype: str) -> str:
     return {"max": f"MAX({c})", "min": f"MIN({c})", "sum": f"SUM({c})", "mean": f"AVG(CAST({c} AS DOUBLE))"}[rollup]
 
 
-def account_features_sql(spec: FeatureSpec, src: Sources = WAREHOUSE) -> str:
+def account_features_sql(spec: FeatureSpec) -> str:
     """One row per (account, snapshot) for accounts with at least one user row in
-    fx_user_features; member activity comes from fx_user_agg (every member with a row)."""
+    fx_user_features; member activity comes from fx_user_agg (every member with a row),
+    memberships from fx_members and distinct values across members from fx_account_values."""
     sigs = spec.signals
     rolled = []
     for s in sigs.signals:
@@ -513,18 +574,13 @@ def account_features_sql(spec: FeatureSpec, src: Sources = WAREHOUSE) -> str:
         paid = (f" OR COALESCE(tv.{q('tv_plan_for_paying')} IN "
                 f"({', '.join(sql_literal(p) for p in spec.paid_plans)}), FALSE)")
     if distinct:
-        joins.append(f"LEFT JOIN ({distinct_values_sql(distinct, 'account_id', 'members')}) AS dv "
+        joins.append("LEFT JOIN fx_account_values AS dv "
                      "ON dv.account_id = sp.account_id AND dv.snapshot_date = sp.snapshot_date")
     if traits:
         joins.append(f"LEFT JOIN ({traits_latest_sql(traits, 'group', 'account_id', 'sp')}) AS tv "
                      "ON tv.account_id = sp.account_id AND tv.snapshot_date = sp.snapshot_date")
     return f"""
-WITH members AS (
-  SELECT m.user_id, s.snapshot_date, ARG_MAX(m.account_id, m.joined_at) AS account_id
-  FROM {src.account_memberships} AS m JOIN fx_snapshots AS s
-    ON CAST(m.joined_at AS DATE) <= s.snapshot_date AND m.partition_date <= s.snapshot_date
-  GROUP BY m.user_id, s.snapshot_date
-),
+WITH members AS (SELECT * FROM fx_members),
 sp AS (SELECT DISTINCT account_id, snapshot_date FROM fx_user_features WHERE account_id IS NOT NULL),
 st AS (SELECT account_id, snapshot_date, COUNT(*) AS seats FROM members GROUP BY account_id, snapshot_date),
 md AS (
@@ -641,16 +697,17 @@ def build_feature_temps(eng: DuckDBEngine, spec: FeatureSpec, days: list[dt.date
     with_cache("fx_user_firsts", user_firsts_sql(spec), EMPTY_FIRSTS, "user_firsts")
     with_cache("fx_traits", traits_sql(), "", "traits")
     eng.drop("fx_events")
+    eng.temp("fx_members", members_sql(src))
     eng.temp("fx_user_agg0", user_agg_sql(spec))
-    signup = user_agg_signup_sql(spec)
-    eng.temp("fx_user_agg", signup or "SELECT * FROM fx_user_agg0")
+    eng.temp("fx_user_agg", user_agg_signup_sql(spec))
     eng.drop("fx_user_agg0")
-    eng.temp("fx_user_features", user_features_sql(spec, src))
-    eng.temp("fx_account_features", account_features_sql(spec, src))
+    eng.temp("fx_account_values", account_values_sql(spec))
+    eng.temp("fx_user_features", user_features_sql(spec))
+    eng.temp("fx_account_features", account_features_sql(spec))
     return built
 
 
-TEMPS = ("fx_user_features", "fx_account_features", "fx_user_agg", "fx_user_agg0",
+TEMPS = ("fx_user_features", "fx_account_features", "fx_user_agg", "fx_user_agg0", "fx_members", "fx_account_values",
          "fx_user_day", "fx_user_values", "fx_user_firsts", "fx_traits", "fx_user_day_raw", "fx_user_values_raw",
          "fx_user_firsts_raw", "fx_traits_raw", "fx_events", "fx_links", "fx_cached", "fx_snapshots")
 

@@ -32,6 +32,8 @@ def statements():
         "user_firsts": F.user_firsts_sql(spec),
         "user_agg": F.user_agg_sql(spec),
         "user_agg_signup": F.user_agg_signup_sql(spec),
+        "members": F.members_sql(),
+        "account_values": F.account_values_sql(spec),
         "user_features": F.user_features_sql(spec),
         "account_features": F.account_features_sql(spec),
         "labels": L.labels_sql(lspec, [day], day + dt.timedelta(days=40)),
