@@ -622,6 +622,8 @@ class FeatureRun:
     account_rows: int = 0
     schema_changes: list[str] | None = None
     cache_partitions_built: int = 0
+    # snapshots advanced from the previous day's state, with what changed
+    incremental: list[dict] | None = None
 
 
 def compute_features(conn, spec: FeatureSpec, snapshot_days: list[dt.date], batch_days: int = 31,
@@ -636,7 +638,10 @@ def compute_features(conn, spec: FeatureSpec, snapshot_days: list[dt.date], batc
     run = FeatureRun(snapshot_days=sorted(set(snapshot_days)))
     run.schema_changes = ensure_columns(conn, "user_features", ucols) + ensure_columns(conn, "account_features", acols)
     for batch in _chunks(snapshot_days, batch_days):
-        run.cache_partitions_built += build_feature_temps(eng, spec, batch, use_cache=use_cache)
+        built = build_feature_temps(eng, spec, batch, use_cache=use_cache)
+        run.cache_partitions_built += built["cache_partitions_built"]
+        if built["incremental"] is not None:
+            run.incremental = [*(run.incremental or []), {"snapshot_date": batch[0], **built["incremental"]}]
         days = ", ".join("?" for _ in batch)
         for table, cols, tmp in (("user_features", ucols, "fx_user_features"),
                                  ("account_features", acols, "fx_account_features")):
@@ -657,23 +662,27 @@ EMPTY_FIRSTS = ("SELECT CAST(NULL AS VARCHAR) AS user_id, CAST(NULL AS VARCHAR) 
 
 
 def build_feature_temps(eng: DuckDBEngine, spec: FeatureSpec, days: list[dt.date], src: Sources = WAREHOUSE,
-                        use_cache: bool = True) -> int:
+                        use_cache: bool = True) -> dict:
     """Compute the snapshot days' rows into temp tables fx_user_features / fx_account_features.
 
     With the cache (the warehouse's own tables only), resolved events of partitions whose
     per-day measures are cached are read from the cache; the rest (partitions not cached,
     anonymous events) from validated_events, once: their day rows, values, first
-    occurrences and trait calls are kept in temp tables. Returns the number of partitions
-    cached now."""
+    occurrences and trait calls are kept in temp tables. A single day whose previous day's
+    state is usable is advanced from it (``state.py``); the state of the batch's last days
+    is saved. Returns ``cache_partitions_built`` and, if the day was advanced, ``incremental``
+    with its counts."""
+    from pql_pipeline.defs.features import state
     from pql_pipeline.defs.features.cache import cached_sql, refresh_cache
 
     last = max(days)
     eng.temp("fx_snapshots", snapshots_sql(days))
-    built = 0
+    out: dict = {"cache_partitions_built": 0, "incremental": None}
     # the cache needs partition versions from validation and the warehouse's own tables
     cached = use_cache and src == WAREHOUSE and table_exists(eng.conn, "validated_partitions")
+    uncached: list[dt.date] = []
     if cached:
-        built = refresh_cache(eng, spec, last)
+        out["cache_partitions_built"] = refresh_cache(eng, spec, last)
         uncached = [r[0] for r in eng.conn.execute(
             "SELECT DISTINCT partition_date FROM validated_events WHERE partition_date <= ? "
             "EXCEPT SELECT partition_date FROM fx_cached ORDER BY 1", [last]).fetchall()]
@@ -698,13 +707,25 @@ def build_feature_temps(eng: DuckDBEngine, spec: FeatureSpec, days: list[dt.date
     with_cache("fx_traits", traits_sql(), "", "traits")
     eng.drop("fx_events")
     eng.temp("fx_members", members_sql(src))
-    eng.temp("fx_user_agg0", user_agg_sql(spec))
-    eng.temp("fx_user_agg", user_agg_signup_sql(spec))
-    eng.drop("fx_user_agg0")
-    eng.temp("fx_account_values", account_values_sql(spec))
+    # a state is only saved for (and advanced from) a day all of whose partitions are cached
+    # at a version, so that a change to any of them is seen
+    first_uncached = min(uncached, default=None)
+    saveable = [d for d in sorted(days)[-state.KEEP:] if cached and (first_uncached is None or d < first_uncached)]
+    fingerprints = {d: state.fingerprint(eng.conn, d) for d in saveable}
+    if (cached and len(days) == 1 and (first_uncached is None or first_uncached >= last)
+            and state.usable(eng.conn, spec, last)):
+        out["incremental"] = state.advance(eng, spec, last, src.account_memberships)
+        state.drop_temps(eng)
+    else:
+        eng.temp("fx_user_agg0", user_agg_sql(spec))
+        eng.temp("fx_user_agg", user_agg_signup_sql(spec))
+        eng.drop("fx_user_agg0")
+        eng.temp("fx_account_values", account_values_sql(spec))
+    if fingerprints:
+        state.save(eng, spec, fingerprints)
     eng.temp("fx_user_features", user_features_sql(spec))
     eng.temp("fx_account_features", account_features_sql(spec))
-    return built
+    return out
 
 
 TEMPS = ("fx_user_features", "fx_account_features", "fx_user_agg", "fx_user_agg0", "fx_members", "fx_account_values",

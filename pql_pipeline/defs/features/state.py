@@ -1,0 +1,332 @@
+"""Incremental features: a snapshot's aggregates advanced from the previous day's.
+
+A daily run computes the features of day S. Computing them from the whole history reads
+every cached day row of every user; but if the aggregates of day T = S - 1
+(``fx_user_agg``: window sums, last days, active days, distinct values, per user; distinct
+values across members, per account) were kept, the rows that make S differ from T are few:
+
+- rows known at S but not at T (``day = S`` or ``avail_day = S``: the new partition, late
+  events, identity links that arrived on S) are added;
+- rows that leave a window as the snapshot moves on a day (``day = S - window``) are taken
+  out of window sums; a distinct value or an active day leaves a distinct count only if
+  it was not also seen later within the window;
+- users whose rows stop being visible (an identity link re-attributes their anonymous
+  events from S on) or whose signup day moves, and accounts whose members change, are
+  recomputed from their rows, as a full run would.
+
+The state of a snapshot is only used for the next day and only if it is exactly what a
+full run would start from: same feature definitions, every partition up to T in the
+feature cache and validated at the same version as when the state was saved (a
+fingerprint of ``validated_partitions`` up to T). Otherwise the run computes the day from
+the history and saves its state. The states of the two most recent snapshot days are kept,
+so the newest day can be recomputed incrementally too (e.g. after its partition was
+validated again). Tests compare day-by-day incremental runs with runs from events.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+
+from pql_pipeline.defs.features.features import (
+    FeatureSpec,
+    account_values_sql,
+    distinct_items,
+    item_column,
+    q,
+    state_columns,
+    user_agg_signup_sql,
+    user_agg_sql,
+    value_source,
+    visible,
+)
+from pql_pipeline.lib.engine import DuckDBEngine, sql_literal
+from pql_pipeline.lib.warehouse import table_exists
+
+STATE_USERS = "feature_state_users"
+STATE_ACCOUNTS = "feature_state_accounts"
+STATE_SNAPSHOTS = "feature_state_snapshots"
+STATE_FORMAT = "1"  # bump when what a state holds changes
+KEEP = 2  # most recent snapshot days whose state is kept
+ACTIVE = "__active_day"  # the value source of active days: the day itself
+TEMPS = ("fx_state", "fx_state_accounts", "fx_delta", "fx_delta_agg", "fx_drop_agg", "fx_hard", "fx_hard_accounts",
+         "fx_item_rows", "fx_item_delta", "fx_cand", "fx_item_chg", "fx_acct_cand", "fx_acct_chg", "fx_h_user_day",
+         "fx_h_user_values", "fx_h_agg0", "fx_h_user_agg", "fx_h_members", "fx_snap_one")
+
+
+def state_hash(spec: FeatureSpec) -> str:
+    return hashlib.sha256(f"{spec.measures_hash}|{spec.signals.definition_hash}|{STATE_FORMAT}".encode()
+                          ).hexdigest()[:16]
+
+
+def fingerprint(conn, day: dt.date) -> str:
+    """The partitions (and their versions) a snapshot of ``day`` is computed from."""
+    n, digest = conn.execute(
+        "SELECT count(*), md5(COALESCE(string_agg(CAST(partition_date AS VARCHAR) || '=' || version, ',' "
+        "ORDER BY partition_date), '')) FROM validated_partitions WHERE partition_date <= ?", [day]).fetchall()[0]
+    return f"{n}:{digest}"
+
+
+def usable(conn, spec: FeatureSpec, day: dt.date) -> bool:
+    """Whether the saved state of the day before ``day`` is exactly what a full run of
+    ``day`` would start from (the cache must hold every partition up to then: checked by
+    the caller)."""
+    if not table_exists(conn, STATE_SNAPSHOTS):
+        return False
+    prev = day - dt.timedelta(days=1)
+    rows = conn.execute(f"SELECT fingerprint FROM {STATE_SNAPSHOTS} WHERE snapshot_date = ? AND state_hash = ?",
+                        [prev, state_hash(spec)]).fetchall()
+    return bool(rows) and rows[0][0] == fingerprint(conn, prev)
+
+
+def user_state_names(spec: FeatureSpec) -> list[str]:
+    """fx_user_agg's columns in the order the full computation gives them."""
+    cols = state_columns(spec)
+    names = ["user_id", "snapshot_date", "signup_day"] + [c.name for c in cols if not c.signup]
+    names += [item_column(s) for s in spec.signals.signals if s.kind == "active_days"]
+    names += [c.name for c in cols if c.signup]
+    names += [item_column(s) for s in spec.signals.signals if s.kind == "distinct_count"]
+    return names
+
+
+def _account_items(spec: FeatureSpec):
+    return [s for s in spec.signals.account_signals if s.kind == "distinct_count"]
+
+
+def _date(d: dt.date) -> str:
+    return f"CAST({sql_literal(d.isoformat())} AS DATE)"
+
+
+def _item_source(s) -> str:
+    return ACTIVE if s.kind == "active_days" else value_source(s)
+
+
+def _drop_ages(spec: FeatureSpec) -> list[int]:
+    ages = set()
+    for s in [*spec.signals.signals, *spec.signals.account_signals]:
+        if s.window_days:
+            ages.add(s.window_days)
+        if s.kind == "trend":
+            p = s.period_days or 7
+            ages |= {p, 2 * p}
+    return sorted(ages)
+
+
+def _changes(eng: DuckDBEngine, items, day: dt.date, out: str, keys: str, cand: str, members: bool) -> None:
+    """How much each distinct count of ``items`` changes from T to S = ``day``, per key:
+    +1 for each value known at S within its window that was not known at T within the part
+    of the window both days share, -1 for each value that leaves the window and was not seen
+    again in it. ``keys``: a relation (user_id, k, signup_day) giving the key of a user's
+    rows: the user itself, or (``members``) the member's account."""
+    S, T = _date(day), _date(day - dt.timedelta(days=1))
+    parts = []
+    for s in items:
+        src, name = sql_literal(_item_source(s)), sql_literal(item_column(s))
+        w, n = s.window_days, s.within_days_of_signup
+        head = (f"SELECT k.k, {name} AS item, r.src, r.value, {w or 'CAST(NULL AS INTEGER)'} AS w, "
+                f"{n or 'CAST(NULL AS INTEGER)'} AS n, k.signup_day")
+        win = f"DATE_DIFF('day', r.day, {S}) < {w}" if w else (
+            f"DATE_DIFF('day', k.signup_day, r.day) >= 0 AND DATE_DIFF('day', k.signup_day, r.day) < {n}"
+            if n else "TRUE")
+        parts.append(f"{head}, TRUE AS in_n, FALSE AS in_d FROM fx_item_delta AS r "
+                     f"JOIN {keys} AS k ON k.user_id = r.user_id WHERE r.src = {src} AND {win}")
+        if w:
+            drop_day = _date(day - dt.timedelta(days=w))
+            parts.append(f"{head}, FALSE AS in_n, TRUE AS in_d FROM fx_item_rows AS r "
+                         f"JOIN {keys} AS k ON k.user_id = r.user_id "
+                         f"WHERE r.src = {src} AND r.day = {drop_day} AND {visible('r', T)}")
+    eng.temp(cand, f"SELECT k, item, src, value, w, n, signup_day, BOOL_OR(in_n) AS in_n, BOOL_OR(in_d) AS in_d "
+                   f"FROM ({' UNION ALL '.join(parts)}) AS x GROUP BY k, item, src, value, w, n, signup_day")
+    # the candidates also known at T within the window S and T share
+    rows = "fx_item_rows AS r"
+    if all(s.window_days for s in items):  # only the longest window's days can match
+        longest = max(s.window_days for s in items)
+        rows = (f"(SELECT * FROM fx_item_rows WHERE day > {_date(day - dt.timedelta(days=longest))} "
+                f"AND day <= {T}) AS r")
+    if members:
+        rows += (f" JOIN (SELECT user_id, account_id FROM fx_members WHERE account_id IN (SELECT k FROM {cand})) AS m "
+                 "ON m.user_id = r.user_id")
+    key = "m.account_id" if members else "r.user_id"
+    present = (f"SELECT DISTINCT c.k, c.item, c.value FROM {rows} "
+               f"JOIN {cand} AS c ON c.k = {key} AND c.src = r.src AND c.value = r.value "
+               f"WHERE {visible('r', T)} AND (c.w IS NULL OR DATE_DIFF('day', r.day, {S}) < c.w) "
+               f"AND (c.n IS NULL OR (DATE_DIFF('day', c.signup_day, r.day) >= 0 "
+               f"AND DATE_DIFF('day', c.signup_day, r.day) < c.n))")
+    pivot = ", ".join(f"COALESCE(SUM(chg) FILTER (WHERE item = {sql_literal(item_column(s))}), 0) "
+                      f"AS {q(item_column(s))}" for s in items)
+    eng.temp(out, f"""
+SELECT k, {pivot} FROM (
+  SELECT c.k, c.item,
+         SUM(CASE WHEN c.in_n AND p.k IS NULL THEN 1 ELSE 0 END)
+         - SUM(CASE WHEN c.in_d AND p.k IS NULL THEN 1 ELSE 0 END) AS chg
+  FROM {cand} AS c LEFT JOIN ({present}) AS p ON p.k = c.k AND p.item = c.item AND p.value = c.value
+  GROUP BY c.k, c.item) AS x
+GROUP BY k""")
+
+
+def advance(eng: DuckDBEngine, spec: FeatureSpec, day: dt.date, memberships: str = "account_memberships") -> dict:
+    """Compute fx_user_agg and fx_account_values of ``day`` from the saved state of the day
+    before (``usable`` must hold) and the rows that changed; fx_user_day, fx_user_values,
+    fx_user_day_raw (every row that an identity link resolves) and fx_members (of ``day``)
+    must exist. Returns counts for the run's metadata."""
+    S, T = _date(day), _date(day - dt.timedelta(days=1))
+    cols = state_columns(spec)
+    names = user_state_names(spec)
+    items = distinct_items(spec)
+    eng.temp("fx_snap_one", f"SELECT {S} AS snapshot_date")
+    eng.temp("fx_state", f"SELECT * FROM {STATE_USERS} WHERE snapshot_date = {T}")
+    # day rows known at S that were not known at T
+    eng.temp("fx_delta", f"SELECT * FROM fx_user_day AS d WHERE (d.day = {S} OR d.avail_day = {S}) "
+                         f"AND {visible('d', S)}")
+    aggs = ", ".join(f"{c.expr} AS {q(c.name)}" for c in cols)
+    eng.temp("fx_delta_agg", f"""
+SELECT user_id, {aggs} FROM (
+  SELECT d.*, DATE_DIFF('day', d.day, {S}) AS age, DATE_DIFF('day', st.signup_day, d.day) AS since_signup
+  FROM fx_delta AS d LEFT JOIN fx_state AS st ON st.user_id = d.user_id) AS r
+GROUP BY user_id""")
+    # recomputed from their rows: users with rows known at T but not at S (only identity
+    # resolutions end, and fx_user_day_raw holds those rows), new users, moved signups
+    eng.temp("fx_hard", f"""
+SELECT user_id FROM fx_user_day_raw WHERE until_day = {S} AND day <= {T} AND avail_day <= {T}
+UNION
+SELECT a.user_id FROM fx_delta_agg AS a LEFT JOIN fx_state AS st ON st.user_id = a.user_id
+WHERE st.user_id IS NULL
+   OR COALESCE(LEAST(st.sig_day, a.sig_day), LEAST(st.first_day, a.first_day)) IS DISTINCT FROM st.signup_day""")
+    ages = _drop_ages(spec)
+    drops = [c for c in cols if c.drop]
+    if drops and ages:
+        days = ", ".join(_date(day - dt.timedelta(days=a)) for a in ages)
+        eng.temp("fx_drop_agg", f"""
+SELECT user_id, {', '.join(f'{c.drop} AS {q(c.name)}' for c in drops)} FROM (
+  SELECT d.*, DATE_DIFF('day', d.day, {S}) AS age FROM fx_user_day AS d
+  WHERE d.day IN ({days}) AND {visible('d', T)}) AS r
+GROUP BY user_id""")
+    else:
+        drops = []
+    # distinct counts (active days, distinct values) of users and accounts
+    eng.view("fx_item_rows", f"""
+SELECT user_id, signal AS src, value, day, avail_day, until_day FROM fx_user_values
+UNION ALL
+SELECT user_id, {sql_literal(ACTIVE)} AS src, CAST(day AS VARCHAR) AS value, day, avail_day, until_day
+FROM fx_user_day WHERE n_events > 0""")
+    eng.temp("fx_item_delta", f"SELECT * FROM fx_item_rows AS r WHERE (r.day = {S} OR r.avail_day = {S}) "
+                              f"AND {visible('r', S)}")
+    if items:
+        _changes(eng, items, day, "fx_item_chg", "(SELECT user_id, user_id AS k, signup_day FROM fx_state "
+                 "WHERE user_id NOT IN (SELECT user_id FROM fx_hard))", "fx_cand", members=False)
+
+    # users recomputed from their rows, as the full computation does
+    eng.view("fx_h_user_day", "SELECT * FROM fx_user_day WHERE user_id IN (SELECT user_id FROM fx_hard)")
+    eng.view("fx_h_user_values", "SELECT * FROM fx_user_values WHERE user_id IN (SELECT user_id FROM fx_hard)")
+    eng.temp("fx_h_agg0", user_agg_sql(spec, "fx_h_user_day", "fx_snap_one"))
+    eng.temp("fx_h_user_agg", user_agg_signup_sql(spec, "fx_h_agg0", "fx_h_user_day", "fx_h_user_values"))
+
+    def merged(c) -> str:
+        st, a = f"st.{q(c.name)}", f"a.{q(c.name)}"
+        if c.merge == "min":
+            return f"LEAST({st}, {a})"
+        if c.merge == "max":
+            return f"GREATEST({st}, {a})"
+        drop = f" - COALESCE(dr.{q(c.name)}, 0)" if c in drops else ""
+        return f"{st}{drop} + COALESCE({a}, 0)"
+
+    exprs = {"user_id": "st.user_id", "snapshot_date": S,
+             "signup_day": "COALESCE(LEAST(st.sig_day, a.sig_day), LEAST(st.first_day, a.first_day))"}
+    exprs.update({c.name: merged(c) for c in cols})
+    exprs.update({item_column(s): f"st.{q(item_column(s))} + COALESCE(ch.{q(item_column(s))}, 0)" for s in items})
+    joins = ["LEFT JOIN fx_delta_agg AS a ON a.user_id = st.user_id"]
+    if drops:
+        joins.append("LEFT JOIN fx_drop_agg AS dr ON dr.user_id = st.user_id")
+    if items:
+        joins.append("LEFT JOIN fx_item_chg AS ch ON ch.k = st.user_id")
+    eng.temp("fx_user_agg", f"""
+SELECT {', '.join(f'{exprs[n]} AS {q(n)}' for n in names)}
+FROM fx_state AS st {' '.join(joins)}
+WHERE st.user_id NOT IN (SELECT user_id FROM fx_hard)
+UNION ALL
+SELECT {', '.join(q(n) for n in names)} FROM fx_h_user_agg""")
+
+    # accounts: recomputed if their members changed (a membership became known at S) or a
+    # member's rows stopped being visible; else advanced like the users' distinct counts
+    acc = _account_items(spec)
+    if acc:
+        eng.temp("fx_hard_accounts", f"""
+WITH moved AS (
+  SELECT DISTINCT user_id FROM {memberships}
+  WHERE partition_date <= {S} AND CAST(joined_at AS DATE) <= {S}
+    AND (partition_date = {S} OR CAST(joined_at AS DATE) = {S})
+)
+SELECT account_id FROM fx_members
+WHERE user_id IN (SELECT user_id FROM moved)
+   OR user_id IN (SELECT user_id FROM fx_user_day_raw WHERE until_day = {S})
+UNION
+SELECT ARG_MAX(m.account_id, m.joined_at) AS account_id FROM {memberships} AS m
+WHERE m.user_id IN (SELECT user_id FROM moved) AND m.partition_date <= {T} AND CAST(m.joined_at AS DATE) <= {T}
+GROUP BY m.user_id""")
+        eng.temp("fx_state_accounts", f"SELECT * FROM {STATE_ACCOUNTS} WHERE snapshot_date = {T}")
+        _changes(eng, acc, day, "fx_acct_chg", "(SELECT user_id, account_id AS k, CAST(NULL AS DATE) AS signup_day "
+                 "FROM fx_members WHERE account_id NOT IN (SELECT account_id FROM fx_hard_accounts "
+                 "WHERE account_id IS NOT NULL))", "fx_acct_cand", members=True)
+        eng.temp("fx_h_members", "SELECT * FROM fx_members WHERE account_id IN (SELECT account_id FROM fx_hard_accounts)")
+        acols = [item_column(s) for s in acc]
+        eng.temp("fx_account_values", f"""
+SELECT COALESCE(st.account_id, ch.k) AS account_id, {S} AS snapshot_date,
+       {', '.join(f'COALESCE(st.{q(c)}, 0) + COALESCE(ch.{q(c)}, 0) AS {q(c)}' for c in acols)}
+FROM fx_state_accounts AS st FULL JOIN fx_acct_chg AS ch ON ch.k = st.account_id
+WHERE COALESCE(st.account_id, ch.k) NOT IN (SELECT account_id FROM fx_hard_accounts WHERE account_id IS NOT NULL)
+UNION ALL
+SELECT account_id, snapshot_date, {', '.join(q(c) for c in acols)}
+FROM ({account_values_sql(spec, 'fx_h_members')}) AS h""")
+    else:
+        eng.temp("fx_account_values", account_values_sql(spec))
+
+    def count(t: str) -> int:
+        return eng.conn.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
+    return {"delta_rows": count("fx_delta"), "users_recomputed": count("fx_hard"),
+            "accounts_recomputed": count("fx_hard_accounts") if acc else 0}
+
+
+def save(eng: DuckDBEngine, spec: FeatureSpec, fingerprints: dict[dt.date, str]) -> list[dt.date]:
+    """Keep the states (fx_user_agg, fx_account_values) of those of ``fingerprints``' days that
+    are among the ``KEEP`` most recent snapshot days with a state; returns the days saved."""
+    conn = eng.conn
+    h = state_hash(spec)
+    users_cols = [r[0] for r in conn.execute("DESCRIBE fx_user_agg").fetchall()]
+    acc_cols = [r[0] for r in conn.execute("DESCRIBE fx_account_values").fetchall()]
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {STATE_SNAPSHOTS} (snapshot_date DATE, state_hash VARCHAR, "
+                 "fingerprint VARCHAR, saved_at TIMESTAMPTZ)")
+    for table, cols, tmp in ((STATE_USERS, users_cols, "fx_user_agg"), (STATE_ACCOUNTS, acc_cols, "fx_account_values")):
+        if table_exists(conn, table) and [r[0] for r in conn.execute(f"DESCRIBE {table}").fetchall()] != cols:
+            # other columns: the definitions changed, and no state kept is usable any more
+            conn.execute(f"DROP TABLE {table}")
+            conn.execute(f"DELETE FROM {STATE_SNAPSHOTS}")
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {table} AS SELECT * FROM {tmp} WHERE FALSE")
+    kept = {r[0] for r in conn.execute(f"SELECT snapshot_date FROM {STATE_SNAPSHOTS} WHERE state_hash = ?",
+                                       [h]).fetchall()}
+    newest = set(sorted(kept | set(fingerprints), reverse=True)[:KEEP])
+    save_days = sorted(set(fingerprints) & newest)
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        gone = sorted((kept - newest) | set(save_days))
+        for table in (STATE_USERS, STATE_ACCOUNTS):
+            conn.execute(f"DELETE FROM {table} WHERE snapshot_date NOT IN (SELECT snapshot_date FROM "
+                         f"{STATE_SNAPSHOTS} WHERE state_hash = ?)", [h])
+            if gone:
+                conn.execute(f"DELETE FROM {table} WHERE snapshot_date IN ({', '.join('?' for _ in gone)})", gone)
+        conn.execute(f"DELETE FROM {STATE_SNAPSHOTS} WHERE state_hash <> ?", [h])
+        if gone:
+            conn.execute(f"DELETE FROM {STATE_SNAPSHOTS} WHERE snapshot_date IN ({', '.join('?' for _ in gone)})",
+                         gone)
+        for d in save_days:
+            conn.execute(f"INSERT INTO {STATE_USERS} SELECT * FROM fx_user_agg WHERE snapshot_date = ?", [d])
+            conn.execute(f"INSERT INTO {STATE_ACCOUNTS} SELECT * FROM fx_account_values WHERE snapshot_date = ?", [d])
+            conn.execute(f"INSERT INTO {STATE_SNAPSHOTS} VALUES (?, ?, ?, now())", [d, h, fingerprints[d]])
+        conn.execute("COMMIT")
+    except Exception:
+        conn.execute("ROLLBACK")
+        raise
+    return save_days
+
+
+def drop_temps(eng: DuckDBEngine) -> None:
+    eng.drop(*TEMPS)
