@@ -10,8 +10,9 @@ warehouse settings):
 * cold:     ``compute_features`` for the last day of the data (user and account features)
             with no feature tables and no feature cache (what the run builds is timed);
 * daily:    the same with the feature cache the cold run left, the snapshot day's
-            partition validated again (a new version), as in a daily run; its output is
-            compared with the cold run's (only if the features stage keeps a cache);
+            partition validated again (a new version) and the previous day's features
+            computed first (not timed; it leaves the state a daily run advances), as in a
+            daily run; its output is compared with the cold run's;
 * slice:    the cold run on a consistent slice of the users (every table restricted to
             the users whose id is below a bound), about ``--baseline-events`` events;
 * baseline: a straightforward pandas implementation of the same user features (the
@@ -635,13 +636,13 @@ def count_events(conn, snapshot: dt.date) -> int:
         f"AND event_ts < TIMESTAMPTZ '{end} 00:00:00+00'").fetchone()[0]
 
 
-CACHE_TABLES = "feature\\_cache\\_%"  # the feature cache's tables, if the features stage keeps one
+CACHE_TABLES = ("feature\\_cache\\_%", "feature\\_state\\_%")  # the feature cache's and states' tables
 
 
 def cache_tables(conn) -> list[str]:
+    like = " OR ".join(f"table_name LIKE '{p}' ESCAPE '\\'" for p in CACHE_TABLES)
     return [r[0] for r in conn.execute(
-        f"SELECT table_name FROM duckdb_tables() WHERE NOT temporary AND table_name LIKE '{CACHE_TABLES}' ESCAPE '\\'"
-    ).fetchall()]
+        f"SELECT table_name FROM duckdb_tables() WHERE NOT temporary AND ({like})").fetchall()]
 
 
 def output_paths(db: Path) -> tuple[Path, Path]:
@@ -671,9 +672,10 @@ def compare_tables(conn, table: str, ref: Path, keys: list[str]) -> dict:
 
 def worker_duckdb(db: Path, snapshot: dt.date, profile_dir: Path | None, memory_limit: str = MEMORY_LIMIT,
                   scenario: str = "cold", save_output: bool = False) -> dict:
-    """``cold``: no feature tables and no feature cache (whatever the run builds is timed).
+    """``cold``: no feature tables, feature cache or state (whatever the run builds is timed).
     ``daily``: the cache left by a cold run, with the snapshot day's partition validated
-    again (a new version), as in a daily run; the output is compared with the cold run's."""
+    again (a new version) and the previous day computed first (not timed), as in a daily
+    run; the output is compared with the cold run's."""
     from pql_pipeline.lib.warehouse import Warehouse
 
     spec = feature_spec()
@@ -689,6 +691,10 @@ def worker_duckdb(db: Path, snapshot: dt.date, profile_dir: Path | None, memory_
             conn.execute("UPDATE validated_partitions SET version = version || '+rerun' "
                          "WHERE partition_date = (SELECT max(partition_date) FROM validated_partitions "
                          f"WHERE partition_date <= DATE '{snapshot}')")
+            # yesterday's run (not timed): its features and the state it keeps
+            compute_features(conn, spec, [snapshot - dt.timedelta(days=1)])
+            conn.execute("DELETE FROM user_features")
+            conn.execute("DELETE FROM account_features")
         conn.execute("CHECKPOINT")
         n_events = count_events(conn, snapshot)
     load = os.getloadavg()[0]
@@ -719,7 +725,8 @@ def worker_duckdb(db: Path, snapshot: dt.date, profile_dir: Path | None, memory_
                      "account_features": compare_tables(conn, "account_features", account_ref,
                                                         ["snapshot_date", "account_id"])}
     return {"scenario": scenario, "feature_cache": bool(cache),
-            "cache_partitions_built": getattr(run, "cache_partitions_built", None), "same_as_cold": check,
+            "cache_partitions_built": getattr(run, "cache_partitions_built", None),
+            "incremental": (getattr(run, "incremental", None) or [None])[0], "same_as_cold": check,
             "events": n_events, "seconds": round(secs, 3), "events_per_s": round(n_events / secs),
             "user_rows": run.user_rows, "account_rows": run.account_rows,
             "peak_rss_mib": round(peak_rss_mib()), "rss_before_mib": round(rss_before),
@@ -1090,7 +1097,7 @@ def main() -> None:
                                 args.save_output)
         else:
             res = worker_pandas(args.db, args.snapshot, args.frame)
-        args.worker_out.write_text(json.dumps(res))
+        args.worker_out.write_text(json.dumps(res, default=str))
         return
 
     if args.quick:

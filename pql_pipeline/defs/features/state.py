@@ -137,21 +137,36 @@ def _changes(eng: DuckDBEngine, items, day: dt.date, out: str, keys: str, cand: 
                          f"WHERE r.src = {src} AND r.day = {drop_day} AND {visible('r', T)}")
     eng.temp(cand, f"SELECT k, item, src, value, w, n, signup_day, BOOL_OR(in_n) AS in_n, BOOL_OR(in_d) AS in_d "
                    f"FROM ({' UNION ALL '.join(parts)}) AS x GROUP BY k, item, src, value, w, n, signup_day")
-    # the candidates also known at T within the window S and T share
-    rows = "fx_item_rows AS r"
-    if all(s.window_days for s in items):  # only the longest window's days can match
-        longest = max(s.window_days for s in items)
-        rows = (f"(SELECT * FROM fx_item_rows WHERE day > {_date(day - dt.timedelta(days=longest))} "
-                f"AND day <= {T}) AS r")
-    if members:
-        rows += (f" JOIN (SELECT user_id, account_id FROM fx_members WHERE account_id IN (SELECT k FROM {cand})) AS m "
-                 "ON m.user_id = r.user_id")
-    key = "m.account_id" if members else "r.user_id"
-    present = (f"SELECT DISTINCT c.k, c.item, c.value FROM {rows} "
-               f"JOIN {cand} AS c ON c.k = {key} AND c.src = r.src AND c.value = r.value "
-               f"WHERE {visible('r', T)} AND (c.w IS NULL OR DATE_DIFF('day', r.day, {S}) < c.w) "
-               f"AND (c.n IS NULL OR (DATE_DIFF('day', c.signup_day, r.day) >= 0 "
-               f"AND DATE_DIFF('day', c.signup_day, r.day) < c.n))")
+    # the candidates also known at T within the window S and T share: the distinct values of
+    # the candidates' keys' rows of that source and window (an active day of S was never
+    # known at T, so only late days are looked up)
+    found = []
+    for s in items:
+        name = sql_literal(item_column(s))
+        mine = f"SELECT k FROM {cand} WHERE item = {name}"
+        if s.kind == "active_days":
+            mine += f" AND value < CAST({S} AS VARCHAR)"
+            rows = "SELECT user_id, CAST(day AS VARCHAR) AS value, day, avail_day, until_day FROM fx_user_day " \
+                   "WHERE n_events > 0"
+        else:
+            rows = ("SELECT user_id, value, day, avail_day, until_day FROM fx_user_values "
+                    f"WHERE signal = {sql_literal(_item_source(s))}")
+        where = [visible("r", T)]
+        if s.window_days:
+            where.append(f"r.day > {_date(day - dt.timedelta(days=s.window_days))}")
+        if members:
+            found.append(f"SELECT DISTINCT m.account_id AS k, {name} AS item, r.value "
+                         f"FROM ({rows}) AS r JOIN fx_members AS m ON m.user_id = r.user_id "
+                         f"WHERE {' AND '.join(where)} AND m.account_id IN ({mine})")
+            continue
+        join = ""
+        if s.within_days_of_signup:
+            join = "JOIN fx_state AS st ON st.user_id = r.user_id "
+            where.append(f"DATE_DIFF('day', st.signup_day, r.day) >= 0 "
+                         f"AND DATE_DIFF('day', st.signup_day, r.day) < {s.within_days_of_signup}")
+        found.append(f"SELECT DISTINCT r.user_id AS k, {name} AS item, r.value FROM ({rows}) AS r {join}"
+                     f"WHERE {' AND '.join(where)} AND r.user_id IN ({mine})")
+    present = " UNION ALL ".join(found)
     pivot = ", ".join(f"COALESCE(SUM(chg) FILTER (WHERE item = {sql_literal(item_column(s))}), 0) "
                       f"AS {q(item_column(s))}" for s in items)
     eng.temp(out, f"""
