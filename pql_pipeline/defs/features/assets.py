@@ -87,7 +87,10 @@ def build_feature_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
             context.log.info("feature tables changed: " + ", ".join(run.schema_changes))
         common = {"snapshots": len(days), "signals_definition_hash": sigs.definition_hash,
                   "schema_changes": ", ".join(run.schema_changes or []) or "none",
-                  "cache_partitions_built": run.cache_partitions_built}
+                  "cache_partitions_built": run.cache_partitions_built,
+                  # days advanced from the previous day's state instead of computed from the history
+                  "snapshots_advanced": len(run.incremental or []),
+                  "users_recomputed": sum(i["users_recomputed"] for i in run.incremental or [])}
         yield dg.MaterializeResult(asset_key="user_features", metadata={
             "dagster/row_count": run.user_rows, **common,
             "signals": len(sigs.signals),
