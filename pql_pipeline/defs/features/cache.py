@@ -42,6 +42,11 @@ USER_VALUES = "feature_cache_user_values"
 USER_FIRSTS = "feature_cache_user_firsts"
 TRAIT_CALLS = "feature_cache_trait_calls"
 MANIFEST = "feature_cache_partitions"
+# a small number per (value source, value), given once and never changed, so that the values a
+# user had on a day fit one integer (``USER_MASKS``: bit i set = value i seen)
+VALUE_BITS = "feature_value_bits"
+USER_MASKS = "feature_cache_user_masks"
+MASK_BITS = 62  # a source with more values is counted from its values, not from masks
 # ``anonymous``: user_id holds an anonymous id (events not resolved at validation)
 VALUE_COLUMNS = [("partition_date", "DATE"), ("user_id", "VARCHAR"), ("signal", "VARCHAR"), ("value", "VARCHAR"),
                  ("day", "DATE"), ("anonymous", "BOOLEAN")]
@@ -50,6 +55,10 @@ FIRST_COLUMNS = [("partition_date", "DATE"), ("user_id", "VARCHAR"), ("signal", 
 TRAIT_COLUMNS = [("partition_date", "DATE"), ("user_id", "VARCHAR"), ("account_id", "VARCHAR"),
                  ("event_type", "VARCHAR"), ("event_ts", "TIMESTAMPTZ"), ("message_id", "VARCHAR"), ("traits", "JSON"),
                  ("day", "DATE"), ("anonymous", "BOOLEAN")]
+BITS_COLUMNS = [("src", "VARCHAR"), ("value", "VARCHAR"), ("bit", "BIGINT")]
+# masks are kept for values resolved at validation only (``anonymous`` is always false)
+MASK_COLUMNS = [("partition_date", "DATE"), ("user_id", "VARCHAR"), ("signal", "VARCHAR"), ("day", "DATE"),
+                ("mask", "BIGINT"), ("anonymous", "BOOLEAN")]
 MANIFEST_COLUMNS = [("partition_date", "DATE"), ("version", "VARCHAR"), ("measures_hash", "VARCHAR"),
                     ("built_at", "TIMESTAMPTZ")]
 GROUP_PARTITIONS = 31  # partitions built per statement
@@ -78,7 +87,42 @@ def _ensure_tables(eng: DuckDBEngine, spec: FeatureSpec) -> None:
     ensure_columns(conn, USER_VALUES, VALUE_COLUMNS)
     ensure_columns(conn, USER_FIRSTS, FIRST_COLUMNS)
     ensure_columns(conn, TRAIT_CALLS, TRAIT_COLUMNS)
+    if not table_exists(conn, VALUE_BITS) and table_exists(conn, MANIFEST):
+        # masks cached with a lost numbering mean nothing: rebuild every partition
+        conn.execute(f"DELETE FROM {MANIFEST}")
+    ensure_columns(conn, VALUE_BITS, BITS_COLUMNS)
+    ensure_columns(conn, USER_MASKS, MASK_COLUMNS)
     ensure_columns(conn, MANIFEST, MANIFEST_COLUMNS)
+
+
+def number_values(conn, values_sql: str) -> None:
+    """Give every (value source, value) of ``values_sql`` (signal, value rows) that has no
+    number yet the next numbers of its source."""
+    conn.execute(f"""
+        INSERT INTO {VALUE_BITS}
+        SELECT n.signal, n.value, COALESCE(b.n, 0) + ROW_NUMBER() OVER (PARTITION BY n.signal ORDER BY n.value) - 1
+        FROM (SELECT DISTINCT signal, value FROM ({values_sql}) AS v
+              WHERE NOT EXISTS (SELECT 1 FROM {VALUE_BITS} AS x WHERE x.src = v.signal AND x.value = v.value)) AS n
+        LEFT JOIN (SELECT src, count(*) AS n FROM {VALUE_BITS} GROUP BY src) AS b ON b.src = n.signal""")
+
+
+def masks_sql(values: str) -> str:
+    """Per row of ``values`` (a relation shaped like fx_user_values) grouped by user, source,
+    day and availability: the mask of the values (only values numbered below MASK_BITS)."""
+    return (f"SELECT v.user_id, v.signal, v.day, v.avail_day, v.until_day, "
+            f"BIT_OR(CAST(1 AS BIGINT) << b.bit) AS mask FROM {values} AS v "
+            f"JOIN {VALUE_BITS} AS b ON b.src = v.signal AND b.value = v.value AND b.bit < {MASK_BITS} "
+            f"GROUP BY v.user_id, v.signal, v.day, v.avail_day, v.until_day")
+
+
+def narrow_sources(conn) -> set[str]:
+    """Value sources whose values all have a mask bit."""
+    return {r[0] for r in conn.execute(f"SELECT src FROM {VALUE_BITS} GROUP BY src HAVING max(bit) < {MASK_BITS}"
+                                       ).fetchall()}
+
+
+def all_numbered_sources(conn) -> set[str]:
+    return {r[0] for r in conn.execute(f"SELECT DISTINCT src FROM {VALUE_BITS}").fetchall()}
 
 
 def describe_query(conn, sql: str) -> dict[str, str]:
@@ -108,7 +152,7 @@ def refresh_cache(eng: DuckDBEngine, spec: FeatureSpec, last_day: dt.date) -> in
         marks = ", ".join("?" for _ in group)
         conn.execute("BEGIN TRANSACTION")
         try:
-            for table in (USER_DAY, USER_VALUES, USER_FIRSTS, TRAIT_CALLS, MANIFEST):
+            for table in (USER_DAY, USER_VALUES, USER_MASKS, USER_FIRSTS, TRAIT_CALLS, MANIFEST):
                 conn.execute(f"DELETE FROM {table} WHERE partition_date IN ({marks})", group)
             for anonymous in (False, True):
                 eng.view("fx_build_events", _build_events_sql(group, anonymous))
@@ -128,6 +172,16 @@ def refresh_cache(eng: DuckDBEngine, spec: FeatureSpec, last_day: dt.date) -> in
                              "event_ts, message_id, traits, day) " + render(
                                  f"SELECT avail_day, {flag}, user_id, account_id, event_type, event_ts, message_id, "
                                  f"traits, day FROM ({traits_sql('fx_build_events')}) AS t"))
+            # masks of the values resolved at validation (anonymous ones are masked when read)
+            listed = ", ".join(f"CAST({sql_literal(d.isoformat())} AS DATE)" for d in group)
+            conn.execute(f"CREATE OR REPLACE TEMP VIEW fx_build_values AS SELECT user_id, signal, value, day, "
+                         f"partition_date AS avail_day, CAST(NULL AS DATE) AS until_day FROM {USER_VALUES} "
+                         f"WHERE NOT anonymous AND partition_date IN ({listed})")
+            number_values(conn, "SELECT signal, value FROM fx_build_values")
+            conn.execute(f"INSERT INTO {USER_MASKS} (partition_date, user_id, signal, day, mask, anonymous) "
+                         f"SELECT avail_day, user_id, signal, day, mask, FALSE "
+                         f"FROM ({masks_sql('fx_build_values')}) AS m")
+            conn.execute("DROP VIEW fx_build_values")
             conn.execute(f"""INSERT INTO {MANIFEST}
                              SELECT partition_date, version, ?, now() FROM validated_partitions
                              WHERE partition_date IN ({marks})""", [h, *group])
@@ -157,6 +211,10 @@ def cached_sql(spec: FeatureSpec, kind: str, anonymous: bool = False) -> str:
         table, head, cols = USER_VALUES, "c.signal, c.value, c.day", ""
     elif kind == "traits":
         table, head, cols = TRAIT_CALLS, "c.account_id, c.event_type, c.event_ts, c.message_id, c.traits, c.day", ""
+    elif kind == "user_masks":
+        if anonymous:
+            raise ValueError("anonymous values are masked when read, not cached as masks")
+        table, head, cols = USER_MASKS, "c.signal, c.day", "c.mask"
     elif kind == "user_firsts":
         table, head, cols = USER_FIRSTS, "c.signal, c.value, c.event_ts, c.message_id, c.day", ""
     else:

@@ -39,7 +39,7 @@ from pql_pipeline.lib.engine import DuckDBEngine, json_path, sql_literal
 from pql_pipeline.lib.warehouse import ensure_columns, replace_rows, table_exists
 
 ACTIVITY_TYPES = ("track", "page", "screen")
-CACHE_FORMAT = "4"  # bump when what the feature cache holds changes
+CACHE_FORMAT = "5"  # bump when what the feature cache holds changes
 USER_KEY_COLUMNS = [
     ("snapshot_date", "DATE"), ("user_id", "VARCHAR"), ("account_id", "VARCHAR"), ("signup_date", "DATE"),
     ("days_since_signup", "BIGINT"), ("is_paying", "BOOLEAN"),
@@ -413,7 +413,7 @@ GROUP BY user_id, snapshot_date"""
 
 
 def user_agg_signup_sql(spec: FeatureSpec, agg0: str = "fx_user_agg0", day_rows: str = "fx_user_day",
-                        value_rows: str = "fx_user_values") -> str:
+                        value_rows: str = "fx_user_values", bitmap: frozenset[str] = frozenset()) -> str:
     """``agg0`` (``user_agg_sql``'s rows, which give the signup day) with the signup-window
     sums, the active days (distinct days, any window) and the distinct values of every user
     of ``agg0``: the complete state of fx_user_agg."""
@@ -442,30 +442,39 @@ def user_agg_signup_sql(spec: FeatureSpec, agg0: str = "fx_user_agg0", day_rows:
             f"ON sw.user_id = g.user_id AND sw.snapshot_date = g.snapshot_date")
         cols += [f"COALESCE(sw.{q(c.name)}, 0) AS {q(c.name)}" for c in signup_cols]
     if distinct:
-        parts.append(f"LEFT JOIN ({distinct_values_sql(distinct, 'user_id', agg0, value_rows)}) AS dv "
+        parts.append(f"LEFT JOIN ({distinct_values_sql(distinct, 'user_id', agg0, value_rows, bitmap)}) AS dv "
                      "ON dv.user_id = g.user_id AND dv.snapshot_date = g.snapshot_date")
         cols += [f"COALESCE(dv.{q(item_column(s))}, 0) AS {q(item_column(s))}" for s in distinct]
     return f"SELECT {', '.join(cols)} FROM {agg0} AS g {' '.join(parts)}"
 
 
-def distinct_values_sql(signals: list[Signal], key: str, groups: str, value_rows: str = "fx_user_values") -> str:
+def distinct_values_sql(signals: list[Signal], key: str, groups: str, value_rows: str = "fx_user_values",
+                        bitmap: frozenset[str] = frozenset(), masks: str = "fx_user_masks") -> str:
     """Distinct values of distinct-count signals per ``key`` and snapshot over the users of
     ``groups`` (user rows: one user each; members: every member of an account) within each
-    signal's window: one column dv_<signal> per signal."""
+    signal's window: one column dv_<signal> per signal. Sources in ``bitmap`` are counted
+    from ``masks`` (the bits of the values seen per user and day) instead of their values."""
     parts = []
     for s in signals:
         w = window_condition(s, age="DATE_DIFF('day', v.day, g.snapshot_date)",
                              since_signup="DATE_DIFF('day', g.signup_day, v.day)")
+        src, name = sql_literal(value_source(s)), sql_literal(s.name)
+        if value_source(s) in bitmap:
+            parts.append(
+                f"SELECT g.{key}, g.snapshot_date, {name} AS sig, CAST(BIT_COUNT(BIT_OR(v.mask)) AS BIGINT) AS n "
+                f"FROM {masks} AS v JOIN {groups} AS g ON v.user_id = g.user_id "
+                f"AND {visible('v', 'g.snapshot_date')} WHERE v.signal = {src} AND {w} "
+                f"GROUP BY g.{key}, g.snapshot_date")
+            continue
         parts.append(
-            f"SELECT g.{key}, g.snapshot_date, {sql_literal(s.name)} AS sig, v.value "
+            f"SELECT {key}, snapshot_date, sig, COUNT(*) AS n FROM ("
+            f"SELECT DISTINCT g.{key}, g.snapshot_date, {name} AS sig, v.value "
             f"FROM {value_rows} AS v JOIN {groups} AS g ON v.user_id = g.user_id "
-            f"AND {visible('v', 'g.snapshot_date')} "
-            f"WHERE v.signal = {sql_literal(value_source(s))} AND {w} "
-            f"GROUP BY g.{key}, g.snapshot_date, v.value")
+            f"AND {visible('v', 'g.snapshot_date')} WHERE v.signal = {src} AND {w}) AS d "
+            f"GROUP BY {key}, snapshot_date, sig")
     pivot = ", ".join(f"COALESCE(MAX(n) FILTER (WHERE sig = {sql_literal(s.name)}), 0) AS {q('dv_' + s.name)}"
                       for s in signals)
-    return (f"SELECT {key}, snapshot_date, {pivot} FROM (SELECT {key}, snapshot_date, sig, COUNT(*) AS n "
-            f"FROM ({' UNION ALL '.join(parts)}) AS x GROUP BY {key}, snapshot_date, sig) AS c "
+    return (f"SELECT {key}, snapshot_date, {pivot} FROM ({' UNION ALL '.join(parts)}) AS c "
             f"GROUP BY {key}, snapshot_date")
 
 
@@ -477,12 +486,13 @@ def members_sql(src: Sources = WAREHOUSE, snapshots: str = "fx_snapshots") -> st
             f"GROUP BY m.user_id, s.snapshot_date")
 
 
-def account_values_sql(spec: FeatureSpec, members: str = "fx_members", value_rows: str = "fx_user_values") -> str:
+def account_values_sql(spec: FeatureSpec, members: str = "fx_members", value_rows: str = "fx_user_values",
+                       bitmap: frozenset[str] = frozenset()) -> str:
     """Distinct values across the members of each account (account distinct-count signals)."""
     distinct = [s for s in spec.signals.account_signals if s.kind == "distinct_count"]
     if not distinct:
         return "SELECT CAST(NULL AS VARCHAR) AS account_id, CAST(NULL AS DATE) AS snapshot_date WHERE FALSE"
-    return distinct_values_sql(distinct, "account_id", members, value_rows)
+    return distinct_values_sql(distinct, "account_id", members, value_rows, bitmap)
 
 
 def user_features_sql(spec: FeatureSpec) -> str:
@@ -673,7 +683,14 @@ def build_feature_temps(eng: DuckDBEngine, spec: FeatureSpec, days: list[dt.date
     is saved. Returns ``cache_partitions_built`` and, if the day was advanced, ``incremental``
     with its counts."""
     from pql_pipeline.defs.features import state
-    from pql_pipeline.defs.features.cache import cached_sql, refresh_cache
+    from pql_pipeline.defs.features.cache import (
+        all_numbered_sources,
+        cached_sql,
+        masks_sql,
+        narrow_sources,
+        number_values,
+        refresh_cache,
+    )
 
     last = max(days)
     eng.temp("fx_snapshots", snapshots_sql(days))
@@ -703,6 +720,14 @@ def build_feature_temps(eng: DuckDBEngine, spec: FeatureSpec, days: list[dt.date
 
     with_cache("fx_user_day", user_day_sql(spec), "", "user_day")
     with_cache("fx_user_values", user_values_sql(spec), EMPTY_VALUES, "user_values")
+    bitmap: frozenset[str] = frozenset()
+    if cached:
+        # values of few distinct values are counted from per-day masks of them (cache.py)
+        number_values(eng.conn, "SELECT signal, value FROM fx_user_values_raw")
+        eng.temp("fx_user_masks_raw", masks_sql("fx_user_values_raw"))
+        eng.view("fx_user_masks", f"SELECT * FROM fx_user_masks_raw UNION ALL {cached_sql(spec, 'user_masks')}")
+        narrow, numbered = narrow_sources(eng.conn), all_numbered_sources(eng.conn)
+        bitmap = frozenset(k for k in _value_sources(spec) if k in narrow or k not in numbered)
     with_cache("fx_user_firsts", user_firsts_sql(spec), EMPTY_FIRSTS, "user_firsts")
     with_cache("fx_traits", traits_sql(), "", "traits")
     eng.drop("fx_events")
@@ -714,13 +739,13 @@ def build_feature_temps(eng: DuckDBEngine, spec: FeatureSpec, days: list[dt.date
     fingerprints = {d: state.fingerprint(eng.conn, d) for d in saveable}
     if (cached and len(days) == 1 and (first_uncached is None or first_uncached >= last)
             and state.usable(eng.conn, spec, last)):
-        out["incremental"] = state.advance(eng, spec, last, src.account_memberships)
+        out["incremental"] = state.advance(eng, spec, last, src.account_memberships, bitmap)
         state.drop_temps(eng)
     else:
         eng.temp("fx_user_agg0", user_agg_sql(spec))
-        eng.temp("fx_user_agg", user_agg_signup_sql(spec))
+        eng.temp("fx_user_agg", user_agg_signup_sql(spec, bitmap=bitmap))
         eng.drop("fx_user_agg0")
-        eng.temp("fx_account_values", account_values_sql(spec))
+        eng.temp("fx_account_values", account_values_sql(spec, bitmap=bitmap))
     if fingerprints:
         state.save(eng, spec, fingerprints)
     eng.temp("fx_user_features", user_features_sql(spec))
@@ -729,6 +754,7 @@ def build_feature_temps(eng: DuckDBEngine, spec: FeatureSpec, days: list[dt.date
 
 
 TEMPS = ("fx_user_features", "fx_account_features", "fx_user_agg", "fx_user_agg0", "fx_members", "fx_account_values",
+         "fx_user_masks", "fx_user_masks_raw",
          "fx_user_day", "fx_user_values", "fx_user_firsts", "fx_traits", "fx_user_day_raw", "fx_user_values_raw",
          "fx_user_firsts_raw", "fx_traits_raw", "fx_events", "fx_links", "fx_cached", "fx_snapshots")
 

@@ -32,6 +32,7 @@ from pql_pipeline.defs.features.features import (
     FeatureSpec,
     account_values_sql,
     distinct_items,
+    distinct_values_sql,
     item_column,
     q,
     state_columns,
@@ -46,12 +47,12 @@ from pql_pipeline.lib.warehouse import table_exists
 STATE_USERS = "feature_state_users"
 STATE_ACCOUNTS = "feature_state_accounts"
 STATE_SNAPSHOTS = "feature_state_snapshots"
-STATE_FORMAT = "1"  # bump when what a state holds changes
+STATE_FORMAT = "2"  # bump when what a state holds changes
 KEEP = 2  # most recent snapshot days whose state is kept
 ACTIVE = "__active_day"  # the value source of active days: the day itself
 TEMPS = ("fx_state", "fx_state_accounts", "fx_delta", "fx_delta_agg", "fx_drop_agg", "fx_hard", "fx_hard_accounts",
          "fx_item_rows", "fx_item_delta", "fx_cand", "fx_item_chg", "fx_acct_cand", "fx_acct_chg", "fx_h_user_day",
-         "fx_h_user_values", "fx_h_agg0", "fx_h_user_agg", "fx_h_members", "fx_snap_one")
+         "fx_h_user_values", "fx_h_agg0", "fx_h_user_agg", "fx_h_members", "fx_snap_one", "fx_user_agg_m", "fx_bdv")
 
 
 def state_hash(spec: FeatureSpec) -> str:
@@ -179,7 +180,8 @@ SELECT k, {pivot} FROM (
 GROUP BY k""")
 
 
-def advance(eng: DuckDBEngine, spec: FeatureSpec, day: dt.date, memberships: str = "account_memberships") -> dict:
+def advance(eng: DuckDBEngine, spec: FeatureSpec, day: dt.date, memberships: str = "account_memberships",
+            bitmap: frozenset[str] = frozenset()) -> dict:
     """Compute fx_user_agg and fx_account_values of ``day`` from the saved state of the day
     before (``usable`` must hold) and the rows that changed; fx_user_day, fx_user_values,
     fx_user_day_raw (every row that an identity link resolves) and fx_members (of ``day``)
@@ -188,6 +190,10 @@ def advance(eng: DuckDBEngine, spec: FeatureSpec, day: dt.date, memberships: str
     cols = state_columns(spec)
     names = user_state_names(spec)
     items = distinct_items(spec)
+    # distinct values of sources with few values are counted from their masks, for every user
+    # (cheap); active days and the other distinct values are advanced
+    bitems = [s for s in items if s.kind == "distinct_count" and value_source(s) in bitmap]
+    items = [s for s in items if s not in bitems]
     eng.temp("fx_snap_one", f"SELECT {S} AS snapshot_date")
     eng.temp("fx_state", f"SELECT * FROM {STATE_USERS} WHERE snapshot_date = {T}")
     # day rows known at S that were not known at T
@@ -234,7 +240,8 @@ FROM fx_user_day WHERE n_events > 0""")
     eng.view("fx_h_user_day", "SELECT * FROM fx_user_day WHERE user_id IN (SELECT user_id FROM fx_hard)")
     eng.view("fx_h_user_values", "SELECT * FROM fx_user_values WHERE user_id IN (SELECT user_id FROM fx_hard)")
     eng.temp("fx_h_agg0", user_agg_sql(spec, "fx_h_user_day", "fx_snap_one"))
-    eng.temp("fx_h_user_agg", user_agg_signup_sql(spec, "fx_h_agg0", "fx_h_user_day", "fx_h_user_values"))
+    eng.temp("fx_h_user_agg", user_agg_signup_sql(spec, "fx_h_agg0", "fx_h_user_day", "fx_h_user_values",
+                                                  bitmap))
 
     def merged(c) -> str:
         st, a = f"st.{q(c.name)}", f"a.{q(c.name)}"
@@ -254,17 +261,28 @@ FROM fx_user_day WHERE n_events > 0""")
         joins.append("LEFT JOIN fx_drop_agg AS dr ON dr.user_id = st.user_id")
     if items:
         joins.append("LEFT JOIN fx_item_chg AS ch ON ch.k = st.user_id")
-    eng.temp("fx_user_agg", f"""
-SELECT {', '.join(f'{exprs[n]} AS {q(n)}' for n in names)}
+    bcols = [item_column(s) for s in bitems]
+    eng.temp("fx_user_agg_m", f"""
+SELECT {', '.join(f'{exprs[n]} AS {q(n)}' for n in names if n not in bcols)}
 FROM fx_state AS st {' '.join(joins)}
-WHERE st.user_id NOT IN (SELECT user_id FROM fx_hard)
+WHERE st.user_id NOT IN (SELECT user_id FROM fx_hard)""")
+    bjoin = ""
+    if bitems:
+        eng.temp("fx_bdv", distinct_values_sql(bitems, "user_id", "fx_user_agg_m", bitmap=bitmap))
+        bjoin = "LEFT JOIN fx_bdv AS b ON b.user_id = m.user_id"
+    cols_m = [f"COALESCE(b.{q(n)}, 0) AS {q(n)}" if n in bcols else f"m.{q(n)}" for n in names]
+    eng.temp("fx_user_agg", f"""
+SELECT {', '.join(cols_m)} FROM fx_user_agg_m AS m {bjoin}
 UNION ALL
 SELECT {', '.join(q(n) for n in names)} FROM fx_h_user_agg""")
 
     # accounts: recomputed if their members changed (a membership became known at S) or a
     # member's rows stopped being visible; else advanced like the users' distinct counts
     acc = _account_items(spec)
-    if acc:
+    if acc and all(value_source(s) in bitmap for s in acc):
+        eng.temp("fx_hard_accounts", "SELECT CAST(NULL AS VARCHAR) AS account_id WHERE FALSE")
+        eng.temp("fx_account_values", account_values_sql(spec, bitmap=bitmap))
+    elif acc:
         eng.temp("fx_hard_accounts", f"""
 WITH moved AS (
   SELECT DISTINCT user_id FROM {memberships}

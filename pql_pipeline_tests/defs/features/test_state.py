@@ -7,6 +7,7 @@ import datetime as dt
 
 import pytest
 
+from pql_pipeline.defs.features import cache
 from pql_pipeline.defs.features.features import compute_features
 from pql_pipeline.defs.features.state import STATE_SNAPSHOTS, STATE_USERS
 from pql_pipeline_tests.defs.features.conftest import D, signals, spec, table_dump
@@ -93,7 +94,12 @@ def busy(world):
     return w
 
 
-def test_daily_runs_advanced_from_state_equal_features_from_events(busy, fconn):
+@pytest.mark.parametrize("mask_bits", [62, 2], ids=["values-as-masks", "values-outgrow-masks"])
+def test_daily_runs_advanced_from_state_equal_features_from_events(busy, fconn, monkeypatch, mask_bits):
+    """With few values per source they are counted from masks; with more values than mask
+    bits (here: 2) a source is counted from its values, and a source that outgrows its
+    masks on the way switches without a break."""
+    monkeypatch.setattr(cache, "MASK_BITS", mask_bits)
     versions(fconn, *DAYS)
     sp = spec(SIGS, active_within_days=6)
     runs = [compute_features(fconn, sp, [d]) for d in DAYS]
