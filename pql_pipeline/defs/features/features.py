@@ -413,7 +413,8 @@ GROUP BY user_id, snapshot_date"""
 
 
 def user_agg_signup_sql(spec: FeatureSpec, agg0: str = "fx_user_agg0", day_rows: str = "fx_user_day",
-                        value_rows: str = "fx_user_values", bitmap: frozenset[str] = frozenset()) -> str:
+                        value_rows: str = "fx_user_values", bitmap: frozenset[str] = frozenset(),
+                        since: dt.date | None = None) -> str:
     """``agg0`` (``user_agg_sql``'s rows, which give the signup day) with the signup-window
     sums, the active days (distinct days, any window) and the distinct values of every user
     of ``agg0``: the complete state of fx_user_agg."""
@@ -442,22 +443,27 @@ def user_agg_signup_sql(spec: FeatureSpec, agg0: str = "fx_user_agg0", day_rows:
             f"ON sw.user_id = g.user_id AND sw.snapshot_date = g.snapshot_date")
         cols += [f"COALESCE(sw.{q(c.name)}, 0) AS {q(c.name)}" for c in signup_cols]
     if distinct:
-        parts.append(f"LEFT JOIN ({distinct_values_sql(distinct, 'user_id', agg0, value_rows, bitmap)}) AS dv "
+        parts.append(f"LEFT JOIN ({distinct_values_sql(distinct, 'user_id', agg0, value_rows, bitmap, since=since)}) AS dv "
                      "ON dv.user_id = g.user_id AND dv.snapshot_date = g.snapshot_date")
         cols += [f"COALESCE(dv.{q(item_column(s))}, 0) AS {q(item_column(s))}" for s in distinct]
     return f"SELECT {', '.join(cols)} FROM {agg0} AS g {' '.join(parts)}"
 
 
 def distinct_values_sql(signals: list[Signal], key: str, groups: str, value_rows: str = "fx_user_values",
-                        bitmap: frozenset[str] = frozenset(), masks: str = "fx_user_masks") -> str:
+                        bitmap: frozenset[str] = frozenset(), masks: str = "fx_user_masks",
+                        since: dt.date | None = None) -> str:
     """Distinct values of distinct-count signals per ``key`` and snapshot over the users of
     ``groups`` (user rows: one user each; members: every member of an account) within each
     signal's window: one column dv_<signal> per signal. Sources in ``bitmap`` are counted
-    from ``masks`` (the bits of the values seen per user and day) instead of their values."""
+    from ``masks`` (the bits of the values seen per user and day) instead of their values.
+    ``since``: the earliest snapshot of ``groups``, so that rows older than every window are
+    skipped by the scan."""
     parts = []
     for s in signals:
         w = window_condition(s, age="DATE_DIFF('day', v.day, g.snapshot_date)",
                              since_signup="DATE_DIFF('day', g.signup_day, v.day)")
+        if since and s.window_days:
+            w += f" AND v.day > CAST({sql_literal((since - dt.timedelta(days=s.window_days)).isoformat())} AS DATE)"
         src, name = sql_literal(value_source(s)), sql_literal(s.name)
         if value_source(s) in bitmap:
             parts.append(
@@ -487,12 +493,12 @@ def members_sql(src: Sources = WAREHOUSE, snapshots: str = "fx_snapshots") -> st
 
 
 def account_values_sql(spec: FeatureSpec, members: str = "fx_members", value_rows: str = "fx_user_values",
-                       bitmap: frozenset[str] = frozenset()) -> str:
+                       bitmap: frozenset[str] = frozenset(), since: dt.date | None = None) -> str:
     """Distinct values across the members of each account (account distinct-count signals)."""
     distinct = [s for s in spec.signals.account_signals if s.kind == "distinct_count"]
     if not distinct:
         return "SELECT CAST(NULL AS VARCHAR) AS account_id, CAST(NULL AS DATE) AS snapshot_date WHERE FALSE"
-    return distinct_values_sql(distinct, "account_id", members, value_rows, bitmap)
+    return distinct_values_sql(distinct, "account_id", members, value_rows, bitmap, since=since)
 
 
 def user_features_sql(spec: FeatureSpec) -> str:
@@ -743,9 +749,9 @@ def build_feature_temps(eng: DuckDBEngine, spec: FeatureSpec, days: list[dt.date
         state.drop_temps(eng)
     else:
         eng.temp("fx_user_agg0", user_agg_sql(spec))
-        eng.temp("fx_user_agg", user_agg_signup_sql(spec, bitmap=bitmap))
+        eng.temp("fx_user_agg", user_agg_signup_sql(spec, bitmap=bitmap, since=min(days)))
         eng.drop("fx_user_agg0")
-        eng.temp("fx_account_values", account_values_sql(spec, bitmap=bitmap))
+        eng.temp("fx_account_values", account_values_sql(spec, bitmap=bitmap, since=min(days)))
     if fingerprints:
         state.save(eng, spec, fingerprints)
     eng.temp("fx_user_features", user_features_sql(spec))

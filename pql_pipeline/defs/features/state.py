@@ -241,7 +241,7 @@ FROM fx_user_day WHERE n_events > 0""")
     eng.view("fx_h_user_values", "SELECT * FROM fx_user_values WHERE user_id IN (SELECT user_id FROM fx_hard)")
     eng.temp("fx_h_agg0", user_agg_sql(spec, "fx_h_user_day", "fx_snap_one"))
     eng.temp("fx_h_user_agg", user_agg_signup_sql(spec, "fx_h_agg0", "fx_h_user_day", "fx_h_user_values",
-                                                  bitmap))
+                                                  bitmap, since=day))
 
     def merged(c) -> str:
         st, a = f"st.{q(c.name)}", f"a.{q(c.name)}"
@@ -268,7 +268,7 @@ FROM fx_state AS st {' '.join(joins)}
 WHERE st.user_id NOT IN (SELECT user_id FROM fx_hard)""")
     bjoin = ""
     if bitems:
-        eng.temp("fx_bdv", distinct_values_sql(bitems, "user_id", "fx_user_agg_m", bitmap=bitmap))
+        eng.temp("fx_bdv", distinct_values_sql(bitems, "user_id", "fx_user_agg_m", bitmap=bitmap, since=day))
         bjoin = "LEFT JOIN fx_bdv AS b ON b.user_id = m.user_id"
     cols_m = [f"COALESCE(b.{q(n)}, 0) AS {q(n)}" if n in bcols else f"m.{q(n)}" for n in names]
     eng.temp("fx_user_agg", f"""
@@ -281,7 +281,7 @@ SELECT {', '.join(q(n) for n in names)} FROM fx_h_user_agg""")
     acc = _account_items(spec)
     if acc and all(value_source(s) in bitmap for s in acc):
         eng.temp("fx_hard_accounts", "SELECT CAST(NULL AS VARCHAR) AS account_id WHERE FALSE")
-        eng.temp("fx_account_values", account_values_sql(spec, bitmap=bitmap))
+        eng.temp("fx_account_values", account_values_sql(spec, bitmap=bitmap, since=day))
     elif acc:
         eng.temp("fx_hard_accounts", f"""
 WITH moved AS (
@@ -309,9 +309,9 @@ FROM fx_state_accounts AS st FULL JOIN fx_acct_chg AS ch ON ch.k = st.account_id
 WHERE COALESCE(st.account_id, ch.k) NOT IN (SELECT account_id FROM fx_hard_accounts WHERE account_id IS NOT NULL)
 UNION ALL
 SELECT account_id, snapshot_date, {', '.join(q(c) for c in acols)}
-FROM ({account_values_sql(spec, 'fx_h_members')}) AS h""")
+FROM ({account_values_sql(spec, 'fx_h_members', since=day)}) AS h""")
     else:
-        eng.temp("fx_account_values", account_values_sql(spec))
+        eng.temp("fx_account_values", account_values_sql(spec, since=day))
 
     def count(t: str) -> int:
         return eng.conn.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
