@@ -11,6 +11,7 @@ from pql_pipeline.defs.features.checks import build_feature_checks
 from pql_pipeline.defs.ingest.assets import build_ingest_assets
 from pql_pipeline.defs.ingest.checks import build_ingest_checks
 from pql_pipeline.defs.ingest.resources import EventSource
+from pql_pipeline.defs.model.assets import build_model_assets, build_model_checks
 from pql_pipeline.lib.warehouse import Warehouse
 from pql_pipeline.settings import Settings, get_settings
 
@@ -21,6 +22,7 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 INGEST_JOB = "ingest_events"
 DIMENSIONS_JOB = "build_dimensions"
 FEATURES_JOB = "build_features"
+MODEL_JOB = "train_model"
 PIPELINE_JOB = "pql_pipeline"
 
 
@@ -41,8 +43,9 @@ def build_resources(settings: Settings) -> dict:
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     daily = daily_partitions(settings)
-    assets = build_ingest_assets(settings, daily) + build_feature_assets(settings, daily)
-    checks = build_ingest_checks(settings, daily) + build_feature_checks(settings, daily)
+    assets = build_ingest_assets(settings, daily) + build_feature_assets(settings, daily) + build_model_assets(settings)
+    checks = (build_ingest_checks(settings, daily) + build_feature_checks(settings, daily)
+              + build_model_checks(settings))
     ingest_job = dg.define_asset_job(
         INGEST_JOB,
         selection=dg.AssetSelection.groups("ingest"),
@@ -62,6 +65,12 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         description="Point-in-time features, conversion labels (refreshing earlier horizons), training sets "
                     "and milestone discovery for a partition (snapshot day) or a range.",
     )
+    model_job = dg.define_asset_job(
+        MODEL_JOB,
+        selection=dg.AssetSelection.groups("model"),
+        description="Retrain the conversion model on training_set and promote it only if it passes the gates and "
+                    "beats the champion (weekly, or on demand).",
+    )
     pipeline_job = dg.define_asset_job(
         PIPELINE_JOB,
         selection=dg.AssetSelection.groups("ingest", "features"),
@@ -72,7 +81,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=[pipeline_job, ingest_job, dims_job, features_job],
+        jobs=[pipeline_job, ingest_job, dims_job, features_job, model_job],
         resources=build_resources(settings),
         # One process per run: DuckDB allows a single writing process per file, and
         # Great Expectations' import (seconds) is paid once per run instead of per step.

@@ -31,7 +31,7 @@ class RunReport:
 def materialize_all(settings: Settings, instance: dg.DagsterInstance, partitions: list[str] | None = None,
                     defs: dg.Definitions | None = None, log_level: str = "WARNING") -> RunReport:
     """Run the whole graph over every partition that has files, as one single-run range."""
-    from pql_pipeline.definitions import PIPELINE_JOB, build_definitions
+    from pql_pipeline.definitions import MODEL_JOB, PIPELINE_JOB, build_definitions
 
     defs = defs or build_definitions(settings)
     parts = partitions if partitions is not None else available_partitions(settings.events_root, settings.source.pattern)
@@ -48,7 +48,8 @@ def materialize_all(settings: Settings, instance: dg.DagsterInstance, partitions
     # one day: an ordinary partition run (checks record their partition); several: one single-run range
     tags = ({"dagster/partition": parts[0]} if len(parts) == 1 else
             {"dagster/asset_partition_range_start": parts[0], "dagster/asset_partition_range_end": parts[-1]})
-    jobs = [(PIPELINE_JOB, tags)]
+    # the events-to-features graph, then the (unpartitioned) model trained on it
+    jobs = [(PIPELINE_JOB, tags), (MODEL_JOB, {})]
     for job_name, tags in jobs:
         # the full event log is in the Dagster instance (and the UI); the console shows warnings and errors
         result = defs.resolve_job_def(job_name).execute_in_process(
@@ -92,6 +93,10 @@ def warehouse_summary(settings: Settings) -> dict[str, int]:
                 SELECT direction, rank, candidate, min_count, within_days, lift, rate_with, rate_without
                 FROM activation_milestones WHERE is_best_variant AND rank <= 3
                 ORDER BY direction DESC, rank""").fetchall()
+        if table_exists(conn, "model_registry"):
+            out["models"] = conn.execute("""
+                SELECT version, status, algorithm, roc_auc, reason FROM model_registry
+                ORDER BY trained_at DESC LIMIT 3""").fetchall()
     return out
 
 
@@ -126,6 +131,10 @@ def format_summary(settings: Settings, report: RunReport) -> str:
             lines.append(f"  {direction[:3]} {rank}  {cand} >= {n} in {d} d: {rw:.1%} vs {rwo:.1%} ({lift:.1f}x)")
         from pql_pipeline.defs.features.assets import proposed_rule_path
         lines.append(f"proposed rule   {proposed_rule_path(settings)}")
+    if s.get("models"):
+        lines.append("models (newest first):")
+        for version, status, algo, auc, reason in s["models"]:
+            lines.append(f"  {version}  {status:<9} {algo} ROC AUC {auc:.3f}: {reason}")
     lines.append("checks:")
     width = max((len(f"{c['asset']}.{c['check']}") for c in report.checks), default=10)
     for c in sorted(report.checks, key=lambda c: (c["asset"], c["check"])):

@@ -142,6 +142,61 @@ class MilestoneSettings(_Strict):
         return sorted(set(v))
 
 
+class ModelGates(_Strict):
+    """What a model must reach on the holdout to score leads (blocking checks)."""
+
+    min_auc: float = Field(0.65, ge=0, le=1)
+    # it must beat the best rule-based baseline's ROC AUC by at least this much
+    min_auc_over_rules: float = Field(0.0, ge=-1, le=1)
+    # expected calibration error (mean |predicted - observed| over 10 probability bins, weighted)
+    max_calibration_error: float = Field(0.1, ge=0, le=1)
+    # the top feature's share of the summed permutation importance: more smells of a leak
+    max_top_feature_share: float = Field(0.6, gt=0, le=1)
+
+
+class ModelSettings(_Strict):
+    # the most recent labelled training snapshots are held out for evaluation ...
+    holdout_snapshots: int = Field(2, ge=1)
+    # ... and the model trains on snapshots at least this many days before the first of
+    # them, so no training label window reaches into the holdout (defaults to the horizon)
+    embargo_days: int | None = Field(None, ge=0)
+    candidates: list[str] = Field(default_factory=lambda: ["gradient_boosting", "logistic_regression"],
+                                  min_length=1)
+    calibration: str = "isotonic"
+    # probability from which a user is a PQL (precision, recall and volume are reported at it)
+    pql_threshold: float = Field(0.3, gt=0, lt=1)
+    # a new model replaces the champion only if its holdout ROC AUC is higher by this much
+    champion_margin: float = Field(0.01, ge=0, le=1)
+    gates: ModelGates = ModelGates()
+    # a registry version to score with instead of the champion: rolling back is this one line
+    pinned_version: str | None = None
+    min_train_rows: int = Field(200, ge=10)
+    min_train_positives: int = Field(20, ge=2)
+    # feature columns the model must not use (e.g. one found to leak); every other column of
+    # training_set but keys, bookkeeping and the label is an input
+    exclude_features: list[str] = Field(default_factory=list)
+    # the classic hand-made PQL rule, a baseline every model must beat: feature >= value, all of them
+    classic_rule: dict[str, float] = Field(default_factory=lambda: {
+        "projects_first_14d": 3, "teammates_invited": 2, "active_days_total": 14})
+    seed: int = 7
+
+    @field_validator("candidates")
+    @classmethod
+    def _candidates(cls, v: list[str]) -> list[str]:
+        known = ("gradient_boosting", "logistic_regression")
+        bad = [c for c in v if c not in known]
+        if bad:
+            raise ValueError(f"unknown model candidates {bad}; choose from {list(known)}")
+        return v
+
+    @field_validator("calibration")
+    @classmethod
+    def _calibration(cls, v: str) -> str:
+        if v not in ("isotonic", "sigmoid", "none"):
+            raise ValueError("model.calibration must be isotonic, sigmoid or none")
+        return v
+
+
 class Settings(_Strict):
     warehouse: WarehouseSettings = WarehouseSettings()
     source: SourceSettings = SourceSettings()
@@ -153,6 +208,7 @@ class Settings(_Strict):
     labels: LabelSettings = LabelSettings()
     training: TrainingSettings = TrainingSettings()
     milestones: MilestoneSettings = MilestoneSettings()
+    model: ModelSettings = ModelSettings()
 
     @field_validator("segments")
     @classmethod
@@ -183,6 +239,11 @@ class Settings(_Strict):
     @property
     def signals_path(self) -> Path:
         return project_file(self.features.signals)
+
+    @property
+    def models_dir(self) -> Path:
+        """Where trained models are kept: beside the warehouse file."""
+        return self.warehouse_path.parent / "models"
 
 
 def project_file(path: str) -> Path:

@@ -47,3 +47,19 @@ def make_pipeline(monkeypatch, events: Path, warehouse: Path) -> Pipeline:
 def materialized(result: dg.ExecuteInProcessResult) -> set[str]:
     return {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()
             for e in [e.event_specific_data.materialization]}
+
+
+def generated_pipeline(root: Path, n_accounts: int = 1500, days: int = 120):
+    """Generated events (seed 42, 1 % dirty lines) and the whole graph run over them as one
+    range, in ``root``; returns (pipeline, run result, generator report, monkeypatch to undo)."""
+    import datetime as dt
+
+    import pytest
+
+    from pql_pipeline.defs.ingest.generator import GeneratorConfig, generate_events
+
+    report = generate_events(GeneratorConfig(n_accounts=n_accounts, days=days, start_date=dt.date(2026, 1, 1),
+                                             seed=42, dirty_fraction=0.01), root / "events")
+    mp = pytest.MonkeyPatch()
+    p = make_pipeline(mp, root / "events", root / "wh" / "pql.duckdb")
+    return p, run_all(p, report.partitions[0], report.partitions[-1]), report, mp

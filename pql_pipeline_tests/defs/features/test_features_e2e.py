@@ -13,9 +13,8 @@ from pql_pipeline.defs.features.assets import proposed_rule_path
 from pql_pipeline.defs.features.features import compute_features
 from pql_pipeline.defs.features.specs import feature_spec
 from pql_pipeline.defs.features.training import leakage_guard
-from pql_pipeline.defs.ingest.generator import GeneratorConfig, generate_events
 from pql_pipeline.lib.warehouse import Warehouse
-from pql_pipeline_tests.pipeline import make_pipeline, materialized, run_all
+from pql_pipeline_tests.pipeline import generated_pipeline, materialized, run_all
 
 FEATURE_ASSETS = {"user_features", "account_features", "conversion_labels", "training_set", "account_training_set",
                   "activation_milestones"}
@@ -29,11 +28,7 @@ PLANTED_POSITIVE = [("invited_2_teammates", "Teammate Invited", 2, 30),
 def built(tmp_path_factory):
     """1,500 accounts over 120 days (about a million lines): enough users for stable milestone ranks."""
     root = tmp_path_factory.mktemp("features_e2e")
-    report = generate_events(GeneratorConfig(n_accounts=1500, days=120, start_date=dt.date(2026, 1, 1), seed=42,
-                                             dirty_fraction=0.01), root / "events")
-    mp = pytest.MonkeyPatch()
-    p = make_pipeline(mp, root / "events", root / "wh" / "pql.duckdb")
-    result = run_all(p, report.partitions[0], report.partitions[-1])
+    p, result, report, mp = generated_pipeline(root)
     yield p, result, report, root
     mp.undo()
 

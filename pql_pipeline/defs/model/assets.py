@@ -1,0 +1,219 @@
+"""Model stage: training_set -> a retrained, gated conversion model in the registry."""
+
+import datetime as dt
+from pathlib import Path
+
+import dagster as dg
+import yaml
+
+from pql_pipeline.defs.features.specs import signal_set
+from pql_pipeline.defs.model import registry as R
+from pql_pipeline.defs.model.training import ModelSpec, TrainingError, evaluate, prepare, top_feature_share, train
+from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table
+from pql_pipeline.lib.warehouse import Warehouse, table_exists
+from pql_pipeline.settings import Settings
+
+GROUP = "model"
+TAGS = {"pql/stage": "model"}
+# bump when training or evaluation changes meaning (part of the asset's code_version)
+MODEL_LOGIC_VERSION = "1"
+
+
+def model_spec(settings: Settings) -> ModelSpec:
+    m = settings.model
+    embargo = m.embargo_days if m.embargo_days is not None else settings.labels.horizon_days
+    return ModelSpec(holdout_snapshots=m.holdout_snapshots, embargo_days=embargo, candidates=tuple(m.candidates),
+                     calibration=m.calibration, pql_threshold=m.pql_threshold,
+                     classic_rule=tuple(sorted(m.classic_rule.items())), min_train_rows=m.min_train_rows,
+                     min_train_positives=m.min_train_positives, exclude_features=tuple(m.exclude_features),
+                     seed=m.seed)
+
+
+def gates(settings: Settings) -> R.Gates:
+    g = settings.model.gates
+    return R.Gates(g.min_auc, g.min_auc_over_rules, g.max_calibration_error, g.max_top_feature_share)
+
+
+def _proposed_rule(settings: Settings) -> dict | None:
+    path: Path = settings.warehouse_path.parent / "proposed_pql_rule.yaml"
+    if not path.exists():
+        return None
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("proposed_pql_rule")
+
+
+def train_and_register(conn, settings: Settings, trained_at: dt.datetime | None = None,
+                       spec: ModelSpec | None = None, table: str = "training_set") -> dict:
+    """Train a candidate, compare it with the champion on the candidate's holdout, record it
+    (promoted or rejected, with the reason) and return its registry row."""
+    spec = spec or model_spec(settings)
+    sigs = signal_set(settings)
+    result = train(conn, spec, _proposed_rule(settings), sigs.signup_event, table)
+    trained_at = trained_at or dt.datetime.now(dt.timezone.utc)
+    version = R.new_version(trained_at, result.feature_hash)
+    share = top_feature_share(result.importance)
+    gate = R.gate_results(result.metrics, result.baselines, share, gates(settings))
+    R.ensure_registry(conn)
+    current = R.champion(conn)
+    champ_auc, reason, promote = None, "", False
+    failed = [k for k, v in gate.items() if not v["passed"]]
+    if current is not None:
+        try:
+            old = R.load_artifact(current)
+            x = prepare(result.split.holdout, current["features"]["numeric"], current["features"]["categorical"])
+            champ_auc = evaluate(result.split.holdout["label"].astype(int).to_numpy(), old.predict_proba(x)[:, 1],
+                                 spec.pql_threshold)["roc_auc"]
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            reason = f"the champion {current['version']} could not be re-scored ({e}); "
+    auc = result.metrics["roc_auc"] or 0.0
+    margin = settings.model.champion_margin
+    if failed:
+        reason += "failed gates: " + ", ".join(
+            f"{k} ({gate[k]['value']} vs {gate[k]['bound']})" for k in failed)
+    elif current is None:
+        promote, reason = True, "first model that passes every gate"
+    elif champ_auc is None:
+        promote, reason = True, reason + "replaces it"
+    elif auc >= champ_auc + margin:
+        promote, reason = True, (f"ROC AUC {auc:.4f} beats the champion {current['version']} ({champ_auc:.4f}) on "
+                                 f"the same holdout by at least {margin}")
+    else:
+        reason = (f"ROC AUC {auc:.4f} does not beat the champion {current['version']} ({champ_auc:.4f}) on the "
+                  f"same holdout by {margin}")
+    artifact, digest = R.save_artifact(result.model, settings.models_dir, version)
+    split = result.split
+    row = {
+        "version": version, "trained_at": trained_at, "status": "champion" if promote else "rejected",
+        "reason": reason, "algorithm": result.algorithm,
+        "train_start": split.train_snapshots[0], "train_end": split.train_snapshots[-1],
+        "holdout_start": split.holdout_snapshots[0], "holdout_end": split.holdout_snapshots[-1],
+        "train_rows": len(split.train), "train_positives": int(split.train["label"].sum()),
+        "holdout_rows": len(split.holdout), "holdout_positives": int(split.holdout["label"].sum()),
+        "features": {"numeric": result.numeric, "categorical": result.categorical},
+        "feature_hash": result.feature_hash, "signals_definition_hash": sigs.definition_hash,
+        "code_version": MODEL_LOGIC_VERSION, "roc_auc": result.metrics["roc_auc"], "metrics": result.metrics,
+        "baselines": result.baselines, "candidates": result.candidates, "importance": result.importance,
+        "gates": gate, "champion_compared": current["version"] if current else None,
+        "champion_roc_auc_same_holdout": champ_auc, "artifact": artifact, "artifact_sha256": digest,
+    }
+    R.record(conn, row, promote)
+    return row
+
+
+def _metrics_table(row: dict) -> str:
+    lines = [{"model": f"{row['algorithm']} (this version)", **_summary(row["metrics"])}]
+    for name, m in row["candidates"].items():
+        if name != row["algorithm"]:
+            lines.append({"model": name, **_summary(m)})
+    for name, m in row["baselines"].items():
+        lines.append({"model": name.replace("_", " "), **_summary(m)})
+    return md_table(lines)
+
+
+def _summary(m: dict) -> dict:
+    def f(v):
+        return "-" if v is None else f"{v:.3f}"
+    return {"ROC AUC": f(m.get("roc_auc")), "PR AUC": f(m.get("pr_auc")), "Brier": f(m.get("brier")),
+            "calib. error": f(m.get("calibration_error")), "precision@thr": f(m.get("precision_at_threshold")),
+            "recall@thr": f(m.get("recall_at_threshold")), "flagged": m.get("flagged")}
+
+
+def build_model_assets(settings: Settings) -> list[dg.AssetsDefinition]:
+    code_version = f"{MODEL_LOGIC_VERSION}-{signal_set(settings).definition_hash}"
+
+    @dg.asset(
+        name="conversion_model",
+        deps=["training_set", "activation_milestones"],
+        group_name=GROUP, kinds={"sklearn", "duckdb"}, owners=OWNERS, tags=TAGS, pool=POOL,
+        code_version=code_version,
+        metadata={"dagster/table_name": R.REGISTRY},
+    )
+    def conversion_model(context: dg.AssetExecutionContext, warehouse: Warehouse):
+        """Retrains the conversion model on training_set with a time split, compares gradient boosting and
+        logistic regression with the classic and the proposed rule on the holdout, and promotes the new model to
+        champion only if it passes every gate and beats the champion on the same holdout by the margin; otherwise
+        the champion stays and the candidate is recorded as rejected with the reason."""
+        with warehouse.get_connection() as conn:
+            if not table_exists(conn, "training_set"):
+                raise TrainingError("training_set does not exist yet: materialize the features stage first")
+            try:
+                row = train_and_register(conn, settings)
+            except TrainingError as e:
+                # not enough history yet: nothing is trained, the champion (if any) keeps scoring and
+                # the gates say whether anything may score
+                R.ensure_registry(conn)
+                scoring = R.scoring_model(conn, settings.model.pinned_version)
+                context.log.warning(f"no model trained: {e}")
+                return dg.MaterializeResult(metadata={
+                    "status": "not trained", "reason": str(e),
+                    "scoring_version": scoring["version"] if scoring else "none"})
+            scoring = R.scoring_model(conn, settings.model.pinned_version)
+        m = row["metrics"]
+        context.log.info(f"model {row['version']}: {row['status']} ({row['reason']})")
+        deciles = [{"decile": d["decile"], "rows": d["rows"], "conversion": f"{d['conversion_rate']:.1%}",
+                    "lift": d["lift"]} for d in m["deciles"]]
+        calib = [{"bin": c["bin"], "rows": c["rows"], "predicted": f"{c['mean_predicted']:.3f}",
+                  "observed": f"{c['observed']:.3f}"} for c in m["calibration_curve"]]
+        return dg.MaterializeResult(metadata={
+            "version": row["version"], "status": row["status"], "reason": row["reason"],
+            "algorithm": row["algorithm"], "scoring_version": scoring["version"] if scoring else "none",
+            "roc_auc": m["roc_auc"], "pr_auc": m["pr_auc"], "brier": m["brier"],
+            "calibration_error": m["calibration_error"],
+            "train_window": f"{row['train_start']} .. {row['train_end']} ({row['train_rows']} rows, "
+                            f"{row['train_positives']} conversions)",
+            "holdout_window": f"{row['holdout_start']} .. {row['holdout_end']} ({row['holdout_rows']} rows, "
+                              f"{row['holdout_positives']} conversions)",
+            "comparison": dg.MetadataValue.md(_metrics_table(row)),
+            "deciles": dg.MetadataValue.md(md_table(deciles)),
+            "calibration_curve": dg.MetadataValue.md(md_table(calib)),
+            "top_features": dg.MetadataValue.md(md_table(
+                [{"feature": f, "ROC AUC drop": v} for f, v in row["importance"][:10]])),
+            "gates": dg.MetadataValue.md(md_table(
+                [{"gate": k, "passed": v["passed"], "value": v["value"], "bound": v["bound"]}
+                 for k, v in row["gates"].items()])),
+        })
+
+    return [conversion_model]
+
+
+def build_model_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
+    """The gates, on the model that will score leads (the champion, or the pinned version):
+    a rejected candidate does not block scoring while a champion that passes them exists; a
+    scoring model that fails one (a pinned version, or gates tightened since) blocks (ERROR).
+    With no model at all yet (too little history) they warn."""
+    specs = {
+        "auc_floor": "ROC AUC on the holdout at or above model.gates.min_auc",
+        "beats_rules": "ROC AUC above the best rule baseline's (classic and proposed rule) plus the margin",
+        "calibration": "expected calibration error at or below model.gates.max_calibration_error",
+        "no_dominant_feature": "no single feature carries more than model.gates.max_top_feature_share of the "
+                               "permutation importance (a leak smell)",
+    }
+
+    @dg.multi_asset_check(
+        specs=[dg.AssetCheckSpec(name, asset="conversion_model", blocking=True, description=desc)
+               for name, desc in specs.items()],
+        can_subset=False,
+    )
+    def model_gates(warehouse: Warehouse):
+        with warehouse.get_connection() as conn:
+            R.ensure_registry(conn)
+            row = R.scoring_model(conn, settings.model.pinned_version)
+        for name in specs:
+            if row is None:
+                # not enough history has been seen to train one: a warning (scoring then has no model
+                # to use), not a failure of the run
+                yield dg.AssetCheckResult(check_name=name, asset_key="conversion_model", passed=False,
+                                          severity=dg.AssetCheckSeverity.WARN,
+                                          description="no model has passed the gates yet (see the asset's reason); "
+                                                      "no lead is scored by a model",
+                                          metadata={"scoring_version": "none"})
+                continue
+            # the stored metrics against the gates as configured now (they may have been tightened)
+            g = R.gate_results(row["metrics"], row["baselines"], top_feature_share(row["importance"]),
+                               gates(settings))[name]
+            yield dg.AssetCheckResult(
+                check_name=name, asset_key="conversion_model", passed=bool(g["passed"]),
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={"scoring_version": row["version"], "value": g["value"],
+                          "bound": g["bound"] if g["bound"] is not None else "none"})
+
+    return [model_gates]
