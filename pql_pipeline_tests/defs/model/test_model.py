@@ -47,7 +47,7 @@ def test_the_model_trains_passes_its_gates_and_beats_the_rules(trained):
     # the time split: training snapshots end an embargo (the label horizon) before the holdout
     assert (row["holdout_start"] - row["train_end"]).days >= p.settings.labels.horizon_days
     assert m["roc_auc"] >= 0.70
-    assert m["roc_auc"] >= max(b["roc_auc"] for b in row["baselines"].values()) + 0.05
+    assert m["roc_auc"] >= max(b["roc_auc"] for b in row["baselines"].values()) + 0.10
     assert set(row["baselines"]) == {"classic_rule", "proposed_rule"}
     assert sum(d["rows"] for d in m["deciles"]) == row["holdout_rows"]
     assert m["deciles"][0]["conversion_rate"] > m["deciles"][-1]["conversion_rate"]
@@ -73,7 +73,7 @@ def test_the_model_is_compared_with_the_generators_oracle(trained):
     oracle = roc_auc_score(hold["label"].astype(int), hold["user_id"].map(truth).fillna(0).to_numpy())
     assert len(hold) == row["holdout_rows"]
     assert oracle > row["roc_auc"] - 0.01          # nothing beats the truth by more than noise
-    assert row["roc_auc"] >= oracle - 0.20
+    assert row["roc_auc"] >= oracle - 0.05          # 0.89 vs 0.92 on this data
 
 
 @pytest.mark.slow
