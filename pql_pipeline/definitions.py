@@ -12,6 +12,7 @@ from pql_pipeline.defs.ingest.assets import build_ingest_assets
 from pql_pipeline.defs.ingest.checks import build_ingest_checks
 from pql_pipeline.defs.ingest.resources import EventSource
 from pql_pipeline.defs.model.assets import build_model_assets, build_model_checks
+from pql_pipeline.defs.scoring.assets import build_scoring_assets, build_scoring_checks
 from pql_pipeline.lib.warehouse import Warehouse
 from pql_pipeline.settings import Settings, get_settings
 
@@ -23,6 +24,7 @@ INGEST_JOB = "ingest_events"
 DIMENSIONS_JOB = "build_dimensions"
 FEATURES_JOB = "build_features"
 MODEL_JOB = "train_model"
+SCORING_JOB = "score_leads"
 PIPELINE_JOB = "pql_pipeline"
 
 
@@ -43,45 +45,35 @@ def build_resources(settings: Settings) -> dict:
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     daily = daily_partitions(settings)
-    assets = build_ingest_assets(settings, daily) + build_feature_assets(settings, daily) + build_model_assets(settings)
+    assets = (build_ingest_assets(settings, daily) + build_feature_assets(settings, daily)
+              + build_model_assets(settings) + build_scoring_assets(settings, daily))
     checks = (build_ingest_checks(settings, daily) + build_feature_checks(settings, daily)
-              + build_model_checks(settings))
-    ingest_job = dg.define_asset_job(
-        INGEST_JOB,
-        selection=dg.AssetSelection.groups("ingest"),
-        partitions_def=daily,
-        description="Load, validate and quarantine a partition (or a range) of events, then refresh the "
-                    "users and accounts dimensions. Blocking checks stop the dimensions if the events fail.",
-    )
-    dims_job = dg.define_asset_job(
-        DIMENSIONS_JOB,
-        selection=dg.AssetSelection.assets("users", "accounts"),
-        description="Rebuild the users and accounts dimensions from validated events.",
-    )
-    features_job = dg.define_asset_job(
-        FEATURES_JOB,
-        selection=dg.AssetSelection.groups("features"),
-        partitions_def=daily,
-        description="Point-in-time features, conversion labels (refreshing earlier horizons), training sets "
-                    "and milestone discovery for a partition (snapshot day) or a range.",
-    )
-    model_job = dg.define_asset_job(
-        MODEL_JOB,
-        selection=dg.AssetSelection.groups("model"),
-        description="Retrain the conversion model on training_set and promote it only if it passes the gates and "
-                    "beats the champion (weekly, or on demand).",
-    )
-    pipeline_job = dg.define_asset_job(
-        PIPELINE_JOB,
-        selection=dg.AssetSelection.groups("ingest", "features"),
-        partitions_def=daily,
-        description="The whole graph for a partition or a range: events to features, labels and milestones. "
-                    "Blocking checks stop everything downstream of a failure.",
-    )
+              + build_model_checks(settings) + build_scoring_checks(settings, daily))
+    # (name, selection, daily-partitioned, description)
+    job_specs = [
+        (PIPELINE_JOB, dg.AssetSelection.groups("ingest", "features"), True,
+         "The whole graph for a partition or a range: events to features, labels and milestones. "
+         "Blocking checks stop everything downstream of a failure."),
+        (INGEST_JOB, dg.AssetSelection.groups("ingest"), True,
+         "Load, validate and quarantine a partition (or a range) of events, then refresh the "
+         "users and accounts dimensions. Blocking checks stop the dimensions if the events fail."),
+        (DIMENSIONS_JOB, dg.AssetSelection.assets("users", "accounts"), False,
+         "Rebuild the users and accounts dimensions from validated events."),
+        (FEATURES_JOB, dg.AssetSelection.groups("features"), True,
+         "Point-in-time features, conversion labels (refreshing earlier horizons), training sets "
+         "and milestone discovery for a partition (snapshot day) or a range."),
+        (MODEL_JOB, dg.AssetSelection.groups("model"), False,
+         "Retrain the conversion model on training_set and promote it only if it passes the gates and "
+         "beats the champion (weekly, or on demand)."),
+        (SCORING_JOB, dg.AssetSelection.groups("scoring"), True,
+         "Score the free users of a day (or a range) with the scoring model: probability, tier, reasons, route."),
+    ]
+    jobs = [dg.define_asset_job(name, selection=sel, partitions_def=daily if partitioned else None, description=d)
+            for name, sel, partitioned, d in job_specs]
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=[pipeline_job, ingest_job, dims_job, features_job, model_job],
+        jobs=jobs,
         resources=build_resources(settings),
         # One process per run: DuckDB allows a single writing process per file, and
         # Great Expectations' import (seconds) is paid once per run instead of per step.

@@ -31,7 +31,7 @@ class RunReport:
 def materialize_all(settings: Settings, instance: dg.DagsterInstance, partitions: list[str] | None = None,
                     defs: dg.Definitions | None = None, log_level: str = "WARNING") -> RunReport:
     """Run the whole graph over every partition that has files, as one single-run range."""
-    from pql_pipeline.definitions import MODEL_JOB, PIPELINE_JOB, build_definitions
+    from pql_pipeline.definitions import MODEL_JOB, PIPELINE_JOB, SCORING_JOB, build_definitions
 
     defs = defs or build_definitions(settings)
     parts = partitions if partitions is not None else available_partitions(settings.events_root, settings.source.pattern)
@@ -48,8 +48,8 @@ def materialize_all(settings: Settings, instance: dg.DagsterInstance, partitions
     # one day: an ordinary partition run (checks record their partition); several: one single-run range
     tags = ({"dagster/partition": parts[0]} if len(parts) == 1 else
             {"dagster/asset_partition_range_start": parts[0], "dagster/asset_partition_range_end": parts[-1]})
-    # the events-to-features graph, then the (unpartitioned) model trained on it
-    jobs = [(PIPELINE_JOB, tags), (MODEL_JOB, {})]
+    # the events-to-features graph, the (unpartitioned) model trained on it, then the scores
+    jobs = [(PIPELINE_JOB, tags), (MODEL_JOB, {}), (SCORING_JOB, tags)]
     for job_name, tags in jobs:
         # the full event log is in the Dagster instance (and the UI); the console shows warnings and errors
         result = defs.resolve_job_def(job_name).execute_in_process(
@@ -93,6 +93,16 @@ def warehouse_summary(settings: Settings) -> dict[str, int]:
                 SELECT direction, rank, candidate, min_count, within_days, lift, rate_with, rate_without
                 FROM activation_milestones WHERE is_best_variant AND rank <= 3
                 ORDER BY direction DESC, rank""").fetchall()
+        if table_exists(conn, "pql_scores"):
+            out["scores"] = conn.execute("""
+                SELECT CAST(snapshot_date AS VARCHAR), count(*), count(*) FILTER (WHERE is_pql),
+                       count(*) FILTER (WHERE route = 'sales'), count(*) FILTER (WHERE route = 'in_app')
+                FROM pql_scores WHERE snapshot_date = (SELECT max(snapshot_date) FROM pql_scores) GROUP BY 1
+            """).fetchall()
+            out["top_leads"] = conn.execute("""
+                SELECT user_id, probability, tier, route, reason_text FROM pql_scores
+                WHERE snapshot_date = (SELECT max(snapshot_date) FROM pql_scores)
+                ORDER BY probability DESC, user_id LIMIT 3""").fetchall()
         if table_exists(conn, "model_registry"):
             out["models"] = conn.execute("""
                 SELECT version, status, algorithm, roc_auc, reason FROM model_registry
@@ -135,6 +145,11 @@ def format_summary(settings: Settings, report: RunReport) -> str:
         lines.append("models (newest first):")
         for version, status, algo, auc, reason in s["models"]:
             lines.append(f"  {version}  {status:<9} {algo} ROC AUC {auc:.3f}: {reason}")
+    for day, n, pqls, sales, nudges in s.get("scores", []):
+        lines.append(f"scores          {day}: {n:,} free users scored, {pqls:,} PQLs; {sales:,} to sales, "
+                     f"{nudges:,} in-app nudges")
+        for user, p, tier, rt, why in s.get("top_leads", []):
+            lines.append(f"  {user}  {p:.2f} {tier:<5} -> {rt:<6} {why or ''}")
     lines.append("checks:")
     width = max((len(f"{c['asset']}.{c['check']}") for c in report.checks), default=10)
     for c in sorted(report.checks, key=lambda c: (c["asset"], c["check"])):

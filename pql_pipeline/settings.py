@@ -197,6 +197,33 @@ class ModelSettings(_Strict):
         return v
 
 
+class RoutingSettings(_Strict):
+    # accounts of these size segments go to sales (when the lead's tier is a sales tier) ...
+    sales_segments: list[str] = Field(default_factory=lambda: ["mid_market", "enterprise"])
+    sales_tiers: list[str] = Field(default_factory=lambda: ["hot"])
+    # ... the others get an in-app nudge (when the tier is a nudge tier)
+    nudge_tiers: list[str] = Field(default_factory=lambda: ["hot", "warm"])
+    max_nudges_per_account: int = Field(2, ge=0)
+    # no nudge while one of the account's users was routed to sales within this many days
+    suppress_days: int = Field(30, ge=0)
+
+
+class ScoringSettings(_Strict):
+    # probability from which a lead is in each tier, highest first; below every tier: cold
+    tiers: dict[str, float] = Field(default_factory=lambda: {"hot": 0.3, "warm": 0.1})
+    reasons: int = Field(3, ge=1, le=10)    # reasons to call and caveats shown per lead
+    routing: RoutingSettings = RoutingSettings()
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v or any(not 0 < t < 1 for t in v.values()):
+            raise ValueError("scoring.tiers maps tier names to probabilities between 0 and 1")
+        if "cold" in v:
+            raise ValueError("'cold' is the tier below every threshold; do not give it one")
+        return v
+
+
 class Settings(_Strict):
     warehouse: WarehouseSettings = WarehouseSettings()
     source: SourceSettings = SourceSettings()
@@ -209,6 +236,7 @@ class Settings(_Strict):
     training: TrainingSettings = TrainingSettings()
     milestones: MilestoneSettings = MilestoneSettings()
     model: ModelSettings = ModelSettings()
+    scoring: ScoringSettings = ScoringSettings()
 
     @field_validator("segments")
     @classmethod

@@ -1,18 +1,18 @@
 import dagster as dg
 
-from pql_pipeline.definitions import FEATURES_JOB, INGEST_JOB, MODEL_JOB, PIPELINE_JOB, defs
+from pql_pipeline.definitions import FEATURES_JOB, INGEST_JOB, MODEL_JOB, PIPELINE_JOB, SCORING_JOB, defs
 
 INGEST = {"raw_events", "validated_events", "quarantined_events", "duplicate_events", "users", "accounts"}
 FEATURES = {"user_features", "account_features", "conversion_labels", "training_set", "account_training_set",
             "activation_milestones"}
-MODEL = {"conversion_model"}
+MODEL = {"conversion_model", "pql_scores"}
 
 
 def test_definitions_load_and_list_the_pipeline():
     dg.Definitions.validate_loadable(defs)
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
     assert keys == INGEST | FEATURES | MODEL
-    for job in (INGEST_JOB, FEATURES_JOB, PIPELINE_JOB, MODEL_JOB):
+    for job in (INGEST_JOB, FEATURES_JOB, PIPELINE_JOB, MODEL_JOB, SCORING_JOB):
         assert defs.resolve_job_def(job) is not None
 
 
@@ -23,6 +23,7 @@ def test_every_asset_has_checks_and_the_gates_block():
         assert any(a == asset for a, _ in checks), f"{asset} has no check"
     for gate in ("auc_floor", "beats_rules", "calibration", "no_dominant_feature"):
         assert checks[("conversion_model", gate)].blocking, gate
+    assert checks[("pql_scores", "scores_valid")].blocking
     for gate in ("reconciliation", "quarantine_rate", "validated_events_contract"):
         assert checks[("validated_events", gate)].blocking, gate
     assert not checks[("raw_events", "raw_events_volume")].blocking

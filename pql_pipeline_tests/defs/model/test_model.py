@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pql_pipeline.definitions import MODEL_JOB, build_definitions
+from pql_pipeline.definitions import MODEL_JOB, SCORING_JOB, build_definitions
 from pql_pipeline.defs.model import registry as R
 from pql_pipeline.defs.model.assets import model_spec, train_and_register
 from pql_pipeline.defs.model.training import feature_columns, load_frame, time_split
@@ -56,6 +56,46 @@ def test_the_model_trains_passes_its_gates_and_beats_the_rules(trained):
     assert "teammates_invited" in top, top
     # the artifact is where the registry says, with the recorded checksum
     assert R.load_artifact(row) is not None
+
+
+@pytest.mark.slow
+def test_leads_are_scored_with_reasons_tiers_and_routes(trained):
+    p, _, root = trained
+    last = p.query("SELECT max(snapshot_date) FROM user_features")[0][0].isoformat()
+    result = p.run(last, job=SCORING_JOB)
+    assert result.success and p.checks(result)["pql_scores:scores_valid"].passed
+    [champ] = [r for r in registry_rows(p) if r["status"] == "champion"]
+    n, pqls, versions, no_reason, bad_p = p.query(f"""
+        SELECT count(*), count(*) FILTER (WHERE is_pql), count(DISTINCT model_version),
+               count(*) FILTER (WHERE is_pql AND reason_text IS NULL),
+               count(*) FILTER (WHERE probability < 0 OR probability > 1)
+        FROM pql_scores WHERE snapshot_date = DATE '{last}'""")[0]
+    # every free user with a feature row that day is scored, by the champion
+    free = p.query(f"""SELECT count(*) FROM user_features AS u JOIN conversion_labels AS l
+        ON l.entity_type = 'user' AND l.entity_id = u.user_id AND l.snapshot_date = u.snapshot_date
+        WHERE u.snapshot_date = DATE '{last}' AND l.label_status <> 'excluded_paying'""")[0][0]
+    assert n == free > 0 and 0 < pqls < n and versions == 1 and no_reason == 0 and bad_p == 0
+    assert p.query(f"SELECT DISTINCT model_version FROM pql_scores WHERE snapshot_date = DATE '{last}'"
+                   )[0][0] == champ["version"]
+    # the planted behaviour is what sales is told about PQLs
+    reasons = " ".join(r[0] for r in p.query(
+        f"SELECT reason_text FROM pql_scores WHERE snapshot_date = DATE '{last}' AND is_pql"))
+    assert "invited" in reasons and ("integration" in reasons or "projects" in reasons)
+    # PQLs are the users the generator made likely to convert (that day's outcomes lie beyond the data)
+    with open(root / "events" / "_ground_truth" / "users.csv", newline="") as f:
+        truth = {r["user_id"]: float(r["true_conversion_probability"]) for r in csv.DictReader(f)}
+    flags = p.query(f"SELECT user_id, is_pql FROM pql_scores WHERE snapshot_date = DATE '{last}'")
+    mean_p = {flag: np.mean([truth.get(u, 0.0) for u, f in flags if f == flag]) for flag in (True, False)}
+    assert mean_p[True] >= 2 * mean_p[False] > 0, mean_p
+    tiers = dict(p.query(f"SELECT tier, count(*) FROM pql_scores WHERE snapshot_date = DATE '{last}' GROUP BY 1"))
+    assert set(tiers) <= {"hot", "warm", "cold"} and tiers.get("cold", 0) > tiers.get("hot", 0)
+    routes = dict(p.query(f"SELECT route, count(*) FROM pql_scores WHERE snapshot_date = DATE '{last}' GROUP BY 1"))
+    assert routes.get("sales", 0) > 0 and routes.get("in_app", 0) > 0
+    assert p.query(f"""SELECT count(*) FROM pql_scores WHERE snapshot_date = DATE '{last}' AND route = 'sales'
+                       AND segment NOT IN ('mid_market', 'enterprise')""")[0][0] == 0
+    # re-scoring the day replaces its rows
+    assert p.run(last, job=SCORING_JOB).success
+    assert p.query(f"SELECT count(*) FROM pql_scores WHERE snapshot_date = DATE '{last}'")[0][0] == n
 
 
 @pytest.mark.slow

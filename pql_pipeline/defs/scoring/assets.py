@@ -1,0 +1,175 @@
+"""Scoring stage: the latest features and the scoring model -> pql_scores (daily)."""
+
+import datetime as dt
+import json
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from pql_pipeline.defs.features.features import account_table_columns, q, user_table_columns
+from pql_pipeline.defs.features.specs import signal_set
+from pql_pipeline.defs.model import registry as R
+from pql_pipeline.defs.model.assets import MODEL_LOGIC_VERSION, _proposed_rule
+from pql_pipeline.defs.model.training import prepare, proposed_rule_scores
+from pql_pipeline.defs.scoring.scoring import ScoringSpec, explain, reference_values, route, segment_of, tier_of
+from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table
+from pql_pipeline.lib.warehouse import Warehouse, ensure_columns, replace_rows, table_exists
+from pql_pipeline.settings import Settings
+
+GROUP = "scoring"
+TAGS = {"pql/stage": "scoring"}
+SCORE_COLUMNS = [
+    ("snapshot_date", "DATE"), ("user_id", "VARCHAR"), ("account_id", "VARCHAR"), ("probability", "DOUBLE"),
+    ("percentile", "DOUBLE"), ("tier", "VARCHAR"), ("is_pql", "BOOLEAN"), ("rule_fired", "BOOLEAN"),
+    ("reasons", "JSON"), ("reason_text", "VARCHAR"), ("caveat_text", "VARCHAR"), ("model_version", "VARCHAR"),
+    ("segment", "VARCHAR"), ("route", "VARCHAR"), ("route_note", "VARCHAR"), ("scored_at", "TIMESTAMPTZ"),
+]
+
+
+def scoring_spec(settings: Settings) -> ScoringSpec:
+    r = settings.scoring.routing
+    return ScoringSpec(
+        tiers=tuple(sorted(settings.scoring.tiers.items(), key=lambda t: -t[1])),
+        pql_threshold=settings.model.pql_threshold, reasons=settings.scoring.reasons,
+        segments=tuple((s.name, s.max_employees) for s in settings.segments) or ScoringSpec.segments,
+        sales_segments=tuple(r.sales_segments), sales_tiers=tuple(r.sales_tiers), nudge_tiers=tuple(r.nudge_tiers),
+        max_nudges_per_account=r.max_nudges_per_account, suppress_days=r.suppress_days)
+
+
+def candidates_sql(settings: Settings, day: dt.date) -> str:
+    """The free users with a feature row on ``day`` (paying users and users of paying
+    accounts are excluded, as in training), with their account's features as acct_*."""
+    sigs = signal_set(settings)
+    ucols = [c for c, _ in user_table_columns(sigs)]
+    acols = [c for c, _ in account_table_columns(sigs) if c not in ("snapshot_date", "account_id", "definition_hash")]
+    sel = [f"u.{q(c)}" for c in ucols] + [f"a.{q(c)} AS {q('acct_' + c)}" for c in acols]
+    return f"""
+SELECT {', '.join(sel)}
+FROM user_features AS u
+JOIN conversion_labels AS l
+  ON l.entity_type = 'user' AND l.entity_id = u.user_id AND l.snapshot_date = u.snapshot_date
+LEFT JOIN account_features AS a ON a.account_id = u.account_id AND a.snapshot_date = u.snapshot_date
+WHERE u.snapshot_date = DATE '{day.isoformat()}' AND l.label_status <> 'excluded_paying'
+ORDER BY u.user_id"""
+
+
+def score_day(conn, settings: Settings, day: dt.date, row: dict, model, reference: dict) -> pd.DataFrame:
+    spec = scoring_spec(settings)
+    sigs = signal_set(settings)
+    frame = conn.execute(candidates_sql(settings, day)).df()
+    if frame.empty:
+        return pd.DataFrame(columns=[c for c, _ in SCORE_COLUMNS])
+    numeric, categorical = row["features"]["numeric"], row["features"]["categorical"]
+    missing = [c for c in numeric + categorical if c not in frame.columns]
+    if missing:
+        raise ValueError(f"model {row['version']} uses features that user_features no longer has: {missing}; "
+                         "retrain (materialize conversion_model) or pin a model trained on the current signals")
+    x = prepare(frame, numeric, categorical)
+    p, reasons = explain(model, x, frame, list(sigs.signals), reference, spec.reasons,
+                         account_signals=list(sigs.account_signals))
+    out = pd.DataFrame({"snapshot_date": day, "user_id": frame["user_id"], "account_id": frame["account_id"],
+                        "probability": np.round(p, 6)})
+    out["percentile"] = np.round(out["probability"].rank(pct=True, method="max").to_numpy(), 6)
+    out["tier"] = tier_of(p, spec.tiers)
+    out["is_pql"] = p >= spec.pql_threshold
+    rule = _proposed_rule(settings)
+    out["rule_fired"] = (proposed_rule_scores(conn, frame.assign(snapshot_date=day), rule, sigs.signup_event) > 0
+                         if rule else False)
+    out["reasons"] = [json.dumps(r) for r in reasons]
+    out["reason_text"] = ["; ".join(x["text"] for x in r if x["polarity"] == "positive") or None for r in reasons]
+    out["caveat_text"] = ["; ".join(x["text"] for x in r if x["polarity"] == "negative") or None for r in reasons]
+    out["model_version"] = row["version"]
+    out["segment"] = segment_of(frame.get("acct_employees", pd.Series(np.nan, index=frame.index)),
+                                spec.segments).to_numpy()
+    worked: set[str] = set()
+    if table_exists(conn, "pql_scores") and spec.suppress_days:
+        worked = {r[0] for r in conn.execute(
+            "SELECT DISTINCT account_id FROM pql_scores WHERE route = 'sales' AND account_id IS NOT NULL "
+            "AND snapshot_date < ? AND snapshot_date >= ?", [day, day - dt.timedelta(days=spec.suppress_days)]
+        ).fetchall()}
+    out = route(out, spec, worked)
+    out["scored_at"] = dt.datetime.now(dt.timezone.utc)
+    return out[[c for c, _ in SCORE_COLUMNS]]
+
+
+def training_reference(conn, row: dict) -> dict:
+    """Typical input values of the rows the model was trained on (the ablation baseline)."""
+    frame = conn.execute("SELECT * FROM training_set WHERE label IS NOT NULL AND snapshot_date BETWEEN ? AND ?",
+                         [row["train_start"], row["train_end"]]).df()
+    numeric, categorical = row["features"]["numeric"], row["features"]["categorical"]
+    return reference_values(prepare(frame, numeric, categorical), numeric, categorical)
+
+
+def build_scoring_assets(settings: Settings, daily: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+    @dg.asset(
+        name="pql_scores",
+        deps=["user_features", "account_features", "conversion_labels", "conversion_model"],
+        partitions_def=daily, backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name=GROUP, kinds={"sklearn", "duckdb"}, owners=OWNERS, tags=TAGS, pool=POOL,
+        code_version=f"{MODEL_LOGIC_VERSION}-{signal_set(settings).definition_hash}",
+        metadata={"partition_expr": "snapshot_date", "dagster/table_name": "pql_scores"},
+    )
+    def pql_scores(context: dg.AssetExecutionContext, warehouse: Warehouse):
+        """Every free user with a feature row on the day, scored by the scoring model (champion or pinned):
+        probability, percentile, tier, PQL flag, whether the proposed rule fires, the reasons to call and the
+        caveats (ablations against the training data's typical values, in the signals' own sentences), model
+        version, size segment and route (sales, in-app nudge or none, with why not)."""
+        days = sorted(dt.date.fromisoformat(k) for k in context.partition_keys)
+        per_day = []
+        with warehouse.get_connection() as conn:
+            ensure_columns(conn, "pql_scores", SCORE_COLUMNS)
+            R.ensure_registry(conn)
+            row = R.scoring_model(conn, settings.model.pinned_version)
+            if row is None:
+                context.log.warning("no model has passed the gates yet: nothing is scored")
+                return dg.MaterializeResult(metadata={"dagster/row_count": 0, "model_version": "none"})
+            model = R.load_artifact(row)
+            reference = training_reference(conn, row)
+            total = 0
+            for day in days:
+                scored = score_day(conn, settings, day, row, model, reference)
+                conn.register("fx_scored", scored)
+                try:
+                    replace_rows(conn, "pql_scores", [c for c, _ in SCORE_COLUMNS], "fx_scored",
+                                 "snapshot_date = ?", [day])
+                finally:
+                    conn.unregister("fx_scored")
+                total += len(scored)
+                per_day.append({"snapshot": str(day), "scored": len(scored), "PQLs": int(scored["is_pql"].sum()),
+                                "to sales": int((scored["route"] == "sales").sum()),
+                                "in-app": int((scored["route"] == "in_app").sum())})
+            top = conn.execute("""
+                SELECT user_id, account_id, round(probability, 3) AS p, tier, segment, route, reason_text
+                FROM pql_scores WHERE snapshot_date = ? ORDER BY probability DESC, user_id LIMIT 10""",
+                               [days[-1]]).df()
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": total, "model_version": row["version"],
+            "per_day": dg.MetadataValue.md(md_table(per_day[-31:])),
+            "top_leads": dg.MetadataValue.md(md_table(top.astype(str).to_dict("records"))),
+        })
+
+    return [pql_scores]
+
+
+def build_scoring_checks(settings: Settings, daily: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:
+    @dg.asset_check(asset="pql_scores", blocking=True,
+                    description="Every scored lead has a model version and a probability in [0, 1], and every PQL "
+                                "has at least one reason sales can open with.")
+    def scores_valid(warehouse: Warehouse):
+        with warehouse.get_connection() as conn:
+            if not table_exists(conn, "pql_scores"):
+                return dg.AssetCheckResult(passed=True, metadata={"rows": 0})
+            bad = conn.execute("""
+                SELECT count(*) FILTER (WHERE model_version IS NULL),
+                       count(*) FILTER (WHERE probability IS NULL OR probability < 0 OR probability > 1),
+                       count(*) FILTER (WHERE is_pql AND reason_text IS NULL),
+                       count(*)
+                FROM pql_scores""").fetchall()[0]
+        no_version, bad_p, no_reason, rows = bad
+        return dg.AssetCheckResult(
+            passed=not (no_version or bad_p or no_reason), severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"rows": rows, "without_model_version": no_version, "probability_out_of_range": bad_p,
+                      "pqls_without_reason": no_reason})
+
+    return [scores_valid]
