@@ -24,6 +24,7 @@ def test_every_asset_has_checks_and_the_gates_block():
     for gate in ("auc_floor", "beats_rules", "calibration", "no_dominant_feature"):
         assert checks[("conversion_model", gate)].blocking, gate
     assert checks[("pql_scores", "scores_valid")].blocking
+    assert not checks[("pql_scores", "pql_volume")].blocking
     for gate in ("reconciliation", "quarantine_rate", "validated_events_contract"):
         assert checks[("validated_events", gate)].blocking, gate
     assert not checks[("raw_events", "raw_events_volume")].blocking

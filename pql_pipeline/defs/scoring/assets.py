@@ -152,6 +152,18 @@ def build_scoring_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
     return [pql_scores]
 
 
+def volume_verdict(counts: list[int], min_ratio: float, max_ratio: float) -> tuple[bool, dict]:
+    """``counts``: PQLs of the newest day first, then the days before it. Passes if the newest is
+    within [min_ratio, max_ratio] of the median of the others."""
+    today, before = counts[0], sorted(counts[1:])
+    mid = len(before) // 2
+    median = before[mid] if len(before) % 2 else (before[mid - 1] + before[mid]) / 2
+    ratio = today / median if median else (1.0 if today == 0 else float("inf"))
+    return min_ratio <= ratio <= max_ratio, {
+        "pqls": today, "median_before": median, "ratio": round(ratio, 3) if ratio != float("inf") else "inf",
+        "bounds": f"{min_ratio}-{max_ratio}"}
+
+
 def build_scoring_checks(settings: Settings, daily: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:
     @dg.asset_check(asset="pql_scores", blocking=True,
                     description="Every scored lead has a model version and a probability in [0, 1], and every PQL "
@@ -172,4 +184,23 @@ def build_scoring_checks(settings: Settings, daily: dg.PartitionsDefinition) -> 
             metadata={"rows": rows, "without_model_version": no_version, "probability_out_of_range": bad_p,
                       "pqls_without_reason": no_reason})
 
-    return [scores_valid]
+    vol = settings.checks.volume
+
+    @dg.asset_check(asset="pql_scores", blocking=False,
+                    description="The newest day's PQL count against the median of the previous days' "
+                                "(checks.volume bounds): a jump or a collapse usually means a tracking or model "
+                                "problem, not a change in the market.")
+    def pql_volume(warehouse: Warehouse):
+        with warehouse.get_connection() as conn:
+            if not table_exists(conn, "pql_scores"):
+                return dg.AssetCheckResult(passed=True, metadata={"days": 0})
+            per_day = conn.execute("""
+                SELECT snapshot_date, count(*) FILTER (WHERE is_pql) FROM pql_scores
+                GROUP BY 1 ORDER BY 1 DESC LIMIT ?""", [vol.lookback_partitions + 1]).fetchall()
+        if len(per_day) < 2:
+            return dg.AssetCheckResult(passed=True, metadata={"days": len(per_day), "note": "no earlier day yet"})
+        passed, meta = volume_verdict([n for _, n in per_day], vol.min_ratio, vol.max_ratio)
+        return dg.AssetCheckResult(passed=passed, severity=dg.AssetCheckSeverity.WARN,
+                                   metadata={"day": str(per_day[0][0]), **meta})
+
+    return [scores_valid, pql_volume]

@@ -6,6 +6,7 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
 from pql_pipeline.defs.features.signals import Signal
+from pql_pipeline.defs.scoring.assets import volume_verdict
 from pql_pipeline.defs.scoring.scoring import ScoringSpec, explain, reference_values, route, segment_of, tier_of
 
 INVITES = Signal(name="teammates_invited", kind="distinct_count", event="Teammate Invited", property="email",
@@ -97,3 +98,11 @@ def test_nudges_are_suppressed_while_sales_works_the_account_and_capped_per_acco
     # cee: the two most likely are nudged, the third is capped
     assert out.loc[["c2", "c1", "c3"], "route"].tolist() == ["in_app", "in_app", "none"]
     assert out.loc["c3", "route_note"].startswith("capped")
+
+
+def test_pql_volume_is_judged_against_the_median_of_the_days_before():
+    assert volume_verdict([10, 9, 11, 10], 0.3, 3.0)[0]
+    ok, meta = volume_verdict([40, 9, 11, 10, 500], 0.3, 3.0)     # a jump: 40 vs median 10.5
+    assert not ok and meta["median_before"] == 10.5 and meta["ratio"] == 3.81
+    assert not volume_verdict([0, 12, 10], 0.3, 3.0)[0]            # a collapse
+    assert volume_verdict([0, 0, 0], 0.3, 3.0)[0] and not volume_verdict([3, 0, 0], 0.3, 3.0)[0]
