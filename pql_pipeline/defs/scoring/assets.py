@@ -164,21 +164,25 @@ def volume_verdict(counts: list[int], min_ratio: float, max_ratio: float) -> tup
         "bounds": f"{min_ratio}-{max_ratio}"}
 
 
+def _query_scores(warehouse: Warehouse, sql: str, params: list | None = None) -> list[tuple] | None:
+    """Rows of ``sql`` over pql_scores, or None before the table exists."""
+    with warehouse.get_connection() as conn:
+        return conn.execute(sql, params or []).fetchall() if table_exists(conn, "pql_scores") else None
+
+
 def build_scoring_checks(settings: Settings, daily: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:
     @dg.asset_check(asset="pql_scores", blocking=True,
                     description="Every scored lead has a model version and a probability in [0, 1], and every PQL "
                                 "has at least one reason sales can open with.")
     def scores_valid(warehouse: Warehouse):
-        with warehouse.get_connection() as conn:
-            if not table_exists(conn, "pql_scores"):
-                return dg.AssetCheckResult(passed=True, metadata={"rows": 0})
-            bad = conn.execute("""
-                SELECT count(*) FILTER (WHERE model_version IS NULL),
-                       count(*) FILTER (WHERE probability IS NULL OR probability < 0 OR probability > 1),
-                       count(*) FILTER (WHERE is_pql AND reason_text IS NULL),
-                       count(*)
-                FROM pql_scores""").fetchall()[0]
-        no_version, bad_p, no_reason, rows = bad
+        found = _query_scores(warehouse, """
+            SELECT count(*) FILTER (WHERE model_version IS NULL),
+                   count(*) FILTER (WHERE probability IS NULL OR probability < 0 OR probability > 1),
+                   count(*) FILTER (WHERE is_pql AND reason_text IS NULL), count(*)
+            FROM pql_scores""")
+        if found is None:
+            return dg.AssetCheckResult(passed=True, metadata={"rows": 0})
+        no_version, bad_p, no_reason, rows = found[0]
         return dg.AssetCheckResult(
             passed=not (no_version or bad_p or no_reason), severity=dg.AssetCheckSeverity.ERROR,
             metadata={"rows": rows, "without_model_version": no_version, "probability_out_of_range": bad_p,
@@ -191,12 +195,9 @@ def build_scoring_checks(settings: Settings, daily: dg.PartitionsDefinition) -> 
                                 "(checks.volume bounds): a jump or a collapse usually means a tracking or model "
                                 "problem, not a change in the market.")
     def pql_volume(warehouse: Warehouse):
-        with warehouse.get_connection() as conn:
-            if not table_exists(conn, "pql_scores"):
-                return dg.AssetCheckResult(passed=True, metadata={"days": 0})
-            per_day = conn.execute("""
-                SELECT snapshot_date, count(*) FILTER (WHERE is_pql) FROM pql_scores
-                GROUP BY 1 ORDER BY 1 DESC LIMIT ?""", [vol.lookback_partitions + 1]).fetchall()
+        per_day = _query_scores(warehouse, """
+            SELECT snapshot_date, count(*) FILTER (WHERE is_pql) FROM pql_scores
+            GROUP BY 1 ORDER BY 1 DESC LIMIT ?""", [vol.lookback_partitions + 1]) or []
         if len(per_day) < 2:
             return dg.AssetCheckResult(passed=True, metadata={"days": len(per_day), "note": "no earlier day yet"})
         passed, meta = volume_verdict([n for _, n in per_day], vol.min_ratio, vol.max_ratio)
