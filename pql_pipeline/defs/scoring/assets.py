@@ -12,6 +12,7 @@ from pql_pipeline.defs.features.specs import signal_set
 from pql_pipeline.defs.model import registry as R
 from pql_pipeline.defs.model.assets import MODEL_LOGIC_VERSION, _proposed_rule
 from pql_pipeline.defs.model.training import prepare, proposed_rule_scores
+from pql_pipeline.defs.scoring.history import HISTORY, update_history
 from pql_pipeline.defs.scoring.scoring import ScoringSpec, explain, reference_values, route, segment_of, tier_of
 from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table
 from pql_pipeline.lib.warehouse import Warehouse, ensure_columns, replace_rows, table_exists
@@ -149,7 +150,31 @@ def build_scoring_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
             "top_leads": dg.MetadataValue.md(md_table(top.astype(str).to_dict("records"))),
         })
 
-    return [pql_scores]
+    @dg.asset(
+        name="pql_history",
+        deps=["pql_scores"],
+        partitions_def=daily, backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name=GROUP, kinds={"duckdb"}, owners=OWNERS, tags=TAGS, pool=POOL,
+        metadata={"dagster/table_name": HISTORY},
+    )
+    def pql_history(context: dg.AssetExecutionContext, warehouse: Warehouse):
+        """Each user's verdict over time (tier, PQL flag, route, model version) with valid_from / valid_to and
+        the reasons of the day it started: when did this user become a PQL, and why. Replayed from the run's first
+        day, so re-scoring a range rewrites exactly what follows from it."""
+        first = min(dt.date.fromisoformat(k) for k in context.partition_keys)
+        with warehouse.get_connection() as conn:
+            if not table_exists(conn, "pql_scores"):
+                return dg.MaterializeResult(metadata={"days_replayed": 0})
+            stats = update_history(conn, first)
+            became = conn.execute(f"""
+                SELECT user_id, account_id, CAST(valid_from AS VARCHAR) AS since, tier, route, reason_text
+                FROM {HISTORY} WHERE is_pql AND valid_to IS NULL ORDER BY valid_from DESC, user_id LIMIT 10""").df()
+            rows = conn.execute(f"SELECT count(*) FROM {HISTORY}").fetchall()[0][0]
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": rows, **stats,
+            "current_pqls_newest_first": dg.MetadataValue.md(md_table(became.astype(str).to_dict("records")))})
+
+    return [pql_scores, pql_history]
 
 
 def volume_verdict(counts: list[int], min_ratio: float, max_ratio: float) -> tuple[bool, dict]:

@@ -93,9 +93,11 @@ def test_leads_are_scored_with_reasons_tiers_and_routes(trained):
     assert routes.get("sales", 0) > 0 and routes.get("in_app", 0) > 0
     assert p.query(f"""SELECT count(*) FROM pql_scores WHERE snapshot_date = DATE '{last}' AND route = 'sales'
                        AND segment NOT IN ('mid_market', 'enterprise')""")[0][0] == 0
-    # re-scoring the day replaces its rows
+    # the history opens one row per scored user; re-scoring the day replaces its rows and replays the history
+    assert p.query("SELECT count(*), count(*) FILTER (WHERE valid_to IS NULL) FROM pql_history")[0] == (n, n)
     assert p.run(last, job=SCORING_JOB).success
     assert p.query(f"SELECT count(*) FROM pql_scores WHERE snapshot_date = DATE '{last}'")[0][0] == n
+    assert p.query("SELECT count(*), count(*) FILTER (WHERE is_pql) FROM pql_history")[0] == (n, pqls)
 
 
 @pytest.mark.slow

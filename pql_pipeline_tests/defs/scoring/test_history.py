@@ -1,0 +1,68 @@
+"""pql_history: versions open when a verdict changes, close when it changes again or the user
+is no longer scored, and any re-scored range replays to the same table."""
+
+import datetime as dt
+
+from pql_pipeline.defs.scoring.history import HISTORY, update_history
+
+D0 = dt.date(2026, 3, 1)
+
+
+def day(i: int) -> dt.date:
+    return D0 + dt.timedelta(days=i)
+
+
+def write_scores(conn, rows):
+    """rows: (day index, user, tier, route, model version)"""
+    conn.execute("CREATE TABLE IF NOT EXISTS pql_scores (snapshot_date DATE, user_id VARCHAR, account_id VARCHAR, "
+                 "tier VARCHAR, is_pql BOOLEAN, route VARCHAR, model_version VARCHAR, probability DOUBLE, "
+                 "percentile DOUBLE, reason_text VARCHAR, caveat_text VARCHAR, segment VARCHAR)")
+    for i, user, tier, rt, version in rows:
+        conn.execute("DELETE FROM pql_scores WHERE snapshot_date = ? AND user_id = ?", [day(i), user])
+        conn.execute("INSERT INTO pql_scores VALUES (?, ?, 'acc', ?, ?, ?, ?, ?, 0.5, ?, NULL, 'smb')",
+                     [day(i), user, tier, tier == "hot", rt, version, 0.4 if tier == "hot" else 0.05,
+                      f"day {i} reasons"])
+
+
+def history(conn):
+    return conn.execute(f"SELECT user_id, valid_from, valid_to, tier, route, reason_text FROM {HISTORY} "
+                        "ORDER BY user_id, valid_from").fetchall()
+
+
+STORY = [
+    (0, "u1", "cold", "none", "m1"), (1, "u1", "cold", "none", "m1"), (2, "u1", "hot", "in_app", "m1"),
+    (3, "u1", "hot", "in_app", "m1"), (4, "u1", "hot", "in_app", "m2"),                 # new model version
+    (0, "u2", "warm", "in_app", "m1"), (1, "u2", "warm", "in_app", "m1"),               # u2 stops being scored
+    (3, "u2", "warm", "in_app", "m1"),                                                  # and comes back
+]
+
+
+def test_versions_follow_changes_and_gaps(conn):
+    write_scores(conn, STORY)
+    stats = update_history(conn, day(0))
+    assert stats["days_replayed"] == 5
+    assert history(conn) == [
+        ("u1", day(0), day(2), "cold", "none", "day 0 reasons"),
+        ("u1", day(2), day(4), "hot", "in_app", "day 2 reasons"),   # when it became a PQL, and why
+        ("u1", day(4), None, "hot", "in_app", "day 4 reasons"),
+        ("u2", day(0), day(2), "warm", "in_app", "day 0 reasons"),
+        ("u2", day(3), day(4), "warm", "in_app", "day 3 reasons"),   # not scored on day 4: closed
+    ]
+
+
+def test_rescoring_a_range_replays_to_the_same_table_as_scoring_in_order(conn):
+    write_scores(conn, STORY)
+    for i in range(5):                       # day by day, as a schedule would
+        update_history(conn, day(i))
+    daily = history(conn)
+    update_history(conn, day(0))             # a backfill of everything
+    assert history(conn) == daily
+    # day 1 is re-scored with a different verdict for u1: only what follows from it changes
+    write_scores(conn, [(1, "u1", "warm", "in_app", "m1")])
+    update_history(conn, day(1))
+    once = history(conn)
+    assert ("u1", day(1), day(2), "warm", "in_app", "day 1 reasons") in once
+    assert ("u1", day(0), day(1), "cold", "none", "day 0 reasons") in once
+    conn.execute(f"DELETE FROM {HISTORY}")
+    update_history(conn, day(0))
+    assert history(conn) == once
