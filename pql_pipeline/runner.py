@@ -103,6 +103,10 @@ def warehouse_summary(settings: Settings) -> dict[str, int]:
                 SELECT user_id, probability, tier, route, reason_text FROM pql_scores
                 WHERE snapshot_date = (SELECT max(snapshot_date) FROM pql_scores)
                 ORDER BY probability DESC, user_id LIMIT 3""").fetchall()
+        if table_exists(conn, "pql_performance"):
+            from pql_pipeline.defs.model.performance import summary
+
+            out["backtest"] = summary(conn.execute("SELECT * FROM pql_performance").df())
         if table_exists(conn, "model_registry"):
             out["models"] = conn.execute("""
                 SELECT version, status, algorithm, roc_auc, reason FROM model_registry
@@ -145,6 +149,11 @@ def format_summary(settings: Settings, report: RunReport) -> str:
         lines.append("models (newest first):")
         for version, status, algo, auc, reason in s["models"]:
             lines.append(f"  {version}  {status:<9} {algo} ROC AUC {auc:.3f}: {reason}")
+    if s.get("backtest"):
+        lines.append("backtest        out of sample: conversion of PQLs vs the rest (lift), share of conversions caught")
+        for b in sorted(s["backtest"], key=lambda b: b["definition"] != "model"):
+            lines.append(f"  {b['definition']:<14} {b['conversion_pql']:.1%} vs {b['conversion_other']:.1%} "
+                         f"({b['lift'] or 0:.1f}x), recall {b['recall'] or 0:.0%}, PQL rate {b['pql_rate']:.1%}")
     for day, n, pqls, sales, nudges in s.get("scores", []):
         lines.append(f"scores          {day}: {n:,} free users scored, {pqls:,} PQLs; {sales:,} to sales, "
                      f"{nudges:,} in-app nudges")

@@ -5,7 +5,7 @@ from pql_pipeline.definitions import FEATURES_JOB, INGEST_JOB, MODEL_JOB, PIPELI
 INGEST = {"raw_events", "validated_events", "quarantined_events", "duplicate_events", "users", "accounts"}
 FEATURES = {"user_features", "account_features", "conversion_labels", "training_set", "account_training_set",
             "activation_milestones"}
-MODEL = {"conversion_model", "pql_scores", "pql_history"}
+MODEL = {"conversion_model", "pql_scores", "pql_history", "pql_performance"}
 
 
 def test_definitions_load_and_list_the_pipeline():
@@ -25,6 +25,7 @@ def test_every_asset_has_checks_and_the_gates_block():
         assert checks[("conversion_model", gate)].blocking, gate
     assert checks[("pql_scores", "scores_valid")].blocking
     assert not checks[("pql_scores", "pql_volume")].blocking
+    assert not checks[("pql_performance", "pql_lift")].blocking
     for gate in ("reconciliation", "quarantine_rate", "validated_events_contract"):
         assert checks[("validated_events", gate)].blocking, gate
     assert not checks[("raw_events", "raw_events_volume")].blocking

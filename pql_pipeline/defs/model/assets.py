@@ -7,10 +7,11 @@ import dagster as dg
 import yaml
 
 from pql_pipeline.defs.features.specs import signal_set
+from pql_pipeline.defs.model import performance as P
 from pql_pipeline.defs.model import registry as R
 from pql_pipeline.defs.model.training import ModelSpec, TrainingError, evaluate, prepare, top_feature_share, train
 from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table
-from pql_pipeline.lib.warehouse import Warehouse, table_exists
+from pql_pipeline.lib.warehouse import Warehouse, ensure_columns, replace_rows, table_exists
 from pql_pipeline.settings import Settings
 
 GROUP = "model"
@@ -172,7 +173,35 @@ def build_model_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                  for k, v in row["gates"].items()])),
         })
 
-    return [conversion_model]
+    @dg.asset(
+        name="pql_performance",
+        deps=["conversion_model", "training_set", "activation_milestones"],
+        group_name=GROUP, kinds={"sklearn", "duckdb"}, owners=OWNERS, tags=TAGS, pool=POOL,
+        code_version=code_version, metadata={"dagster/table_name": "pql_performance"},
+    )
+    def pql_performance(context: dg.AssetExecutionContext, warehouse: Warehouse):
+        """Backtest of the scoring model, the proposed rule and the classic rule over every labelled snapshot: PQL
+        rate, conversion rate of PQLs vs the others (lift; PLG teams expect 2-5x), precision and recall. Snapshots
+        the model trained on are marked in_sample."""
+        with warehouse.get_connection() as conn:
+            R.ensure_registry(conn)
+            row = R.scoring_model(conn, settings.model.pinned_version)
+            if row is None or not table_exists(conn, "training_set"):
+                context.log.warning("no scoring model yet: nothing to backtest")
+                return dg.MaterializeResult(metadata={"dagster/row_count": 0})
+            perf = P.backtest(conn, row, R.load_artifact(row), settings.model.pql_threshold,
+                              settings.model.classic_rule, _proposed_rule(settings), signal_set(settings).signup_event)
+            ensure_columns(conn, "pql_performance", P.COLUMNS)
+            conn.register("fx_perf", perf)
+            try:
+                replace_rows(conn, "pql_performance", [c for c, _ in P.COLUMNS], "fx_perf")
+            finally:
+                conn.unregister("fx_perf")
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": len(perf), "model_version": row["version"],
+            "out_of_sample": dg.MetadataValue.md(md_table(P.summary(perf)))})
+
+    return [conversion_model, pql_performance]
 
 
 def build_model_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
@@ -216,4 +245,21 @@ def build_model_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
                 metadata={"scoring_version": row["version"], "value": g["value"],
                           "bound": g["bound"] if g["bound"] is not None else "none"})
 
-    return [model_gates]
+    @dg.asset_check(asset="pql_performance", blocking=False,
+                    description="Out of sample, the model's PQLs convert at least 2x as often as the other users "
+                                "(PLG teams expect 2-5x); below that the scores are not worth a sales call.")
+    def pql_lift(warehouse: Warehouse):
+        with warehouse.get_connection() as conn:
+            if not table_exists(conn, "pql_performance"):
+                return dg.AssetCheckResult(passed=False, metadata={"note": "no backtest yet"})
+            perf = conn.execute("SELECT * FROM pql_performance").df()
+        rows = {r["definition"]: r for r in P.summary(perf)} if len(perf) else {}
+        model = rows.get("model")
+        if model is None or model["lift"] is None:
+            return dg.AssetCheckResult(passed=False, metadata={"note": "no out-of-sample snapshot to judge"})
+        return dg.AssetCheckResult(passed=model["lift"] >= 2.0, metadata={
+            "lift": model["lift"], "conversion_pql": model["conversion_pql"],
+            "conversion_other": model["conversion_other"],
+            **{f"lift_{k}": v["lift"] for k, v in rows.items() if k != "model" and v["lift"] is not None}})
+
+    return [model_gates, pql_lift]

@@ -40,7 +40,8 @@ def test_the_model_trains_passes_its_gates_and_beats_the_rules(trained):
     assert "conversion_model" in materialized(result)
     checks = p.checks(result)
     assert {k: v.passed for k, v in checks.items()} == {
-        f"conversion_model:{g}": True for g in ("auc_floor", "beats_rules", "calibration", "no_dominant_feature")}
+        **{f"conversion_model:{g}": True for g in ("auc_floor", "beats_rules", "calibration", "no_dominant_feature")},
+        "pql_performance:pql_lift": True}
     [row] = registry_rows(p)
     assert row["status"] == "champion" and row["reason"] == "first model that passes every gate"
     m = row["metrics"]
@@ -56,6 +57,27 @@ def test_the_model_trains_passes_its_gates_and_beats_the_rules(trained):
     assert "teammates_invited" in top, top
     # the artifact is where the registry says, with the recorded checksum
     assert R.load_artifact(row) is not None
+
+
+@pytest.mark.slow
+def test_the_backtest_compares_the_model_and_the_rules_out_of_sample(trained):
+    p, _, _ = trained
+    [row] = registry_rows(p)
+    perf = p.query("""SELECT definition, in_sample, sum(users), sum(pqls), sum(conversions), sum(pql_conversions)
+                      FROM pql_performance GROUP BY 1, 2 ORDER BY 1, 2""")
+    assert {r[0] for r in perf} == {"model", "classic_rule", "proposed_rule"}
+    snaps = p.query("SELECT count(DISTINCT snapshot_date), min(snapshot_date) FILTER (WHERE NOT in_sample) "
+                    "FROM pql_performance")[0]
+    assert snaps[1] > row["train_end"]
+    # every definition sees the same users and conversions on each snapshot
+    assert len({(r[1], r[2], r[4]) for r in perf}) == 2
+    lift = {}
+    for name, in_sample, users, pqls, conv, pconv in perf:
+        if not in_sample:
+            lift[name] = (pconv / pqls) / ((conv - pconv) / (users - pqls))
+    assert lift["model"] >= 2.0 and lift["model"] > lift["classic_rule"]
+    recall = {r[0]: r[5] / r[4] for r in perf if not r[1]}
+    assert recall["model"] > recall["classic_rule"]
 
 
 @pytest.mark.slow
