@@ -23,7 +23,6 @@ and is checked independently.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from dataclasses import dataclass
 

@@ -222,6 +222,17 @@ def proposed_rule_scores(conn, rows: pd.DataFrame, rule: dict, signup_event: str
     """1 where the user reached any milestone of the proposed rule (``match: any``; all with
     ``match: all``) and none of its ``unless`` ones, counting only events known by the
     snapshot: "event >= N times within D days of signup" as milestone discovery defines it."""
+    return proposed_rule_hits(conn, rows, rule, signup_event)[0]
+
+
+def _milestone_name(c: dict) -> str:
+    return f"{c.get('milestone') or c.get('event')} >= {int(c['threshold'])} in {int(c['within_days_of_signup'])} d"
+
+
+def proposed_rule_hits(conn, rows: pd.DataFrame, rule: dict, signup_event: str | None
+                       ) -> tuple[np.ndarray, list[list[str]]]:
+    """The rule's verdict per row (1/0) and the milestones (conditions and unless ones) each
+    row reached, named "<milestone> >= N in D d"."""
     from pql_pipeline.defs.features.features import events_sql, visible
     from pql_pipeline.defs.features.milestones import ACTIVE_DAYS
     from pql_pipeline.lib.engine import DuckDBEngine, sql_literal
@@ -229,7 +240,7 @@ def proposed_rule_scores(conn, rows: pd.DataFrame, rule: dict, signup_event: str
     conds = list(rule.get("conditions") or [])
     unless = list(rule.get("unless") or [])
     if rows.empty or not (conds or unless):
-        return np.zeros(len(rows))
+        return np.zeros(len(rows)), [[] for _ in range(len(rows))]
     keys = rows[["user_id", "snapshot_date", "signup_date"]].copy().reset_index(drop=True)
     keys["row"] = np.arange(len(keys))
     conn.register("ml_rule_rows", keys)
@@ -261,7 +272,9 @@ def proposed_rule_scores(conn, rows: pd.DataFrame, rule: dict, signup_event: str
     fired = (pos.all(axis=1) if rule.get("match") == "all" else pos.any(axis=1)) if conds else np.ones(len(rows), bool)
     if unless:
         fired &= ~neg.any(axis=1)
-    return fired.astype(float)
+    names = [_milestone_name(c) for c in conds + unless]
+    both = np.hstack([pos, neg]) if unless else pos
+    return fired.astype(float), [[n for n, hit in zip(names, r) if hit] for r in both]
 
 
 def permutation_importance_top(model, x: pd.DataFrame, y: np.ndarray, seed: int) -> list[tuple[str, float]]:

@@ -11,7 +11,7 @@ from pql_pipeline.defs.features.features import account_table_columns, q, user_t
 from pql_pipeline.defs.features.specs import signal_set
 from pql_pipeline.defs.model import registry as R
 from pql_pipeline.defs.model.assets import MODEL_LOGIC_VERSION, _proposed_rule
-from pql_pipeline.defs.model.training import prepare, proposed_rule_scores
+from pql_pipeline.defs.model.training import prepare, proposed_rule_hits
 from pql_pipeline.defs.scoring.history import HISTORY, update_history
 from pql_pipeline.defs.scoring.scoring import ScoringSpec, explain, reference_values, route, segment_of, tier_of
 from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table
@@ -23,6 +23,7 @@ TAGS = {"pql/stage": "scoring"}
 SCORE_COLUMNS = [
     ("snapshot_date", "DATE"), ("user_id", "VARCHAR"), ("account_id", "VARCHAR"), ("probability", "DOUBLE"),
     ("percentile", "DOUBLE"), ("tier", "VARCHAR"), ("is_pql", "BOOLEAN"), ("rule_fired", "BOOLEAN"),
+    ("milestones_hit", "VARCHAR"),
     ("reasons", "JSON"), ("reason_text", "VARCHAR"), ("caveat_text", "VARCHAR"), ("model_version", "VARCHAR"),
     ("segment", "VARCHAR"), ("route", "VARCHAR"), ("route_note", "VARCHAR"), ("scored_at", "TIMESTAMPTZ"),
 ]
@@ -75,8 +76,9 @@ def score_day(conn, settings: Settings, day: dt.date, row: dict, model, referenc
     out["tier"] = tier_of(p, spec.tiers)
     out["is_pql"] = p >= spec.pql_threshold
     rule = _proposed_rule(settings)
-    out["rule_fired"] = (proposed_rule_scores(conn, frame.assign(snapshot_date=day), rule, sigs.signup_event) > 0
-                         if rule else False)
+    fired, hits = proposed_rule_hits(conn, frame.assign(snapshot_date=day), rule or {}, sigs.signup_event)
+    out["rule_fired"] = fired > 0
+    out["milestones_hit"] = ["; ".join(h) or None for h in hits]
     out["reasons"] = [json.dumps(r) for r in reasons]
     out["reason_text"] = ["; ".join(x["text"] for x in r if x["polarity"] == "positive") or None for r in reasons]
     out["caveat_text"] = ["; ".join(x["text"] for x in r if x["polarity"] == "negative") or None for r in reasons]

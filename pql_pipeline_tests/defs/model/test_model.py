@@ -99,6 +99,12 @@ def test_leads_are_scored_with_reasons_tiers_and_routes(trained):
     assert n == free > 0 and 0 < pqls < n and versions == 1 and no_reason == 0 and bad_p == 0
     assert p.query(f"SELECT DISTINCT model_version FROM pql_scores WHERE snapshot_date = DATE '{last}'"
                    )[0][0] == champ["version"]
+    # the proposed rule's verdict comes with the milestones reached
+    fired, fired_without, hits = p.query(f"""
+        SELECT count(*) FILTER (WHERE rule_fired), count(*) FILTER (WHERE rule_fired AND milestones_hit IS NULL),
+               count(*) FILTER (WHERE milestones_hit LIKE '%Teammate Invited >= %')
+        FROM pql_scores WHERE snapshot_date = DATE '{last}'""")[0]
+    assert fired > 0 and fired_without == 0 and hits > 0
     # the planted behaviour is what sales is told about PQLs
     reasons = " ".join(r[0] for r in p.query(
         f"SELECT reason_text FROM pql_scores WHERE snapshot_date = DATE '{last}' AND is_pql"))
