@@ -111,10 +111,12 @@ def explain(model, x: pd.DataFrame, raw: pd.DataFrame, signals: list[Signal], re
     if not cols:
         return p, [[] for _ in range(len(x))]
     mat = np.empty((len(x), len(cols)))
+    x2 = x.copy()   # one copy; each column is set to its typical value and put back
     for j, (col, _, _) in enumerate(cols):
-        x2 = x.copy()
+        kept = x2[col].copy()
         x2[col] = reference.get(col, np.nan)
         mat[:, j] = p - model.predict_proba(x2)[:, 1]
+        x2[col] = kept
     reasons: list[list[dict]] = []
     for i in range(len(x)):
         pos = [(mat[i, j], j) for j, (_, s, _) in enumerate(cols) if s.polarity == "positive" and mat[i, j] > 0]
