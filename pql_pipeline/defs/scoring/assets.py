@@ -68,8 +68,17 @@ def score_day(conn, settings: Settings, day: dt.date, row: dict, model, referenc
         raise ValueError(f"model {row['version']} uses features that user_features no longer has: {missing}; "
                          "retrain (materialize conversion_model) or pin a model trained on the current signals")
     x = prepare(frame, numeric, categorical)
-    p, reasons = explain(model, x, frame, list(sigs.signals), reference, spec.reasons,
-                         account_signals=list(sigs.account_signals))
+    p = model.predict_proba(x)[:, 1]
+    # reasons are worked out for the leads anyone acts on (a tier above cold, or a PQL): they cost
+    # one prediction per signal
+    floor = min([t for _, t in spec.tiers] + [spec.pql_threshold])
+    act = np.flatnonzero(p >= floor)
+    reasons: list[list[dict]] = [[] for _ in range(len(frame))]
+    if len(act):
+        _, told = explain(model, x.iloc[act], frame.iloc[act], list(sigs.signals), reference, spec.reasons,
+                          account_signals=list(sigs.account_signals))
+        for i, r in zip(act, told):
+            reasons[i] = r
     out = pd.DataFrame({"snapshot_date": day, "user_id": frame["user_id"], "account_id": frame["account_id"],
                         "probability": np.round(p, 6)})
     out["percentile"] = np.round(out["probability"].rank(pct=True, method="max").to_numpy(), 6)
