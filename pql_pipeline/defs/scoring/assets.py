@@ -56,10 +56,29 @@ WHERE u.snapshot_date = DATE '{day.isoformat()}' AND l.label_status <> 'excluded
 ORDER BY u.user_id"""
 
 
-def score_day(conn, settings: Settings, day: dt.date, row: dict, model, reference: dict) -> pd.DataFrame:
+def rule_hits(conn, settings: Settings, frames: dict[dt.date, pd.DataFrame]) -> dict[dt.date, tuple]:
+    """The proposed rule's verdict and milestones for the candidates of several days at once
+    (the events are resolved once for the batch, not once per day)."""
+    rule = _proposed_rule(settings) or {}
+    days = [d for d, f in frames.items() if not f.empty]
+    if not days:
+        return {}
+    both = pd.concat([frames[d].assign(snapshot_date=d) for d in days], ignore_index=True)
+    fired, hits = proposed_rule_hits(conn, both, rule, signal_set(settings).signup_event)
+    out, start = {}, 0
+    for d in days:
+        n = len(frames[d])
+        out[d] = (fired[start:start + n], hits[start:start + n])
+        start += n
+    return out
+
+
+def score_day(conn, settings: Settings, day: dt.date, row: dict, model, reference: dict,
+              frame: pd.DataFrame | None = None, rule: tuple | None = None) -> pd.DataFrame:
+    """Score the day's candidates (``frame``, else read) with ``rule``'s verdicts (else evaluated)."""
     spec = scoring_spec(settings)
     sigs = signal_set(settings)
-    frame = conn.execute(candidates_sql(settings, day)).df()
+    frame = conn.execute(candidates_sql(settings, day)).df() if frame is None else frame
     if frame.empty:
         return pd.DataFrame(columns=[c for c, _ in SCORE_COLUMNS])
     numeric, categorical = row["features"]["numeric"], row["features"]["categorical"]
@@ -84,8 +103,7 @@ def score_day(conn, settings: Settings, day: dt.date, row: dict, model, referenc
     out["percentile"] = np.round(out["probability"].rank(pct=True, method="max").to_numpy(), 6)
     out["tier"] = tier_of(p, spec.tiers)
     out["is_pql"] = p >= spec.pql_threshold
-    rule = _proposed_rule(settings)
-    fired, hits = proposed_rule_hits(conn, frame.assign(snapshot_date=day), rule or {}, sigs.signup_event)
+    fired, hits = rule if rule is not None else rule_hits(conn, settings, {day: frame})[day]
     out["rule_fired"] = fired > 0
     out["milestones_hit"] = ["; ".join(h) or None for h in hits]
     out["reasons"] = [json.dumps(r) for r in reasons]
@@ -103,6 +121,20 @@ def score_day(conn, settings: Settings, day: dt.date, row: dict, model, referenc
     out = route(out, spec, worked)
     out["scored_at"] = dt.datetime.now(dt.timezone.utc)
     return out[[c for c, _ in SCORE_COLUMNS]]
+
+
+def _write_day(conn, settings: Settings, day: dt.date, row: dict, model, reference: dict, frame: pd.DataFrame,
+               rule: tuple | None, per_day: list[dict]) -> int:
+    scored = score_day(conn, settings, day, row, model, reference, frame, rule)
+    conn.register("fx_scored", scored)
+    try:
+        replace_rows(conn, "pql_scores", [c for c, _ in SCORE_COLUMNS], "fx_scored", "snapshot_date = ?", [day])
+    finally:
+        conn.unregister("fx_scored")
+    per_day.append({"snapshot": str(day), "scored": len(scored), "PQLs": int(scored["is_pql"].sum()),
+                    "to sales": int((scored["route"] == "sales").sum()),
+                    "in-app": int((scored["route"] == "in_app").sum())})
+    return len(scored)
 
 
 def training_reference(conn, row: dict) -> dict:
@@ -139,18 +171,13 @@ def build_scoring_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
             model = R.load_artifact(row)
             reference = training_reference(conn, row)
             total = 0
-            for day in days:
-                scored = score_day(conn, settings, day, row, model, reference)
-                conn.register("fx_scored", scored)
-                try:
-                    replace_rows(conn, "pql_scores", [c for c, _ in SCORE_COLUMNS], "fx_scored",
-                                 "snapshot_date = ?", [day])
-                finally:
-                    conn.unregister("fx_scored")
-                total += len(scored)
-                per_day.append({"snapshot": str(day), "scored": len(scored), "PQLs": int(scored["is_pql"].sum()),
-                                "to sales": int((scored["route"] == "sales").sum()),
-                                "in-app": int((scored["route"] == "in_app").sum())})
+            step = settings.features.snapshot_batch_days
+            for batch in (days[i:i + step] for i in range(0, len(days), step)):
+                frames = {d: conn.execute(candidates_sql(settings, d)).df() for d in batch}
+                rules = rule_hits(conn, settings, frames)
+                for day in batch:
+                    total += _write_day(conn, settings, day, row, model, reference, frames[day], rules.get(day),
+                                        per_day)
             top = conn.execute("""
                 SELECT user_id, account_id, round(probability, 3) AS p, tier, segment, route, reason_text
                 FROM pql_scores WHERE snapshot_date = ? ORDER BY probability DESC, user_id LIMIT 10""",
