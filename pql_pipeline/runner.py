@@ -148,12 +148,16 @@ def format_summary(settings: Settings, report: RunReport) -> str:
     if s.get("models"):
         lines.append("models (newest first):")
         for version, status, algo, auc, reason in s["models"]:
-            lines.append(f"  {version}  {status:<9} {algo} ROC AUC {auc:.3f}: {reason}")
+            shown = "-" if auc is None else f"{auc:.3f}"
+            lines.append(f"  {version}  {status:<9} {algo} ROC AUC {shown}: {reason}")
     if s.get("backtest"):
         lines.append("backtest        out of sample: conversion of PQLs vs the rest (lift), share of conversions caught")
         for b in sorted(s["backtest"], key=lambda b: b["definition"] != "model"):
-            lines.append(f"  {b['definition']:<14} {b['conversion_pql']:.1%} vs {b['conversion_other']:.1%} "
-                         f"({b['lift'] or 0:.1f}x), recall {b['recall'] or 0:.0%}, PQL rate {b['pql_rate']:.1%}")
+            def pct(v, fmt=".1%"):
+                return "-" if v is None else format(v, fmt)
+            lift = "-" if b["lift"] is None else f"{b['lift']:.1f}x"
+            lines.append(f"  {b['definition']:<14} {pct(b['conversion_pql'])} vs {pct(b['conversion_other'])} "
+                         f"({lift}), recall {pct(b['recall'], '.0%')}, PQL rate {pct(b['pql_rate'])}")
     for day, n, pqls, sales, nudges in s.get("scores", []):
         lines.append(f"scores          {day}: {n:,} free users scored, {pqls:,} PQLs; {sales:,} to sales, "
                      f"{nudges:,} in-app nudges")

@@ -10,6 +10,7 @@ from pql_pipeline.defs.features.specs import signal_set
 from pql_pipeline.defs.model import performance as P
 from pql_pipeline.defs.model import registry as R
 from pql_pipeline.defs.model.training import ModelSpec, TrainingError, evaluate, prepare, top_feature_share, train
+from pql_pipeline.defs.scoring.scoring import reference_values
 from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table
 from pql_pipeline.lib.warehouse import Warehouse, ensure_columns, replace_rows, table_exists
 from pql_pipeline.settings import Settings
@@ -95,9 +96,22 @@ def train_and_register(conn, settings: Settings, trained_at: dt.datetime | None 
         "baselines": result.baselines, "candidates": result.candidates, "importance": result.importance,
         "gates": gate, "champion_compared": current["version"] if current else None,
         "champion_roc_auc_same_holdout": champ_auc, "artifact": artifact, "artifact_sha256": digest,
+        "reference": _json_safe(reference_values(prepare(split.train, result.numeric, result.categorical),
+                                                 result.numeric, result.categorical)),
     }
     R.record(conn, row, promote)
     return row
+
+
+def _json_safe(ref: dict) -> dict:
+    """NaN (no value in training) as null, numpy numbers as plain ones."""
+    out = {}
+    for k, v in ref.items():
+        if isinstance(v, float) and v != v:
+            out[k] = None
+        else:
+            out[k] = v.item() if hasattr(v, "item") else v
+    return out
 
 
 def _metrics_table(row: dict) -> str:

@@ -11,7 +11,6 @@ out-of-sample ones are the evidence.
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from pql_pipeline.defs.model.training import classic_rule_scores, load_frame, prepare, proposed_rule_scores
@@ -61,10 +60,12 @@ def summary(perf: pd.DataFrame) -> list[dict]:
     rows = []
     for name, g in perf[~perf["in_sample"].astype(bool)].groupby("definition"):
         users, pqls, conv, pconv = (int(g[c].sum()) for c in ("users", "pqls", "conversions", "pql_conversions"))
-        rate_p = pconv / pqls if pqls else np.nan
-        rate_o = (conv - pconv) / (users - pqls) if users > pqls else np.nan
-        rows.append({"definition": name, "snapshots": len(g), "users": users, "pql_rate": round(pqls / users, 4),
-                     "conversion_pql": round(rate_p, 4), "conversion_other": round(rate_o, 4),
-                     "lift": round(rate_p / rate_o, 2) if rate_o else None,
+        rate_p = pconv / pqls if pqls else None
+        rate_o = (conv - pconv) / (users - pqls) if users > pqls else None
+        rows.append({"definition": name, "snapshots": len(g), "users": users,
+                     "pql_rate": round(pqls / users, 4) if users else None,
+                     "conversion_pql": None if rate_p is None else round(rate_p, 4),
+                     "conversion_other": None if rate_o is None else round(rate_o, 4),
+                     "lift": round(rate_p / rate_o, 2) if rate_p is not None and rate_o else None,
                      "recall": round(pconv / conv, 4) if conv else None})
     return rows

@@ -32,7 +32,10 @@ COLUMNS = [
     ("metrics", "JSON"), ("baselines", "JSON"), ("candidates", "JSON"), ("importance", "JSON"), ("gates", "JSON"),
     ("champion_compared", "VARCHAR"), ("champion_roc_auc_same_holdout", "DOUBLE"), ("artifact", "VARCHAR"),
     ("artifact_sha256", "VARCHAR"),
+    # typical input values of the training rows (the baseline of the per-lead reasons)
+    ("reference", "JSON"),
 ]
+JSON_COLUMNS = ("features", "metrics", "baselines", "candidates", "importance", "gates", "reference")
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,10 @@ def ensure_registry(conn) -> None:
 
 
 def new_version(trained_at: dt.datetime, feature_hash: str) -> str:
-    return f"m{trained_at.strftime('%Y%m%dT%H%M%S')}-{feature_hash[:6]}"
+    """Unique per training: time to the microsecond, the feature hash and a random part."""
+    import uuid
+
+    return f"m{trained_at.strftime('%Y%m%dT%H%M%S%f')}-{feature_hash[:6]}-{uuid.uuid4().hex[:6]}"
 
 
 def save_artifact(model, models_dir: Path, version: str) -> tuple[str, str]:
@@ -75,6 +81,8 @@ def save_artifact(model, models_dir: Path, version: str) -> tuple[str, str]:
 
     models_dir.mkdir(parents=True, exist_ok=True)
     path = models_dir / f"{version}.joblib"
+    if path.exists():
+        raise FileExistsError(f"model file {path} already exists; versions must be unique")
     joblib.dump(model, path)
     return str(path), hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -98,7 +106,7 @@ def rows(conn, where: str = "TRUE", params: list | None = None) -> list[dict]:
     out = []
     for r in cur.fetchall():
         d = dict(zip(names, r))
-        for k in ("features", "metrics", "baselines", "candidates", "importance", "gates"):
+        for k in JSON_COLUMNS:
             if isinstance(d.get(k), str):
                 d[k] = json.loads(d[k])
         out.append(d)
@@ -125,8 +133,7 @@ def record(conn, row: dict, promote: bool) -> None:
     """Insert a trained model's row; if ``promote``, retire the previous champion, in one transaction."""
     ensure_registry(conn)
     names = [c for c, _ in COLUMNS]
-    values = [json.dumps(row[c], default=str) if c in ("features", "metrics", "baselines", "candidates", "importance",
-                                                       "gates") else row.get(c) for c in names]
+    values = [json.dumps(row.get(c), default=str) if c in JSON_COLUMNS else row.get(c) for c in names]
     conn.execute("BEGIN TRANSACTION")
     try:
         if promote:

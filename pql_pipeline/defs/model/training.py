@@ -233,9 +233,10 @@ def proposed_rule_hits(conn, rows: pd.DataFrame, rule: dict, signup_event: str |
                        ) -> tuple[np.ndarray, list[list[str]]]:
     """The rule's verdict per row (1/0) and the milestones (conditions and unless ones) each
     row reached, named "<milestone> >= N in D d"."""
-    from pql_pipeline.defs.features.features import events_sql, visible
+    from pql_pipeline.defs.features.features import event_condition, events_sql, visible
+    from pql_pipeline.defs.features.signals import Signal
     from pql_pipeline.defs.features.milestones import ACTIVE_DAYS
-    from pql_pipeline.lib.engine import DuckDBEngine, sql_literal
+    from pql_pipeline.lib.engine import DuckDBEngine
 
     conds = list(rule.get("conditions") or [])
     unless = list(rule.get("unless") or [])
@@ -255,9 +256,9 @@ def proposed_rule_hits(conn, rows: pd.DataFrame, rule: dict, signup_event: str |
                 cond = "e.event_type IN ('track', 'page', 'screen')"
             else:
                 count = "COUNT(*)"
-                cond = f"e.event_type = 'track' AND e.event_name = {sql_literal(c['event'])}"
-                for k, v in (c.get("where") or {}).items():
-                    cond += f" AND json_extract_string(e.properties, {sql_literal('$.' + k)}) = {sql_literal(str(v))}"
+                # the same filter as the signal it came from (booleans and numbers compared as the features do)
+                cond = event_condition(Signal(name="milestone", kind="count", event=c["event"],
+                                              where=c.get("where") or None))
             d = int(c["within_days_of_signup"])
             cols.append(
                 f"(SELECT {count} FROM ml_rule_events AS e WHERE e.user_id = r.user_id AND {cond} "

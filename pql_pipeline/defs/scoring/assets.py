@@ -19,6 +19,7 @@ from pql_pipeline.lib.warehouse import Warehouse, ensure_columns, replace_rows, 
 from pql_pipeline.settings import Settings
 
 GROUP = "scoring"
+NO_SINGLE_REASON = "high overall likelihood from many signals together; no single one stands out"
 TAGS = {"pql/stage": "scoring"}
 SCORE_COLUMNS = [
     ("snapshot_date", "DATE"), ("user_id", "VARCHAR"), ("account_id", "VARCHAR"), ("probability", "DOUBLE"),
@@ -108,6 +109,9 @@ def score_day(conn, settings: Settings, day: dt.date, row: dict, model, referenc
     out["milestones_hit"] = ["; ".join(h) or None for h in hits]
     out["reasons"] = [json.dumps(r) for r in reasons]
     out["reason_text"] = ["; ".join(x["text"] for x in r if x["polarity"] == "positive") or None for r in reasons]
+    # a PQL whose probability rests on no single signal (values at their typical level, many small
+    # effects) still tells sales why it is on the list
+    out.loc[out["is_pql"] & out["reason_text"].isna(), "reason_text"] = NO_SINGLE_REASON
     out["caveat_text"] = ["; ".join(x["text"] for x in r if x["polarity"] == "negative") or None for r in reasons]
     out["model_version"] = row["version"]
     out["segment"] = segment_of(frame.get("acct_employees", pd.Series(np.nan, index=frame.index)),
@@ -138,7 +142,10 @@ def _write_day(conn, settings: Settings, day: dt.date, row: dict, model, referen
 
 
 def training_reference(conn, row: dict) -> dict:
-    """Typical input values of the rows the model was trained on (the ablation baseline)."""
+    """Typical input values of the rows the model was trained on (the ablation baseline), as the
+    registry recorded them at training (training_set changes as time goes by)."""
+    if row.get("reference"):
+        return {k: (np.nan if v is None else v) for k, v in row["reference"].items()}
     frame = conn.execute("SELECT * FROM training_set WHERE label IS NOT NULL AND snapshot_date BETWEEN ? AND ?",
                          [row["train_start"], row["train_end"]]).df()
     numeric, categorical = row["features"]["numeric"], row["features"]["categorical"]
@@ -199,11 +206,11 @@ def build_scoring_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
         """Each user's verdict over time (tier, PQL flag, route, model version) with valid_from / valid_to and
         the reasons of the day it started: when did this user become a PQL, and why. Replayed from the run's first
         day, so re-scoring a range rewrites exactly what follows from it."""
-        first = min(dt.date.fromisoformat(k) for k in context.partition_keys)
+        run_days = sorted(dt.date.fromisoformat(k) for k in context.partition_keys)
         with warehouse.get_connection() as conn:
             if not table_exists(conn, "pql_scores"):
                 return dg.MaterializeResult(metadata={"days_replayed": 0})
-            stats = update_history(conn, first)
+            stats = update_history(conn, run_days[0], run_days)
             became = conn.execute(f"""
                 SELECT user_id, account_id, CAST(valid_from AS VARCHAR) AS since, tier, route, reason_text
                 FROM {HISTORY} WHERE is_pql AND valid_to IS NULL ORDER BY valid_from DESC, user_id LIMIT 10""").df()

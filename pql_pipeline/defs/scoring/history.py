@@ -25,13 +25,16 @@ COLUMNS = [
 ]
 
 
-def update_history(conn, first_day: dt.date) -> dict:
-    """Replay ``pql_scores`` from ``first_day`` on into ``pql_history`` (one transaction)."""
+def update_history(conn, first_day: dt.date, scored_days: list[dt.date] = ()) -> dict:
+    """Replay ``pql_scores`` from ``first_day`` on into ``pql_history`` (one transaction):
+    every day with scores, and every day of ``scored_days`` (days scored just now, which close
+    the rows of users they did not score even if they scored nobody)."""
     from pql_pipeline.lib.warehouse import ensure_columns
 
     ensure_columns(conn, HISTORY, COLUMNS)
-    days = [r[0] for r in conn.execute("SELECT DISTINCT snapshot_date FROM pql_scores WHERE snapshot_date >= ? "
-                                       "ORDER BY 1", [first_day]).fetchall()]
+    days = sorted({r[0] for r in conn.execute("SELECT DISTINCT snapshot_date FROM pql_scores "
+                                              "WHERE snapshot_date >= ?", [first_day]).fetchall()}
+                  | {d for d in scored_days if d >= first_day})
     carried = [c for c, _ in COLUMNS if c not in ("valid_from", "valid_to")]
     changed = " OR ".join(f"h.{c} IS DISTINCT FROM s.{c}" for c in VERSIONED)
     opened = closed = 0

@@ -152,7 +152,7 @@ def route(scores: pd.DataFrame, spec: ScoringSpec, worked_by_sales: set[str] | N
     suppressed = (out["route"] == "in_app") & out["account_id"].isin(worked)
     out.loc[suppressed, ["route", "route_note"]] = ["none", "suppressed: the account is worked by sales"]
     nudges = out[out["route"] == "in_app"].sort_values(["probability", "user_id"], ascending=[False, True])
-    rank = nudges.groupby(nudges["account_id"].fillna("(no account)")).cumcount()
+    rank = nudges.groupby(nudges["account_id"].fillna(nudges["user_id"])).cumcount()   # no account: per user
     capped = rank[rank >= spec.max_nudges_per_account].index
     out.loc[capped, ["route", "route_note"]] = [
         "none", f"capped: at most {spec.max_nudges_per_account} nudges per account and day"]

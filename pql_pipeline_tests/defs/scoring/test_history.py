@@ -66,3 +66,11 @@ def test_rescoring_a_range_replays_to_the_same_table_as_scoring_in_order(conn):
     conn.execute(f"DELETE FROM {HISTORY}")
     update_history(conn, day(0))
     assert history(conn) == once
+
+
+def test_a_day_that_scored_nobody_closes_every_open_row(conn):
+    write_scores(conn, STORY)
+    update_history(conn, day(0))
+    update_history(conn, day(5), [day(5)])     # day 5 was scored and nobody qualified
+    assert conn.execute(f"SELECT count(*) FROM {HISTORY} WHERE valid_to IS NULL").fetchall() == [(0,)]
+    assert ("u1", day(4), day(5), "hot", "in_app", "day 4 reasons") in history(conn)

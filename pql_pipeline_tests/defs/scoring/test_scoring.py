@@ -78,9 +78,12 @@ def test_routing_sends_big_accounts_to_sales_and_nudges_the_rest():
         ("u2", "ent", "enterprise", "warm", 0.2),    # warm in a sales segment: neither sales nor nudge
         ("u3", "small", "smb", "warm", 0.2),         # nudge
         ("u4", "solo", "solo", "cold", 0.01),        # cold: nothing
-        ("u5", None, "unknown", "hot", 0.5),         # no account known: self-serve nudge
+        ("u5", None, "unknown", "hot", 0.5),         # no account known: self-serve nudge ...
+        ("u6", None, "unknown", "hot", 0.45),        # ... each such user capped on their own
+        ("u7", None, "unknown", "warm", 0.2),
     ]), spec).set_index("user_id")
-    assert out["route"].to_dict() == {"u1": "sales", "u2": "none", "u3": "in_app", "u4": "none", "u5": "in_app"}
+    assert out["route"].to_dict() == {"u1": "sales", "u2": "none", "u3": "in_app", "u4": "none", "u5": "in_app",
+                                      "u6": "in_app", "u7": "in_app"}
     assert out["route_note"].isna().all()
 
 
