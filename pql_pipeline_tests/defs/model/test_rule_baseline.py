@@ -1,0 +1,39 @@
+"""The proposed rule as a baseline: its milestones are counted point in time, within days of
+signup, with property filters read exactly as the features read them."""
+
+import pandas as pd
+
+from pql_pipeline.defs.model.training import proposed_rule_hits
+from pql_pipeline_tests.defs.features.conftest import D, fconn, world  # noqa: F401 (fixtures)
+
+RULE = {"match": "any", "conditions": [
+    {"milestone": "Ticket (resolved=true)", "event": "Ticket", "where": {"resolved": True},
+     "within_days_of_signup": 7, "threshold": 2},
+    {"milestone": "Invite", "event": "Invite", "within_days_of_signup": 3, "threshold": 1},
+], "unless": []}
+
+
+def test_rule_milestones_count_point_in_time_with_typed_filters(world, fconn):
+    for user in ("u1", "u2", "u3"):
+        world.track("2026-03-01 09:00", "Signed Up", user=user)
+    # u1: two resolved tickets in the first week (the second on day 5)
+    world.track("2026-03-02 10:00", "Ticket", user="u1", props={"resolved": True})
+    world.track("2026-03-06 10:00", "Ticket", user="u1", props={"resolved": True})
+    # u2: two tickets, one unresolved; an invite on day 5 (after its 3-day window)
+    world.track("2026-03-02 10:00", "Ticket", user="u2", props={"resolved": True})
+    world.track("2026-03-03 10:00", "Ticket", user="u2", props={"resolved": False})
+    world.track("2026-03-06 10:00", "Invite", user="u2")
+    # u3: an invite on day 1
+    world.track("2026-03-02 11:00", "Invite", user="u3")
+    rows = pd.DataFrame([(u, D(s), D("2026-03-01")) for s in ("2026-03-04", "2026-03-10") for u in ("u1", "u2", "u3")],
+                        columns=["user_id", "snapshot_date", "signup_date"])
+    fired, hits = proposed_rule_hits(fconn, rows, RULE, "Signed Up")
+    got = {(r.user_id, str(r.snapshot_date)): (bool(f), h) for r, f, h in zip(rows.itertuples(), fired, hits)}
+    assert got == {
+        ("u1", "2026-03-04"): (False, []),                                   # second ticket not yet
+        ("u2", "2026-03-04"): (False, []),
+        ("u3", "2026-03-04"): (True, ["Invite >= 1 in 3 d"]),
+        ("u1", "2026-03-10"): (True, ["Ticket (resolved=true) >= 2 in 7 d"]),
+        ("u2", "2026-03-10"): (False, []),                                   # unresolved; invite too late
+        ("u3", "2026-03-10"): (True, ["Invite >= 1 in 3 d"]),
+    }
