@@ -1,11 +1,11 @@
 """Model stage: training_set -> a retrained, gated conversion model in the registry."""
 
 import datetime as dt
-from pathlib import Path
 
 import dagster as dg
 import yaml
 
+from pql_pipeline.defs.features.assets import proposed_rule_path
 from pql_pipeline.defs.features.specs import signal_set
 from pql_pipeline.defs.model import performance as P
 from pql_pipeline.defs.model import registry as R
@@ -36,8 +36,9 @@ def gates(settings: Settings) -> R.Gates:
     return R.Gates(g.min_auc, g.min_auc_over_rules, g.max_calibration_error, g.max_top_feature_share)
 
 
-def _proposed_rule(settings: Settings) -> dict | None:
-    path: Path = settings.warehouse_path.parent / "proposed_pql_rule.yaml"
+def load_proposed_rule(settings: Settings) -> dict | None:
+    """The rule activation_milestones proposed (None before it has run)."""
+    path = proposed_rule_path(settings)
     if not path.exists():
         return None
     return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("proposed_pql_rule")
@@ -49,7 +50,7 @@ def train_and_register(conn, settings: Settings, trained_at: dt.datetime | None 
     (promoted or rejected, with the reason) and return its registry row."""
     spec = spec or model_spec(settings)
     sigs = signal_set(settings)
-    result = train(conn, spec, _proposed_rule(settings), sigs.signup_event, table)
+    result = train(conn, spec, load_proposed_rule(settings), table)
     trained_at = trained_at or dt.datetime.now(dt.timezone.utc)
     version = R.new_version(trained_at, result.feature_hash)
     share = top_feature_share(result.importance)
@@ -204,7 +205,7 @@ def build_model_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                 context.log.warning("no scoring model yet: nothing to backtest")
                 return dg.MaterializeResult(metadata={"dagster/row_count": 0})
             perf = P.backtest(conn, row, R.load_artifact(row), settings.model.pql_threshold,
-                              settings.model.classic_rule, _proposed_rule(settings), signal_set(settings).signup_event)
+                              settings.model.classic_rule, load_proposed_rule(settings))
             ensure_columns(conn, "pql_performance", P.COLUMNS)
             conn.register("fx_perf", perf)
             try:

@@ -24,7 +24,7 @@ COLUMNS = [
 
 
 def backtest(conn, row: dict, model, threshold: float, classic_rule: dict, proposed_rule: dict | None,
-             signup_event: str | None) -> pd.DataFrame:
+) -> pd.DataFrame:
     df = load_frame(conn)
     if df.empty:
         return pd.DataFrame(columns=[c for c, _ in COLUMNS])
@@ -33,7 +33,7 @@ def backtest(conn, row: dict, model, threshold: float, classic_rule: dict, propo
     if classic_rule:
         flags["classic_rule"] = classic_rule_scores(df, classic_rule) > 0
     if proposed_rule and proposed_rule.get("conditions"):
-        flags["proposed_rule"] = proposed_rule_scores(conn, df, proposed_rule, signup_event) > 0
+        flags["proposed_rule"] = proposed_rule_scores(conn, df, proposed_rule) > 0
     y = df["label"].astype(bool).to_numpy()
     out = []
     for name, f in flags.items():

@@ -218,21 +218,21 @@ def classic_rule_scores(df: pd.DataFrame, rule: dict[str, float]) -> np.ndarray:
     return hit.astype(float)
 
 
-def proposed_rule_scores(conn, rows: pd.DataFrame, rule: dict, signup_event: str | None) -> np.ndarray:
+def proposed_rule_scores(conn, rows: pd.DataFrame, rule: dict) -> np.ndarray:
     """1 where the user reached any milestone of the proposed rule (``match: any``; all with
     ``match: all``) and none of its ``unless`` ones, counting only events known by the
     snapshot: "event >= N times within D days of signup" as milestone discovery defines it."""
-    return proposed_rule_hits(conn, rows, rule, signup_event)[0]
+    return proposed_rule_hits(conn, rows, rule)[0]
 
 
 def _milestone_name(c: dict) -> str:
     return f"{c.get('milestone') or c.get('event')} >= {int(c['threshold'])} in {int(c['within_days_of_signup'])} d"
 
 
-def proposed_rule_hits(conn, rows: pd.DataFrame, rule: dict, signup_event: str | None
-                       ) -> tuple[np.ndarray, list[list[str]]]:
+def proposed_rule_hits(conn, rows: pd.DataFrame, rule: dict) -> tuple[np.ndarray, list[list[str]]]:
     """The rule's verdict per row (1/0) and the milestones (conditions and unless ones) each
-    row reached, named "<milestone> >= N in D d"."""
+    row reached, named "<milestone> >= N in D d". ``rows`` carry user_id, snapshot_date and
+    signup_date (the features' signup day)."""
     from pql_pipeline.defs.features.features import event_condition, events_sql, visible
     from pql_pipeline.defs.features.signals import Signal
     from pql_pipeline.defs.features.milestones import ACTIVE_DAYS
@@ -294,8 +294,7 @@ def top_feature_share(importance: list[tuple[str, float]]) -> float | None:
     return round(max(pos) / sum(pos), 4) if pos else None
 
 
-def train(conn, spec: ModelSpec, proposed_rule: dict | None = None, signup_event: str | None = None,
-          table: str = "training_set") -> TrainResult:
+def train(conn, spec: ModelSpec, proposed_rule: dict | None = None, table: str = "training_set") -> TrainResult:
     """Split, fit every candidate, evaluate it and the baselines on the holdout, pick the best."""
     numeric, categorical = feature_columns(conn, table, spec.exclude_features)
     df = load_frame(conn, table)
@@ -321,7 +320,7 @@ def train(conn, spec: ModelSpec, proposed_rule: dict | None = None, signup_event
                                              0.5, snaps)
     if proposed_rule and proposed_rule.get("conditions"):
         baselines["proposed_rule"] = evaluate(
-            y_hold, proposed_rule_scores(conn, split.holdout, proposed_rule, signup_event), 0.5, snaps)
+            y_hold, proposed_rule_scores(conn, split.holdout, proposed_rule), 0.5, snaps)
     best = max(scores, key=lambda n: (scores[n]["roc_auc"] or 0, -spec.candidates.index(n)))
     importance = permutation_importance_top(fitted[best], x_hold, y_hold, spec.seed)
     return TrainResult(best, fitted[best], numeric, categorical, split, scores[best], scores, baselines, importance)

@@ -10,7 +10,7 @@ import pandas as pd
 from pql_pipeline.defs.features.features import account_table_columns, q, user_table_columns
 from pql_pipeline.defs.features.specs import signal_set
 from pql_pipeline.defs.model import registry as R
-from pql_pipeline.defs.model.assets import MODEL_LOGIC_VERSION, _proposed_rule
+from pql_pipeline.defs.model.assets import MODEL_LOGIC_VERSION, load_proposed_rule
 from pql_pipeline.defs.model.training import prepare, proposed_rule_hits
 from pql_pipeline.defs.scoring.history import HISTORY, update_history
 from pql_pipeline.defs.scoring.scoring import ScoringSpec, explain, reference_values, route, segment_of, tier_of
@@ -60,12 +60,12 @@ ORDER BY u.user_id"""
 def rule_hits(conn, settings: Settings, frames: dict[dt.date, pd.DataFrame]) -> dict[dt.date, tuple]:
     """The proposed rule's verdict and milestones for the candidates of several days at once
     (the events are resolved once for the batch, not once per day)."""
-    rule = _proposed_rule(settings) or {}
+    rule = load_proposed_rule(settings) or {}
     days = [d for d, f in frames.items() if not f.empty]
     if not days:
         return {}
     both = pd.concat([frames[d].assign(snapshot_date=d) for d in days], ignore_index=True)
-    fired, hits = proposed_rule_hits(conn, both, rule, signal_set(settings).signup_event)
+    fired, hits = proposed_rule_hits(conn, both, rule)
     out, start = {}, 0
     for d in days:
         n = len(frames[d])

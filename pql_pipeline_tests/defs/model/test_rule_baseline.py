@@ -27,7 +27,7 @@ def test_rule_milestones_count_point_in_time_with_typed_filters(world, fconn):
     world.track("2026-03-02 11:00", "Invite", user="u3")
     rows = pd.DataFrame([(u, D(s), D("2026-03-01")) for s in ("2026-03-04", "2026-03-10") for u in ("u1", "u2", "u3")],
                         columns=["user_id", "snapshot_date", "signup_date"])
-    fired, hits = proposed_rule_hits(fconn, rows, RULE, "Signed Up")
+    fired, hits = proposed_rule_hits(fconn, rows, RULE)
     got = {(r.user_id, str(r.snapshot_date)): (bool(f), h) for r, f, h in zip(rows.itertuples(), fired, hits)}
     assert got == {
         ("u1", "2026-03-04"): (False, []),                                   # second ticket not yet
