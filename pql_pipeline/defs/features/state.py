@@ -124,8 +124,7 @@ def _changes(eng: DuckDBEngine, items, day: dt.date, out: str, keys: str, cand: 
     for s in items:
         src, name = sql_literal(_item_source(s)), sql_literal(item_column(s))
         w, n = s.window_days, s.within_days_of_signup
-        head = (f"SELECT k.k, {name} AS item, r.src, r.value, {w or 'CAST(NULL AS INTEGER)'} AS w, "
-                f"{n or 'CAST(NULL AS INTEGER)'} AS n, k.signup_day")
+        head = f"SELECT k.k, {name} AS item, r.value"
         win = f"DATE_DIFF('day', r.day, {S}) < {w}" if w else (
             f"DATE_DIFF('day', k.signup_day, r.day) >= 0 AND DATE_DIFF('day', k.signup_day, r.day) < {n}"
             if n else "TRUE")
@@ -136,8 +135,8 @@ def _changes(eng: DuckDBEngine, items, day: dt.date, out: str, keys: str, cand: 
             parts.append(f"{head}, FALSE AS in_n, TRUE AS in_d FROM fx_item_rows AS r "
                          f"JOIN {keys} AS k ON k.user_id = r.user_id "
                          f"WHERE r.src = {src} AND r.day = {drop_day} AND {visible('r', T)}")
-    eng.temp(cand, f"SELECT k, item, src, value, w, n, signup_day, BOOL_OR(in_n) AS in_n, BOOL_OR(in_d) AS in_d "
-                   f"FROM ({' UNION ALL '.join(parts)}) AS x GROUP BY k, item, src, value, w, n, signup_day")
+    eng.temp(cand, f"SELECT k, item, value, BOOL_OR(in_n) AS in_n, BOOL_OR(in_d) AS in_d "
+                   f"FROM ({' UNION ALL '.join(parts)}) AS x GROUP BY k, item, value")
     # the candidates also known at T within the window S and T share: the distinct values of
     # the candidates' keys' rows of that source and window (an active day of S was never
     # known at T, so only late days are looked up)
@@ -147,11 +146,7 @@ def _changes(eng: DuckDBEngine, items, day: dt.date, out: str, keys: str, cand: 
         mine = f"SELECT k FROM {cand} WHERE item = {name}"
         if s.kind == "active_days":
             mine += f" AND value < CAST({S} AS VARCHAR)"
-            rows = "SELECT user_id, CAST(day AS VARCHAR) AS value, day, avail_day, until_day FROM fx_user_day " \
-                   "WHERE n_events > 0"
-        else:
-            rows = ("SELECT user_id, value, day, avail_day, until_day FROM fx_user_values "
-                    f"WHERE signal = {sql_literal(_item_source(s))}")
+        rows = f"SELECT * FROM fx_item_rows WHERE src = {sql_literal(_item_source(s))}"
         where = [visible("r", T)]
         if s.window_days:
             where.append(f"r.day > {_date(day - dt.timedelta(days=s.window_days))}")
