@@ -426,26 +426,28 @@ def user_agg_signup_sql(spec: FeatureSpec, agg0: str = "fx_user_agg0", day_rows:
             f"FROM {day_rows} AS d JOIN {agg0} AS g ON d.user_id = g.user_id "
             f"AND {visible('d', 'g.snapshot_date')}")
     parts, cols = [], ["g.*"]
+
+    def join(alias: str, sql: str, names: list[str]) -> None:
+        """Left-join per-(user, snapshot) columns ``names`` of ``sql``; a user without rows gets 0."""
+        parts.append(f"LEFT JOIN ({sql}) AS {alias} ON {alias}.user_id = g.user_id "
+                     f"AND {alias}.snapshot_date = g.snapshot_date")
+        cols.extend(f"COALESCE({alias}.{q(n)}, 0) AS {q(n)}" for n in names)
+
     if active:
         ad = ", ".join(f"COUNT(*) FILTER (WHERE {window_condition(s)}) AS {q(item_column(s))}" for s in active)
         # one row per distinct active day (a day can have rows from several partitions)
-        parts.append(
-            f"LEFT JOIN (SELECT user_id, snapshot_date, {ad} FROM (SELECT DISTINCT user_id, snapshot_date, day, "
-            f"age, since_signup FROM ({rows}) AS r WHERE n_events > 0) AS dd GROUP BY user_id, snapshot_date) AS ad "
-            f"ON ad.user_id = g.user_id AND ad.snapshot_date = g.snapshot_date")
-        cols += [f"COALESCE(ad.{q(item_column(s))}, 0) AS {q(item_column(s))}" for s in active]
+        join("ad", f"SELECT user_id, snapshot_date, {ad} FROM (SELECT DISTINCT user_id, snapshot_date, day, age, "
+                   f"since_signup FROM ({rows}) AS r WHERE n_events > 0) AS dd GROUP BY user_id, snapshot_date",
+             [item_column(s) for s in active])
     if signup_cols:
         sw = ", ".join(f"{c.expr} AS {q(c.name)}" for c in signup_cols)
         longest = max(s.within_days_of_signup for s in spec.signals.signals if s.within_days_of_signup)
-        parts.append(
-            f"LEFT JOIN (SELECT user_id, snapshot_date, {sw} FROM ({rows}) AS r "
-            f"WHERE since_signup >= 0 AND since_signup < {longest} GROUP BY user_id, snapshot_date) AS sw "
-            f"ON sw.user_id = g.user_id AND sw.snapshot_date = g.snapshot_date")
-        cols += [f"COALESCE(sw.{q(c.name)}, 0) AS {q(c.name)}" for c in signup_cols]
+        join("sw", f"SELECT user_id, snapshot_date, {sw} FROM ({rows}) AS r "
+                   f"WHERE since_signup >= 0 AND since_signup < {longest} GROUP BY user_id, snapshot_date",
+             [c.name for c in signup_cols])
     if distinct:
-        parts.append(f"LEFT JOIN ({distinct_values_sql(distinct, 'user_id', agg0, value_rows, bitmap, since=since)}) AS dv "
-                     "ON dv.user_id = g.user_id AND dv.snapshot_date = g.snapshot_date")
-        cols += [f"COALESCE(dv.{q(item_column(s))}, 0) AS {q(item_column(s))}" for s in distinct]
+        join("dv", distinct_values_sql(distinct, "user_id", agg0, value_rows, bitmap, since=since),
+             [item_column(s) for s in distinct])
     return f"SELECT {', '.join(cols)} FROM {agg0} AS g {' '.join(parts)}"
 
 
