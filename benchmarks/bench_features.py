@@ -1073,12 +1073,18 @@ def statements_table(stmts: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments that name the generated data set (shared by the benchmarks that use it)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=100_000_000)
     ap.add_argument("--users", type=int, default=1_000_000)
     ap.add_argument("--days", type=int, default=90)
     ap.add_argument("--seed", type=int, default=7)
+    return ap
+
+
+def main() -> None:
+    ap = parser(__doc__)
     ap.add_argument("--baseline-events", type=int, default=5_000_000)
     ap.add_argument("--quick", action="store_true", help="2 M events, 20 k users, 500 k baseline events")
     ap.add_argument("--profile", action="store_true",

@@ -103,6 +103,15 @@ def warehouse_summary(settings: Settings) -> dict[str, int]:
                 SELECT user_id, probability, tier, route, reason_text FROM pql_scores
                 WHERE snapshot_date = (SELECT max(snapshot_date) FROM pql_scores)
                 ORDER BY probability DESC, user_id LIMIT 3""").fetchall()
+        if table_exists(conn, "pql_account_scores"):
+            out["account_scores"] = conn.execute("""
+                SELECT count(*), count(*) FILTER (WHERE is_pql), count(*) FILTER (WHERE route = 'sales')
+                FROM pql_account_scores WHERE snapshot_date = (SELECT max(snapshot_date) FROM pql_account_scores)
+            """).fetchall()[0]
+            out["top_accounts"] = conn.execute("""
+                SELECT account_id, probability, tier, segment, route, reason_text FROM pql_account_scores
+                WHERE snapshot_date = (SELECT max(snapshot_date) FROM pql_account_scores)
+                ORDER BY probability DESC, account_id LIMIT 3""").fetchall()
         if table_exists(conn, "pql_performance"):
             from pql_pipeline.defs.model.performance import summary
 
@@ -163,6 +172,11 @@ def format_summary(settings: Settings, report: RunReport) -> str:
                      f"{nudges:,} in-app nudges")
         for user, p, tier, rt, why in s.get("top_leads", []):
             lines.append(f"  {user}  {p:.2f} {tier:<5} -> {rt:<6} {why or ''}")
+    if s.get("account_scores"):
+        n, pqls, sales = s["account_scores"]
+        lines.append(f"accounts scored {n:,}, {pqls:,} PQL accounts, {sales:,} to sales")
+        for account, p, tier, segment, rt, why in s.get("top_accounts", []):
+            lines.append(f"  {account}  {p:.2f} {tier:<5} {segment:<10} -> {rt:<6} {why or ''}")
     lines.append("checks:")
     width = max((len(f"{c['asset']}.{c['check']}") for c in report.checks), default=10)
     for c in sorted(report.checks, key=lambda c: (c["asset"], c["check"])):

@@ -170,6 +170,9 @@ class ModelSettings(_Strict):
     gates: ModelGates = ModelGates()
     # a registry version to score with instead of the champion: rolling back is this one line
     pinned_version: str | None = None
+    # model files of rejected candidates kept (the newest ones); older ones are deleted, their
+    # registry rows stay. Champions and retired champions always keep theirs.
+    keep_rejected_models: int = Field(5, ge=0)
     min_train_rows: int = Field(200, ge=10)
     min_train_positives: int = Field(20, ge=2)
     # feature columns the model must not use (e.g. one found to leak); every other column of

@@ -5,7 +5,7 @@ from pql_pipeline.definitions import FEATURES_JOB, INGEST_JOB, MODEL_JOB, PIPELI
 INGEST = {"raw_events", "validated_events", "quarantined_events", "duplicate_events", "users", "accounts"}
 FEATURES = {"user_features", "account_features", "conversion_labels", "training_set", "account_training_set",
             "activation_milestones"}
-MODEL = {"conversion_model", "pql_scores", "pql_history", "pql_performance"}
+MODEL = {"conversion_model", "pql_scores", "pql_account_scores", "pql_history", "pql_performance"}
 
 
 def test_definitions_load_and_list_the_pipeline():
@@ -24,6 +24,7 @@ def test_every_asset_has_checks_and_the_gates_block():
     for gate in ("auc_floor", "beats_rules", "calibration", "no_dominant_feature"):
         assert checks[("conversion_model", gate)].blocking, gate
     assert checks[("pql_scores", "scores_valid")].blocking
+    assert checks[("pql_account_scores", "account_scores_valid")].blocking
     assert not checks[("pql_scores", "pql_volume")].blocking
     assert not checks[("pql_performance", "pql_lift")].blocking
     for gate in ("reconciliation", "quarantine_rate", "validated_events_contract"):

@@ -101,6 +101,8 @@ def train_and_register(conn, settings: Settings, trained_at: dt.datetime | None 
                                                  result.numeric, result.categorical)),
     }
     R.record(conn, row, promote)
+    R.prune_rejected(conn, settings.model.keep_rejected_models,
+                     (settings.model.pinned_version,) if settings.model.pinned_version else ())
     return row
 
 
@@ -122,13 +124,17 @@ def _metrics_table(row: dict) -> str:
             lines.append({"model": name, **_summary(m)})
     for name, m in row["baselines"].items():
         lines.append({"model": name.replace("_", " "), **_summary(m)})
+    if row["metrics"].get("accounts"):
+        lines.append({"model": "accounts, 1 - prod(1 - p) of their users (vs account labels)",
+                      **_summary(row["metrics"]["accounts"])})
     return md_table(lines)
 
 
 def _summary(m: dict) -> dict:
     def f(v):
         return "-" if v is None else f"{v:.3f}"
-    return {"ROC AUC": f(m.get("roc_auc")), "PR AUC": f(m.get("pr_auc")), "Brier": f(m.get("brier")),
+    return {"ROC AUC": f(m.get("roc_auc")), "CV AUC, training part": f(m.get("selection_roc_auc")),
+            "PR AUC": f(m.get("pr_auc")), "Brier": f(m.get("brier")),
             "calib. error": f(m.get("calibration_error")), "precision@thr": f(m.get("precision_at_threshold")),
             "recall@thr": f(m.get("recall_at_threshold")), "flagged": m.get("flagged")}
 
@@ -173,6 +179,7 @@ def build_model_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             "version": row["version"], "status": row["status"], "reason": row["reason"],
             "algorithm": row["algorithm"], "scoring_version": scoring["version"] if scoring else "none",
             "roc_auc": m["roc_auc"], "pr_auc": m["pr_auc"], "brier": m["brier"],
+            "account_roc_auc": (m.get("accounts") or {}).get("roc_auc"),
             "calibration_error": m["calibration_error"],
             "train_window": f"{row['train_start']} .. {row['train_end']} ({row['train_rows']} rows, "
                             f"{row['train_positives']} conversions)",

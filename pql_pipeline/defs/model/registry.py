@@ -91,6 +91,9 @@ def load_artifact(row: dict):
     """The fitted model of a registry row; refuses a file whose checksum changed."""
     import joblib
 
+    if not row.get("artifact"):
+        raise FileNotFoundError(f"the model file of version {row['version']} was removed (a rejected candidate "
+                                "beyond model.keep_rejected_models)")
     path = Path(row["artifact"])
     if not path.exists():
         raise FileNotFoundError(f"model file {path} of version {row['version']} is missing")
@@ -98,6 +101,18 @@ def load_artifact(row: dict):
     if digest != row["artifact_sha256"]:
         raise ValueError(f"model file {path} does not match the checksum recorded for version {row['version']}")
     return joblib.load(path)
+
+
+def prune_rejected(conn, keep: int, protect: tuple[str, ...] = ()) -> list[str]:
+    """Delete the model files of rejected candidates but the newest ``keep`` (and any version
+    in ``protect``, e.g. a pinned one); their registry rows stay, with the artifact cleared.
+    Champions and retired champions keep their files (rollback). Returns the versions pruned."""
+    old = rows(conn, "status = 'rejected' AND artifact IS NOT NULL")
+    old = [r for r in old[:max(len(old) - keep, 0)] if r["version"] not in protect]
+    for r in old:
+        Path(r["artifact"]).unlink(missing_ok=True)
+        conn.execute(f"UPDATE {REGISTRY} SET artifact = NULL WHERE version = ?", [r["version"]])
+    return [r["version"] for r in old]
 
 
 def rows(conn, where: str = "TRUE", params: list | None = None) -> list[dict]:

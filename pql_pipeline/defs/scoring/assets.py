@@ -13,7 +13,18 @@ from pql_pipeline.defs.model import registry as R
 from pql_pipeline.defs.model.assets import MODEL_LOGIC_VERSION, load_proposed_rule
 from pql_pipeline.defs.model.training import prepare, proposed_rule_hits
 from pql_pipeline.defs.scoring.history import HISTORY, update_history
-from pql_pipeline.defs.scoring.scoring import ScoringSpec, explain, reference_values, route, segment_of, tier_of
+from pql_pipeline.defs.scoring.scoring import (
+    ACCOUNT_COLUMNS,
+    ScoringSpec,
+    account_routes,
+    account_scores,
+    explain,
+    finish_account_routes,
+    reference_values,
+    route,
+    segment_of,
+    tier_of,
+)
 from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table
 from pql_pipeline.lib.warehouse import Warehouse, ensure_columns, replace_rows, table_exists
 from pql_pipeline.settings import Settings
@@ -74,14 +85,39 @@ def rule_hits(conn, settings: Settings, frames: dict[dt.date, pd.DataFrame]) -> 
     return out
 
 
+def worked_by_sales(conn, day: dt.date, suppress_days: int) -> set[str]:
+    """Accounts routed to sales (on their own score or through a user) in the
+    ``suppress_days`` before ``day``."""
+    if not suppress_days:
+        return set()
+    lo = day - dt.timedelta(days=suppress_days)
+    found: set[str] = set()
+    for table in ("pql_scores", "pql_account_scores"):
+        if table_exists(conn, table):
+            found |= {r[0] for r in conn.execute(
+                f"SELECT DISTINCT account_id FROM {table} WHERE route = 'sales' AND account_id IS NOT NULL "
+                "AND snapshot_date < ? AND snapshot_date >= ?", [day, lo]).fetchall()}
+    return found
+
+
+def routed(conn, spec: ScoringSpec, day: dt.date, users: pd.DataFrame,
+           accounts: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Users and accounts of a day with their routes (sales accounts and their contacts first,
+    then nudges with suppression by the accounts sales works and the per-account cap)."""
+    sales, contacts = account_routes(accounts, users, spec)
+    users = route(users, spec, worked_by_sales(conn, day, spec.suppress_days), contacts)
+    return users, finish_account_routes(accounts, users, sales)
+
+
 def score_day(conn, settings: Settings, day: dt.date, row: dict, model, reference: dict,
-              frame: pd.DataFrame | None = None, rule: tuple | None = None) -> pd.DataFrame:
-    """Score the day's candidates (``frame``, else read) with ``rule``'s verdicts (else evaluated)."""
+              frame: pd.DataFrame | None = None, rule: tuple | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score the day's candidates (``frame``, else read) with ``rule``'s verdicts (else
+    evaluated); returns the user rows and the account rows."""
     spec = scoring_spec(settings)
     sigs = signal_set(settings)
     frame = conn.execute(candidates_sql(settings, day)).df() if frame is None else frame
     if frame.empty:
-        return pd.DataFrame(columns=[c for c, _ in SCORE_COLUMNS])
+        return pd.DataFrame(columns=[c for c, _ in SCORE_COLUMNS]), pd.DataFrame(columns=[c for c, _ in ACCOUNT_COLUMNS])
     numeric, categorical = row["features"]["numeric"], row["features"]["categorical"]
     missing = [c for c in numeric + categorical if c not in frame.columns]
     if missing:
@@ -116,29 +152,67 @@ def score_day(conn, settings: Settings, day: dt.date, row: dict, model, referenc
     out["model_version"] = row["version"]
     out["segment"] = segment_of(frame.get("acct_employees", pd.Series(np.nan, index=frame.index)),
                                 spec.segments).to_numpy()
-    worked: set[str] = set()
-    if table_exists(conn, "pql_scores") and spec.suppress_days:
-        worked = {r[0] for r in conn.execute(
-            "SELECT DISTINCT account_id FROM pql_scores WHERE route = 'sales' AND account_id IS NOT NULL "
-            "AND snapshot_date < ? AND snapshot_date >= ?", [day, day - dt.timedelta(days=spec.suppress_days)]
-        ).fetchall()}
-    out = route(out, spec, worked)
-    out["scored_at"] = dt.datetime.now(dt.timezone.utc)
-    return out[[c for c, _ in SCORE_COLUMNS]]
+    accounts = account_scores(out, reasons, spec)
+    out, accounts = routed(conn, spec, day, out, accounts)
+    now = dt.datetime.now(dt.timezone.utc)
+    out["scored_at"] = now
+    accounts = accounts.assign(snapshot_date=day, model_version=row["version"], scored_at=now,
+                               reasons=[json.dumps(r) for r in accounts["reasons"]])
+    return out[[c for c, _ in SCORE_COLUMNS]], accounts[[c for c, _ in ACCOUNT_COLUMNS]]
+
+
+def _replace_day(conn, table: str, columns: list, frame: pd.DataFrame, day: dt.date) -> None:
+    conn.register("fx_scored", frame)
+    try:
+        replace_rows(conn, table, [c for c, _ in columns], "fx_scored", "snapshot_date = ?", [day])
+    finally:
+        conn.unregister("fx_scored")
 
 
 def _write_day(conn, settings: Settings, day: dt.date, row: dict, model, reference: dict, frame: pd.DataFrame,
-               rule: tuple | None, per_day: list[dict]) -> int:
-    scored = score_day(conn, settings, day, row, model, reference, frame, rule)
-    conn.register("fx_scored", scored)
-    try:
-        replace_rows(conn, "pql_scores", [c for c, _ in SCORE_COLUMNS], "fx_scored", "snapshot_date = ?", [day])
-    finally:
-        conn.unregister("fx_scored")
-    per_day.append({"snapshot": str(day), "scored": len(scored), "PQLs": int(scored["is_pql"].sum()),
-                    "to sales": int((scored["route"] == "sales").sum()),
-                    "in-app": int((scored["route"] == "in_app").sum())})
-    return len(scored)
+               rule: tuple | None, per_day: list[dict]) -> tuple[int, int]:
+    users, accounts = score_day(conn, settings, day, row, model, reference, frame, rule)
+    _replace_day(conn, "pql_scores", SCORE_COLUMNS, users, day)
+    _replace_day(conn, "pql_account_scores", ACCOUNT_COLUMNS, accounts, day)
+    per_day.append({"snapshot": str(day), "users scored": len(users), "PQL users": int(users["is_pql"].sum()),
+                    "accounts": len(accounts), "PQL accounts": int(accounts["is_pql"].sum()),
+                    "accounts to sales": int((accounts["route"] == "sales").sum()),
+                    "users nudged": int((users["route"] == "in_app").sum())})
+    return len(users), len(accounts)
+
+
+def reroute_following(conn, spec: ScoringSpec, last_day: dt.date) -> int:
+    """Re-derive the routes of the days already scored after ``last_day`` whose suppression
+    window reaches back to it (a re-scored past day can change which accounts sales worked);
+    scores, tiers and reasons stay. Returns how many user and account routes changed."""
+    if not spec.suppress_days:
+        return 0
+    days = [r[0] for r in conn.execute(
+        "SELECT DISTINCT snapshot_date FROM pql_scores WHERE snapshot_date > ? AND snapshot_date <= ? ORDER BY 1",
+        [last_day, last_day + dt.timedelta(days=spec.suppress_days)]).fetchall()]
+    changed = 0
+    for day in days:
+        users = conn.execute("SELECT user_id, account_id, segment, tier, probability, route, route_note "
+                             "FROM pql_scores WHERE snapshot_date = ?", [day]).df()
+        accounts = conn.execute("SELECT account_id, segment, tier, top_user_id, route, route_note "
+                                "FROM pql_account_scores WHERE snapshot_date = ?", [day]).df()
+        new_users, new_accounts = routed(conn, spec, day, users.drop(columns=["route", "route_note"]),
+                                         accounts.drop(columns=["route", "route_note"]))
+        for table, key, old, new in (("pql_scores", "user_id", users, new_users),
+                                     ("pql_account_scores", "account_id", accounts, new_accounts)):
+            diff = old.merge(new[[key, "route", "route_note"]], on=key, suffixes=("", "_new"))
+            diff = diff[(diff["route"] != diff["route_new"])
+                        | (diff["route_note"].fillna("") != diff["route_note_new"].fillna(""))]
+            if diff.empty:
+                continue
+            conn.register("fx_routes", diff[[key, "route_new", "route_note_new"]])
+            try:
+                conn.execute(f"UPDATE {table} AS t SET route = r.route_new, route_note = r.route_note_new "
+                             f"FROM fx_routes AS r WHERE t.snapshot_date = ? AND t.{key} = r.{key}", [day])
+            finally:
+                conn.unregister("fx_routes")
+            changed += len(diff)
+    return changed
 
 
 def training_reference(conn, row: dict) -> dict:
@@ -153,67 +227,95 @@ def training_reference(conn, row: dict) -> dict:
 
 
 def build_scoring_assets(settings: Settings, daily: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
-    @dg.asset(
-        name="pql_scores",
-        deps=["user_features", "account_features", "conversion_labels", "conversion_model"],
-        partitions_def=daily, backfill_policy=dg.BackfillPolicy.single_run(),
-        group_name=GROUP, kinds={"sklearn", "duckdb"}, owners=OWNERS, tags=TAGS, pool=POOL,
-        code_version=f"{MODEL_LOGIC_VERSION}-{signal_set(settings).definition_hash}",
-        metadata={"partition_expr": "snapshot_date", "dagster/table_name": "pql_scores"},
+    code_version = f"{MODEL_LOGIC_VERSION}-{signal_set(settings).definition_hash}"
+    deps = ["user_features", "account_features", "conversion_labels", "conversion_model"]
+
+    @dg.multi_asset(
+        specs=[
+            dg.AssetSpec("pql_scores", deps=deps, group_name=GROUP, kinds={"sklearn", "duckdb"}, owners=OWNERS,
+                         tags=TAGS, code_version=code_version,
+                         description="Every free user with a feature row on the day, scored by the scoring model "
+                                     "(champion or pinned): probability, percentile, tier, PQL flag, whether the "
+                                     "proposed rule fires, the reasons to call and the caveats (ablations against the "
+                                     "training data's typical values, in the signals' own sentences), model version, "
+                                     "size segment and route (sales, in-app nudge or none, with why not).",
+                         metadata={"partition_expr": "snapshot_date", "dagster/table_name": "pql_scores"}),
+            dg.AssetSpec("pql_account_scores", deps=deps, group_name=GROUP, kinds={"sklearn", "duckdb"},
+                         owners=OWNERS, tags=TAGS, code_version=code_version,
+                         description="Every account with a scored user on the day: the probability that it converts "
+                                     "(1 - prod(1 - p) over its free users), percentile, tier, PQL flag, its PQL users "
+                                     "and most likely user, the reasons of its most likely users, and its route "
+                                     "(sales with its contacts, in-app when its users are nudged, or none).",
+                         metadata={"partition_expr": "snapshot_date", "dagster/table_name": "pql_account_scores"}),
+        ],
+        partitions_def=daily, backfill_policy=dg.BackfillPolicy.single_run(), pool=POOL, can_subset=False,
     )
     def pql_scores(context: dg.AssetExecutionContext, warehouse: Warehouse):
-        """Every free user with a feature row on the day, scored by the scoring model (champion or pinned):
-        probability, percentile, tier, PQL flag, whether the proposed rule fires, the reasons to call and the
-        caveats (ablations against the training data's typical values, in the signals' own sentences), model
-        version, size segment and route (sales, in-app nudge or none, with why not)."""
         days = sorted(dt.date.fromisoformat(k) for k in context.partition_keys)
         per_day = []
         with warehouse.get_connection() as conn:
             ensure_columns(conn, "pql_scores", SCORE_COLUMNS)
+            ensure_columns(conn, "pql_account_scores", ACCOUNT_COLUMNS)
             R.ensure_registry(conn)
             row = R.scoring_model(conn, settings.model.pinned_version)
             if row is None:
                 context.log.warning("no model has passed the gates yet: nothing is scored")
-                return dg.MaterializeResult(metadata={"dagster/row_count": 0, "model_version": "none"})
+                for key in ("pql_scores", "pql_account_scores"):
+                    yield dg.MaterializeResult(asset_key=key,
+                                               metadata={"dagster/row_count": 0, "model_version": "none"})
+                return
             model = R.load_artifact(row)
             reference = training_reference(conn, row)
-            total = 0
+            users = accounts = 0
             step = settings.features.snapshot_batch_days
             for batch in (days[i:i + step] for i in range(0, len(days), step)):
                 frames = {d: conn.execute(candidates_sql(settings, d)).df() for d in batch}
                 rules = rule_hits(conn, settings, frames)
                 for day in batch:
-                    total += _write_day(conn, settings, day, row, model, reference, frames[day], rules.get(day),
-                                        per_day)
+                    n_users, n_accounts = _write_day(conn, settings, day, row, model, reference, frames[day],
+                                                     rules.get(day), per_day)
+                    users, accounts = users + n_users, accounts + n_accounts
+            rerouted = reroute_following(conn, scoring_spec(settings), days[-1])
+            if rerouted:
+                context.log.info(f"{rerouted} routes of days scored after {days[-1]} changed with this run's "
+                                 "sales accounts (suppression window)")
             top = conn.execute("""
                 SELECT user_id, account_id, round(probability, 3) AS p, tier, segment, route, reason_text
                 FROM pql_scores WHERE snapshot_date = ? ORDER BY probability DESC, user_id LIMIT 10""",
                                [days[-1]]).df()
-        return dg.MaterializeResult(metadata={
-            "dagster/row_count": total, "model_version": row["version"],
-            "per_day": dg.MetadataValue.md(md_table(per_day[-31:])),
-            "top_leads": dg.MetadataValue.md(md_table(top.astype(str).to_dict("records"))),
-        })
+            top_accounts = conn.execute("""
+                SELECT account_id, round(probability, 3) AS p, tier, segment, pql_users, route, reason_text
+                FROM pql_account_scores WHERE snapshot_date = ? ORDER BY probability DESC, account_id LIMIT 10""",
+                                        [days[-1]]).df()
+        common = {"model_version": row["version"], "per_day": dg.MetadataValue.md(md_table(per_day[-31:])),
+                  "later_routes_changed": rerouted}
+        yield dg.MaterializeResult(asset_key="pql_scores", metadata={
+            "dagster/row_count": users, **common,
+            "top_leads": dg.MetadataValue.md(md_table(top.astype(str).to_dict("records")))})
+        yield dg.MaterializeResult(asset_key="pql_account_scores", metadata={
+            "dagster/row_count": accounts, **common,
+            "top_accounts": dg.MetadataValue.md(md_table(top_accounts.astype(str).to_dict("records")))})
 
     @dg.asset(
         name="pql_history",
-        deps=["pql_scores"],
+        deps=["pql_scores", "pql_account_scores"],
         partitions_def=daily, backfill_policy=dg.BackfillPolicy.single_run(),
         group_name=GROUP, kinds={"duckdb"}, owners=OWNERS, tags=TAGS, pool=POOL,
         metadata={"dagster/table_name": HISTORY},
     )
     def pql_history(context: dg.AssetExecutionContext, warehouse: Warehouse):
-        """Each user's verdict over time (tier, PQL flag, route, model version) with valid_from / valid_to and
-        the reasons of the day it started: when did this user become a PQL, and why. Replayed from the run's first
-        day, so re-scoring a range rewrites exactly what follows from it."""
+        """Each account's and user's verdict over time (tier, PQL flag, route, model version) with valid_from /
+        valid_to and the reasons of the day it started: when did this account become a PQL, and why. Replayed from
+        the run's first day, so re-scoring a range rewrites exactly what follows from it."""
         run_days = sorted(dt.date.fromisoformat(k) for k in context.partition_keys)
         with warehouse.get_connection() as conn:
             if not table_exists(conn, "pql_scores"):
                 return dg.MaterializeResult(metadata={"days_replayed": 0})
             stats = update_history(conn, run_days[0], run_days)
             became = conn.execute(f"""
-                SELECT user_id, account_id, CAST(valid_from AS VARCHAR) AS since, tier, route, reason_text
-                FROM {HISTORY} WHERE is_pql AND valid_to IS NULL ORDER BY valid_from DESC, user_id LIMIT 10""").df()
+                SELECT entity_type, entity_id, CAST(valid_from AS VARCHAR) AS since, tier, route, reason_text
+                FROM {HISTORY} WHERE is_pql AND valid_to IS NULL
+                ORDER BY valid_from DESC, entity_type, entity_id LIMIT 10""").df()
             rows = conn.execute(f"SELECT count(*) FROM {HISTORY}").fetchall()[0][0]
         return dg.MaterializeResult(metadata={
             "dagster/row_count": rows, **stats,
@@ -258,6 +360,31 @@ def build_scoring_checks(settings: Settings, daily: dg.PartitionsDefinition) -> 
             metadata={"rows": rows, "without_model_version": no_version, "probability_out_of_range": bad_p,
                       "pqls_without_reason": no_reason})
 
+    @dg.asset_check(asset="pql_account_scores", blocking=True,
+                    description="Every scored account has a model version and a probability in [0, 1] no lower than "
+                                "its most likely user's, every PQL account has a reason, and each account's count "
+                                "of scored users matches its rows in pql_scores that day.")
+    def account_scores_valid(warehouse: Warehouse):
+        with warehouse.get_connection() as conn:
+            if not table_exists(conn, "pql_account_scores") or not table_exists(conn, "pql_scores"):
+                return dg.AssetCheckResult(passed=True, metadata={"rows": 0})
+            rows, no_version, bad_p, no_reason = conn.execute("""
+                SELECT count(*), count(*) FILTER (WHERE model_version IS NULL),
+                       count(*) FILTER (WHERE probability IS NULL OR probability < 0 OR probability > 1
+                                        OR probability < top_user_probability - 1e-6),
+                       count(*) FILTER (WHERE is_pql AND reason_text IS NULL)
+                FROM pql_account_scores""").fetchall()[0]
+            unreconciled = conn.execute("""
+                SELECT count(*) FROM pql_account_scores AS a
+                FULL JOIN (SELECT snapshot_date, account_id, count(*) AS n FROM pql_scores
+                           WHERE account_id IS NOT NULL GROUP BY 1, 2) AS u
+                  ON u.snapshot_date = a.snapshot_date AND u.account_id = a.account_id
+                WHERE a.users_scored IS DISTINCT FROM u.n""").fetchall()[0][0]
+        return dg.AssetCheckResult(
+            passed=not (no_version or bad_p or no_reason or unreconciled), severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"rows": rows, "without_model_version": no_version, "probability_invalid": bad_p,
+                      "pql_accounts_without_reason": no_reason, "accounts_not_matching_user_rows": unreconciled})
+
     vol = settings.checks.volume
 
     @dg.asset_check(asset="pql_scores", blocking=False,
@@ -274,4 +401,4 @@ def build_scoring_checks(settings: Settings, daily: dg.PartitionsDefinition) -> 
         return dg.AssetCheckResult(passed=passed, severity=dg.AssetCheckSeverity.WARN,
                                    metadata={"day": str(per_day[0][0]), **meta})
 
-    return [scores_valid, pql_volume]
+    return [scores_valid, account_scores_valid, pql_volume]

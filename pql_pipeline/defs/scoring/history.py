@@ -1,13 +1,14 @@
-"""Score history: one row per stretch of days a user kept the same verdict.
+"""Score history: one row per stretch of days a user or an account kept the same verdict.
 
-``pql_history`` answers "when did this user (or account) become a PQL, and why": a row is
-opened (``valid_from``) when a user is first scored or their tier, PQL flag, route or model
-version changes, and closed (``valid_to``, exclusive) when the next one opens or the user
+``pql_history`` answers "when did this account (or user) become a PQL, and why": a row is
+opened (``valid_from``) when an entity is first scored or its tier, PQL flag, route or model
+version changes, and closed (``valid_to``, exclusive) when the next one opens or the entity
 is no longer scored (became paying, went idle). The row keeps the probability, percentile
-and reasons of its first day.
+and reasons of its first day. Users come from ``pql_scores`` (``entity_type = 'user'``),
+accounts from ``pql_account_scores`` (``'account'``); ``entity_id`` is the user or account id.
 
-The history is a function of ``pql_scores``: updating it from day D replays every scored day
-from D on, after removing what an earlier replay wrote from D on, so re-scoring or
+The history is a function of the score tables: updating it from day D replays every scored
+day from D on, after removing what an earlier replay wrote from D on, so re-scoring or
 backfilling any range leaves the same table as scoring every day once in order.
 """
 
@@ -18,25 +19,48 @@ import datetime as dt
 HISTORY = "pql_history"
 VERSIONED = ("tier", "is_pql", "route", "model_version")   # a change in any of these opens a new row
 COLUMNS = [
+    ("entity_type", "VARCHAR"), ("entity_id", "VARCHAR"),
     ("user_id", "VARCHAR"), ("account_id", "VARCHAR"), ("valid_from", "DATE"), ("valid_to", "DATE"),
     ("tier", "VARCHAR"), ("is_pql", "BOOLEAN"), ("route", "VARCHAR"), ("model_version", "VARCHAR"),
     ("probability", "DOUBLE"), ("percentile", "DOUBLE"), ("reason_text", "VARCHAR"), ("caveat_text", "VARCHAR"),
     ("segment", "VARCHAR"),
 ]
+_VALUES = ("tier", "is_pql", "route", "model_version", "probability", "percentile", "reason_text", "caveat_text",
+           "segment")
+
+
+def _sources(conn) -> str:
+    """The scored entities of every day as one relation with the history's columns."""
+    from pql_pipeline.lib.warehouse import table_exists
+
+    parts = [f"SELECT snapshot_date, 'user' AS entity_type, user_id AS entity_id, user_id, account_id, "
+             f"{', '.join(_VALUES)} FROM pql_scores"]
+    if table_exists(conn, "pql_account_scores"):
+        parts.append(f"SELECT snapshot_date, 'account', account_id, NULL, account_id, {', '.join(_VALUES)} "
+                     "FROM pql_account_scores")
+    return " UNION ALL ".join(parts)
 
 
 def update_history(conn, first_day: dt.date, scored_days: list[dt.date] = ()) -> dict:
-    """Replay ``pql_scores`` from ``first_day`` on into ``pql_history`` (one transaction):
+    """Replay the score tables from ``first_day`` on into ``pql_history`` (one transaction):
     every day with scores, and every day of ``scored_days`` (days scored just now, which close
-    the rows of users they did not score even if they scored nobody)."""
-    from pql_pipeline.lib.warehouse import ensure_columns
+    the rows of entities they did not score even if they scored nobody)."""
+    from pql_pipeline.lib.warehouse import ensure_columns, table_exists
 
+    if table_exists(conn, HISTORY) and "entity_type" not in {
+            r[0] for r in conn.execute(f"DESCRIBE {HISTORY}").fetchall()}:
+        # a history of users only (before accounts were scored): rebuilt from the first scored day
+        conn.execute(f"DROP TABLE {HISTORY}")
+        first_day = min(first_day, conn.execute("SELECT min(snapshot_date) FROM pql_scores").fetchall()[0][0]
+                        or first_day)
     ensure_columns(conn, HISTORY, COLUMNS)
-    days = sorted({r[0] for r in conn.execute("SELECT DISTINCT snapshot_date FROM pql_scores "
+    conn.execute(f"CREATE OR REPLACE TEMP VIEW hx_scores AS {_sources(conn)}")
+    days = sorted({r[0] for r in conn.execute("SELECT DISTINCT snapshot_date FROM hx_scores "
                                               "WHERE snapshot_date >= ?", [first_day]).fetchall()}
                   | {d for d in scored_days if d >= first_day})
     carried = [c for c, _ in COLUMNS if c not in ("valid_from", "valid_to")]
     changed = " OR ".join(f"h.{c} IS DISTINCT FROM s.{c}" for c in VERSIONED)
+    same = "s.entity_type = h.entity_type AND s.entity_id = h.entity_id"
     opened = closed = 0
     conn.execute("BEGIN TRANSACTION")
     try:
@@ -47,17 +71,19 @@ def update_history(conn, first_day: dt.date, scored_days: list[dt.date] = ()) ->
             closed += conn.execute(f"""
                 UPDATE {HISTORY} AS h SET valid_to = ?
                 WHERE h.valid_to IS NULL AND NOT EXISTS (
-                    SELECT 1 FROM pql_scores AS s
-                    WHERE s.snapshot_date = ? AND s.user_id = h.user_id AND NOT ({changed}))""",
+                    SELECT 1 FROM hx_scores AS s
+                    WHERE s.snapshot_date = ? AND {same} AND NOT ({changed}))""",
                                    [day, day]).fetchall()[0][0]
             opened += conn.execute(f"""
                 INSERT INTO {HISTORY} ({', '.join(carried)}, valid_from, valid_to)
-                SELECT {', '.join('s.' + c for c in carried)}, ?, NULL FROM pql_scores AS s
+                SELECT {', '.join('s.' + c for c in carried)}, ?, NULL FROM hx_scores AS s
                 WHERE s.snapshot_date = ? AND NOT EXISTS (
-                    SELECT 1 FROM {HISTORY} AS h WHERE h.user_id = s.user_id AND h.valid_to IS NULL)""",
+                    SELECT 1 FROM {HISTORY} AS h WHERE {same} AND h.valid_to IS NULL)""",
                                    [day, day]).fetchall()[0][0]
         conn.execute("COMMIT")
     except Exception:
         conn.execute("ROLLBACK")
         raise
+    finally:
+        conn.execute("DROP VIEW IF EXISTS hx_scores")
     return {"days_replayed": len(days), "rows_opened": opened, "rows_closed": closed}

@@ -13,10 +13,16 @@ largest negative contributions of negative signals are the caveats ("opened 4 su
 tickets about the basics"). Each comes with its contribution in probability points, so
 sales can see how much it mattered.
 
-Routing (``scoring.routing``): accounts whose size segment is a sales segment go to sales
-when the lead's tier is a sales tier; the others get an in-app nudge when the tier is a
-nudge tier. A nudge is suppressed while the account is worked by sales (one of its users is
-routed to sales that day or was within ``suppress_days``) and capped at
+Accounts are scored from their free users: P(the account converts) = 1 - prod(1 - p) over
+them (it converts when any of them does; on generated data this ranks accounts better than
+a model trained on account features alone). An account's reasons are its most likely
+users' reasons, naming how many of its users are PQLs.
+
+Routing (``scoring.routing``): an account whose size segment is a sales segment goes to
+sales when its tier is a sales tier, with the users whose own tier is a sales tier (or, if
+none is, its most likely user) as the contacts; users of other accounts get an in-app
+nudge when their tier is a nudge tier. A nudge is suppressed while the account is worked by
+sales (routed to sales that day or within ``suppress_days``) and capped at
 ``max_nudges_per_account`` per account and day (highest probability first).
 """
 
@@ -99,6 +105,51 @@ def explainable(signals: list[Signal], account_signals: list[Signal], columns) -
     return [t for t in out if t[0] in columns]
 
 
+def _at_reference(values: pd.Series, ref) -> np.ndarray:
+    """Rows whose value already is the typical one (missing counts as equal to a missing
+    reference): their ablation changes nothing, so it is not predicted."""
+    if isinstance(ref, float) and np.isnan(ref):
+        return values.isna().to_numpy()
+    return (values == ref).fillna(False).to_numpy(dtype=bool)
+
+
+def ablation_matrix(model, x: pd.DataFrame, p: np.ndarray, columns: list[str], reference: dict,
+                    batch_rows: int = 250_000) -> np.ndarray:
+    """Per row and column: the probability minus the probability with that column set to its
+    typical value. The ablated copies of all columns go through the model together, in
+    batches of about ``batch_rows`` rows (a prediction call costs far more than a row), and
+    rows already at the typical value are not predicted (their contribution is 0)."""
+    mat = np.zeros((len(x), len(columns)))
+    pending: list[tuple[int, np.ndarray]] = []
+    parts: list[pd.DataFrame] = []
+    size = 0
+
+    def flush():
+        nonlocal pending, parts, size
+        if not parts:
+            return
+        q = model.predict_proba(pd.concat(parts, ignore_index=True))[:, 1]
+        at = 0
+        for j, rows in pending:
+            mat[rows, j] = p[rows] - q[at:at + len(rows)]
+            at += len(rows)
+        pending, parts, size = [], [], 0
+
+    for j, col in enumerate(columns):
+        ref = reference.get(col, np.nan)
+        rows = np.flatnonzero(~_at_reference(x[col], ref))
+        for chunk in np.array_split(rows, max(1, -(-len(rows) // batch_rows))) if len(rows) else []:
+            part = x.iloc[chunk].copy()
+            part[col] = ref
+            pending.append((j, chunk))
+            parts.append(part)
+            size += len(chunk)
+            if size >= batch_rows:
+                flush()
+    flush()
+    return mat
+
+
 def explain(model, x: pd.DataFrame, raw: pd.DataFrame, signals: list[Signal], reference: dict,
             top: int = 3, min_contribution: float = 0.005,
             account_signals: list[Signal] | None = None) -> tuple[np.ndarray, list[list[dict]]]:
@@ -110,18 +161,17 @@ def explain(model, x: pd.DataFrame, raw: pd.DataFrame, signals: list[Signal], re
     cols = explainable(signals, account_signals or [], x.columns)
     if not cols:
         return p, [[] for _ in range(len(x))]
-    mat = np.empty((len(x), len(cols)))
-    x2 = x.copy()   # one copy; each column is set to its typical value and put back
-    for j, (col, _, _) in enumerate(cols):
-        kept = x2[col].copy()
-        x2[col] = reference.get(col, np.nan)
-        mat[:, j] = p - model.predict_proba(x2)[:, 1]
-        x2[col] = kept
+    mat = ablation_matrix(model, x, p, [c for c, _, _ in cols], reference)
+    positive = np.array([s.polarity == "positive" for _, s, _ in cols])
+    negative = np.array([s.polarity == "negative" for _, s, _ in cols])
+    values = {col: raw[col].to_numpy(dtype=object) for col, _, _ in cols}
+    details = {s.name: raw[f"{s.name}_detail"].to_numpy(dtype=object)
+               for _, s, prefix in cols if not prefix and f"{s.name}_detail" in raw.columns}
     reasons: list[list[dict]] = []
     for i in range(len(x)):
-        pos = [(mat[i, j], j) for j, (_, s, _) in enumerate(cols) if s.polarity == "positive" and mat[i, j] > 0]
-        neg = [(mat[i, j], j) for j, (_, s, _) in enumerate(cols)
-               if s.polarity == "negative" and mat[i, j] <= -min_contribution]
+        m = mat[i]
+        pos = [(m[j], j) for j in np.flatnonzero(positive & (m > 0))]
+        neg = [(m[j], j) for j in np.flatnonzero(negative & (m <= -min_contribution))]
         pos.sort(reverse=True)
         chosen = [t for t in pos if t[0] >= min_contribution][:top] or pos[:1]
         row, told = [], set()
@@ -130,9 +180,8 @@ def explain(model, x: pd.DataFrame, raw: pd.DataFrame, signals: list[Signal], re
             if s.name in told:   # the user's own value and the account's best: tell it once
                 continue
             told.add(s.name)
-            value = raw.iloc[i][col]
-            detail_col = f"{s.name}_detail"
-            detail = raw.iloc[i][detail_col] if not prefix and detail_col in raw.columns else None
+            value = values[col][i]
+            detail = details[s.name][i] if not prefix and s.name in details else None
             row.append({"signal": col, "polarity": s.polarity,
                         "value": None if pd.isna(value) else (value.item() if hasattr(value, "item") else value),
                         "contribution": round(float(c), 4), "text": prefix + _text(s, value, detail)})
@@ -140,11 +189,15 @@ def explain(model, x: pd.DataFrame, raw: pd.DataFrame, signals: list[Signal], re
     return p, reasons
 
 
-def route(scores: pd.DataFrame, spec: ScoringSpec, worked_by_sales: set[str] | None = None) -> pd.DataFrame:
+def route(scores: pd.DataFrame, spec: ScoringSpec, worked_by_sales: set[str] | None = None,
+          sales_contacts: set[str] | None = None) -> pd.DataFrame:
     """Adds ``route`` (sales | in_app | none) and ``route_note`` (why not, if suppressed or
-    capped) to rows with account_id, segment, tier and probability."""
+    capped) to rows with user_id, account_id, segment, tier and probability.
+    ``sales_contacts``: users routed to sales as the contact of an account that goes to
+    sales on its own score (``account_routes``)."""
     out = scores.copy()
     sales = out["segment"].isin(spec.sales_segments) & out["tier"].isin(spec.sales_tiers)
+    sales |= out["user_id"].isin(sales_contacts or set())
     nudge = ~out["segment"].isin(spec.sales_segments) & out["tier"].isin(spec.nudge_tiers)
     out["route"] = np.where(sales, "sales", np.where(nudge, "in_app", "none"))
     out["route_note"] = None
@@ -156,4 +209,92 @@ def route(scores: pd.DataFrame, spec: ScoringSpec, worked_by_sales: set[str] | N
     capped = rank[rank >= spec.max_nudges_per_account].index
     out.loc[capped, ["route", "route_note"]] = [
         "none", f"capped: at most {spec.max_nudges_per_account} nudges per account and day"]
+    return out
+
+
+ACCOUNT_COLUMNS = [
+    ("snapshot_date", "DATE"), ("account_id", "VARCHAR"), ("probability", "DOUBLE"), ("percentile", "DOUBLE"),
+    ("tier", "VARCHAR"), ("is_pql", "BOOLEAN"), ("users_scored", "BIGINT"), ("pql_users", "BIGINT"),
+    ("top_user_id", "VARCHAR"), ("top_user_probability", "DOUBLE"), ("reasons", "JSON"), ("reason_text", "VARCHAR"),
+    ("caveat_text", "VARCHAR"), ("model_version", "VARCHAR"), ("segment", "VARCHAR"), ("route", "VARCHAR"),
+    ("route_note", "VARCHAR"), ("scored_at", "TIMESTAMPTZ"),
+]
+
+
+def account_scores(users: pd.DataFrame, reasons: list[list[dict]], spec: ScoringSpec) -> pd.DataFrame:
+    """One row per account from its scored users (rows with account_id, user_id, probability,
+    is_pql, segment; ``reasons`` aligned with them): the account's probability, percentile,
+    tier and PQL flag, how many users were scored and are PQLs, its most likely user, and the
+    reasons of its most likely users (up to ``spec.reasons`` sentences, each told once)."""
+    keep = users["account_id"].notna().to_numpy()
+    rows = users[keep].reset_index(drop=True)
+    if rows.empty:
+        return pd.DataFrame(columns=[c for c, _ in ACCOUNT_COLUMNS if c not in ("route", "route_note", "scored_at")])
+    told_of = [r for r, k in zip(reasons, keep) if k]
+    rows["_row"] = np.arange(len(rows))
+    rows = rows.sort_values(["account_id", "probability", "user_id"], ascending=[True, False, True])
+    q = np.clip(rows["probability"].to_numpy(dtype=float), 0.0, 1.0 - 1e-12)
+    g = rows.assign(_log_q=np.log1p(-q)).groupby("account_id", sort=True)
+    acc = pd.DataFrame({
+        "probability": np.round(1.0 - np.exp(g["_log_q"].sum()), 6),
+        "users_scored": g.size(), "pql_users": g["is_pql"].sum().astype(int),
+        "top_user_id": g["user_id"].first(), "top_user_probability": np.round(g["probability"].first(), 6),
+        "segment": g["segment"].first()}).reset_index()
+    # the reasons of each account's most likely users (only users with reasons are looked at)
+    told: dict[str, list] = {}
+    texts: dict[str, list] = {}
+    caveats: dict[str, list] = {}
+    with_reasons = rows[[bool(told_of[i]) for i in rows["_row"]]]
+    for account, uid, prob, i in zip(with_reasons["account_id"], with_reasons["user_id"],
+                                     with_reasons["probability"], with_reasons["_row"]):
+        lst = told.setdefault(account, [])
+        if len(lst) >= spec.reasons:
+            continue
+        lst.append({"user_id": uid, "probability": round(float(prob), 6), "reasons": told_of[i]})
+        tx, cv = texts.setdefault(account, []), caveats.setdefault(account, [])
+        for r in told_of[i]:
+            bucket = tx if r["polarity"] == "positive" else cv
+            if r["text"] not in bucket:
+                bucket.append(r["text"])
+    reason_text, caveat_text = [], []
+    for account, n_pql, n, p in zip(acc["account_id"], acc["pql_users"], acc["users_scored"], acc["probability"]):
+        t = texts.get(account, [])[:spec.reasons]
+        if n_pql > 1:
+            t = [f"{n_pql} of its users qualify as PQLs"] + t
+        if not t and p >= spec.pql_threshold:
+            t = [f"{n} users together make a purchase likely; none stands out alone"]
+        reason_text.append("; ".join(t) or None)
+        caveat_text.append("; ".join(caveats.get(account, [])[:spec.reasons]) or None)
+    acc["reasons"] = [told.get(a, []) for a in acc["account_id"]]
+    acc["reason_text"], acc["caveat_text"] = reason_text, caveat_text
+    acc["percentile"] = np.round(acc["probability"].rank(pct=True, method="max").to_numpy(), 6)
+    acc["tier"] = tier_of(acc["probability"].to_numpy(), spec.tiers)
+    acc["is_pql"] = acc["probability"] >= spec.pql_threshold
+    return acc
+
+
+def account_routes(accounts: pd.DataFrame, users: pd.DataFrame, spec: ScoringSpec) -> tuple[pd.Series, set[str]]:
+    """Which accounts go to sales on their own score (sales segment, sales tier) and the users
+    who are their contacts: those whose own tier is a sales tier, else the most likely one."""
+    sales = accounts["segment"].isin(spec.sales_segments) & accounts["tier"].isin(spec.sales_tiers)
+    going = set(accounts.loc[sales, "account_id"])
+    members = users[users["account_id"].isin(going)]
+    hot = members[members["tier"].isin(spec.sales_tiers)]
+    contacts = set(hot["user_id"])
+    for account in going - set(hot["account_id"]):
+        contacts.add(accounts.loc[accounts["account_id"] == account, "top_user_id"].iloc[0])
+    return sales, contacts
+
+
+def finish_account_routes(accounts: pd.DataFrame, users: pd.DataFrame, sales: pd.Series) -> pd.DataFrame:
+    """The account's route: sales (its own verdict), in_app when any of its users is nudged,
+    else none; route_note counts the users behind it."""
+    out = accounts.copy()
+    nudged = users[users["route"] == "in_app"].groupby("account_id").size()
+    n = out["account_id"].map(nudged).fillna(0).astype(int)
+    out["route"] = np.where(sales, "sales", np.where(n > 0, "in_app", "none"))
+    contacts = users[users["route"] == "sales"].groupby("account_id").size()
+    c = out["account_id"].map(contacts).fillna(0).astype(int)
+    out["route_note"] = np.where(sales, c.astype(str) + " contact(s)",
+                                 np.where(n > 0, n.astype(str) + " user(s) nudged", None))
     return out

@@ -19,9 +19,10 @@ from pql_pipeline_tests.pipeline import generated_pipeline, materialized
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """1,500 accounts over 120 days, the whole graph, then the model job."""
+    """5,000 accounts over 120 days (enough users for the model to come within 0.02 of the
+    generator's oracle), the whole graph, then the model job."""
     root = tmp_path_factory.mktemp("model")
-    p, run, _, mp = generated_pipeline(root)
+    p, run, _, mp = generated_pipeline(root, n_accounts=5000)
     assert run.success
     result = p.defs.resolve_job_def(MODEL_JOB).execute_in_process(instance=p.instance, raise_on_error=False)
     yield p, result, root
@@ -50,6 +51,13 @@ def test_the_model_trains_passes_its_gates_and_beats_the_rules(trained):
     assert m["roc_auc"] >= 0.70
     assert m["roc_auc"] >= max(b["roc_auc"] for b in row["baselines"].values()) + 0.10
     assert set(row["baselines"]) == {"classic_rule", "proposed_rule"}
+    # the algorithm was chosen by cross-validation inside the training part, not on the holdout
+    sel = {name: c["selection_roc_auc"] for name, c in row["candidates"].items()}
+    assert set(sel) == {"gradient_boosting", "logistic_regression"} and all(0.5 < v < 1 for v in sel.values())
+    assert row["algorithm"] == max(sel, key=sel.get)
+    # accounts scored from their users rank the holdout's account labels well
+    acc = m["accounts"]
+    assert acc["roc_auc"] >= 0.85 and acc["rows"] > 1000 and acc["accounts_without_scored_users"] < acc["rows"] / 20
     assert sum(d["rows"] for d in m["deciles"]) == row["holdout_rows"]
     assert m["deciles"][0]["conversion_rate"] > m["deciles"][-1]["conversion_rate"]
     # the planted behaviour is what the model leans on
@@ -121,11 +129,36 @@ def test_leads_are_scored_with_reasons_tiers_and_routes(trained):
     assert routes.get("sales", 0) > 0 and routes.get("in_app", 0) > 0
     assert p.query(f"""SELECT count(*) FROM pql_scores WHERE snapshot_date = DATE '{last}' AND route = 'sales'
                        AND segment NOT IN ('mid_market', 'enterprise')""")[0][0] == 0
-    # the history opens one row per scored user; re-scoring the day replaces its rows and replays the history
-    assert p.query("SELECT count(*), count(*) FILTER (WHERE valid_to IS NULL) FROM pql_history")[0] == (n, n)
+    # accounts: one row per account with a scored user, checked; sales gets big hot accounts with contacts
+    assert p.checks(result)["pql_account_scores:account_scores_valid"].passed
+    n_acc, acc_pqls, acc_sales = p.query(f"""
+        SELECT count(*), count(*) FILTER (WHERE is_pql), count(*) FILTER (WHERE route = 'sales')
+        FROM pql_account_scores WHERE snapshot_date = DATE '{last}'""")[0]
+    assert n_acc == p.query(f"SELECT count(DISTINCT account_id) FROM pql_scores WHERE snapshot_date = DATE '{last}'"
+                            )[0][0] > 0
+    assert 0 < acc_pqls < n_acc and acc_sales > 0
+    assert p.query(f"""SELECT count(*) FROM pql_account_scores AS a WHERE snapshot_date = DATE '{last}'
+        AND route = 'sales' AND (segment NOT IN ('mid_market', 'enterprise') OR NOT EXISTS (
+            SELECT 1 FROM pql_scores AS s WHERE s.snapshot_date = a.snapshot_date AND s.account_id = a.account_id
+            AND s.route = 'sales'))""")[0][0] == 0
+    # PQL accounts are the accounts the generator made likely to convert
+    with open(root / "events" / "_ground_truth" / "users.csv", newline="") as f:
+        by_account = {}
+        for r in csv.DictReader(f):
+            by_account.setdefault(r["account_id"], []).append(float(r["true_conversion_probability"]))
+    acc_p = {a: 1 - np.prod([1 - x for x in ps]) for a, ps in by_account.items()}
+    acc_flags = p.query(f"SELECT account_id, is_pql FROM pql_account_scores WHERE snapshot_date = DATE '{last}'")
+    mean_acc = {flag: np.mean([acc_p.get(a, 0.0) for a, f in acc_flags if f == flag]) for flag in (True, False)}
+    assert mean_acc[True] >= 1.5 * mean_acc[False] > 0, mean_acc
+    # the history opens one row per scored user and account; re-scoring the day replaces its rows and
+    # replays the history
+    history = "SELECT count(*), count(*) FILTER (WHERE valid_to IS NULL), count(*) FILTER (WHERE is_pql) FROM pql_history"
+    assert p.query(history + " WHERE entity_type = 'user'")[0] == (n, n, pqls)
+    assert p.query(history + " WHERE entity_type = 'account'")[0] == (n_acc, n_acc, acc_pqls)
     assert p.run(last, job=SCORING_JOB).success
     assert p.query(f"SELECT count(*) FROM pql_scores WHERE snapshot_date = DATE '{last}'")[0][0] == n
-    assert p.query("SELECT count(*), count(*) FILTER (WHERE is_pql) FROM pql_history")[0] == (n, pqls)
+    assert p.query(history + " WHERE entity_type = 'user'")[0] == (n, n, pqls)
+    assert p.query(history + " WHERE entity_type = 'account'")[0] == (n_acc, n_acc, acc_pqls)
 
 
 @pytest.mark.slow
@@ -143,7 +176,9 @@ def test_the_model_is_compared_with_the_generators_oracle(trained):
     oracle = roc_auc_score(hold["label"].astype(int), hold["user_id"].map(truth).fillna(0).to_numpy())
     assert len(hold) == row["holdout_rows"]
     assert oracle > row["roc_auc"] - 0.01          # nothing beats the truth by more than noise
-    assert row["roc_auc"] >= oracle - 0.05          # 0.89 vs 0.92 on this data
+    # 0.898 vs 0.912 on this data. The oracle knows every user's whole future behaviour (the
+    # milestones still to come); the model sees the features at the snapshot.
+    assert row["roc_auc"] >= oracle - 0.02
 
 
 @pytest.mark.slow

@@ -74,3 +74,40 @@ def test_a_day_that_scored_nobody_closes_every_open_row(conn):
     update_history(conn, day(5), [day(5)])     # day 5 was scored and nobody qualified
     assert conn.execute(f"SELECT count(*) FROM {HISTORY} WHERE valid_to IS NULL").fetchall() == [(0,)]
     assert ("u1", day(4), day(5), "hot", "in_app", "day 4 reasons") in history(conn)
+
+
+def write_account_scores(conn, rows):
+    """rows: (day index, account, tier, route)"""
+    conn.execute("CREATE TABLE IF NOT EXISTS pql_account_scores (snapshot_date DATE, account_id VARCHAR, "
+                 "tier VARCHAR, is_pql BOOLEAN, route VARCHAR, model_version VARCHAR, probability DOUBLE, "
+                 "percentile DOUBLE, reason_text VARCHAR, caveat_text VARCHAR, segment VARCHAR)")
+    for i, account, tier, rt in rows:
+        conn.execute("INSERT INTO pql_account_scores VALUES (?, ?, ?, ?, ?, 'm1', 0.5, 0.5, ?, NULL, 'enterprise')",
+                     [day(i), account, tier, tier == "hot", rt, f"{account} day {i}"])
+
+
+def test_accounts_have_their_own_history_beside_their_users(conn):
+    write_scores(conn, STORY)
+    write_account_scores(conn, [(0, "acc", "warm", "none"), (1, "acc", "hot", "sales"), (2, "acc", "hot", "sales"),
+                                (3, "acc", "hot", "sales"), (4, "acc", "hot", "sales")])
+    update_history(conn, day(0))
+    accounts = conn.execute(f"SELECT entity_id, user_id, valid_from, valid_to, tier, route, reason_text "
+                            f"FROM {HISTORY} WHERE entity_type = 'account' ORDER BY valid_from").fetchall()
+    # when did the account become a PQL, and why
+    assert accounts == [("acc", None, day(0), day(1), "warm", "none", "acc day 0"),
+                        ("acc", None, day(1), None, "hot", "sales", "acc day 1")]
+    users = conn.execute(f"SELECT count(*) FROM {HISTORY} WHERE entity_type = 'user' AND entity_id = user_id"
+                         ).fetchall()[0][0]
+    assert users == len(history(conn)) - 2 == 5
+
+
+def test_a_users_only_history_is_rebuilt_with_accounts(conn):
+    write_scores(conn, STORY)
+    write_account_scores(conn, [(0, "acc", "hot", "sales")])
+    conn.execute(f"CREATE TABLE {HISTORY} (user_id VARCHAR, account_id VARCHAR, valid_from DATE, valid_to DATE, "
+                 "tier VARCHAR, is_pql BOOLEAN, route VARCHAR, model_version VARCHAR, probability DOUBLE, "
+                 "percentile DOUBLE, reason_text VARCHAR, caveat_text VARCHAR, segment VARCHAR)")
+    conn.execute(f"INSERT INTO {HISTORY} (user_id, valid_from, tier) VALUES ('stale', DATE '2026-03-01', 'hot')")
+    update_history(conn, day(4), [day(4)])       # a daily run after the upgrade replays everything
+    assert conn.execute(f"SELECT count(*) FILTER (WHERE entity_type = 'account'), count(*) FILTER (WHERE user_id = "
+                        f"'stale'), count(*) FROM {HISTORY}").fetchall() == [(1, 0, 6)]

@@ -109,3 +109,127 @@ def test_pql_volume_is_judged_against_the_median_of_the_days_before():
     assert not ok and meta["median_before"] == 10.5 and meta["ratio"] == 3.81
     assert not volume_verdict([0, 12, 10], 0.3, 3.0)[0]            # a collapse
     assert volume_verdict([0, 0, 0], 0.3, 3.0)[0] and not volume_verdict([3, 0, 0], 0.3, 3.0)[0]
+
+
+def test_batched_ablations_equal_one_prediction_per_column_and_row():
+    """The ablations go through the model in shared batches and skip rows already at the
+    typical value; the contributions must equal ablating each column on its own."""
+    model, train = planted_model()
+    ref = reference_values(train, list(train.columns), [])
+    leads = train.iloc[:700].copy()
+    leads.loc[leads.index[:50], "teammates_invited"] = ref["teammates_invited"]   # rows at the typical value
+    leads.loc[leads.index[50:60], "projects"] = np.nan
+    ref_nan = {**ref, "avg_session_seconds": np.nan}
+    p = model.predict_proba(leads.fillna(0))[:, 1]
+    cols = list(leads.columns)
+    from pql_pipeline.defs.scoring.scoring import ablation_matrix
+
+    class Filled:   # the planted model cannot take NaN: a missing value counts as 0
+        def predict_proba(self, x):
+            return model.predict_proba(x.fillna(0))
+
+    for batch in (97, 250_000):   # many batches (columns split across them) and one
+        got = ablation_matrix(Filled(), leads, p, cols, ref_nan, batch_rows=batch)
+        for j, c in enumerate(cols):
+            ablated = leads.copy()
+            ablated[c] = ref_nan[c]
+            want = p - model.predict_proba(ablated.fillna(0))[:, 1]
+            np.testing.assert_allclose(got[:, j], want, atol=1e-12)
+        assert (got[:50, cols.index("teammates_invited")] == 0).all()
+        assert (got[:, cols.index("teammates_invited")] != 0).sum() > 300
+
+
+def _scored(rows):
+    """rows: (user, account, probability, segment, reasons texts)"""
+    spec = ScoringSpec()
+    users = pd.DataFrame([r[:4] for r in rows], columns=["user_id", "account_id", "probability", "segment"])
+    users["tier"] = tier_of(users["probability"].to_numpy(), spec.tiers)
+    users["is_pql"] = users["probability"] >= spec.pql_threshold
+    told = [[{"signal": t, "polarity": "negative" if t.startswith("-") else "positive", "text": t.lstrip("-")}
+             for t in r[4]] for r in rows]
+    return users, told, spec
+
+
+def test_accounts_are_scored_from_their_users():
+    from pql_pipeline.defs.scoring.scoring import account_scores
+
+    users, told, spec = _scored([
+        ("a1", "acme", 0.5, "enterprise", ["invited 3 teammates", "-opened 4 tickets"]),
+        ("a2", "acme", 0.4, "enterprise", ["invited 3 teammates", "connected Slack"]),
+        ("a3", "acme", 0.02, "enterprise", []),
+        ("b1", "beta", 0.2, "smb", []), ("b2", "beta", 0.2, "smb", []),   # no reasons, yet a PQL together
+        ("c1", "cee", 0.01, "solo", []),
+        ("n1", None, 0.9, "unknown", ["created 5 projects"]),             # no account: no account row
+    ])
+    acc = account_scores(users, told, spec).set_index("account_id")
+    assert sorted(acc.index) == ["acme", "beta", "cee"]
+    assert acc.loc["acme", "probability"] == round(1 - 0.5 * 0.6 * 0.98, 6)
+    assert acc.loc["beta", "probability"] == round(1 - 0.8 * 0.8, 6) == 0.36
+    assert acc.loc["acme", ["users_scored", "pql_users", "top_user_id"]].tolist() == [3, 2, "a1"]
+    # reasons of its most likely users, each told once, and how many of its users qualify
+    assert acc.loc["acme", "reason_text"] == "2 of its users qualify as PQLs; invited 3 teammates; connected Slack"
+    assert acc.loc["acme", "caveat_text"] == "opened 4 tickets"
+    assert [r["user_id"] for r in acc.loc["acme", "reasons"]] == ["a1", "a2"]
+    assert acc.loc["beta", "is_pql"] and "none stands out alone" in acc.loc["beta", "reason_text"]
+    assert pd.isna(acc.loc["cee", "reason_text"]) and acc.loc["cee", "tier"] == "cold"
+    assert acc.loc["acme", "percentile"] == 1.0 and acc.loc["acme", "tier"] == "hot"
+
+
+def test_an_account_hot_as_a_whole_goes_to_sales_with_its_most_likely_user():
+    from pql_pipeline.defs.scoring.scoring import account_routes, account_scores, finish_account_routes
+
+    users, told, spec = _scored([
+        ("e1", "ent", 0.2, "enterprise", []), ("e2", "ent", 0.2, "enterprise", []),   # warm users, hot account
+        ("h1", "hotco", 0.6, "mid_market", []), ("h2", "hotco", 0.5, "mid_market", []),
+        ("h3", "hotco", 0.15, "mid_market", []),
+        ("s1", "small", 0.2, "smb", []), ("s2", "small", 0.2, "smb", []),          # hot small account: nudges
+    ])
+    acc = account_scores(users, told, spec)
+    sales, contacts = account_routes(acc, users, spec)
+    assert set(acc.loc[sales, "account_id"]) == {"ent", "hotco"}
+    assert contacts == {"e1", "h1", "h2"}          # ent: its most likely user; hotco: its hot users
+    routed_users = route(users, spec, set(), contacts).set_index("user_id")["route"].to_dict()
+    assert routed_users == {"e1": "sales", "e2": "none", "h1": "sales", "h2": "sales", "h3": "none",
+                            "s1": "in_app", "s2": "in_app"}
+    out = finish_account_routes(acc, route(users, spec, set(), contacts), sales).set_index("account_id")
+    assert out["route"].to_dict() == {"ent": "sales", "hotco": "sales", "small": "in_app"}
+    assert out["route_note"].to_dict() == {"ent": "1 contact(s)", "hotco": "2 contact(s)", "small": "2 user(s) nudged"}
+
+
+def test_rescoring_a_past_day_re_derives_the_suppression_of_the_days_after_it(conn):
+    """acme went to sales on day 1; on day 2 its size is unknown (no sales segment) and its hot
+    user would get a nudge, suppressed because sales works acme. Re-scoring day 1 without the
+    sales route lifts the suppression of day 2 (and only re-derives routes)."""
+    import datetime as dt
+
+    from pql_pipeline.defs.scoring.assets import SCORE_COLUMNS, reroute_following
+    from pql_pipeline.defs.scoring.scoring import ACCOUNT_COLUMNS
+    from pql_pipeline.lib.warehouse import ensure_columns
+
+    spec = ScoringSpec(suppress_days=30)
+    d1, d2, d3 = (dt.date(2026, 3, i) for i in (1, 2, 3))
+    ensure_columns(conn, "pql_scores", SCORE_COLUMNS)
+    ensure_columns(conn, "pql_account_scores", ACCOUNT_COLUMNS)
+
+    def day(d, segment, route_, note, p=0.6):
+        conn.execute("DELETE FROM pql_scores WHERE snapshot_date = ?", [d])
+        conn.execute("DELETE FROM pql_account_scores WHERE snapshot_date = ?", [d])
+        tier = "hot" if p >= 0.3 else "cold"
+        conn.execute("INSERT INTO pql_scores (snapshot_date, user_id, account_id, probability, tier, segment, route, "
+                     "route_note) VALUES (?, 'u1', 'acme', ?, ?, ?, ?, ?)", [d, p, tier, segment, route_, note])
+        conn.execute("INSERT INTO pql_account_scores (snapshot_date, account_id, probability, tier, segment, "
+                     "top_user_id, route, route_note) VALUES (?, 'acme', ?, ?, ?, 'u1', ?, ?)",
+                     [d, p, tier, segment, route_, "1 contact(s)" if route_ == "sales" else None])
+
+    suppressed = "suppressed: the account is worked by sales"
+    day(d1, "enterprise", "sales", None)
+    day(d2, "unknown", "none", suppressed)
+    day(d3, "unknown", "none", suppressed)
+    assert reroute_following(conn, spec, d1) == 0          # nothing to change: the stored routes hold
+    day(d1, "enterprise", "none", None, p=0.05)            # day 1 re-scored: acme is cold, not worked by sales
+    assert reroute_following(conn, spec, d1) == 4          # user and account routes of days 2 and 3
+    assert conn.execute("SELECT snapshot_date, route, route_note FROM pql_scores WHERE snapshot_date > ? "
+                        "ORDER BY 1", [d1]).fetchall() == [(d2, "in_app", None), (d3, "in_app", None)]
+    assert conn.execute("SELECT route, route_note FROM pql_account_scores WHERE snapshot_date = ?",
+                        [d3]).fetchall() == [("in_app", "1 user(s) nudged")]
+    assert conn.execute("SELECT count(*) FROM pql_scores WHERE probability = 0.6").fetchall() == [(2,)]
