@@ -148,7 +148,7 @@ def worker_train(db: Path, rows: int, seed: int) -> dict:
             "roc_auc": result.metrics["roc_auc"],
             "selection_roc_auc": {k: v["selection_roc_auc"] for k, v in result.candidates.items()},
             "classic_rule_roc_auc": result.baselines["classic_rule"]["roc_auc"],
-            "features": len(result.features), "peak_rss_mib": round(BF.peak_rss_mib()), **cpu}
+            "features": len(result.features), "steps": result.seconds, "peak_rss_mib": round(BF.peak_rss_mib()), **cpu}
 
 
 def naive_explain(model, x, raw, signals, reference, top=3, min_contribution=0.005, account_signals=None):
@@ -261,7 +261,8 @@ def report(r: dict) -> str:
         "| phase | rows | seconds | rows/s | peak RSS | notes |", "|---|---|---|---|---|---|",
         f"| train | {t['train_rows']:,} train + {t['holdout_rows']:,} holdout | {t['seconds']} | {t['rows_per_s']:,} "
         f"| {t['peak_rss_mib']:,} MiB | {t['algorithm']} chosen (CV {t['selection_roc_auc']}), holdout ROC AUC "
-        f"{t['roc_auc']} vs classic rule {t['classic_rule_roc_auc']}; {t['features']} inputs |",
+        f"{t['roc_auc']} vs classic rule {t['classic_rule_roc_auc']}; {t['features']} inputs; "
+        + ", ".join(f"{k} {v}s" for k, v in t["steps"].items()) + " |",
         f"| score | {s['users']:,} users, {s['accounts']:,} accounts | {s['seconds']} | {s['rows_per_s']:,} "
         f"| {s['peak_rss_mib']:,} MiB | reasons for {s['explained_leads']:,} leads above cold; "
         + ", ".join(f"{k} {v}s" for k, v in s["steps"].items()) + " |",

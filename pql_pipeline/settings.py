@@ -211,11 +211,25 @@ class RoutingSettings(_Strict):
     suppress_days: int = Field(30, ge=0)
 
 
+class PqlVolumeSettings(_Strict):
+    """The newest day's PQL count against the median of the days before (a jump or a collapse
+    usually means a tracking or model problem, not a change in the market)."""
+
+    lookback_days: int = Field(7, ge=1)
+    min_ratio: float = Field(0.3, ge=0)
+    max_ratio: float = Field(3.0, gt=0)
+    # with a median below this many PQLs a day the counts are too small to judge (passes)
+    min_median: float = Field(10, ge=0)
+    # a day outside the bounds blocks what follows (CRM, nudges) when true; warns otherwise
+    blocking: bool = True
+
+
 class ScoringSettings(_Strict):
     # probability from which a lead is in each tier, highest first; below every tier: cold
     tiers: dict[str, float] = Field(default_factory=lambda: {"hot": 0.3, "warm": 0.1})
     reasons: int = Field(3, ge=1, le=10)    # reasons to call and caveats shown per lead
     routing: RoutingSettings = RoutingSettings()
+    volume: PqlVolumeSettings = PqlVolumeSettings()
 
     @field_validator("tiers")
     @classmethod

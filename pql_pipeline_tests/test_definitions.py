@@ -25,7 +25,7 @@ def test_every_asset_has_checks_and_the_gates_block():
         assert checks[("conversion_model", gate)].blocking, gate
     assert checks[("pql_scores", "scores_valid")].blocking
     assert checks[("pql_account_scores", "account_scores_valid")].blocking
-    assert not checks[("pql_scores", "pql_volume")].blocking
+    assert checks[("pql_scores", "pql_volume")].blocking
     assert not checks[("pql_performance", "pql_lift")].blocking
     for gate in ("reconciliation", "quarantine_rate", "validated_events_contract"):
         assert checks[("validated_events", gate)].blocking, gate

@@ -6,7 +6,7 @@ import dagster as dg
 import yaml
 
 from pql_pipeline.defs.features.assets import proposed_rule_path
-from pql_pipeline.defs.features.specs import signal_set
+from pql_pipeline.defs.features.specs import signal_set, training_contract
 from pql_pipeline.defs.model import performance as P
 from pql_pipeline.defs.model import registry as R
 from pql_pipeline.defs.model.training import ModelSpec, TrainingError, evaluate, prepare, top_feature_share, train
@@ -50,6 +50,7 @@ def train_and_register(conn, settings: Settings, trained_at: dt.datetime | None 
     (promoted or rejected, with the reason) and return its registry row."""
     spec = spec or model_spec(settings)
     sigs = signal_set(settings)
+    contract = training_contract(settings)
     result = train(conn, spec, load_proposed_rule(settings), table)
     trained_at = trained_at or dt.datetime.now(dt.timezone.utc)
     version = R.new_version(trained_at, result.feature_hash)
@@ -93,9 +94,11 @@ def train_and_register(conn, settings: Settings, trained_at: dt.datetime | None 
         "holdout_rows": len(split.holdout), "holdout_positives": int(split.holdout["label"].sum()),
         "features": {"numeric": result.numeric, "categorical": result.categorical},
         "feature_hash": result.feature_hash, "signals_definition_hash": sigs.definition_hash,
+        "contract_version": f"{contract.id}@{contract.version}",
         "code_version": MODEL_LOGIC_VERSION, "roc_auc": result.metrics["roc_auc"], "metrics": result.metrics,
         "baselines": result.baselines, "candidates": result.candidates, "importance": result.importance,
         "gates": gate, "champion_compared": current["version"] if current else None,
+        "seconds": result.seconds,   # shown in the asset's metadata, not kept in the registry
         "champion_roc_auc_same_holdout": champ_auc, "artifact": artifact, "artifact_sha256": digest,
         "reference": _json_safe(reference_values(prepare(split.train, result.numeric, result.categorical),
                                                  result.numeric, result.categorical)),
@@ -193,6 +196,8 @@ def build_model_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             "gates": dg.MetadataValue.md(md_table(
                 [{"gate": k, "passed": v["passed"], "value": v["value"], "bound": v["bound"]}
                  for k, v in row["gates"].items()])),
+            "seconds_per_step": dg.MetadataValue.md(md_table(
+                [{"step": k, "seconds": v} for k, v in row["seconds"].items()])),
         })
 
     @dg.asset(

@@ -3,7 +3,8 @@
 ``model_registry`` (DuckDB) has one row per trained model: version, training and holdout
 windows, feature list and hash, the signal-definition hash (the contract of its inputs),
 code version, holdout metrics of the model, of the rules and of the champion it was
-compared with, status and the reason for it. The fitted model is a joblib file under the
+compared with, status and the reason for it. ``contract_version`` is the training_set
+data contract (id@version) the inputs were read under. The fitted model is a joblib file under the
 models folder beside the warehouse (``<version>.joblib``) with a SHA-256 kept in the row.
 
 Statuses: ``champion`` (scores leads; at most one), ``rejected`` (a candidate that did not
@@ -28,7 +29,8 @@ COLUMNS = [
     ("algorithm", "VARCHAR"), ("train_start", "DATE"), ("train_end", "DATE"), ("holdout_start", "DATE"),
     ("holdout_end", "DATE"), ("train_rows", "BIGINT"), ("train_positives", "BIGINT"), ("holdout_rows", "BIGINT"),
     ("holdout_positives", "BIGINT"), ("features", "JSON"), ("feature_hash", "VARCHAR"),
-    ("signals_definition_hash", "VARCHAR"), ("code_version", "VARCHAR"), ("roc_auc", "DOUBLE"),
+    ("signals_definition_hash", "VARCHAR"), ("contract_version", "VARCHAR"), ("code_version", "VARCHAR"),
+    ("roc_auc", "DOUBLE"),
     ("metrics", "JSON"), ("baselines", "JSON"), ("candidates", "JSON"), ("importance", "JSON"), ("gates", "JSON"),
     ("champion_compared", "VARCHAR"), ("champion_roc_auc_same_holdout", "DOUBLE"), ("artifact", "VARCHAR"),
     ("artifact_sha256", "VARCHAR"),

@@ -77,6 +77,7 @@ class TrainResult:
     candidates: dict[str, dict]        # every candidate's holdout metrics
     baselines: dict[str, dict]         # every rule's holdout metrics
     importance: list[tuple[str, float]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)   # wall time of each step
 
     @property
     def features(self) -> list[str]:
@@ -244,7 +245,6 @@ def proposed_rule_hits(conn, rows: pd.DataFrame, rule: dict) -> tuple[np.ndarray
     from pql_pipeline.defs.features.features import event_condition, events_sql, visible
     from pql_pipeline.defs.features.signals import Signal
     from pql_pipeline.defs.features.milestones import ACTIVE_DAYS
-    from pql_pipeline.lib.engine import DuckDBEngine
 
     conds = list(rule.get("conditions") or [])
     unless = list(rule.get("unless") or [])
@@ -252,29 +252,35 @@ def proposed_rule_hits(conn, rows: pd.DataFrame, rule: dict) -> tuple[np.ndarray
         return np.zeros(len(rows)), [[] for _ in range(len(rows))]
     keys = rows[["user_id", "snapshot_date", "signup_date"]].copy().reset_index(drop=True)
     keys["row"] = np.arange(len(keys))
-    conn.register("ml_rule_rows", keys)
-    eng = DuckDBEngine(conn)
     last = max(keys["snapshot_date"])
+    # one pass: only the events a condition counts, of the rows' users, joined to the rows and
+    # counted per condition (an event counts if known by the row's snapshot, on or after the
+    # signup day and within the condition's days)
+    picks, cols = [], []
+    for i, c in enumerate(conds + unless):
+        if c.get("event") in (None, ACTIVE_DAYS) and c.get("milestone") == ACTIVE_DAYS:
+            cond = "e.event_type IN ('track', 'page', 'screen')"
+            count = f"COUNT(DISTINCT e.day) FILTER (WHERE {{cond}} AND {{window}})"
+        else:
+            # the same filter as the signal it came from (booleans and numbers compared as the features do)
+            cond = event_condition(Signal(name="milestone", kind="count", event=c["event"],
+                                          where=c.get("where") or None))
+            count = "COUNT(*) FILTER (WHERE {cond} AND {window})"
+        d = int(c["within_days_of_signup"])
+        window = (f"{visible('e', 'r.snapshot_date')} AND e.day >= r.signup_date "
+                  f"AND DATE_DIFF('day', r.signup_date, e.day) < {d}")
+        picks.append(f"({cond})")
+        cols.append(f"{count.format(cond=cond, window=window)} >= {int(c['threshold'])} AS c{i}")
+    conn.register("ml_rule_rows", keys)
     try:
-        eng.temp("ml_rule_events", events_sql(last))
-        cols = []
-        for i, c in enumerate(conds + unless):
-            if c.get("event") in (None, ACTIVE_DAYS) and c.get("milestone") == ACTIVE_DAYS:
-                count = "COUNT(DISTINCT e.day)"
-                cond = "e.event_type IN ('track', 'page', 'screen')"
-            else:
-                count = "COUNT(*)"
-                # the same filter as the signal it came from (booleans and numbers compared as the features do)
-                cond = event_condition(Signal(name="milestone", kind="count", event=c["event"],
-                                              where=c.get("where") or None))
-            d = int(c["within_days_of_signup"])
-            cols.append(
-                f"(SELECT {count} FROM ml_rule_events AS e WHERE e.user_id = r.user_id AND {cond} "
-                f"AND {visible('e', 'r.snapshot_date')} AND e.day >= r.signup_date "
-                f"AND DATE_DIFF('day', r.signup_date, e.day) < {d}) >= {int(c['threshold'])} AS c{i}")
-        hits = conn.execute(f"SELECT row, {', '.join(cols)} FROM ml_rule_rows AS r ORDER BY row").df()
+        hits = conn.execute(f"""
+            WITH e AS (
+                SELECT * FROM ({events_sql(last)}) AS e
+                WHERE ({' OR '.join(picks)}) AND e.user_id IN (SELECT user_id FROM ml_rule_rows))
+            SELECT r.row, {', '.join(cols)}
+            FROM ml_rule_rows AS r LEFT JOIN e ON e.user_id = r.user_id
+            GROUP BY r.row ORDER BY r.row""").df()
     finally:
-        eng.drop("ml_rule_events")
         conn.unregister("ml_rule_rows")
     pos = hits[[f"c{i}" for i in range(len(conds))]].fillna(False).to_numpy(dtype=bool)
     neg = hits[[f"c{i}" for i in range(len(conds), len(conds) + len(unless))]].fillna(False).to_numpy(dtype=bool)
@@ -346,12 +352,20 @@ def account_metrics(conn, holdout: pd.DataFrame, p: np.ndarray, threshold: float
     return out
 
 
+IMPORTANCE_MAX_ROWS = 50_000   # permutation importance samples the holdout beyond this
+
+
 def permutation_importance_top(model, x: pd.DataFrame, y: np.ndarray, seed: int) -> list[tuple[str, float]]:
-    """Mean ROC AUC drop when each input column is shuffled, largest first."""
+    """Mean ROC AUC drop when each input column is shuffled, largest first (on a sample of
+    IMPORTANCE_MAX_ROWS holdout rows, stratified by label, when the holdout is larger)."""
     from sklearn.inspection import permutation_importance
 
     if len(set(y)) < 2:
         return []
+    if len(x) > IMPORTANCE_MAX_ROWS:
+        from sklearn.model_selection import train_test_split
+
+        x, _, y, _ = train_test_split(x, y, train_size=IMPORTANCE_MAX_ROWS, stratify=y, random_state=seed)
     r = permutation_importance(model, x, y, scoring="roc_auc", n_repeats=3, random_state=seed)
     pairs = sorted(zip(x.columns, r.importances_mean), key=lambda t: -t[1])
     return [(c, round(float(v), 5)) for c, v in pairs]
@@ -378,16 +392,20 @@ def train(conn, spec: ModelSpec, proposed_rule: dict | None = None, table: str =
     y_train = split.train["label"].astype(int).to_numpy()
     y_hold = split.holdout["label"].astype(int).to_numpy()
     snaps = split.holdout["snapshot_date"].astype(str).to_numpy()
+    clock = _Clock()
     chosen_by = (selection_scores(spec, x_train, y_train, split.train["user_id"], numeric, categorical)
                  if len(spec.candidates) > 1 else {spec.candidates[0]: None})
+    clock.lap("choose algorithm (cross-validation)")
     fitted, scores, probs = {}, {}, {}
     for name in spec.candidates:
         model = build_model(name, numeric, categorical, spec.calibration, spec.seed)
         model.fit(x_train, y_train)
         fitted[name] = model
+        clock.lap(f"fit {name}")
         probs[name] = model.predict_proba(x_hold)[:, 1]
         scores[name] = evaluate(y_hold, probs[name], spec.pql_threshold, snaps)
         scores[name]["selection_roc_auc"] = chosen_by[name]
+        clock.lap(f"evaluate {name}")
     baselines = {}
     if spec.classic_rule:
         baselines["classic_rule"] = evaluate(y_hold, classic_rule_scores(split.holdout, dict(spec.classic_rule)),
@@ -399,5 +417,22 @@ def train(conn, spec: ModelSpec, proposed_rule: dict | None = None, table: str =
     accounts = account_metrics(conn, split.holdout, probs[best], spec.pql_threshold)
     if accounts is not None:
         scores[best]["accounts"] = accounts
+    clock.lap("baselines and accounts")
     importance = permutation_importance_top(fitted[best], x_hold, y_hold, spec.seed)
-    return TrainResult(best, fitted[best], numeric, categorical, split, scores[best], scores, baselines, importance)
+    clock.lap("permutation importance")
+    return TrainResult(best, fitted[best], numeric, categorical, split, scores[best], scores, baselines, importance,
+                       clock.laps)
+
+
+class _Clock:
+    def __init__(self):
+        import time
+
+        self._time = time.perf_counter
+        self._last = self._time()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = self._time()
+        self.laps[name] = round(now - self._last, 2)
+        self._last = now

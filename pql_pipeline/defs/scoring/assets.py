@@ -147,7 +147,7 @@ def score_day(conn, settings: Settings, day: dt.date, row: dict, model, referenc
     out["reason_text"] = ["; ".join(x["text"] for x in r if x["polarity"] == "positive") or None for r in reasons]
     # a PQL whose probability rests on no single signal (values at their typical level, many small
     # effects) still tells sales why it is on the list
-    out.loc[out["is_pql"] & out["reason_text"].isna(), "reason_text"] = NO_SINGLE_REASON
+    out.loc[(out["is_pql"] | (out["tier"] != "cold")) & out["reason_text"].isna(), "reason_text"] = NO_SINGLE_REASON
     out["caveat_text"] = ["; ".join(x["text"] for x in r if x["polarity"] == "negative") or None for r in reasons]
     out["model_version"] = row["version"]
     out["segment"] = segment_of(frame.get("acct_employees", pd.Series(np.nan, index=frame.index)),
@@ -324,16 +324,21 @@ def build_scoring_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
     return [pql_scores, pql_history]
 
 
-def volume_verdict(counts: list[int], min_ratio: float, max_ratio: float) -> tuple[bool, dict]:
+def volume_verdict(counts: list[int], min_ratio: float, max_ratio: float,
+                   min_median: float = 0) -> tuple[bool, dict]:
     """``counts``: PQLs of the newest day first, then the days before it. Passes if the newest is
-    within [min_ratio, max_ratio] of the median of the others."""
+    within [min_ratio, max_ratio] of the median of the others, or if that median is below
+    ``min_median`` (too few PQLs a day to tell a problem from chance)."""
     today, before = counts[0], sorted(counts[1:])
     mid = len(before) // 2
     median = before[mid] if len(before) % 2 else (before[mid - 1] + before[mid]) / 2
     ratio = today / median if median else (1.0 if today == 0 else float("inf"))
-    return min_ratio <= ratio <= max_ratio, {
-        "pqls": today, "median_before": median, "ratio": round(ratio, 3) if ratio != float("inf") else "inf",
-        "bounds": f"{min_ratio}-{max_ratio}"}
+    meta = {"pqls": today, "median_before": median, "ratio": round(ratio, 3) if ratio != float("inf") else "inf",
+            "bounds": f"{min_ratio}-{max_ratio}"}
+    if median < min_median:
+        meta["note"] = f"median below {min_median} PQLs a day: too few to judge"
+        return True, meta
+    return min_ratio <= ratio <= max_ratio, meta
 
 
 def _query_scores(warehouse: Warehouse, sql: str, params: list | None = None) -> list[tuple] | None:
@@ -344,13 +349,13 @@ def _query_scores(warehouse: Warehouse, sql: str, params: list | None = None) ->
 
 def build_scoring_checks(settings: Settings, daily: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:
     @dg.asset_check(asset="pql_scores", blocking=True,
-                    description="Every scored lead has a model version and a probability in [0, 1], and every PQL "
-                                "has at least one reason sales can open with.")
+                    description="Every scored lead has a model version and a probability in [0, 1], and every lead "
+                                "anyone acts on (a PQL or a tier above cold) has at least one reason to open with.")
     def scores_valid(warehouse: Warehouse):
         found = _query_scores(warehouse, """
             SELECT count(*) FILTER (WHERE model_version IS NULL),
                    count(*) FILTER (WHERE probability IS NULL OR probability < 0 OR probability > 1),
-                   count(*) FILTER (WHERE is_pql AND reason_text IS NULL), count(*)
+                   count(*) FILTER (WHERE (is_pql OR tier <> 'cold') AND reason_text IS NULL), count(*)
             FROM pql_scores""")
         if found is None:
             return dg.AssetCheckResult(passed=True, metadata={"rows": 0})
@@ -358,7 +363,7 @@ def build_scoring_checks(settings: Settings, daily: dg.PartitionsDefinition) -> 
         return dg.AssetCheckResult(
             passed=not (no_version or bad_p or no_reason), severity=dg.AssetCheckSeverity.ERROR,
             metadata={"rows": rows, "without_model_version": no_version, "probability_out_of_range": bad_p,
-                      "pqls_without_reason": no_reason})
+                      "leads_without_reason": no_reason})
 
     @dg.asset_check(asset="pql_account_scores", blocking=True,
                     description="Every scored account has a model version and a probability in [0, 1] no lower than "
@@ -385,20 +390,22 @@ def build_scoring_checks(settings: Settings, daily: dg.PartitionsDefinition) -> 
             metadata={"rows": rows, "without_model_version": no_version, "probability_invalid": bad_p,
                       "pql_accounts_without_reason": no_reason, "accounts_not_matching_user_rows": unreconciled})
 
-    vol = settings.checks.volume
+    vol = settings.scoring.volume
 
-    @dg.asset_check(asset="pql_scores", blocking=False,
+    @dg.asset_check(asset="pql_scores", blocking=True,
                     description="The newest day's PQL count against the median of the previous days' "
-                                "(checks.volume bounds): a jump or a collapse usually means a tracking or model "
-                                "problem, not a change in the market.")
+                                "(scoring.volume bounds): a jump or a collapse usually means a tracking or model "
+                                "problem, not a change in the market, and must not reach sales unexamined "
+                                "(ERROR; WARN with scoring.volume.blocking: false).")
     def pql_volume(warehouse: Warehouse):
         per_day = _query_scores(warehouse, """
             SELECT snapshot_date, count(*) FILTER (WHERE is_pql) FROM pql_scores
-            GROUP BY 1 ORDER BY 1 DESC LIMIT ?""", [vol.lookback_partitions + 1]) or []
+            GROUP BY 1 ORDER BY 1 DESC LIMIT ?""", [vol.lookback_days + 1]) or []
         if len(per_day) < 2:
             return dg.AssetCheckResult(passed=True, metadata={"days": len(per_day), "note": "no earlier day yet"})
-        passed, meta = volume_verdict([n for _, n in per_day], vol.min_ratio, vol.max_ratio)
-        return dg.AssetCheckResult(passed=passed, severity=dg.AssetCheckSeverity.WARN,
-                                   metadata={"day": str(per_day[0][0]), **meta})
+        passed, meta = volume_verdict([n for _, n in per_day], vol.min_ratio, vol.max_ratio, vol.min_median)
+        return dg.AssetCheckResult(
+            passed=passed, severity=dg.AssetCheckSeverity.ERROR if vol.blocking else dg.AssetCheckSeverity.WARN,
+            metadata={"day": str(per_day[0][0]), **meta})
 
     return [scores_valid, account_scores_valid, pql_volume]

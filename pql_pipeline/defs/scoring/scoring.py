@@ -114,7 +114,7 @@ def _at_reference(values: pd.Series, ref) -> np.ndarray:
 
 
 def ablation_matrix(model, x: pd.DataFrame, p: np.ndarray, columns: list[str], reference: dict,
-                    batch_rows: int = 250_000) -> np.ndarray:
+                    batch_rows: int = 100_000) -> np.ndarray:
     """Per row and column: the probability minus the probability with that column set to its
     typical value. The ablated copies of all columns go through the model together, in
     batches of about ``batch_rows`` rows (a prediction call costs far more than a row), and

@@ -45,6 +45,7 @@ def test_the_model_trains_passes_its_gates_and_beats_the_rules(trained):
         "pql_performance:pql_lift": True}
     [row] = registry_rows(p)
     assert row["status"] == "champion" and row["reason"] == "first model that passes every gate"
+    assert row["contract_version"] == "urn:pql-pipeline:contract:training-set@1.0.0"
     m = row["metrics"]
     # the time split: training snapshots end an embargo (the label horizon) before the holdout
     assert (row["holdout_start"] - row["train_end"]).days >= p.settings.labels.horizon_days

@@ -37,3 +37,38 @@ def test_rule_milestones_count_point_in_time_with_typed_filters(world, fconn):
         ("u2", "2026-03-10"): (False, []),                                   # unresolved; invite too late
         ("u3", "2026-03-10"): (True, ["Invite >= 1 in 3 d"]),
     }
+
+
+def test_active_days_unless_late_events_and_linked_anonymous_events(world, fconn):
+    """Active days count distinct days; an ``unless`` milestone vetoes; an event that arrived
+    after the snapshot and an anonymous event whose link arrived after it do not count yet."""
+    rule = {"match": "all", "conditions": [
+        {"milestone": "active days", "event": None, "within_days_of_signup": 7, "threshold": 3},
+        {"milestone": "Invite", "event": "Invite", "within_days_of_signup": 7, "threshold": 2}],
+        "unless": [{"milestone": "Error", "event": "Error", "within_days_of_signup": 7, "threshold": 2}]}
+    for user in ("u1", "u2", "u3"):
+        world.track("2026-03-01 09:00", "Signed Up", user=user)
+        world.track("2026-03-02 09:00", "Invite", user=user)
+        world.event("2026-03-03 09:00", None, user, type="page")
+    # u1: a second invite on day 1 (two events on one day: one active day)
+    world.track("2026-03-02 15:00", "Invite", user="u1")
+    # u2: its second invite happened on day 3 but arrived on day 8 (a late mobile flush)
+    world.track("2026-03-04 10:00", "Invite", user="u2", pdate="2026-03-08")
+    # u3: a second invite sent anonymously on day 3, linked to u3 on day 8; and two errors
+    world.anon_track("2026-03-04 10:00", "Invite", anon="a3")
+    world.link("a3", "u3", "2026-03-08", linked_at="2026-03-04 09:00")
+    world.track("2026-03-05 10:00", "Error", user="u3")
+    world.track("2026-03-06 10:00", "Error", user="u3")
+    rows = pd.DataFrame([(u, D(s), D("2026-03-01")) for s in ("2026-03-06", "2026-03-09") for u in ("u1", "u2", "u3")],
+                        columns=["user_id", "snapshot_date", "signup_date"])
+    fired, hits = proposed_rule_hits(fconn, rows, rule)
+    got = {(r.user_id, str(r.snapshot_date)): (bool(f), h) for r, f, h in zip(rows.itertuples(), fired, hits)}
+    active, invites, errors = "active days >= 3 in 7 d", "Invite >= 2 in 7 d", "Error >= 2 in 7 d"
+    assert got == {
+        ("u1", "2026-03-06"): (True, [active, invites]),
+        ("u2", "2026-03-06"): (False, [active]),                     # the late invite is not known yet
+        ("u3", "2026-03-06"): (False, [active, errors]),             # nor the anonymous one; errors veto
+        ("u1", "2026-03-09"): (True, [active, invites]),
+        ("u2", "2026-03-09"): (True, [active, invites]),             # arrived: counts on its own day 3
+        ("u3", "2026-03-09"): (False, [active, invites, errors]),    # linked now; still vetoed by errors
+    }

@@ -109,6 +109,10 @@ def test_pql_volume_is_judged_against_the_median_of_the_days_before():
     assert not ok and meta["median_before"] == 10.5 and meta["ratio"] == 3.81
     assert not volume_verdict([0, 12, 10], 0.3, 3.0)[0]            # a collapse
     assert volume_verdict([0, 0, 0], 0.3, 3.0)[0] and not volume_verdict([3, 0, 0], 0.3, 3.0)[0]
+    # with few PQLs a day, chance alone moves the count by more than the bounds: not judged
+    ok, meta = volume_verdict([9, 2, 3, 2], 0.3, 3.0, min_median=10)
+    assert ok and "too few" in meta["note"]
+    assert not volume_verdict([90, 20, 30, 20], 0.3, 3.0, min_median=10)[0]
 
 
 def test_batched_ablations_equal_one_prediction_per_column_and_row():
