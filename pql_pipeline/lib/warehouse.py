@@ -50,6 +50,15 @@ class Warehouse(DuckDBResource):
             conn.close()
 
 
+def release_memory(conn: duckdb.DuckDBPyConnection) -> None:
+    """Hand the memory DuckDB keeps cached after a large scan back to the operating system
+    (a short drop of memory_limit evicts its unpinned buffers), so that pandas work that
+    follows in the same process does not stack on top of it."""
+    limit = conn.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    conn.execute("SET memory_limit = '64MB'")
+    conn.execute(f"SET memory_limit = '{limit}'")
+
+
 def create_table_sql(contract: Contract, object_name: str) -> str:
     obj = contract.object(object_name)
     cols = []

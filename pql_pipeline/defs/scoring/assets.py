@@ -26,7 +26,7 @@ from pql_pipeline.defs.scoring.scoring import (
     tier_of,
 )
 from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table
-from pql_pipeline.lib.warehouse import Warehouse, ensure_columns, replace_rows, table_exists
+from pql_pipeline.lib.warehouse import Warehouse, ensure_columns, release_memory, replace_rows, table_exists
 from pql_pipeline.settings import Settings
 
 GROUP = "scoring"
@@ -269,10 +269,17 @@ def build_scoring_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
             users = accounts = 0
             step = settings.features.snapshot_batch_days
             for batch in (days[i:i + step] for i in range(0, len(days), step)):
-                frames = {d: conn.execute(candidates_sql(settings, d)).df() for d in batch}
-                rules = rule_hits(conn, settings, frames)
+                # the rule's verdicts for the whole batch in one pass over the events; then each day's
+                # candidates are read, scored and written on their own (one day's frame in memory)
+                keys = {d: conn.execute(f"SELECT user_id, signup_date FROM ({candidates_sql(settings, d)}) "
+                                        "ORDER BY user_id").df() for d in batch}
+                rules = rule_hits(conn, settings, keys)
+                release_memory(conn)
                 for day in batch:
-                    n_users, n_accounts = _write_day(conn, settings, day, row, model, reference, frames[day],
+                    frame = conn.execute(candidates_sql(settings, day)).df()
+                    if not frame["user_id"].reset_index(drop=True).equals(keys[day]["user_id"].reset_index(drop=True)):
+                        raise RuntimeError(f"the candidates of {day} changed while scoring; run again")
+                    n_users, n_accounts = _write_day(conn, settings, day, row, model, reference, frame,
                                                      rules.get(day), per_day)
                     users, accounts = users + n_users, accounts + n_accounts
             rerouted = reroute_following(conn, scoring_spec(settings), days[-1])
