@@ -38,13 +38,15 @@ test: install
 ui: install dagster-home
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
-## Benchmarks (see benchmarks/README.md); bench-quick is a small smoke run of the feature benchmark
+## Benchmarks (see benchmarks/README.md); bench-quick is a small smoke run of the feature and model benchmarks
 bench: install
 	$(BIN)/python benchmarks/bench_validate.py
 	$(BIN)/python benchmarks/bench_features.py
+	$(BIN)/python benchmarks/bench_model.py
 
 bench-quick: install
 	$(BIN)/python benchmarks/bench_features.py --quick
+	$(BIN)/python benchmarks/bench_model.py --quick
 
 clean:
 	rm -rf data warehouse .dagster_home
