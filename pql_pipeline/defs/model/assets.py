@@ -44,6 +44,25 @@ def load_proposed_rule(settings: Settings) -> dict | None:
     return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("proposed_pql_rule")
 
 
+def oracle_roc_auc(settings: Settings, holdout) -> float | None:
+    """On generated data (the generator's ``_ground_truth/users.csv`` beside the events): the
+    ROC AUC of the users' true conversion probabilities on the holdout rows, the ceiling the
+    model is compared with. None on real data."""
+    import csv
+
+    from sklearn.metrics import roc_auc_score
+
+    path = settings.events_root / "_ground_truth" / "users.csv"
+    if not path.exists() or holdout["label"].nunique() < 2:
+        return None
+    with open(path, newline="", encoding="utf-8") as f:
+        truth = {r["user_id"]: float(r["true_conversion_probability"]) for r in csv.DictReader(f)}
+    known = holdout["user_id"].isin(truth.keys())
+    if not known.all():
+        return None   # events that are not (only) the generator's
+    return round(float(roc_auc_score(holdout["label"].astype(int), holdout["user_id"].map(truth))), 5)
+
+
 def train_and_register(conn, settings: Settings, trained_at: dt.datetime | None = None,
                        spec: ModelSpec | None = None, table: str = "training_set") -> dict:
     """Train a candidate, compare it with the champion on the candidate's holdout, record it
@@ -52,6 +71,9 @@ def train_and_register(conn, settings: Settings, trained_at: dt.datetime | None 
     sigs = signal_set(settings)
     contract = training_contract(settings)
     result = train(conn, spec, load_proposed_rule(settings), table)
+    oracle = oracle_roc_auc(settings, result.split.holdout)
+    if oracle is not None:
+        result.metrics["oracle_roc_auc"] = oracle
     trained_at = trained_at or dt.datetime.now(dt.timezone.utc)
     version = R.new_version(trained_at, result.feature_hash)
     share = top_feature_share(result.importance)
@@ -183,6 +205,7 @@ def build_model_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             "algorithm": row["algorithm"], "scoring_version": scoring["version"] if scoring else "none",
             "roc_auc": m["roc_auc"], "pr_auc": m["pr_auc"], "brier": m["brier"],
             "account_roc_auc": (m.get("accounts") or {}).get("roc_auc"),
+            **({"oracle_roc_auc": m["oracle_roc_auc"]} if "oracle_roc_auc" in m else {}),
             "calibration_error": m["calibration_error"],
             "train_window": f"{row['train_start']} .. {row['train_end']} ({row['train_rows']} rows, "
                             f"{row['train_positives']} conversions)",

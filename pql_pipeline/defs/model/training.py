@@ -260,7 +260,7 @@ def proposed_rule_hits(conn, rows: pd.DataFrame, rule: dict) -> tuple[np.ndarray
     for i, c in enumerate(conds + unless):
         if c.get("event") in (None, ACTIVE_DAYS) and c.get("milestone") == ACTIVE_DAYS:
             cond = "e.event_type IN ('track', 'page', 'screen')"
-            count = f"COUNT(DISTINCT e.day) FILTER (WHERE {{cond}} AND {{window}})"
+            count = "COUNT(DISTINCT e.day) FILTER (WHERE {cond} AND {window})"
         else:
             # the same filter as the signal it came from (booleans and numbers compared as the features do)
             cond = event_condition(Signal(name="milestone", kind="count", event=c["event"],
@@ -309,6 +309,8 @@ def selection_scores(spec: ModelSpec, x: pd.DataFrame, y: np.ndarray, users: pd.
         keep = np.random.default_rng(spec.seed).choice(ids, int(len(ids) * SELECTION_MAX_ROWS / len(x)), replace=False)
         mask = users.isin(keep).to_numpy()
         x, y, users = x[mask], y[mask], users[mask]
+    if users.nunique() < SELECTION_FOLDS:
+        return {name: None for name in spec.candidates}   # too few users to fold: the first candidate
     folds = GroupKFold(n_splits=SELECTION_FOLDS)
     out = {}
     for name in spec.candidates:
@@ -365,7 +367,8 @@ def permutation_importance_top(model, x: pd.DataFrame, y: np.ndarray, seed: int)
     if len(x) > IMPORTANCE_MAX_ROWS:
         from sklearn.model_selection import train_test_split
 
-        x, _, y, _ = train_test_split(x, y, train_size=IMPORTANCE_MAX_ROWS, stratify=y, random_state=seed)
+        x, _, y, _ = train_test_split(x, y, train_size=IMPORTANCE_MAX_ROWS, random_state=seed,
+                                      stratify=y if np.bincount(y).min() >= 2 else None)
     r = permutation_importance(model, x, y, scoring="roc_auc", n_repeats=3, random_state=seed)
     pairs = sorted(zip(x.columns, r.importances_mean), key=lambda t: -t[1])
     return [(c, round(float(v), 5)) for c, v in pairs]

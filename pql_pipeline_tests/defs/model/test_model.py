@@ -176,6 +176,7 @@ def test_the_model_is_compared_with_the_generators_oracle(trained):
         truth = {r["user_id"]: float(r["true_conversion_probability"]) for r in csv.DictReader(f)}
     oracle = roc_auc_score(hold["label"].astype(int), hold["user_id"].map(truth).fillna(0).to_numpy())
     assert len(hold) == row["holdout_rows"]
+    assert row["metrics"]["oracle_roc_auc"] == round(oracle, 5)     # recorded with the model
     assert oracle > row["roc_auc"] - 0.01          # nothing beats the truth by more than noise
     # 0.898 vs 0.912 on this data. The oracle knows every user's whole future behaviour (the
     # milestones still to come); the model sees the features at the snapshot.
