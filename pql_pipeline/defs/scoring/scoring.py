@@ -225,7 +225,7 @@ def account_scores(users: pd.DataFrame, reasons: list[list[dict]], spec: Scoring
     """One row per account from its scored users (rows with account_id, user_id, probability,
     is_pql, segment; ``reasons`` aligned with them): the account's probability, percentile,
     tier and PQL flag, how many users were scored and are PQLs, its most likely user, and the
-    reasons of its most likely users (up to ``spec.reasons`` sentences, each told once)."""
+    reasons of its most likely users (up to ``spec.reasons`` sentences, one per signal)."""
     keep = users["account_id"].notna().to_numpy()
     rows = users[keep].reset_index(drop=True)
     if rows.empty:
@@ -244,6 +244,7 @@ def account_scores(users: pd.DataFrame, reasons: list[list[dict]], spec: Scoring
     told: dict[str, list] = {}
     texts: dict[str, list] = {}
     caveats: dict[str, list] = {}
+    told_signals: dict[str, set] = {}
     with_reasons = rows[[bool(told_of[i]) for i in rows["_row"]]]
     for account, uid, prob, i in zip(with_reasons["account_id"], with_reasons["user_id"],
                                      with_reasons["probability"], with_reasons["_row"]):
@@ -252,10 +253,15 @@ def account_scores(users: pd.DataFrame, reasons: list[list[dict]], spec: Scoring
             continue
         lst.append({"user_id": uid, "probability": round(float(prob), 6), "reasons": told_of[i]})
         tx, cv = texts.setdefault(account, []), caveats.setdefault(account, [])
+        seen = told_signals.setdefault(account, set())
         for r in told_of[i]:
-            bucket = tx if r["polarity"] == "positive" else cv
-            if r["text"] not in bucket:
-                bucket.append(r["text"])
+            # one sentence per signal: the most likely user's ("invited 20 teammates", not also
+            # another user's "invited 2 teammates")
+            key = r["signal"].removeprefix("acct_best_")
+            if key in seen:
+                continue
+            seen.add(key)
+            (tx if r["polarity"] == "positive" else cv).append(r["text"])
     reason_text, caveat_text = [], []
     for account, n_pql, n, p in zip(acc["account_id"], acc["pql_users"], acc["users_scored"], acc["probability"]):
         t = texts.get(account, [])[:spec.reasons]

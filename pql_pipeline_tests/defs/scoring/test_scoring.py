@@ -149,8 +149,10 @@ def _scored(rows):
     users = pd.DataFrame([r[:4] for r in rows], columns=["user_id", "account_id", "probability", "segment"])
     users["tier"] = tier_of(users["probability"].to_numpy(), spec.tiers)
     users["is_pql"] = users["probability"] >= spec.pql_threshold
-    told = [[{"signal": t, "polarity": "negative" if t.startswith("-") else "positive", "text": t.lstrip("-")}
-             for t in r[4]] for r in rows]
+    def reason(t):   # "-..." is a caveat; the signal is named by the sentence's verb
+        text = t.lstrip("-")
+        return {"signal": text.split()[0], "polarity": "negative" if t.startswith("-") else "positive", "text": text}
+    told = [[reason(t) for t in r[4]] for r in rows]
     return users, told, spec
 
 
@@ -159,7 +161,7 @@ def test_accounts_are_scored_from_their_users():
 
     users, told, spec = _scored([
         ("a1", "acme", 0.5, "enterprise", ["invited 3 teammates", "-opened 4 tickets"]),
-        ("a2", "acme", 0.4, "enterprise", ["invited 3 teammates", "connected Slack"]),
+        ("a2", "acme", 0.4, "enterprise", ["invited 2 teammates", "connected Slack"]),
         ("a3", "acme", 0.02, "enterprise", []),
         ("b1", "beta", 0.2, "smb", []), ("b2", "beta", 0.2, "smb", []),   # no reasons, yet a PQL together
         ("c1", "cee", 0.01, "solo", []),
@@ -171,6 +173,7 @@ def test_accounts_are_scored_from_their_users():
     assert acc.loc["beta", "probability"] == round(1 - 0.8 * 0.8, 6) == 0.36
     assert acc.loc["acme", ["users_scored", "pql_users", "top_user_id"]].tolist() == [3, 2, "a1"]
     # reasons of its most likely users, each told once, and how many of its users qualify
+    # one sentence per signal: the most likely user's invites, not also a2's
     assert acc.loc["acme", "reason_text"] == "2 of its users qualify as PQLs; invited 3 teammates; connected Slack"
     assert acc.loc["acme", "caveat_text"] == "opened 4 tickets"
     assert [r["user_id"] for r in acc.loc["acme", "reasons"]] == ["a1", "a2"]
