@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import dagster as dg
 
+from pql_pipeline.defs.activation.assets import HubSpotResource, build_activation_assets, build_activation_checks
 from pql_pipeline.defs.features.assets import build_feature_assets
 from pql_pipeline.defs.features.checks import build_feature_checks
 from pql_pipeline.defs.ingest.assets import build_ingest_assets
@@ -26,6 +28,7 @@ FEATURES_JOB = "build_features"
 MODEL_JOB = "train_model"
 SCORING_JOB = "score_leads"
 PIPELINE_JOB = "pql_pipeline"
+ACTIVATION_JOB = "sync_outputs"
 
 
 def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
@@ -40,15 +43,21 @@ def build_resources(settings: Settings) -> dict:
                                threads=settings.warehouse.threads),
         "event_source": EventSource(root=str(settings.events_root), pattern=settings.source.pattern,
                                     format=settings.source.format),
+        # the token is read from the environment when a run starts (never stored in the definitions);
+        # without it the sync is a dry run
+        "hubspot": HubSpotResource(access_token=dg.EnvVar("HUBSPOT_ACCESS_TOKEN")
+                                   if os.environ.get("HUBSPOT_ACCESS_TOKEN") else None),
     }
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     daily = daily_partitions(settings)
     assets = (build_ingest_assets(settings, daily) + build_feature_assets(settings, daily)
-              + build_model_assets(settings) + build_scoring_assets(settings, daily))
+              + build_model_assets(settings) + build_scoring_assets(settings, daily)
+              + build_activation_assets(settings, daily))
     checks = (build_ingest_checks(settings, daily) + build_feature_checks(settings, daily)
-              + build_model_checks(settings) + build_scoring_checks(settings, daily))
+              + build_model_checks(settings) + build_scoring_checks(settings, daily)
+              + build_activation_checks(settings))
     # (name, selection, daily-partitioned, description)
     job_specs = [
         (PIPELINE_JOB, dg.AssetSelection.groups("ingest", "features"), True,
@@ -65,8 +74,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         (MODEL_JOB, dg.AssetSelection.groups("model"), False,
          "Retrain the conversion model on training_set and promote it only if it passes the gates and "
          "beats the champion (weekly, or on demand)."),
-        (SCORING_JOB, dg.AssetSelection.groups("scoring"), True,
-         "Score the free users of a day (or a range) with the scoring model: probability, tier, reasons, route."),
+        (SCORING_JOB, dg.AssetSelection.groups("scoring", "activation"), True,
+         "Score the free users of a day (or a range) with the scoring model: probability, tier, reasons, route; "
+         "then sync the sales leads to the CRM. Blocking score checks stop the sync."),
+        (ACTIVATION_JOB, dg.AssetSelection.groups("activation"), True,
+         "Sync the day's sales leads to the CRM again (e.g. after fixing rejected records or setting a token)."),
     ]
     jobs = [dg.define_asset_job(name, selection=sel, partitions_def=daily if partitioned else None, description=d)
             for name, sel, partitioned, d in job_specs]

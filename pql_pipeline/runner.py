@@ -112,6 +112,11 @@ def warehouse_summary(settings: Settings) -> dict[str, int]:
                 SELECT account_id, probability, tier, segment, route, reason_text FROM pql_account_scores
                 WHERE snapshot_date = (SELECT max(snapshot_date) FROM pql_account_scores)
                 ORDER BY probability DESC, account_id LIMIT 3""").fetchall()
+        if table_exists(conn, "sync_runs"):
+            out["sync"] = conn.execute("""
+                SELECT object_type, dry_run, considered, sent, created, updated, unchanged, rejected, failed, calls
+                FROM sync_runs WHERE run_id = (SELECT run_id FROM sync_runs ORDER BY finished_at DESC LIMIT 1)
+                ORDER BY object_type""").fetchall()
         if table_exists(conn, "pql_performance"):
             from pql_pipeline.defs.model.performance import summary
 
@@ -177,6 +182,10 @@ def format_summary(settings: Settings, report: RunReport) -> str:
         lines.append(f"accounts scored {n:,}, {pqls:,} PQL accounts, {sales:,} to sales")
         for account, p, tier, segment, rt, why in s.get("top_accounts", []):
             lines.append(f"  {account}  {p:.2f} {tier:<5} {segment:<10} -> {rt:<6} {why or ''}")
+    for obj, dry, considered, sent, created, updated, unchanged, rejected, failed, calls in s.get("sync", []):
+        how = "dry run, requests in sync_outbox" if dry else f"{calls} calls"
+        lines.append(f"crm sync        {obj}: {considered:,} considered, {sent:,} sent ({created:,} created, "
+                     f"{updated:,} updated), {unchanged:,} unchanged, {rejected:,} rejected, {failed:,} failed; {how}")
     lines.append("checks:")
     width = max((len(f"{c['asset']}.{c['check']}") for c in report.checks), default=10)
     for c in sorted(report.checks, key=lambda c: (c["asset"], c["check"])):

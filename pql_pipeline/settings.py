@@ -241,6 +241,34 @@ class ScoringSettings(_Strict):
         return v
 
 
+class CrmSettings(_Strict):
+    """The CRM sync (HubSpot CRM v3 batch upserts). Without HUBSPOT_ACCESS_TOKEN it is a dry
+    run: the exact requests go to the sync_outbox table instead."""
+
+    destination: str = "hubspot"
+    base_url: str = "https://api.hubapi.com"
+    # unique properties HubSpot matches records by: a custom unique company property holding
+    # the product's account id, and the contact's e-mail
+    company_id_property: str = "pql_account_id"
+    contact_id_property: str = "email"
+    sync_companies: bool = True
+    sync_contacts: bool = True
+    batch_size: int = Field(100, ge=1, le=100)
+    # at most this many calls in any window of this many seconds (HubSpot: 100-190 per 10 s by plan)
+    rate_limit_requests: int = Field(100, ge=1)
+    rate_limit_window_seconds: float = Field(10.0, gt=0)
+    max_attempts: int = Field(6, ge=1)          # calls per batch before it is left for the next run
+    backoff_seconds: float = Field(1.0, ge=0)   # first retry wait (doubles, with jitter)
+    max_backoff_seconds: float = Field(60.0, ge=0)
+    timeout_seconds: float = Field(30.0, gt=0)
+    # send every record again on the next run (forgets what HubSpot already accepted)
+    full_resync: bool = False
+
+
+class ActivationSettings(_Strict):
+    crm: CrmSettings = CrmSettings()
+
+
 class Settings(_Strict):
     warehouse: WarehouseSettings = WarehouseSettings()
     source: SourceSettings = SourceSettings()
@@ -254,6 +282,7 @@ class Settings(_Strict):
     milestones: MilestoneSettings = MilestoneSettings()
     model: ModelSettings = ModelSettings()
     scoring: ScoringSettings = ScoringSettings()
+    activation: ActivationSettings = ActivationSettings()
 
     @field_validator("segments")
     @classmethod

@@ -1,30 +1,40 @@
 import dagster as dg
 
-from pql_pipeline.definitions import FEATURES_JOB, INGEST_JOB, MODEL_JOB, PIPELINE_JOB, SCORING_JOB, defs
+from pql_pipeline.definitions import (
+    ACTIVATION_JOB,
+    FEATURES_JOB,
+    INGEST_JOB,
+    MODEL_JOB,
+    PIPELINE_JOB,
+    SCORING_JOB,
+    defs,
+)
 
 INGEST = {"raw_events", "validated_events", "quarantined_events", "duplicate_events", "users", "accounts"}
 FEATURES = {"user_features", "account_features", "conversion_labels", "training_set", "account_training_set",
             "activation_milestones"}
 MODEL = {"conversion_model", "pql_scores", "pql_account_scores", "pql_history", "pql_performance"}
+ACTIVATION = {"crm_sync"}
 
 
 def test_definitions_load_and_list_the_pipeline():
     dg.Definitions.validate_loadable(defs)
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert keys == INGEST | FEATURES | MODEL
-    for job in (INGEST_JOB, FEATURES_JOB, PIPELINE_JOB, MODEL_JOB, SCORING_JOB):
+    assert keys == INGEST | FEATURES | MODEL | ACTIVATION
+    for job in (INGEST_JOB, FEATURES_JOB, PIPELINE_JOB, MODEL_JOB, SCORING_JOB, ACTIVATION_JOB):
         assert defs.resolve_job_def(job) is not None
 
 
 def test_every_asset_has_checks_and_the_gates_block():
     graph = defs.resolve_asset_graph()
     checks = {(k.asset_key.to_user_string(), k.name): graph.get_check_spec(k) for k in graph.asset_check_keys}
-    for asset in INGEST | FEATURES | MODEL - {"pql_history"}:
+    for asset in (INGEST | FEATURES | MODEL | ACTIVATION) - {"pql_history"}:
         assert any(a == asset for a, _ in checks), f"{asset} has no check"
     for gate in ("auc_floor", "beats_rules", "calibration", "no_dominant_feature"):
         assert checks[("conversion_model", gate)].blocking, gate
     assert checks[("pql_scores", "scores_valid")].blocking
     assert checks[("pql_account_scores", "account_scores_valid")].blocking
+    assert checks[("crm_sync", "crm_sync_reconciles")].blocking
     assert checks[("pql_scores", "pql_volume")].blocking
     assert not checks[("pql_performance", "pql_lift")].blocking
     for gate in ("reconciliation", "quarantine_rate", "validated_events_contract"):

@@ -127,16 +127,23 @@ def ensure_columns(conn: duckdb.DuckDBPyConnection, table: str, columns: list[tu
     return changes
 
 
+@contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """BEGIN ... COMMIT, rolled back if the block raises."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def replace_rows(conn: duckdb.DuckDBPyConnection, table: str, columns: list[str], source: str,
                  where: str = "TRUE", params: list | None = None) -> None:
     """Idempotent write: delete ``table``'s rows matching ``where`` and insert ``columns``
     from the relation ``source``, in one transaction (readers see the old or the new rows)."""
     names = ", ".join(_quote(c) for c in columns)
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         conn.execute(f"DELETE FROM {table} WHERE {where}", params or [])
         conn.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {source}")
-        conn.execute("COMMIT")
-    except Exception:
-        conn.execute("ROLLBACK")
-        raise

@@ -246,3 +246,76 @@ def test_gate_results_name_each_bound():
     assert R.gate_results({"roc_auc": 0.9, "calibration_error": 0.0}, {}, None, g)["beats_rules"]["passed"]
     assert np.isclose(R.gate_results({"roc_auc": 0.75, "calibration_error": 0.1}, {"r": {"roc_auc": 0.7}}, 0.5,
                                      g)["beats_rules"]["bound"], 0.75)
+
+
+@pytest.mark.slow
+def test_sales_leads_reach_the_crm_dry_run_first_then_for_real_once(trained, monkeypatch):
+    """crm_sync in real materializations against a local HubSpot stand-in: without a token the
+    exact requests go to the outbox; with one, companies and contacts are upserted, and a
+    second run sends nothing."""
+    import json as _json
+
+    from pql_pipeline_tests.defs.activation.fake_hubspot import FakeHubSpot
+
+    p, _, _ = trained
+    last = p.query("SELECT max(snapshot_date) FROM user_features")[0][0].isoformat()
+    token = "pat-na1-test-SECRET-9f8e7d"
+    with FakeHubSpot(token=token) as hub:
+        crm = p.settings.activation.crm.model_copy(update={"base_url": hub.url, "backoff_seconds": 0.01})
+        settings = p.settings.model_copy(update={"activation": p.settings.activation.model_copy(update={"crm": crm})})
+        monkeypatch.delenv("HUBSPOT_ACCESS_TOKEN", raising=False)
+        dry = build_definitions(settings).resolve_job_def(SCORING_JOB).execute_in_process(
+            instance=p.instance, tags={"dagster/partition": last}, raise_on_error=False)
+        assert dry.success and hub.requests == []
+        [mat] = dry.asset_materializations_for_node("crm_sync")
+        assert mat.metadata["dry_run"].value is True and mat.metadata["outbox_requests"].value > 0
+        sales_accounts = p.query(f"SELECT count(*) FROM pql_account_scores WHERE snapshot_date = DATE '{last}' "
+                                 "AND route = 'sales'")[0][0]
+        bodies = [_json.loads(b) for (b,) in p.query(
+            f"SELECT body FROM sync_outbox WHERE run_id = '{mat.metadata['run_id'].value}' AND object_type = 'companies'")]
+        assert sum(len(b["inputs"]) for b in bodies) == sales_accounts > 0
+        assert all(len(b["inputs"]) <= 100 for b in bodies)
+        first = bodies[0]["inputs"][0]
+        assert first["idProperty"] == "pql_account_id" and set(first["properties"]) >= {
+            "pql_score", "pql_tier", "pql_is_pql", "pql_reasons", "pql_model_version", "pql_scored_on"}
+
+        monkeypatch.setenv("HUBSPOT_ACCESS_TOKEN", token)
+        real_defs = build_definitions(settings)
+        real = real_defs.resolve_job_def(SCORING_JOB).execute_in_process(
+            instance=p.instance, tags={"dagster/partition": last}, raise_on_error=False)
+        assert real.success and p.checks(real)["crm_sync:crm_sync_reconciles"].passed
+        companies = {k for t, k in hub.objects if t == "companies"}
+        assert len(companies) == sales_accounts
+        contacts = [k for t, k in hub.objects if t == "contacts"]
+        assert contacts and all("@" in c for c in contacts)
+        # the reason sales opens with travels with the lead
+        some = hub.objects[("companies", sorted(companies)[0])]["properties"]
+        assert some["pql_reasons"] and some["pql_tier"] in ("hot", "warm", "cold")
+        calls = len(hub.requests)
+        again = real_defs.resolve_job_def(SCORING_JOB).execute_in_process(
+            instance=p.instance, tags={"dagster/partition": last}, raise_on_error=False)
+        assert again.success and len(hub.requests) == calls       # nothing changed: no call
+        # the token went to HubSpot only
+        assert all(r["headers"]["Authorization"] == f"Bearer {token}" for r in hub.requests)
+        stored = " ".join(str(v) for t in ("sync_ledger", "sync_outbox", "sync_runs", "sync_rejections")
+                          for row in p.query(f"SELECT * FROM {t}") for v in row)
+        assert token not in stored
+        for res in (dry, real, again):
+            for m in res.asset_materializations_for_node("crm_sync"):
+                assert token not in str(m.metadata)
+
+
+@pytest.mark.slow
+def test_a_failed_blocking_score_check_keeps_leads_from_the_crm(trained):
+    """The PQL volume check (blocking) fails on an impossible bound: the sync does not run."""
+    p, _, _ = trained
+    last = p.query("SELECT max(snapshot_date) FROM user_features")[0][0]
+    prev = (last - dt.timedelta(days=1)).isoformat()
+    vol = p.settings.scoring.volume.model_copy(update={"min_ratio": 50.0, "min_median": 0})
+    settings = p.settings.model_copy(update={"scoring": p.settings.scoring.model_copy(update={"volume": vol})})
+    result = build_definitions(settings).resolve_job_def(SCORING_JOB).execute_in_process(
+        instance=p.instance, tags={"dagster/asset_partition_range_start": prev,
+                                   "dagster/asset_partition_range_end": last.isoformat()}, raise_on_error=False)
+    checks = p.checks(result)
+    assert not checks["pql_scores:pql_volume"].passed and checks["pql_scores:pql_volume"].severity.value == "ERROR"
+    assert "crm_sync" not in materialized(result) and "pql_scores" in materialized(result)

@@ -1,0 +1,144 @@
+"""Activation stage: the day's scores -> the CRM (HubSpot companies and contacts)."""
+
+import datetime as dt
+
+import dagster as dg
+from pydantic import Field
+
+from pql_pipeline.defs.activation import ledger as L
+from pql_pipeline.defs.activation.hubspot import HubSpotClient, Transport
+from pql_pipeline.defs.activation.records import company_records, contact_records
+from pql_pipeline.defs.activation.sync import ledger_destination, new_run_id, sync_records
+from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table
+from pql_pipeline.lib.warehouse import Warehouse, table_exists
+from pql_pipeline.settings import CrmSettings, Settings
+
+GROUP = "activation"
+TAGS = {"pql/stage": "activation"}
+SYNC_LOGIC_VERSION = "1"
+
+
+class HubSpotResource(dg.ConfigurableResource):
+    """HubSpot credentials. ``access_token`` comes from the HUBSPOT_ACCESS_TOKEN environment
+    variable (a private-app token with crm.objects.companies.write and
+    crm.objects.contacts.write); without it the sync is a dry run."""
+
+    access_token: str | None = Field(None, description="HubSpot private-app token (from HUBSPOT_ACCESS_TOKEN).")
+
+    def client(self, crm: CrmSettings) -> HubSpotClient:
+        return HubSpotClient(base_url=crm.base_url, access_token=self.access_token or None,
+                             batch_size=crm.batch_size, transport=transport(crm))
+
+
+def transport(c) -> Transport:
+    """The HTTP policy (rate limit, retries, timeouts) of a destination's settings."""
+    return Transport(rate_limit_requests=c.rate_limit_requests, rate_limit_window_seconds=c.rate_limit_window_seconds,
+                     max_attempts=c.max_attempts, backoff_seconds=c.backoff_seconds,
+                     max_backoff_seconds=c.max_backoff_seconds, timeout_seconds=c.timeout_seconds)
+
+
+def build_activation_assets(settings: Settings, daily: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+    crm = settings.activation.crm
+
+    @dg.asset(
+        name="crm_sync",
+        deps=["pql_scores", "pql_account_scores"],
+        partitions_def=daily, backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name=GROUP, kinds={"hubspot", "duckdb"}, owners=OWNERS, tags=TAGS, pool=POOL,
+        code_version=SYNC_LOGIC_VERSION,
+        metadata={"dagster/table_name": L.LEDGER},
+    )
+    def crm_sync(context: dg.AssetExecutionContext, warehouse: Warehouse, hubspot: HubSpotResource):
+        """Upserts the day's sales leads into HubSpot: companies (accounts routed to sales, and those synced before,
+        kept current) and their contacts, with score, tier, PQL flag, reasons, milestones, model version and day.
+        Only new and changed records are sent (sync_ledger); rejected and undelivered ones are retried on every
+        later run; without HUBSPOT_ACCESS_TOKEN the exact requests go to sync_outbox (dry run). Of a range, only
+        the newest day is synced (older days' values would overwrite it)."""
+        day = max(dt.date.fromisoformat(k) for k in context.partition_keys)
+        client = hubspot.client(crm)
+        run_id = new_run_id()
+        dest = ledger_destination(crm.destination, client.dry_run)
+        rows = []
+        with warehouse.get_connection() as conn:
+            L.ensure_tables(conn)
+            plans = []
+            if crm.sync_companies:
+                plans.append(("companies", crm.company_id_property,
+                              company_records(conn, day, dest, crm.company_id_property)))
+            if crm.sync_contacts:
+                plans.append(("contacts", crm.contact_id_property,
+                              contact_records(conn, day, dest, crm.contact_id_property)))
+            for object_type, id_property, records in plans:
+                row = sync_records(conn, client, crm.destination, object_type, id_property, records, day, run_id,
+                                   full_resync=crm.full_resync)
+                rows.append(row)
+                context.log.info(
+                    f"{object_type}: {row['considered']} considered, {row['new']} new, {row['changed']} changed, "
+                    f"{row['unchanged']} unchanged, {row['retried']} retried; sent {row['sent']} in "
+                    f"{row['calls']} calls: {row['created']} created, {row['updated']} updated, "
+                    f"{row['rejected']} rejected, {row['failed']} failed" + (" (dry run)" if client.dry_run else ""))
+            outbox = conn.execute(f"SELECT count(*) FROM {L.OUTBOX} WHERE run_id = ?", [run_id]).fetchall()[0][0]
+        shown = ("object_type", "considered", "new", "changed", "unchanged", "retried", "skipped_stale", "sent",
+                 "created", "updated", "rejected", "failed", "calls", "seconds")
+        return dg.MaterializeResult(metadata={
+            "run_id": run_id, "day": str(day), "dry_run": client.dry_run,
+            "mode": "dry run: requests written to sync_outbox (set HUBSPOT_ACCESS_TOKEN to send)" if client.dry_run
+                    else f"sent to {crm.base_url}",
+            "outbox_requests": outbox,
+            "records_sent": sum(r["sent"] for r in rows), "calls": sum(r["calls"] for r in rows),
+            "rejected": sum(r["rejected"] for r in rows), "failed": sum(r["failed"] for r in rows),
+            "runs": dg.MetadataValue.md(md_table([{k: r[k] for k in shown} for r in rows])),
+        })
+
+    return [crm_sync]
+
+
+def latest_counts(warehouse: Warehouse, destination: str) -> dict | None:
+    """The newest run of ``destination``: its counts summed over object types, how many
+    object types do not reconcile, and the records left pending (None before any run)."""
+    with warehouse.get_connection() as conn:
+        if not table_exists(conn, L.RUNS):
+            return None
+        found = conn.execute(f"SELECT run_id FROM {L.RUNS} WHERE destination = ? ORDER BY finished_at DESC LIMIT 1",
+                             [destination]).fetchall()
+        if not found:
+            return None
+        run_id = found[0][0]
+        unreconciled, sent, rejected, failed = conn.execute(f"""
+            SELECT count(*) FILTER (WHERE sent <> created + updated + rejected + failed), COALESCE(sum(sent), 0),
+                   COALESCE(sum(rejected), 0), COALESCE(sum(failed), 0)
+            FROM {L.RUNS} WHERE run_id = ?""", [run_id]).fetchall()[0]
+        pending = conn.execute(f"SELECT count(*) FROM {L.LEDGER} WHERE status = 'pending' AND (destination = ? "
+                               "OR destination = ?)", [destination, f"{destination}:dry_run"]).fetchall()[0][0]
+    return {"run_id": run_id, "sent": int(sent), "rejected": int(rejected), "failed": int(failed),
+            "unreconciled_object_types": int(unreconciled), "pending": int(pending)}
+
+
+def sync_checks(asset: str, destination: str) -> list[dg.AssetChecksDefinition]:
+    """A blocking reconciliation check and a warning on rejections for a sync asset."""
+
+    @dg.asset_check(asset=asset, name=f"{asset}_reconciles", blocking=True,
+                    description="The newest run reconciles: every record sent was accepted, rejected or failed (none "
+                                "lost), and no record is left pending.")
+    def reconciles(warehouse: Warehouse):
+        c = latest_counts(warehouse, destination)
+        if c is None:
+            return dg.AssetCheckResult(passed=True, metadata={"runs": 0})
+        return dg.AssetCheckResult(passed=not c["unreconciled_object_types"] and not c["pending"],
+                                   severity=dg.AssetCheckSeverity.ERROR, metadata=c)
+
+    @dg.asset_check(asset=asset, name=f"{asset}_clean", blocking=False,
+                    description="The newest run had no rejected or undelivered records (they are retried on the next "
+                                "run; sync_rejections says why).")
+    def clean(warehouse: Warehouse):
+        c = latest_counts(warehouse, destination)
+        if c is None:
+            return dg.AssetCheckResult(passed=True, metadata={"runs": 0})
+        return dg.AssetCheckResult(passed=c["rejected"] == 0 and c["failed"] == 0,
+                                   severity=dg.AssetCheckSeverity.WARN, metadata=c)
+
+    return [reconciles, clean]
+
+
+def build_activation_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
+    return sync_checks("crm_sync", settings.activation.crm.destination)

@@ -1,0 +1,222 @@
+"""HubSpot CRM v3 batch upserts: the HTTP side of the CRM sync.
+
+``POST {base_url}/crm/v3/objects/{companies|contacts}/batch/upsert`` with
+``{"inputs": [{"id", "idProperty", "objectWriteTraceId", "properties"}]}``, at most
+``batch_size`` (HubSpot: 100) inputs a call, property values as strings. Each input's
+``objectWriteTraceId`` is its record key, so a 207 multi-status answer says which inputs
+were rejected and why; results carry ``new`` (created vs updated) and the object id.
+
+Faults: a sliding-window limiter keeps at most ``rate_limit_requests`` calls in any
+``rate_limit_window_seconds`` (HubSpot: 100-190 per 10 s by plan); 429 waits for
+``Retry-After`` (else backs off); 5xx, timeouts and broken connections back off
+exponentially with jitter, up to ``max_attempts`` calls per batch; other 4xx answers
+reject the batch's records with HubSpot's message (they are retried on the next run);
+401 and 403 stop the sync with an error that says to check the token's scopes.
+
+The token is only ever put in the Authorization header of a request; it is not logged,
+kept in metadata, nor written to the outbox.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import random
+import time
+from dataclasses import dataclass, field
+
+import requests
+
+from pql_pipeline.defs.activation.ledger import Outcome
+
+
+class DestinationError(RuntimeError):
+    """The destination refused the credentials or the request shape: nothing more can be sent
+    until someone fixes it (the records stay pending and are sent by the next run)."""
+
+
+class RateLimiter:
+    """At most ``requests`` calls in any sliding window of ``window`` seconds."""
+
+    def __init__(self, requests_: int, window: float, clock=time.monotonic, sleep=time.sleep):
+        self.requests, self.window = requests_, window
+        self.sent: collections.deque[float] = collections.deque()
+        self.clock, self.sleep = clock, sleep
+
+    def acquire(self) -> None:
+        while True:
+            now = self.clock()
+            while self.sent and now - self.sent[0] >= self.window:
+                self.sent.popleft()
+            if len(self.sent) < self.requests:
+                self.sent.append(now)
+                return
+            self.sleep(self.window - (now - self.sent[0]))
+
+
+@dataclass
+class CallStats:
+    calls: int = 0
+    retries: int = 0
+    throttled: int = 0
+    waited_seconds: float = 0.0
+    statuses: dict = field(default_factory=dict)
+
+
+@dataclass
+class Transport:
+    """POSTs with the destination's rate limit and retries: 429 waits for ``Retry-After``
+    (or ``X-RateLimit-Reset``), 5xx, timeouts and broken connections back off exponentially
+    with jitter, up to ``max_attempts`` calls. Returns the final answer, or None and the
+    last error when every attempt failed."""
+
+    rate_limit_requests: int = 100
+    rate_limit_window_seconds: float = 10.0
+    max_attempts: int = 6
+    backoff_seconds: float = 1.0
+    max_backoff_seconds: float = 60.0
+    timeout_seconds: float = 30.0
+    stats: CallStats = field(default_factory=CallStats)
+
+    def __post_init__(self):
+        self.session = requests.Session()
+        self.limiter = RateLimiter(self.rate_limit_requests, self.rate_limit_window_seconds)
+        self.rng = random.Random()
+
+    def backoff(self, attempt: int) -> float:
+        base = min(self.max_backoff_seconds, self.backoff_seconds * 2 ** attempt)
+        return base * (0.5 + self.rng.random())   # jitter around the exponential step
+
+    def post(self, url: str, body: dict | bytes, headers: dict) -> tuple[requests.Response | None, str]:
+        last_error = "not sent"
+        for attempt in range(self.max_attempts):
+            self.limiter.acquire()
+            self.stats.calls += 1
+            try:
+                if isinstance(body, bytes):
+                    r = self.session.post(url, data=body, timeout=self.timeout_seconds, headers=headers)
+                else:
+                    r = self.session.post(url, json=body, timeout=self.timeout_seconds, headers=headers)
+            except (requests.Timeout, requests.ConnectionError) as e:
+                last_error = f"{type(e).__name__}: no answer"
+                self._wait(self.backoff(attempt))
+                continue
+            self.stats.statuses[r.status_code] = self.stats.statuses.get(r.status_code, 0) + 1
+            if r.status_code == 429:
+                self.stats.throttled += 1
+                last_error = "429 rate limited"
+                self._wait(_retry_after(r) or self.backoff(attempt))
+                continue
+            if r.status_code >= 500:
+                last_error = f"{r.status_code} from the destination"
+                self._wait(self.backoff(attempt))
+                continue
+            return r, ""
+        return None, f"gave up after {self.max_attempts} attempts: {last_error}"
+
+    def _wait(self, seconds: float) -> None:
+        self.stats.retries += 1
+        self.stats.waited_seconds += seconds
+        time.sleep(seconds)
+
+
+@dataclass
+class HubSpotClient:
+    base_url: str
+    access_token: str | None
+    batch_size: int = 100
+    transport: Transport = field(default_factory=Transport)
+
+    @property
+    def stats(self) -> CallStats:
+        return self.transport.stats
+
+    @property
+    def dry_run(self) -> bool:
+        return not self.access_token
+
+    def url(self, object_type: str) -> str:
+        return f"{self.base_url.rstrip('/')}/crm/v3/objects/{object_type}/batch/upsert"
+
+    @staticmethod
+    def body(id_property: str, records: list[tuple[str, str, dict]]) -> dict:
+        """``records``: (record key, id value, properties)."""
+        return {"inputs": [{"id": id_value, "idProperty": id_property, "objectWriteTraceId": key,
+                            "properties": {k: _string(v) for k, v in props.items()}}
+                           for key, id_value, props in records]}
+
+    def upsert(self, object_type: str, id_property: str, records: list[tuple[str, str, dict]]) -> list[Outcome]:
+        """Send one batch; the outcome of every record (synced, rejected or failed)."""
+        keys = [k for k, _, _ in records]
+        r, error = self.transport.post(self.url(object_type), self.body(id_property, records),
+                                       {"Authorization": f"Bearer {self.access_token}",
+                                        "Content-Type": "application/json"})
+        if r is None:
+            return [Outcome(k, "failed", error=error) for k in keys]
+        if r.status_code in (200, 201, 207):
+            return self._outcomes(r, keys)
+        if r.status_code in (401, 403):
+            raise DestinationError(
+                f"HubSpot answered {r.status_code} to {self.url(object_type)}: check that HUBSPOT_ACCESS_TOKEN is "
+                f"a valid private-app token with the crm.objects.{object_type}.write scope ({_message(r)})")
+        # another 4xx: the batch as a whole was refused (e.g. a property that does not exist)
+        return [Outcome(k, "rejected", error=f"{r.status_code}: {_message(r)}") for k in keys]
+
+    @staticmethod
+    def _outcomes(r: requests.Response, keys: list[str]) -> list[Outcome]:
+        try:
+            data = r.json()
+        except ValueError:
+            data = {}
+        done: dict[str, Outcome] = {}
+        for res in data.get("results") or []:
+            key = res.get("objectWriteTraceId")
+            if key in keys:
+                done[key] = Outcome(key, "synced", created=bool(res.get("new")), remote_id=str(res.get("id") or ""))
+        for err in data.get("errors") or []:
+            msg = err.get("message") or err.get("category") or "rejected"
+            for key in (err.get("context") or {}).get("objectWriteTraceId") or []:
+                if key in keys and key not in done:
+                    done[key] = Outcome(key, "rejected", error=f"{err.get('category', 'error')}: {msg}")
+        # an input the answer does not mention was not confirmed: retried, never assumed sent
+        return [done.get(k) or Outcome(k, "failed", error=f"{r.status_code} without a result for this input")
+                for k in keys]
+
+
+def _string(v) -> str:
+    """HubSpot property values are strings; booleans as true/false, missing as empty."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def _retry_after(r: requests.Response) -> float | None:
+    """Seconds to wait from ``Retry-After`` (HubSpot) or ``X-RateLimit-Reset`` (Intercom: the
+    Unix time the window resets)."""
+    try:
+        return max(0.0, float(r.headers.get("Retry-After", "")))
+    except ValueError:
+        pass
+    try:
+        return min(60.0, max(0.0, float(r.headers.get("X-RateLimit-Reset", "")) - time.time()))
+    except ValueError:
+        return None
+
+
+def _message(r: requests.Response) -> str:
+    try:
+        return str(r.json().get("message") or r.text[:300])
+    except ValueError:
+        return r.text[:300]
+
+
+def outbox_request(client: HubSpotClient, object_type: str, id_property: str,
+                   records: list[tuple[str, str, dict]]) -> dict:
+    """The exact request a batch would make, without credentials (the dry-run outbox)."""
+    return {"method": "POST", "url": client.url(object_type),
+            "headers": json.dumps({"Content-Type": "application/json", "Authorization": "Bearer <HUBSPOT_ACCESS_TOKEN>"}),
+            "body": json.dumps(client.body(id_property, records))}

@@ -1,0 +1,222 @@
+"""The sync ledger: what each destination last accepted, per record, and the bookkeeping of
+every sync run (pure functions over a DuckDB connection; the assets are in assets.py).
+
+Reverse-ETL rules this follows (the Hightouch / Census behaviour users expect):
+
+- **diff by key**: ``sync_ledger`` keeps, per (destination, object type, record key), the
+  hash and payload last *accepted* by the destination. A record is sent when it is new or
+  its payload changed; an unchanged record costs nothing (zero calls on a rerun).
+- **retries across runs**: a record the destination rejected (``rejected``) or that could
+  not be delivered (``failed``) is sent again on every later run until it succeeds, with
+  its newest payload if it has one, else the payload it failed with.
+- **never lost, never doubled**: before a batch is sent, its records are written to the
+  ledger as ``pending`` (committed); each batch's outcome is committed as soon as its
+  response arrives. A process killed mid-sync leaves ``pending`` records, which the next
+  run sends again; because every call is an upsert by a unique key, a batch whose
+  response was lost has the same effect when sent twice.
+- **no time travel**: a record whose ledger entry came from a newer snapshot than the one
+  being synced is skipped (a backfill of an old day does not overwrite today's values).
+- **full resync**: forgets the ledger of a destination, so everything is sent again.
+- **dry run**: the destination is named ``<name>:dry_run`` and keeps its own ledger, so a
+  dry run never makes the real sync skip a record.
+
+``sync_rejections`` keeps every rejected record with its error and payload;
+``sync_runs`` one row per run and object type: records considered, new, changed,
+unchanged, retried, sent, rejected, failed, calls made and duration.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from pql_pipeline.lib.warehouse import transaction
+
+LEDGER = "sync_ledger"
+REJECTIONS = "sync_rejections"
+RUNS = "sync_runs"
+OUTBOX = "sync_outbox"
+
+LEDGER_COLUMNS = [
+    ("destination", "VARCHAR"), ("object_type", "VARCHAR"), ("record_key", "VARCHAR"), ("payload_hash", "VARCHAR"),
+    ("payload", "JSON"), ("snapshot_date", "DATE"), ("status", "VARCHAR"), ("attempts", "INTEGER"),
+    ("last_error", "VARCHAR"), ("remote_id", "VARCHAR"), ("first_synced_at", "TIMESTAMPTZ"),
+    ("last_synced_at", "TIMESTAMPTZ"), ("updated_at", "TIMESTAMPTZ"), ("last_run_id", "VARCHAR"),
+]
+REJECTION_COLUMNS = [
+    ("run_id", "VARCHAR"), ("destination", "VARCHAR"), ("object_type", "VARCHAR"), ("record_key", "VARCHAR"),
+    ("error", "VARCHAR"), ("payload", "JSON"), ("rejected_at", "TIMESTAMPTZ"),
+]
+RUN_COLUMNS = [
+    ("run_id", "VARCHAR"), ("destination", "VARCHAR"), ("object_type", "VARCHAR"), ("dry_run", "BOOLEAN"),
+    ("snapshot_date", "DATE"), ("started_at", "TIMESTAMPTZ"), ("finished_at", "TIMESTAMPTZ"),
+    ("considered", "BIGINT"), ("new", "BIGINT"), ("changed", "BIGINT"), ("unchanged", "BIGINT"),
+    ("retried", "BIGINT"), ("skipped_stale", "BIGINT"), ("sent", "BIGINT"), ("created", "BIGINT"),
+    ("updated", "BIGINT"), ("rejected", "BIGINT"), ("failed", "BIGINT"), ("calls", "BIGINT"),
+    ("seconds", "DOUBLE"), ("full_resync", "BOOLEAN"),
+]
+OUTBOX_COLUMNS = [
+    ("run_id", "VARCHAR"), ("destination", "VARCHAR"), ("object_type", "VARCHAR"), ("seq", "BIGINT"),
+    ("method", "VARCHAR"), ("url", "VARCHAR"), ("headers", "JSON"), ("body", "JSON"), ("records", "BIGINT"),
+    ("created_at", "TIMESTAMPTZ"),
+]
+
+
+def ensure_tables(conn) -> None:
+    from pql_pipeline.lib.warehouse import ensure_columns
+
+    for name, cols in ((LEDGER, LEDGER_COLUMNS), (REJECTIONS, REJECTION_COLUMNS), (RUNS, RUN_COLUMNS),
+                       (OUTBOX, OUTBOX_COLUMNS)):
+        ensure_columns(conn, name, cols)
+
+
+def payload_hash(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
+
+
+@dataclass
+class Plan:
+    """What a run sends: ``to_send`` rows (record_key, payload dict, hash, snapshot_date,
+    kind: new | changed | retry) and the counts of what it does not."""
+
+    to_send: pd.DataFrame
+    considered: int = 0
+    unchanged: int = 0
+    skipped_stale: int = 0
+    counts: dict = field(default_factory=dict)
+
+
+def plan(conn, destination: str, object_type: str, records: pd.DataFrame) -> Plan:
+    """Diff ``records`` (record_key, payload: dict, snapshot_date) against the ledger."""
+    desired = records.copy()
+    desired["payload_hash"] = [payload_hash(p) for p in desired["payload"]]
+    ledger = conn.execute(f"""
+        SELECT record_key, payload_hash AS ledger_hash, status AS ledger_status, snapshot_date AS ledger_snapshot,
+               payload AS ledger_payload
+        FROM {LEDGER} WHERE destination = ? AND object_type = ?""", [destination, object_type]).df()
+    j = desired.merge(ledger, on="record_key", how="outer", indicator=True)
+    in_desired = j["_merge"] != "right_only"
+    known = j["_merge"] == "both"
+    synced = known & (j["ledger_status"] == "synced")
+    newer_sent = known & j["ledger_snapshot"].notna() & j["snapshot_date"].notna() & (
+        pd.to_datetime(j["ledger_snapshot"]) > pd.to_datetime(j["snapshot_date"]))
+    unchanged = in_desired & synced & (j["ledger_hash"] == j["payload_hash"])
+    stale = in_desired & ~unchanged & newer_sent & synced
+    kind = pd.Series(None, index=j.index, dtype=object)
+    kind[in_desired & ~known] = "new"
+    kind[in_desired & known & synced & ~unchanged & ~stale] = "changed"
+    kind[in_desired & known & ~synced] = "retry"
+    # a record the destination has not accepted yet and that is not wanted now (or wanted with an
+    # older snapshot's values): its last payload again
+    orphan = (j["_merge"] == "right_only") & (j["ledger_status"] != "synced")
+    kind[orphan] = "retry"
+    keep_last = orphan | (in_desired & known & ~synced & newer_sent)
+    j["payload"] = j["payload"].astype(object)
+    j.loc[keep_last, "payload"] = pd.Series(
+        [json.loads(p) if isinstance(p, str) else p for p in j.loc[keep_last, "ledger_payload"]],
+        index=j.index[keep_last], dtype=object)
+    j.loc[keep_last, "payload_hash"] = j.loc[keep_last, "ledger_hash"]
+    j.loc[keep_last, "snapshot_date"] = j.loc[keep_last, "ledger_snapshot"]
+    send = j[kind.notna()].assign(kind=kind[kind.notna()])
+    out = send[["record_key", "payload", "payload_hash", "snapshot_date", "kind"]].reset_index(drop=True)
+    return Plan(out, considered=int(in_desired.sum()), unchanged=int(unchanged.sum()), skipped_stale=int(stale.sum()),
+                counts=out["kind"].value_counts().to_dict())
+
+
+def mark_pending(conn, destination: str, object_type: str, rows: pd.DataFrame, run_id: str) -> None:
+    """Write the records about to be sent as ``pending`` (the resume log), in one transaction."""
+    now = dt.datetime.now(dt.timezone.utc)
+    frame = pd.DataFrame({
+        "destination": destination, "object_type": object_type, "record_key": rows["record_key"],
+        "payload_hash": rows["payload_hash"], "payload": [json.dumps(p, sort_keys=True) for p in rows["payload"]],
+        "snapshot_date": pd.to_datetime(rows["snapshot_date"]).dt.date, "run_id": run_id, "now": now})
+    conn.register("sx_pending", frame)
+    try:
+        with transaction(conn):
+            _write_pending(conn)
+    finally:
+        conn.unregister("sx_pending")
+
+
+def _write_pending(conn) -> None:
+    conn.execute(f"""
+        UPDATE {LEDGER} AS l SET payload_hash = p.payload_hash, payload = p.payload, snapshot_date = p.snapshot_date,
+               status = CASE WHEN l.status = 'synced' THEN 'pending' ELSE l.status END,
+               updated_at = p.now, last_run_id = p.run_id
+        FROM sx_pending AS p
+        WHERE l.destination = p.destination AND l.object_type = p.object_type AND l.record_key = p.record_key""")
+    conn.execute(f"""
+        INSERT INTO {LEDGER} (destination, object_type, record_key, payload_hash, payload, snapshot_date, status,
+                              attempts, updated_at, last_run_id)
+        SELECT p.destination, p.object_type, p.record_key, p.payload_hash, p.payload, p.snapshot_date, 'pending', 0,
+               p.now, p.run_id
+        FROM sx_pending AS p WHERE NOT EXISTS (
+            SELECT 1 FROM {LEDGER} AS l WHERE l.destination = p.destination AND l.object_type = p.object_type
+              AND l.record_key = p.record_key)""")
+
+
+@dataclass
+class Outcome:
+    """The destination's answer for one record of a batch."""
+
+    record_key: str
+    status: str                  # synced | rejected | failed
+    created: bool = False
+    remote_id: str | None = None
+    error: str | None = None
+
+
+def record_outcomes(conn, destination: str, object_type: str, run_id: str, outcomes: list[Outcome],
+                    payloads: dict[str, dict]) -> None:
+    """Commit one batch's outcomes: accepted records become ``synced``; rejected ones are
+    kept in sync_rejections with their error and payload; undelivered ones stay to retry."""
+    now = dt.datetime.now(dt.timezone.utc)
+    frame = pd.DataFrame([{"record_key": o.record_key, "status": o.status, "remote_id": o.remote_id,
+                           "error": o.error} for o in outcomes],
+                         columns=["record_key", "status", "remote_id", "error"])
+    conn.register("sx_outcomes", frame)
+    try:
+        with transaction(conn):
+            _write_outcomes(conn, destination, object_type, run_id, outcomes, payloads, now)
+    finally:
+        conn.unregister("sx_outcomes")
+
+
+def _write_outcomes(conn, destination, object_type, run_id, outcomes, payloads, now) -> None:
+    conn.execute(f"""
+        UPDATE {LEDGER} AS l SET status = o.status,
+               attempts = CASE WHEN o.status = 'synced' THEN 0 ELSE COALESCE(l.attempts, 0) + 1 END,
+               last_error = CASE WHEN o.status = 'synced' THEN NULL ELSE o.error END,
+               remote_id = COALESCE(o.remote_id, l.remote_id),
+               first_synced_at = CASE WHEN o.status = 'synced' THEN COALESCE(l.first_synced_at, ?)
+                                      ELSE l.first_synced_at END,
+               last_synced_at = CASE WHEN o.status = 'synced' THEN ? ELSE l.last_synced_at END,
+               updated_at = ?, last_run_id = ?
+        FROM sx_outcomes AS o
+        WHERE l.destination = ? AND l.object_type = ? AND l.record_key = o.record_key""",
+                 [now, now, now, run_id, destination, object_type])
+    rejected = [o for o in outcomes if o.status == "rejected"]
+    if rejected:
+        conn.executemany(
+            f"INSERT INTO {REJECTIONS} (run_id, destination, object_type, record_key, error, payload, rejected_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [[run_id, destination, object_type, o.record_key, o.error,
+              json.dumps(payloads.get(o.record_key), sort_keys=True), now] for o in rejected])
+
+
+def reset(conn, destination: str, object_type: str) -> int:
+    """Full resync: forget what the destination accepted (the next run sends everything)."""
+    n = conn.execute(f"SELECT count(*) FROM {LEDGER} WHERE destination = ? AND object_type = ?",
+                     [destination, object_type]).fetchall()[0][0]
+    conn.execute(f"DELETE FROM {LEDGER} WHERE destination = ? AND object_type = ?", [destination, object_type])
+    return n
+
+
+def record_run(conn, row: dict) -> None:
+    names = [c for c, _ in RUN_COLUMNS]
+    conn.execute(f"INSERT INTO {RUNS} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})",
+                 [row.get(c) for c in names])

@@ -1,0 +1,190 @@
+"""In-app nudges: an event per self-serve PQL that triggers an in-app message in a messaging
+tool, behind a small channel interface.
+
+Channels:
+
+- **intercom**: ``POST {base_url}/events`` with ``event_name``, ``created_at`` (Unix
+  seconds), ``user_id`` (the product's user id, Intercom's external id) and at most 10
+  ``metadata`` keys; Intercom answers 202 and drops a duplicate (same user, name and
+  ``created_at``), so ``created_at`` is deterministic: midnight UTC of the scored day.
+- **webhook**: ``POST`` of the same nudge as JSON to your URL, signed with HMAC-SHA256 of
+  the body under a shared secret (``X-PQL-Signature: sha256=<hex>``, ``X-PQL-Timestamp``),
+  for any tool that can receive one.
+
+Rules (on top of the sync ledger's: diff, retries across runs, resume, dry run):
+
+- one nudge per user, event and day: the record key is ``<user>|<event>|<day>``, so a
+  re-run of a day never nudges twice;
+- a frequency cap: no nudge to a user who got one within ``cap_days`` (from the ledger's
+  accepted nudges), highest probability first;
+- only users the scores routed ``in_app`` (routing already suppresses users of accounts
+  sales works and caps nudges per account).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+
+from pql_pipeline.defs.activation import ledger as L
+from pql_pipeline.defs.activation.hubspot import DestinationError, Transport, _message
+from pql_pipeline.lib.engine import sql_literal
+from pql_pipeline.lib.warehouse import table_exists
+
+MAX_METADATA_KEYS = 10   # Intercom's limit for an event's metadata
+
+
+def created_at(day: dt.date) -> int:
+    return int(dt.datetime.combine(day, dt.time(0), dt.timezone.utc).timestamp())
+
+
+@dataclass
+class NudgeChannel:
+    """Sends one nudge (a dict: user_id, email, event_name, created_at, metadata)."""
+
+    name: str
+    url: str
+    secret: str | None
+    transport: Transport
+
+    @property
+    def dry_run(self) -> bool:
+        return not self.secret
+
+    def request(self, nudge: dict) -> tuple[bytes, dict]:
+        raise NotImplementedError
+
+    def redacted_headers(self, headers: dict) -> dict:
+        return {k: ("<redacted>" if k.lower() in ("authorization", "x-pql-signature") else v)
+                for k, v in headers.items()}
+
+    def send(self, key: str, nudge: dict) -> L.Outcome:
+        body, headers = self.request(nudge)
+        r, error = self.transport.post(self.url, body, headers)
+        if r is None:
+            return L.Outcome(key, "failed", error=error)
+        if r.status_code in (200, 201, 202, 204):
+            return L.Outcome(key, "synced", created=True)
+        if r.status_code in (401, 403):
+            raise DestinationError(f"{self.name} answered {r.status_code} to {self.url}: check its token or secret "
+                                   f"({_message(r)})")
+        return L.Outcome(key, "rejected", error=f"{r.status_code}: {_message(r)}")
+
+
+class IntercomChannel(NudgeChannel):
+    def request(self, nudge: dict) -> tuple[bytes, dict]:
+        body = {"event_name": nudge["event_name"], "created_at": nudge["created_at"], "user_id": nudge["user_id"],
+                "metadata": nudge["metadata"]}
+        if nudge.get("email"):
+            body["email"] = nudge["email"]
+        return json.dumps(body, sort_keys=True).encode(), {
+            "Authorization": f"Bearer {self.secret}", "Content-Type": "application/json",
+            "Accept": "application/json", "Intercom-Version": "2.11"}
+
+
+class WebhookChannel(NudgeChannel):
+    def request(self, nudge: dict) -> tuple[bytes, dict]:
+        body = json.dumps(nudge, sort_keys=True).encode()
+        ts = str(int(time.time()))
+        sig = hmac.new((self.secret or "").encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+        return body, {"Content-Type": "application/json", "X-PQL-Timestamp": ts, "X-PQL-Signature": f"sha256={sig}"}
+
+
+def verify_webhook(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
+    """What a receiver checks (documented for webhook users; used by the tests)."""
+    want = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(f"sha256={want}", signature)
+
+
+def nudge_candidates(conn, day: dt.date, event_name: str) -> pd.DataFrame:
+    """The users routed in_app on ``day`` (highest probability first) with what the message
+    can say: the nudge as the channel receives it."""
+    if not table_exists(conn, "pql_scores"):
+        return pd.DataFrame(columns=["record_key", "user_id", "probability", "nudge"])
+    email = "u.email" if table_exists(conn, "users") else "CAST(NULL AS VARCHAR)"
+    users = "LEFT JOIN users AS u ON u.user_id = s.user_id" if table_exists(conn, "users") else ""
+    df = conn.execute(f"""
+        SELECT s.user_id, {email} AS email, s.account_id, s.probability, s.tier, s.reason_text, s.milestones_hit,
+               s.model_version, s.segment
+        FROM pql_scores AS s {users}
+        WHERE s.snapshot_date = ? AND s.route = 'in_app'
+        ORDER BY s.probability DESC, s.user_id""", [day]).df()
+    nudges = []
+    for r in df.itertuples():
+        reasons = (r.reason_text or "").split("; ") if isinstance(r.reason_text, str) else []
+        meta = {"pql_score": round(float(r.probability), 4), "pql_tier": r.tier,
+                "top_reason": reasons[0][:250] if reasons else None, "milestones": r.milestones_hit,
+                "account_id": r.account_id, "segment": r.segment, "model_version": r.model_version,
+                "scored_on": day.isoformat()}
+        meta = {k: v for k, v in meta.items() if v is not None and not (isinstance(v, float) and pd.isna(v))}
+        assert len(meta) <= MAX_METADATA_KEYS
+        nudges.append({"user_id": r.user_id, "email": r.email if isinstance(r.email, str) else None,
+                       "event_name": event_name, "created_at": created_at(day), "metadata": meta})
+    return pd.DataFrame({"record_key": [f"{u}|{event_name}|{day.isoformat()}" for u in df["user_id"]],
+                         "user_id": df["user_id"], "probability": df["probability"], "nudge": nudges})
+
+
+def capped_users(conn, destination: str, day: dt.date, cap_days: int) -> set[str]:
+    """Users the destination accepted a nudge for within ``cap_days`` before ``day``."""
+    if not cap_days or not table_exists(conn, L.LEDGER):
+        return set()
+    rows = conn.execute(f"""
+        SELECT DISTINCT split_part(record_key, '|', 1) FROM {L.LEDGER}
+        WHERE destination = {sql_literal(destination)} AND object_type = 'nudges' AND status = 'synced'
+          AND snapshot_date < ? AND snapshot_date > ?""", [day, day - dt.timedelta(days=cap_days)]).fetchall()
+    return {r[0] for r in rows}
+
+
+def send_nudges(conn, channel: NudgeChannel, day: dt.date, event_name: str, cap_days: int, run_id: str,
+                full_resync: bool = False) -> dict:
+    """Nudge the day's in_app users through ``channel`` (or write the requests to the outbox
+    in a dry run); returns the run's row of sync_runs (``capped`` added)."""
+    L.ensure_tables(conn)
+    dest = f"{channel.name}:dry_run" if channel.dry_run else channel.name
+    started, t0 = dt.datetime.now(dt.timezone.utc), time.monotonic()
+    if full_resync:
+        L.reset(conn, dest, "nudges")
+    cand = nudge_candidates(conn, day, event_name)
+    capped = capped_users(conn, dest, day, cap_days)
+    allowed = cand[~cand["user_id"].isin(capped)]
+    records = pd.DataFrame({"record_key": allowed["record_key"], "payload": allowed["nudge"], "snapshot_date": day})
+    p = L.plan(conn, dest, "nudges", records)
+    todo = p.to_send
+    calls_before = channel.transport.stats.calls
+    sent_ok = rejected = failed = 0
+    if len(todo):
+        L.mark_pending(conn, dest, "nudges", todo, run_id)
+        payloads = dict(zip(todo["record_key"], todo["payload"]))
+        for seq, (key, nudge) in enumerate(payloads.items(), start=1):
+            if channel.dry_run:
+                body, headers = channel.request(nudge)
+                conn.execute(
+                    f"INSERT INTO {L.OUTBOX} (run_id, destination, object_type, seq, method, url, headers, body, "
+                    "records, created_at) VALUES (?, ?, 'nudges', ?, 'POST', ?, ?, ?, 1, ?)",
+                    [run_id, channel.name, seq, channel.url, json.dumps(channel.redacted_headers(headers)),
+                     body.decode(), dt.datetime.now(dt.timezone.utc)])
+                outcome = L.Outcome(key, "synced", created=True)
+            else:
+                outcome = channel.send(key, nudge)
+            L.record_outcomes(conn, dest, "nudges", run_id, [outcome], payloads)
+            sent_ok += outcome.status == "synced"
+            rejected += outcome.status == "rejected"
+            failed += outcome.status == "failed"
+    row = {
+        "run_id": run_id, "destination": channel.name, "object_type": "nudges", "dry_run": channel.dry_run,
+        "snapshot_date": day, "started_at": started, "finished_at": dt.datetime.now(dt.timezone.utc),
+        "considered": len(cand), "new": p.counts.get("new", 0), "changed": p.counts.get("changed", 0),
+        "unchanged": p.unchanged, "retried": p.counts.get("retry", 0), "skipped_stale": p.skipped_stale,
+        "sent": len(todo), "created": sent_ok, "updated": 0, "rejected": rejected, "failed": failed,
+        "calls": channel.transport.stats.calls - calls_before, "seconds": round(time.monotonic() - t0, 3),
+        "full_resync": full_resync,
+    }
+    L.record_run(conn, row)
+    row["capped"] = int(cand["user_id"].isin(capped).sum())
+    return row

@@ -1,0 +1,89 @@
+"""One sync run of one object type to one destination: diff against the ledger, send the
+new, changed and retried records in batches (or write them to the dry-run outbox), commit
+every batch's outcome, and record the run (see ledger.py for the rules)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+
+import pandas as pd
+
+from pql_pipeline.defs.activation import ledger as L
+from pql_pipeline.defs.activation.hubspot import HubSpotClient, outbox_request
+
+
+def ledger_destination(destination: str, dry_run: bool) -> str:
+    """A dry run keeps its own ledger, so it never makes the real sync skip a record."""
+    return f"{destination}:dry_run" if dry_run else destination
+
+
+def new_run_id() -> str:
+    return f"sync-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+
+
+def sync_records(conn, client: HubSpotClient, destination: str, object_type: str, id_property: str,
+                 records: pd.DataFrame, snapshot_date: dt.date | None, run_id: str,
+                 full_resync: bool = False) -> dict:
+    """``records``: record_key, id_value (the idProperty's value; missing = cannot be matched,
+    rejected without a call), properties (dict), snapshot_date. Returns the run's row of
+    sync_runs."""
+    L.ensure_tables(conn)
+    dest = ledger_destination(destination, client.dry_run)
+    started, t0 = dt.datetime.now(dt.timezone.utc), time.monotonic()
+    if full_resync:
+        L.reset(conn, dest, object_type)
+    frame = records.copy()
+    frame["payload"] = [{"id": None if pd.isna(i) else str(i), "properties": p}
+                        for i, p in zip(frame["id_value"], frame["properties"])]
+    p = L.plan(conn, dest, object_type, frame[["record_key", "payload", "snapshot_date"]])
+    todo = p.to_send
+    calls_before = client.stats.calls
+    created = updated = rejected = failed = 0
+    if len(todo):
+        L.mark_pending(conn, dest, object_type, todo, run_id)
+        payloads = dict(zip(todo["record_key"], todo["payload"]))
+        kinds = dict(zip(todo["record_key"], todo["kind"]))
+        # records the destination cannot match (no id value) are rejected here, without a call
+        unmatched = [k for k, pl in payloads.items() if not pl.get("id")]
+        if unmatched:
+            L.record_outcomes(conn, dest, object_type, run_id, [
+                L.Outcome(k, "rejected", error=f"no {id_property}: {destination} matches {object_type} by it")
+                for k in unmatched], payloads)
+            rejected += len(unmatched)
+        sendable = [(k, pl["id"], pl["properties"]) for k, pl in payloads.items() if pl.get("id")]
+        seq = 0
+        for start in range(0, len(sendable), client.batch_size):
+            batch = sendable[start:start + client.batch_size]
+            if client.dry_run:
+                req = outbox_request(client, object_type, id_property, batch)
+                seq += 1
+                conn.execute(
+                    f"INSERT INTO {L.OUTBOX} (run_id, destination, object_type, seq, method, url, headers, body, "
+                    "records, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [run_id, destination, object_type, seq, req["method"], req["url"], req["headers"], req["body"],
+                     len(batch), dt.datetime.now(dt.timezone.utc)])
+                outcomes = [L.Outcome(k, "synced", created=kinds[k] == "new") for k, _, _ in batch]
+            else:
+                outcomes = client.upsert(object_type, id_property, batch)
+            L.record_outcomes(conn, dest, object_type, run_id, outcomes, payloads)
+            for o in outcomes:
+                if o.status == "synced":
+                    created += o.created
+                    updated += not o.created
+                elif o.status == "rejected":
+                    rejected += 1
+                else:
+                    failed += 1
+    row = {
+        "run_id": run_id, "destination": destination, "object_type": object_type, "dry_run": client.dry_run,
+        "snapshot_date": snapshot_date, "started_at": started, "finished_at": dt.datetime.now(dt.timezone.utc),
+        "considered": p.considered, "new": p.counts.get("new", 0), "changed": p.counts.get("changed", 0),
+        "unchanged": p.unchanged, "retried": p.counts.get("retry", 0), "skipped_stale": p.skipped_stale,
+        "sent": len(todo), "created": created, "updated": updated, "rejected": rejected, "failed": failed,
+        "calls": client.stats.calls - calls_before, "seconds": round(time.monotonic() - t0, 3),
+        "full_resync": full_resync,
+    }
+    L.record_run(conn, row)
+    return row
