@@ -7,7 +7,13 @@ import warnings
 
 import dagster as dg
 
-from pql_pipeline.defs.activation.assets import HubSpotResource, build_activation_assets, build_activation_checks
+from pql_pipeline.defs.activation.assets import (
+    HubSpotResource,
+    InAppResource,
+    build_activation_assets,
+    build_activation_checks,
+    build_nudge_assets,
+)
 from pql_pipeline.defs.features.assets import build_feature_assets
 from pql_pipeline.defs.features.checks import build_feature_checks
 from pql_pipeline.defs.ingest.assets import build_ingest_assets
@@ -45,16 +51,22 @@ def build_resources(settings: Settings) -> dict:
                                     format=settings.source.format),
         # the token is read from the environment when a run starts (never stored in the definitions);
         # without it the sync is a dry run
-        "hubspot": HubSpotResource(access_token=dg.EnvVar("HUBSPOT_ACCESS_TOKEN")
-                                   if os.environ.get("HUBSPOT_ACCESS_TOKEN") else None),
+        "hubspot": HubSpotResource(access_token=_env("HUBSPOT_ACCESS_TOKEN")),
+        "in_app": InAppResource(secret=_env("INTERCOM_ACCESS_TOKEN" if settings.activation.in_app.channel == "intercom"
+                                            else "PQL_WEBHOOK_SECRET")),
     }
+
+
+def _env(name: str):
+    """An EnvVar (read when a run starts, never stored) if the variable is set, else None."""
+    return dg.EnvVar(name) if os.environ.get(name) else None
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     daily = daily_partitions(settings)
     assets = (build_ingest_assets(settings, daily) + build_feature_assets(settings, daily)
               + build_model_assets(settings) + build_scoring_assets(settings, daily)
-              + build_activation_assets(settings, daily))
+              + build_activation_assets(settings, daily) + build_nudge_assets(settings, daily))
     checks = (build_ingest_checks(settings, daily) + build_feature_checks(settings, daily)
               + build_model_checks(settings) + build_scoring_checks(settings, daily)
               + build_activation_checks(settings))

@@ -114,9 +114,11 @@ def warehouse_summary(settings: Settings) -> dict[str, int]:
                 ORDER BY probability DESC, account_id LIMIT 3""").fetchall()
         if table_exists(conn, "sync_runs"):
             out["sync"] = conn.execute("""
-                SELECT object_type, dry_run, considered, sent, created, updated, unchanged, rejected, failed, calls
-                FROM sync_runs WHERE run_id = (SELECT run_id FROM sync_runs ORDER BY finished_at DESC LIMIT 1)
-                ORDER BY object_type""").fetchall()
+                SELECT destination || ' ' || object_type, dry_run, considered, sent, created, updated, unchanged,
+                       rejected, failed, calls
+                FROM sync_runs WHERE run_id IN (
+                    SELECT arg_max(run_id, finished_at) FROM sync_runs GROUP BY destination)
+                ORDER BY 1""").fetchall()
         if table_exists(conn, "pql_performance"):
             from pql_pipeline.defs.model.performance import summary
 
@@ -184,7 +186,7 @@ def format_summary(settings: Settings, report: RunReport) -> str:
             lines.append(f"  {account}  {p:.2f} {tier:<5} {segment:<10} -> {rt:<6} {why or ''}")
     for obj, dry, considered, sent, created, updated, unchanged, rejected, failed, calls in s.get("sync", []):
         how = "dry run, requests in sync_outbox" if dry else f"{calls} calls"
-        lines.append(f"crm sync        {obj}: {considered:,} considered, {sent:,} sent ({created:,} created, "
+        lines.append(f"sync            {obj}: {considered:,} considered, {sent:,} sent ({created:,} created, "
                      f"{updated:,} updated), {unchanged:,} unchanged, {rejected:,} rejected, {failed:,} failed; {how}")
     lines.append("checks:")
     width = max((len(f"{c['asset']}.{c['check']}") for c in report.checks), default=10)

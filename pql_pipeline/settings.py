@@ -257,6 +257,7 @@ class CrmSettings(_Strict):
     # at most this many calls in any window of this many seconds (HubSpot: 100-190 per 10 s by plan)
     rate_limit_requests: int = Field(100, ge=1)
     rate_limit_window_seconds: float = Field(10.0, gt=0)
+    concurrency: int = Field(4, ge=1, le=16)    # batches in flight at once (they share the rate limit)
     max_attempts: int = Field(6, ge=1)          # calls per batch before it is left for the next run
     backoff_seconds: float = Field(1.0, ge=0)   # first retry wait (doubles, with jitter)
     max_backoff_seconds: float = Field(60.0, ge=0)
@@ -265,8 +266,41 @@ class CrmSettings(_Strict):
     full_resync: bool = False
 
 
+class InAppSettings(_Strict):
+    """In-app nudges for the users routed in_app. Without the channel's secret
+    (INTERCOM_ACCESS_TOKEN, or PQL_WEBHOOK_SECRET for the webhook) it is a dry run."""
+
+    enabled: bool = True
+    channel: str = "intercom"                 # intercom | webhook
+    event_name: str = "pql-nudge"             # the event your in-app message is triggered by
+    cap_days: int = Field(7, ge=0)            # at most one nudge per user in this many days (0: no cap)
+    intercom_url: str = "https://api.intercom.io/events"
+    webhook_url: str | None = None
+    rate_limit_requests: int = Field(160, ge=1)     # Intercom private apps: 10,000 a minute
+    rate_limit_window_seconds: float = Field(1.0, gt=0)
+    max_attempts: int = Field(6, ge=1)
+    backoff_seconds: float = Field(1.0, ge=0)
+    max_backoff_seconds: float = Field(60.0, ge=0)
+    timeout_seconds: float = Field(30.0, gt=0)
+    full_resync: bool = False
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, v: str) -> str:
+        if v not in ("intercom", "webhook"):
+            raise ValueError("activation.in_app.channel must be intercom or webhook")
+        return v
+
+    @model_validator(mode="after")
+    def _webhook(self):
+        if self.channel == "webhook" and not self.webhook_url:
+            raise ValueError("activation.in_app.webhook_url is needed when the channel is webhook")
+        return self
+
+
 class ActivationSettings(_Strict):
     crm: CrmSettings = CrmSettings()
+    in_app: InAppSettings = InAppSettings()
 
 
 class Settings(_Strict):

@@ -14,7 +14,7 @@ INGEST = {"raw_events", "validated_events", "quarantined_events", "duplicate_eve
 FEATURES = {"user_features", "account_features", "conversion_labels", "training_set", "account_training_set",
             "activation_milestones"}
 MODEL = {"conversion_model", "pql_scores", "pql_account_scores", "pql_history", "pql_performance"}
-ACTIVATION = {"crm_sync"}
+ACTIVATION = {"crm_sync", "in_app_nudges"}
 
 
 def test_definitions_load_and_list_the_pipeline():

@@ -7,11 +7,12 @@ from pydantic import Field
 
 from pql_pipeline.defs.activation import ledger as L
 from pql_pipeline.defs.activation.hubspot import HubSpotClient, Transport
+from pql_pipeline.defs.activation.nudges import IntercomChannel, NudgeChannel, WebhookChannel, send_nudges
 from pql_pipeline.defs.activation.records import company_records, contact_records
 from pql_pipeline.defs.activation.sync import ledger_destination, new_run_id, sync_records
 from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table
 from pql_pipeline.lib.warehouse import Warehouse, table_exists
-from pql_pipeline.settings import CrmSettings, Settings
+from pql_pipeline.settings import CrmSettings, InAppSettings, Settings
 
 GROUP = "activation"
 TAGS = {"pql/stage": "activation"}
@@ -27,7 +28,7 @@ class HubSpotResource(dg.ConfigurableResource):
 
     def client(self, crm: CrmSettings) -> HubSpotClient:
         return HubSpotClient(base_url=crm.base_url, access_token=self.access_token or None,
-                             batch_size=crm.batch_size, transport=transport(crm))
+                             batch_size=crm.batch_size, transport=transport(crm), concurrency=crm.concurrency)
 
 
 def transport(c) -> Transport:
@@ -93,6 +94,52 @@ def build_activation_assets(settings: Settings, daily: dg.PartitionsDefinition) 
     return [crm_sync]
 
 
+class InAppResource(dg.ConfigurableResource):
+    """The in-app channel's secret: INTERCOM_ACCESS_TOKEN for Intercom, PQL_WEBHOOK_SECRET (the
+    HMAC key) for the webhook; without it nudges are a dry run."""
+
+    secret: str | None = Field(None, description="Intercom access token or webhook signing secret (from the env).")
+
+    def channel(self, c: InAppSettings) -> NudgeChannel:
+        if c.channel == "intercom":
+            return IntercomChannel("intercom", c.intercom_url, self.secret or None, transport(c))
+        return WebhookChannel("webhook", c.webhook_url or "", self.secret or None, transport(c))
+
+
+def build_nudge_assets(settings: Settings, daily: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+    c = settings.activation.in_app
+
+    @dg.asset(
+        name="in_app_nudges",
+        deps=["pql_scores", "pql_account_scores"],
+        partitions_def=daily, backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name=GROUP, kinds={c.channel, "duckdb"}, owners=OWNERS, tags=TAGS, pool=POOL,
+        code_version=SYNC_LOGIC_VERSION,
+        metadata={"dagster/table_name": L.LEDGER},
+    )
+    def in_app_nudges(context: dg.AssetExecutionContext, warehouse: Warehouse, in_app: InAppResource):
+        """Sends an event per self-serve PQL (users routed in_app: not in accounts sales works, capped per account)
+        that triggers an in-app message: Intercom events (deterministic created_at, at most 10 metadata keys) or a
+        signed webhook. One nudge per user and day, at most one per user in activation.in_app.cap_days; the same
+        ledger, retries and dry run as the CRM sync. Of a range, only the newest day nudges."""
+        day = max(dt.date.fromisoformat(k) for k in context.partition_keys)
+        channel = in_app.channel(c)
+        if not c.enabled:
+            return dg.MaterializeResult(metadata={"enabled": False})
+        with warehouse.get_connection() as conn:
+            row = send_nudges(conn, channel, day, c.event_name, c.cap_days, new_run_id(), c.full_resync)
+        context.log.info(f"nudges: {row['considered']} in_app users, {row['capped']} capped, {row['unchanged']} "
+                         f"already nudged, sent {row['sent']}: {row['created']} accepted, {row['rejected']} rejected, "
+                         f"{row['failed']} failed" + (" (dry run)" if channel.dry_run else ""))
+        return dg.MaterializeResult(metadata={
+            "run_id": row["run_id"], "day": str(day), "channel": c.channel, "dry_run": channel.dry_run,
+            "considered": row["considered"], "capped": row["capped"], "already_nudged": row["unchanged"],
+            "sent": row["sent"], "accepted": row["created"], "rejected": row["rejected"], "failed": row["failed"],
+            "calls": row["calls"]})
+
+    return [in_app_nudges]
+
+
 def latest_counts(warehouse: Warehouse, destination: str) -> dict | None:
     """The newest run of ``destination``: its counts summed over object types, how many
     object types do not reconcile, and the records left pending (None before any run)."""
@@ -141,4 +188,5 @@ def sync_checks(asset: str, destination: str) -> list[dg.AssetChecksDefinition]:
 
 
 def build_activation_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
-    return sync_checks("crm_sync", settings.activation.crm.destination)
+    return (sync_checks("crm_sync", settings.activation.crm.destination)
+            + sync_checks("in_app_nudges", settings.activation.in_app.channel))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import json
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -42,16 +43,19 @@ class RateLimiter:
         self.requests, self.window = requests_, window
         self.sent: collections.deque[float] = collections.deque()
         self.clock, self.sleep = clock, sleep
+        self.lock = threading.Lock()
 
     def acquire(self) -> None:
         while True:
-            now = self.clock()
-            while self.sent and now - self.sent[0] >= self.window:
-                self.sent.popleft()
-            if len(self.sent) < self.requests:
-                self.sent.append(now)
-                return
-            self.sleep(self.window - (now - self.sent[0]))
+            with self.lock:
+                now = self.clock()
+                while self.sent and now - self.sent[0] >= self.window:
+                    self.sent.popleft()
+                if len(self.sent) < self.requests:
+                    self.sent.append(now)
+                    return
+                wait = self.window - (now - self.sent[0])
+            self.sleep(wait)
 
 
 @dataclass
@@ -79,9 +83,17 @@ class Transport:
     stats: CallStats = field(default_factory=CallStats)
 
     def __post_init__(self):
-        self.session = requests.Session()
         self.limiter = RateLimiter(self.rate_limit_requests, self.rate_limit_window_seconds)
         self.rng = random.Random()
+        self.lock = threading.Lock()
+        self._local = threading.local()
+
+    @property
+    def session(self) -> requests.Session:
+        """One keep-alive session per thread (batches may be sent from several)."""
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+        return self._local.session
 
     def backoff(self, attempt: int) -> float:
         base = min(self.max_backoff_seconds, self.backoff_seconds * 2 ** attempt)
@@ -91,7 +103,8 @@ class Transport:
         last_error = "not sent"
         for attempt in range(self.max_attempts):
             self.limiter.acquire()
-            self.stats.calls += 1
+            with self.lock:
+                self.stats.calls += 1
             try:
                 if isinstance(body, bytes):
                     r = self.session.post(url, data=body, timeout=self.timeout_seconds, headers=headers)
@@ -101,9 +114,11 @@ class Transport:
                 last_error = f"{type(e).__name__}: no answer"
                 self._wait(self.backoff(attempt))
                 continue
-            self.stats.statuses[r.status_code] = self.stats.statuses.get(r.status_code, 0) + 1
+            with self.lock:
+                self.stats.statuses[r.status_code] = self.stats.statuses.get(r.status_code, 0) + 1
             if r.status_code == 429:
-                self.stats.throttled += 1
+                with self.lock:
+                    self.stats.throttled += 1
                 last_error = "429 rate limited"
                 self._wait(_retry_after(r) or self.backoff(attempt))
                 continue
@@ -115,8 +130,9 @@ class Transport:
         return None, f"gave up after {self.max_attempts} attempts: {last_error}"
 
     def _wait(self, seconds: float) -> None:
-        self.stats.retries += 1
-        self.stats.waited_seconds += seconds
+        with self.lock:
+            self.stats.retries += 1
+            self.stats.waited_seconds += seconds
         time.sleep(seconds)
 
 
@@ -126,6 +142,7 @@ class HubSpotClient:
     access_token: str | None
     batch_size: int = 100
     transport: Transport = field(default_factory=Transport)
+    concurrency: int = 1        # batches in flight at once (the rate limit is shared)
 
     @property
     def stats(self) -> CallStats:

@@ -14,6 +14,47 @@ from pql_pipeline.defs.activation import ledger as L
 from pql_pipeline.defs.activation.hubspot import HubSpotClient, outbox_request
 
 
+def _deliver(conn, client: HubSpotClient, destination: str, object_type: str, id_property: str,
+             batches: list[list], kinds: dict, run_id: str):
+    """Yields each batch's outcomes. A dry run writes the requests to the outbox; a real run
+    keeps up to ``client.concurrency`` batches in flight (the rate limiter is shared), so a
+    destination's latency does not leave its allowed rate unused."""
+    if client.dry_run:
+        for seq, batch in enumerate(batches, start=1):
+            req = outbox_request(client, object_type, id_property, batch)
+            conn.execute(
+                f"INSERT INTO {L.OUTBOX} (run_id, destination, object_type, seq, method, url, headers, body, "
+                "records, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [run_id, destination, object_type, seq, req["method"], req["url"], req["headers"], req["body"],
+                 len(batch), dt.datetime.now(dt.timezone.utc)])
+            yield [L.Outcome(k, "synced", created=kinds[k] == "new") for k, _, _ in batch]
+        return
+    if client.concurrency <= 1:
+        for batch in batches:
+            yield client.upsert(object_type, id_property, batch)
+        return
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    with ThreadPoolExecutor(max_workers=client.concurrency) as pool:
+        todo = iter(batches)
+        running = set()
+        try:
+            while True:
+                while len(running) < client.concurrency:
+                    batch = next(todo, None)
+                    if batch is None:
+                        break
+                    running.add(pool.submit(client.upsert, object_type, id_property, batch))
+                if not running:
+                    return
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for f in done:
+                    yield f.result()
+        finally:
+            for f in running:
+                f.cancel()
+
+
 def ledger_destination(destination: str, dry_run: bool) -> str:
     """A dry run keeps its own ledger, so it never makes the real sync skip a record."""
     return f"{destination}:dry_run" if dry_run else destination
@@ -53,20 +94,9 @@ def sync_records(conn, client: HubSpotClient, destination: str, object_type: str
                 for k in unmatched], payloads)
             rejected += len(unmatched)
         sendable = [(k, pl["id"], pl["properties"]) for k, pl in payloads.items() if pl.get("id")]
-        seq = 0
-        for start in range(0, len(sendable), client.batch_size):
-            batch = sendable[start:start + client.batch_size]
-            if client.dry_run:
-                req = outbox_request(client, object_type, id_property, batch)
-                seq += 1
-                conn.execute(
-                    f"INSERT INTO {L.OUTBOX} (run_id, destination, object_type, seq, method, url, headers, body, "
-                    "records, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [run_id, destination, object_type, seq, req["method"], req["url"], req["headers"], req["body"],
-                     len(batch), dt.datetime.now(dt.timezone.utc)])
-                outcomes = [L.Outcome(k, "synced", created=kinds[k] == "new") for k, _, _ in batch]
-            else:
-                outcomes = client.upsert(object_type, id_property, batch)
+        batches = [sendable[i:i + client.batch_size] for i in range(0, len(sendable), client.batch_size)]
+        for outcomes in _deliver(conn, client, destination, object_type, id_property, batches, kinds, run_id):
+            # each batch's outcome is committed as soon as it is known (the resume point)
             L.record_outcomes(conn, dest, object_type, run_id, outcomes, payloads)
             for o in outcomes:
                 if o.status == "synced":

@@ -191,3 +191,16 @@ def test_the_rate_limit_is_kept_in_every_window():
         times.append(now[0])
     assert all(sum(1 for t in times if s <= t < s + 1.0) <= 5 for s in times)
     assert times[-1] == pytest.approx(4.0)          # 23 calls at 5 per second: the last at 4 s, no idle time
+
+
+def test_batches_in_flight_together_keep_every_rule(conn, hub):
+    """Four batches in flight at once with faults: still each record once, ledger complete."""
+    hub.faults.extend(["429", "500", "lost", "reset"])
+    c = client(hub)
+    c.concurrency = 4
+    row = run(conn, c, contacts(1_000))
+    assert (row["sent"], row["created"] + row["updated"], row["failed"], row["calls"]) == (1000, 1000, 0, 14)
+    assert len(hub.objects) == 1000 and sum(hub.upserts.values()) == 1100
+    assert max(len(json.loads(r["body"])["inputs"]) for r in hub.calls()) == 100
+    assert conn.execute(f"SELECT count(*) FROM {L.LEDGER} WHERE status = 'synced'").fetchall()[0][0] == 1000
+    assert run(conn, c, contacts(1_000))["calls"] == 0

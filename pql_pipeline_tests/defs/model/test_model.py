@@ -252,7 +252,8 @@ def test_gate_results_name_each_bound():
 def test_sales_leads_reach_the_crm_dry_run_first_then_for_real_once(trained, monkeypatch):
     """crm_sync in real materializations against a local HubSpot stand-in: without a token the
     exact requests go to the outbox; with one, companies and contacts are upserted, and a
-    second run sends nothing."""
+    second run sends nothing. In-app nudges (no Intercom token) stay a dry run."""
+    monkeypatch.delenv("INTERCOM_ACCESS_TOKEN", raising=False)
     import json as _json
 
     from pql_pipeline_tests.defs.activation.fake_hubspot import FakeHubSpot
@@ -267,6 +268,10 @@ def test_sales_leads_reach_the_crm_dry_run_first_then_for_real_once(trained, mon
         dry = build_definitions(settings).resolve_job_def(SCORING_JOB).execute_in_process(
             instance=p.instance, tags={"dagster/partition": last}, raise_on_error=False)
         assert dry.success and hub.requests == []
+        [nudges] = dry.asset_materializations_for_node("in_app_nudges")
+        in_app = p.query(f"SELECT count(*) FROM pql_scores WHERE snapshot_date = DATE '{last}' AND route = 'in_app'"
+                         )[0][0]
+        assert nudges.metadata["dry_run"].value is True and nudges.metadata["considered"].value == in_app > 0
         [mat] = dry.asset_materializations_for_node("crm_sync")
         assert mat.metadata["dry_run"].value is True and mat.metadata["outbox_requests"].value > 0
         sales_accounts = p.query(f"SELECT count(*) FROM pql_account_scores WHERE snapshot_date = DATE '{last}' "
@@ -318,4 +323,5 @@ def test_a_failed_blocking_score_check_keeps_leads_from_the_crm(trained):
                                    "dagster/asset_partition_range_end": last.isoformat()}, raise_on_error=False)
     checks = p.checks(result)
     assert not checks["pql_scores:pql_volume"].passed and checks["pql_scores:pql_volume"].severity.value == "ERROR"
-    assert "crm_sync" not in materialized(result) and "pql_scores" in materialized(result)
+    assert "pql_scores" in materialized(result)
+    assert not {"crm_sync", "in_app_nudges"} & materialized(result)

@@ -1,0 +1,184 @@
+"""In-app nudges against a local Intercom stand-in and a signed webhook on 127.0.0.1: one
+event per user and day, the frequency cap, faults, dry runs and signatures."""
+
+import collections
+import datetime as dt
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from pql_pipeline.defs.activation import ledger as L
+from pql_pipeline.defs.activation.hubspot import Transport
+from pql_pipeline.defs.activation.nudges import IntercomChannel, WebhookChannel, send_nudges, verify_webhook
+from pql_pipeline.defs.scoring.assets import SCORE_COLUMNS
+from pql_pipeline.lib.warehouse import ensure_columns
+
+TOKEN = "dG9rOmludGVyY29tLVNFQ1JFVA=="
+D0 = dt.date(2026, 3, 10)
+
+
+class FakeIntercom:
+    """POST /events as Intercom documents it: bearer token, event_name, created_at (Unix s),
+    user_id, at most 10 metadata keys; 202; duplicates (user, name, created_at) dropped.
+    Queued faults: 429 (X-RateLimit-Reset), 500, reset."""
+
+    def __init__(self, token=TOKEN):
+        self.token, self.requests, self.faults = token, [], collections.deque()
+        self.events: collections.Counter = collections.Counter()
+        server = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                fault = server.faults.popleft() if server.faults else None
+                if fault == "reset":
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                if fault in ("429", "500"):
+                    extra = {"X-RateLimit-Reset": "0"} if fault == "429" else {}
+                    return server.reply(self, int(fault), {"type": "error.list"}, extra)
+                if self.headers.get("Authorization") != f"Bearer {server.token}":
+                    return server.reply(self, 401, {"type": "error.list", "errors": [{"code": "unauthorized"}]})
+                ev = json.loads(body)
+                ok = (self.path == "/events" and isinstance(ev.get("event_name"), str)
+                      and isinstance(ev.get("created_at"), int) and isinstance(ev.get("user_id"), str)
+                      and isinstance(ev.get("metadata", {}), dict) and len(ev.get("metadata", {})) <= 10
+                      and all(isinstance(v, (str, int, float)) for v in ev.get("metadata", {}).values()))
+                if not ok:
+                    return server.reply(self, 400, {"type": "error.list", "errors": [{"code": "parameter_invalid"}]})
+                server.events[(ev["user_id"], ev["event_name"], ev["created_at"])] += 1
+                server.reply(self, 202, None)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @staticmethod
+    def reply(h, status, body, headers=None):
+        data = b"" if body is None else json.dumps(body).encode()
+        h.send_response(status)
+        h.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
+        h.end_headers()
+        h.wfile.write(data)
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/events"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def intercom():
+    s = FakeIntercom()
+    yield s
+    s.close()
+
+
+def fast() -> Transport:
+    return Transport(rate_limit_requests=1000, rate_limit_window_seconds=1.0, backoff_seconds=0.01,
+                     max_backoff_seconds=0.05, timeout_seconds=1.0)
+
+
+def scored(conn, day, users):
+    """users: (user_id, probability, route)"""
+    ensure_columns(conn, "pql_scores", SCORE_COLUMNS)
+    conn.execute("CREATE TABLE IF NOT EXISTS users (user_id VARCHAR, email VARCHAR)")
+    for u, p, route in users:
+        conn.execute("INSERT INTO pql_scores (snapshot_date, user_id, account_id, probability, tier, route, "
+                     "reason_text, milestones_hit, model_version, segment) VALUES (?, ?, 'acc-' || ?, ?, 'hot', ?, "
+                     "'created 4 projects; invited 2 teammates', 'Project Created >= 3 in 14 d', 'm1', 'smb')",
+                     [day, u, u, p, route])
+        if not conn.execute("SELECT count(*) FROM users WHERE user_id = ?", [u]).fetchall()[0][0]:
+            conn.execute("INSERT INTO users VALUES (?, ?)", [u, f"{u}@example.com"])
+
+
+def test_one_nudge_per_user_and_day_within_the_cap(conn, intercom):
+    ch = IntercomChannel("intercom", intercom.url, TOKEN, fast())
+    scored(conn, D0, [("a", 0.5, "in_app"), ("b", 0.4, "in_app"), ("c", 0.9, "sales"), ("d", 0.2, "none")])
+    row = send_nudges(conn, ch, D0, "pql-nudge", 7, "r1")
+    assert (row["considered"], row["sent"], row["created"], row["calls"]) == (2, 2, 2, 2)
+    created = int(dt.datetime(2026, 3, 10, tzinfo=dt.timezone.utc).timestamp())
+    assert set(intercom.events) == {("a", "pql-nudge", created), ("b", "pql-nudge", created)}
+    ev = json.loads(intercom.requests[0]["body"])
+    assert ev["metadata"]["top_reason"] == "created 4 projects" and len(ev["metadata"]) <= 10
+    assert ev["email"] == "a@example.com" and ev["metadata"]["pql_score"] == 0.5
+    # the same day again: nobody is nudged twice
+    again = send_nudges(conn, ch, D0, "pql-nudge", 7, "r2")
+    assert (again["unchanged"], again["sent"], again["calls"]) == (2, 0, 0)
+    # three days later a is still in_app, e is new: the cap holds a back
+    later = D0 + dt.timedelta(days=3)
+    scored(conn, later, [("a", 0.6, "in_app"), ("e", 0.3, "in_app")])
+    row = send_nudges(conn, ch, later, "pql-nudge", 7, "r3")
+    assert (row["considered"], row["capped"], row["sent"]) == (2, 1, 1)
+    assert ("e", "pql-nudge", created + 3 * 86400) in intercom.events
+    # after the cap a gets the next one
+    much_later = D0 + dt.timedelta(days=8)
+    scored(conn, much_later, [("a", 0.6, "in_app")])
+    assert send_nudges(conn, ch, much_later, "pql-nudge", 7, "r4")["sent"] == 1
+    assert max(intercom.events.values()) == 1 and len(intercom.events) == 4
+
+
+def test_faults_are_retried_and_intercom_sees_each_event_once(conn, intercom):
+    intercom.faults.extend(["429", "500", "reset"])
+    ch = IntercomChannel("intercom", intercom.url, TOKEN, fast())
+    scored(conn, D0, [(f"u{i}", 0.5, "in_app") for i in range(5)])
+    row = send_nudges(conn, ch, D0, "pql-nudge", 7, "r1")
+    assert (row["sent"], row["created"], row["failed"], row["calls"]) == (5, 5, 0, 8)
+    assert len(intercom.events) == 5 and max(intercom.events.values()) == 1
+
+
+def test_dry_run_keeps_the_requests_and_no_secret(conn, intercom):
+    ch = IntercomChannel("intercom", intercom.url, None, fast())
+    scored(conn, D0, [("a", 0.5, "in_app")])
+    row = send_nudges(conn, ch, D0, "pql-nudge", 7, "r1")
+    assert row["dry_run"] and row["sent"] == 1 and intercom.requests == []
+    url, headers, body = conn.execute(f"SELECT url, headers, body FROM {L.OUTBOX}").fetchall()[0]
+    assert url == intercom.url and json.loads(headers)["Authorization"] == "<redacted>"
+    assert json.loads(body)["user_id"] == "a"
+    # the real channel later still sends it
+    real = send_nudges(conn, IntercomChannel("intercom", intercom.url, TOKEN, fast()), D0, "pql-nudge", 7, "r2")
+    assert real["sent"] == 1 and len(intercom.events) == 1
+    dump = " ".join(str(v) for t in (L.LEDGER, L.OUTBOX, L.RUNS) for r in conn.execute(f"SELECT * FROM {t}").fetchall()
+                    for v in r)
+    assert TOKEN not in dump
+
+
+def test_the_webhook_is_signed_with_the_shared_secret(conn):
+    got = []
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            got.append((self.headers["X-PQL-Timestamp"], body, self.headers["X-PQL-Signature"]))
+            self.send_response(204)
+            self.end_headers()
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        secret = "whsec-test-123"
+        ch = WebhookChannel("webhook", f"http://127.0.0.1:{httpd.server_address[1]}/nudge", secret, fast())
+        scored(conn, D0, [("a", 0.5, "in_app")])
+        assert send_nudges(conn, ch, D0, "pql-nudge", 7, "r1")["created"] == 1
+        ts, body, sig = got[0]
+        assert verify_webhook(secret, ts, body, sig)
+        assert not verify_webhook(secret, ts, body.replace(b'"a"', b'"b"'), sig)
+        assert not verify_webhook("another-secret", ts, body, sig)
+        assert json.loads(body)["event_name"] == "pql-nudge"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
