@@ -38,17 +38,18 @@ def transport(c) -> Transport:
                      max_backoff_seconds=c.max_backoff_seconds, timeout_seconds=c.timeout_seconds)
 
 
+def sync_asset_args(daily: dg.PartitionsDefinition) -> dict:
+    """What every output asset shares: after the day's scores (their blocking checks gate it),
+    daily partitions synced in one run, the warehouse pool, the ledger table."""
+    return dict(deps=["pql_scores", "pql_account_scores"], partitions_def=daily,
+                backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP, owners=OWNERS, tags=TAGS, pool=POOL,
+                code_version=SYNC_LOGIC_VERSION, metadata={"dagster/table_name": L.LEDGER})
+
+
 def build_activation_assets(settings: Settings, daily: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     crm = settings.activation.crm
 
-    @dg.asset(
-        name="crm_sync",
-        deps=["pql_scores", "pql_account_scores"],
-        partitions_def=daily, backfill_policy=dg.BackfillPolicy.single_run(),
-        group_name=GROUP, kinds={"hubspot", "duckdb"}, owners=OWNERS, tags=TAGS, pool=POOL,
-        code_version=SYNC_LOGIC_VERSION,
-        metadata={"dagster/table_name": L.LEDGER},
-    )
+    @dg.asset(name="crm_sync", kinds={"hubspot", "duckdb"}, **sync_asset_args(daily))
     def crm_sync(context: dg.AssetExecutionContext, warehouse: Warehouse, hubspot: HubSpotResource):
         """Upserts the day's sales leads into HubSpot: companies (accounts routed to sales, and those synced before,
         kept current) and their contacts, with score, tier, PQL flag, reasons, milestones, model version and day.
@@ -109,14 +110,7 @@ class InAppResource(dg.ConfigurableResource):
 def build_nudge_assets(settings: Settings, daily: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     c = settings.activation.in_app
 
-    @dg.asset(
-        name="in_app_nudges",
-        deps=["pql_scores", "pql_account_scores"],
-        partitions_def=daily, backfill_policy=dg.BackfillPolicy.single_run(),
-        group_name=GROUP, kinds={c.channel, "duckdb"}, owners=OWNERS, tags=TAGS, pool=POOL,
-        code_version=SYNC_LOGIC_VERSION,
-        metadata={"dagster/table_name": L.LEDGER},
-    )
+    @dg.asset(name="in_app_nudges", kinds={c.channel, "duckdb"}, **sync_asset_args(daily))
     def in_app_nudges(context: dg.AssetExecutionContext, warehouse: Warehouse, in_app: InAppResource):
         """Sends an event per self-serve PQL (users routed in_app: not in accounts sales works, capped per account)
         that triggers an in-app message: Intercom events (deterministic created_at, at most 10 metadata keys) or a
