@@ -64,12 +64,14 @@ def _env(name: str):
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     daily = daily_partitions(settings)
+    upstream = (build_ingest_checks(settings, daily) + build_feature_checks(settings, daily)
+                + build_model_checks(settings) + build_scoring_checks(settings, daily))
+    # the outputs run only while every blocking check before them passes, also across runs
+    gates = [spec.key for c in upstream for spec in c.check_specs if spec.blocking]
     assets = (build_ingest_assets(settings, daily) + build_feature_assets(settings, daily)
               + build_model_assets(settings) + build_scoring_assets(settings, daily)
-              + build_activation_assets(settings, daily) + build_nudge_assets(settings, daily))
-    checks = (build_ingest_checks(settings, daily) + build_feature_checks(settings, daily)
-              + build_model_checks(settings) + build_scoring_checks(settings, daily)
-              + build_activation_checks(settings))
+              + build_activation_assets(settings, daily, gates) + build_nudge_assets(settings, daily, gates))
+    checks = upstream + build_activation_checks(settings)
     # (name, selection, daily-partitioned, description)
     job_specs = [
         (PIPELINE_JOB, dg.AssetSelection.groups("ingest", "features"), True,

@@ -8,7 +8,7 @@ from pydantic import Field
 from pql_pipeline.defs.activation import ledger as L
 from pql_pipeline.defs.activation.hubspot import HubSpotClient, Transport
 from pql_pipeline.defs.activation.nudges import IntercomChannel, NudgeChannel, WebhookChannel, send_nudges
-from pql_pipeline.defs.activation.records import company_records, contact_records
+from pql_pipeline.defs.activation.records import VOLATILE, company_records, contact_records
 from pql_pipeline.defs.activation.sync import ledger_destination, new_run_id, sync_records
 from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table
 from pql_pipeline.lib.warehouse import Warehouse, table_exists
@@ -38,6 +38,32 @@ def transport(c) -> Transport:
                      max_backoff_seconds=c.max_backoff_seconds, timeout_seconds=c.timeout_seconds)
 
 
+def failed_gates(instance: dg.DagsterInstance, gates: list[dg.AssetCheckKey]) -> list[str]:
+    """The blocking checks (``gates``: every blocking check upstream of the outputs) whose
+    latest evaluation, in any run, failed at ERROR severity. Inside one run Dagster already
+    stops the outputs after such a failure; this also holds when scoring and the checks ran
+    in earlier runs (the daily pipeline, the weekly model job)."""
+    failed = []
+    for key in gates:
+        record = instance.get_latest_asset_check_evaluation_record(key)
+        event = record.event.dagster_event if record is not None and record.event is not None else None
+        evaluation = event.event_specific_data if event is not None else None
+        if evaluation is None or not hasattr(evaluation, "passed"):
+            continue   # never evaluated, or still running
+        if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
+            failed.append(f"{key.asset_key.to_user_string()}.{key.name} (run {record.run_id[:8]})")
+    return failed
+
+
+def gate(context: dg.AssetExecutionContext, gates: list[dg.AssetCheckKey], what: str) -> None:
+    failed = failed_gates(context.instance, gates)
+    if failed:
+        raise dg.Failure(
+            f"{what} not sent: these blocking checks failed at their latest evaluation: {', '.join(failed)}. Fix "
+            "the cause and re-run them (materialize the asset, or run its checks), then run this asset again.",
+            metadata={"failed_checks": ", ".join(failed)})
+
+
 def sync_asset_args(daily: dg.PartitionsDefinition) -> dict:
     """What every output asset shares: after the day's scores (their blocking checks gate it),
     daily partitions synced in one run, the warehouse pool, the ledger table."""
@@ -46,7 +72,8 @@ def sync_asset_args(daily: dg.PartitionsDefinition) -> dict:
                 code_version=SYNC_LOGIC_VERSION, metadata={"dagster/table_name": L.LEDGER})
 
 
-def build_activation_assets(settings: Settings, daily: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+def build_activation_assets(settings: Settings, daily: dg.PartitionsDefinition,
+                            gates: list[dg.AssetCheckKey] = ()) -> list[dg.AssetsDefinition]:
     crm = settings.activation.crm
 
     @dg.asset(name="crm_sync", kinds={"hubspot", "duckdb"}, **sync_asset_args(daily))
@@ -56,6 +83,7 @@ def build_activation_assets(settings: Settings, daily: dg.PartitionsDefinition) 
         Only new and changed records are sent (sync_ledger); rejected and undelivered ones are retried on every
         later run; without HUBSPOT_ACCESS_TOKEN the exact requests go to sync_outbox (dry run). Of a range, only
         the newest day is synced (older days' values would overwrite it)."""
+        gate(context, list(gates), "CRM updates")
         day = max(dt.date.fromisoformat(k) for k in context.partition_keys)
         client = hubspot.client(crm)
         run_id = new_run_id()
@@ -72,7 +100,7 @@ def build_activation_assets(settings: Settings, daily: dg.PartitionsDefinition) 
                               contact_records(conn, day, dest, crm.contact_id_property)))
             for object_type, id_property, records in plans:
                 row = sync_records(conn, client, crm.destination, object_type, id_property, records, day, run_id,
-                                   full_resync=crm.full_resync)
+                                   full_resync=crm.full_resync, ignore_in_diff=VOLATILE)
                 rows.append(row)
                 context.log.info(
                     f"{object_type}: {row['considered']} considered, {row['new']} new, {row['changed']} changed, "
@@ -107,7 +135,8 @@ class InAppResource(dg.ConfigurableResource):
         return WebhookChannel("webhook", c.webhook_url or "", self.secret or None, transport(c))
 
 
-def build_nudge_assets(settings: Settings, daily: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+def build_nudge_assets(settings: Settings, daily: dg.PartitionsDefinition,
+                       gates: list[dg.AssetCheckKey] = ()) -> list[dg.AssetsDefinition]:
     c = settings.activation.in_app
 
     @dg.asset(name="in_app_nudges", kinds={c.channel, "duckdb"}, **sync_asset_args(daily))
@@ -120,6 +149,7 @@ def build_nudge_assets(settings: Settings, daily: dg.PartitionsDefinition) -> li
         channel = in_app.channel(c)
         if not c.enabled:
             return dg.MaterializeResult(metadata={"enabled": False})
+        gate(context, list(gates), "In-app nudges")
         with warehouse.get_connection() as conn:
             row = send_nudges(conn, channel, day, c.event_name, c.cap_days, new_run_id(), c.full_resync)
         context.log.info(f"nudges: {row['considered']} in_app users, {row['capped']} capped, {row['unchanged']} "

@@ -91,9 +91,11 @@ class Plan:
 
 
 def plan(conn, destination: str, object_type: str, records: pd.DataFrame) -> Plan:
-    """Diff ``records`` (record_key, payload: dict, snapshot_date) against the ledger."""
+    """Diff ``records`` (record_key, payload: dict, snapshot_date, optionally payload_hash:
+    the hash of what counts as a change) against the ledger."""
     desired = records.copy()
-    desired["payload_hash"] = [payload_hash(p) for p in desired["payload"]]
+    if "payload_hash" not in desired.columns:
+        desired["payload_hash"] = [payload_hash(p) for p in desired["payload"]]
     ledger = conn.execute(f"""
         SELECT record_key, payload_hash AS ledger_hash, status AS ledger_status, snapshot_date AS ledger_snapshot,
                payload AS ledger_payload

@@ -66,10 +66,10 @@ def new_run_id() -> str:
 
 def sync_records(conn, client: HubSpotClient, destination: str, object_type: str, id_property: str,
                  records: pd.DataFrame, snapshot_date: dt.date | None, run_id: str,
-                 full_resync: bool = False) -> dict:
+                 full_resync: bool = False, ignore_in_diff: tuple[str, ...] = ()) -> dict:
     """``records``: record_key, id_value (the idProperty's value; missing = cannot be matched,
-    rejected without a call), properties (dict), snapshot_date. Returns the run's row of
-    sync_runs."""
+    rejected without a call), properties (dict), snapshot_date. ``ignore_in_diff``: properties
+    that do not count as a change. Returns the run's row of sync_runs."""
     L.ensure_tables(conn)
     dest = ledger_destination(destination, client.dry_run)
     started, t0 = dt.datetime.now(dt.timezone.utc), time.monotonic()
@@ -78,7 +78,11 @@ def sync_records(conn, client: HubSpotClient, destination: str, object_type: str
     frame = records.copy()
     frame["payload"] = [{"id": None if pd.isna(i) else str(i), "properties": p}
                         for i, p in zip(frame["id_value"], frame["properties"])]
-    p = L.plan(conn, dest, object_type, frame[["record_key", "payload", "snapshot_date"]])
+    # properties that change every day by nature (the scored day) are sent with a record but
+    # do not make it a change on their own
+    frame["payload_hash"] = [L.payload_hash({"id": pl["id"], "properties": {
+        k: v for k, v in pl["properties"].items() if k not in ignore_in_diff}}) for pl in frame["payload"]]
+    p = L.plan(conn, dest, object_type, frame[["record_key", "payload", "payload_hash", "snapshot_date"]])
     todo = p.to_send
     calls_before = client.stats.calls
     created = updated = rejected = failed = 0

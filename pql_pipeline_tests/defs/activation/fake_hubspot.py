@@ -9,7 +9,8 @@ whose ``context.objectWriteTraceId`` names the rejected inputs. Every request is
 Faults are queued and consumed one per request: ``429`` (with Retry-After), ``500``,
 ``timeout`` (answers after the client gave up), ``reset`` (closes the connection before
 answering), ``lost`` (applies the upsert, then closes the connection: the client never
-learns it succeeded). ``reject`` is a predicate on an input: matching inputs get a 207
+learns it succeeded), ``slow`` (applies the upsert, answers ``timeout_sleep`` seconds
+later). ``reject`` is a predicate on an input: matching inputs get a 207
 VALIDATION_ERROR (e.g. an invalid e-mail).
 """
 
@@ -116,6 +117,8 @@ class FakeHubSpot:
                                 "createdAt": "2026-01-01T00:00:00Z", "updatedAt": "2026-01-01T00:00:00Z"})
         if fault == "lost":
             return self._reset(h)
+        if fault == "slow":          # applied, but the answer takes long (a client may die waiting)
+            time.sleep(self.timeout_sleep)
         answer = {"status": "COMPLETE", "results": results, "startedAt": "2026-01-01T00:00:00Z",
                   "completedAt": "2026-01-01T00:00:01Z"}
         if errors:

@@ -204,3 +204,67 @@ def test_batches_in_flight_together_keep_every_rule(conn, hub):
     assert max(len(json.loads(r["body"])["inputs"]) for r in hub.calls()) == 100
     assert conn.execute(f"SELECT count(*) FROM {L.LEDGER} WHERE status = 'synced'").fetchall()[0][0] == 1000
     assert run(conn, c, contacts(1_000))["calls"] == 0
+
+
+def test_a_property_that_changes_every_day_alone_does_not_resend_a_record(conn, hub):
+    c = client(hub)
+    today = contacts(20)
+    for props in today["properties"]:
+        props["pql_scored_on"] = "2026-03-31"
+    sync_records(conn, c, "hubspot", "contacts", "email", today, DAY, "r1", ignore_in_diff=("pql_scored_on",))
+    tomorrow = contacts(20, day=DAY + dt.timedelta(days=1))
+    for i, props in enumerate(tomorrow["properties"]):
+        props["pql_scored_on"] = "2026-04-01"
+        if i == 0:
+            props["pql_tier"] = "warm"
+    row = sync_records(conn, c, "hubspot", "contacts", "email", tomorrow, DAY + dt.timedelta(days=1), "r2",
+                       ignore_in_diff=("pql_scored_on",))
+    assert (row["changed"], row["unchanged"], row["sent"]) == (1, 19, 1)
+    # the record that changed carries the day of its new values
+    assert hub.objects[("contacts", "user0@example.com")]["properties"]["pql_scored_on"] == "2026-04-01"
+    assert hub.objects[("contacts", "user1@example.com")]["properties"]["pql_scored_on"] == "2026-03-31"
+
+
+CHILD = """
+import datetime as dt, sys
+import duckdb
+sys.path.insert(0, {root!r})
+from pql_pipeline.defs.activation.hubspot import HubSpotClient, Transport
+from pql_pipeline.defs.activation.sync import sync_records
+from pql_pipeline_tests.defs.activation.test_crm_sync import contacts
+c = HubSpotClient(base_url={url!r}, access_token={token!r}, transport=Transport(timeout_seconds=60))
+sync_records(duckdb.connect({db!r}), c, "hubspot", "contacts", "email", contacts(500), dt.date(2026, 3, 31), "killed")
+"""
+
+
+def test_a_sync_process_killed_mid_batch_loses_and_doubles_nothing(tmp_path, hub):
+    """A real kill -9 while the third batch's answer is on its way: the next run sends the
+    rest, and HubSpot ends with every record once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import duckdb
+
+    root = str(Path(__file__).resolve().parents[3])
+    db = str(tmp_path / "kill.duckdb")
+    hub.faults.extend([None, None, "slow"])
+    hub.timeout_sleep = 30
+    child = subprocess.Popen([sys.executable, "-c", CHILD.format(root=root, url=hub.url, token=TOKEN, db=db)])
+    deadline = time.monotonic() + 60
+    while len(hub.calls()) < 3 and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.05)
+    assert len(hub.calls()) == 3, "the child did not reach its third batch"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    hub.timeout_sleep = 0
+    conn = duckdb.connect(db)
+    status = dict(conn.execute(f"SELECT status, count(*) FROM {L.LEDGER} GROUP BY 1").fetchall())
+    assert status == {"synced": 200, "pending": 300}
+    row = sync_records(conn, client(hub), "hubspot", "contacts", "email", contacts(500), DAY, "resumed")
+    assert (row["retried"], row["unchanged"], row["sent"], row["calls"]) == (300, 200, 300, 3)
+    assert len(hub.objects) == 500 and sum(hub.upserts.values()) == 600 and max(hub.upserts.values()) == 2
+    assert conn.execute(f"SELECT count(*) FROM {L.LEDGER} WHERE status = 'synced'").fetchall() == [(500,)]

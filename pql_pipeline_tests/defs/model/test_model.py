@@ -5,6 +5,7 @@ champion/challenger decision, rollback by pinning a version, and the gates."""
 import csv
 import datetime as dt
 
+import dagster as dg
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
@@ -259,6 +260,7 @@ def test_sales_leads_reach_the_crm_dry_run_first_then_for_real_once(trained, mon
     from pql_pipeline_tests.defs.activation.fake_hubspot import FakeHubSpot
 
     p, _, _ = trained
+    instance = dg.DagsterInstance.ephemeral()    # no check results of the other tests' runs
     last = p.query("SELECT max(snapshot_date) FROM user_features")[0][0].isoformat()
     token = "pat-na1-test-SECRET-9f8e7d"
     with FakeHubSpot(token=token) as hub:
@@ -266,7 +268,7 @@ def test_sales_leads_reach_the_crm_dry_run_first_then_for_real_once(trained, mon
         settings = p.settings.model_copy(update={"activation": p.settings.activation.model_copy(update={"crm": crm})})
         monkeypatch.delenv("HUBSPOT_ACCESS_TOKEN", raising=False)
         dry = build_definitions(settings).resolve_job_def(SCORING_JOB).execute_in_process(
-            instance=p.instance, tags={"dagster/partition": last}, raise_on_error=False)
+            instance=instance, tags={"dagster/partition": last}, raise_on_error=False)
         assert dry.success and hub.requests == []
         [nudges] = dry.asset_materializations_for_node("in_app_nudges")
         in_app = p.query(f"SELECT count(*) FROM pql_scores WHERE snapshot_date = DATE '{last}' AND route = 'in_app'"
@@ -287,7 +289,7 @@ def test_sales_leads_reach_the_crm_dry_run_first_then_for_real_once(trained, mon
         monkeypatch.setenv("HUBSPOT_ACCESS_TOKEN", token)
         real_defs = build_definitions(settings)
         real = real_defs.resolve_job_def(SCORING_JOB).execute_in_process(
-            instance=p.instance, tags={"dagster/partition": last}, raise_on_error=False)
+            instance=instance, tags={"dagster/partition": last}, raise_on_error=False)
         assert real.success and p.checks(real)["crm_sync:crm_sync_reconciles"].passed
         companies = {k for t, k in hub.objects if t == "companies"}
         assert len(companies) == sales_accounts
@@ -298,7 +300,7 @@ def test_sales_leads_reach_the_crm_dry_run_first_then_for_real_once(trained, mon
         assert some["pql_reasons"] and some["pql_tier"] in ("hot", "warm", "cold")
         calls = len(hub.requests)
         again = real_defs.resolve_job_def(SCORING_JOB).execute_in_process(
-            instance=p.instance, tags={"dagster/partition": last}, raise_on_error=False)
+            instance=instance, tags={"dagster/partition": last}, raise_on_error=False)
         assert again.success and len(hub.requests) == calls       # nothing changed: no call
         # the token went to HubSpot only
         assert all(r["headers"]["Authorization"] == f"Bearer {token}" for r in hub.requests)
@@ -325,3 +327,28 @@ def test_a_failed_blocking_score_check_keeps_leads_from_the_crm(trained):
     assert not checks["pql_scores:pql_volume"].passed and checks["pql_scores:pql_volume"].severity.value == "ERROR"
     assert "pql_scores" in materialized(result)
     assert not {"crm_sync", "in_app_nudges"} & materialized(result)
+
+
+@pytest.mark.slow
+def test_a_blocking_check_failed_in_an_earlier_run_keeps_leads_from_the_outputs(trained):
+    """The model job (a separate run) fails a blocking gate: the next scoring run scores, but
+    sends nothing to the CRM or in-app until the gate passes again."""
+    p, _, _ = trained
+    instance = dg.DagsterInstance.ephemeral()
+    last = p.query("SELECT max(snapshot_date) FROM user_features")[0][0].isoformat()
+    strict = p.settings.model_copy(update={"model": p.settings.model.model_copy(
+        update={"gates": p.settings.model.gates.model_copy(update={"min_auc": 0.99})})})
+    failed = build_definitions(strict).resolve_job_def(MODEL_JOB).execute_in_process(
+        instance=instance, raise_on_error=False)
+    assert not p.checks(failed)["conversion_model:auc_floor"].passed
+    defs = build_definitions(p.settings)
+    blocked = defs.resolve_job_def(SCORING_JOB).execute_in_process(
+        instance=instance, tags={"dagster/partition": last}, raise_on_error=False)
+    assert "pql_scores" in materialized(blocked) and not {"crm_sync", "in_app_nudges"} & materialized(blocked)
+    failures = [e for e in blocked.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert any("conversion_model.auc_floor" in str(e.event_specific_data.error) for e in failures)
+    # the gates pass again (the model job with the configured gates): the outputs run
+    assert defs.resolve_job_def(MODEL_JOB).execute_in_process(instance=instance, raise_on_error=False).success
+    passed = defs.resolve_job_def(SCORING_JOB).execute_in_process(
+        instance=instance, tags={"dagster/partition": last}, raise_on_error=False)
+    assert passed.success and {"crm_sync", "in_app_nudges"} <= materialized(passed)
