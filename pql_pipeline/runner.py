@@ -57,9 +57,12 @@ def materialize_all(settings: Settings, instance: dg.DagsterInstance, partitions
             run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
         report.run_ids.append(result.run_id)
         report.succeeded &= result.success
+        graph = defs.resolve_asset_graph()
         for ev in result.get_asset_check_evaluations():
+            spec = graph.get_check_spec(dg.AssetCheckKey(ev.asset_key, ev.check_name))
             report.checks.append({"asset": ev.asset_key.to_user_string(), "check": ev.check_name,
-                                  "passed": ev.passed, "severity": ev.severity.value})
+                                  "passed": ev.passed, "severity": ev.severity.value,
+                                  "blocking": bool(spec.blocking)})
         report.failed_steps += [e.step_key for e in result.all_events if e.is_step_failure and e.step_key]
         if not result.success:
             break
@@ -191,8 +194,12 @@ def format_summary(settings: Settings, report: RunReport) -> str:
     lines.append("checks:")
     width = max((len(f"{c['asset']}.{c['check']}") for c in report.checks), default=10)
     for c in sorted(report.checks, key=lambda c: (c["asset"], c["check"])):
-        verdict = "pass" if c["passed"] else ("FAIL (blocks downstream)" if c["severity"] == "ERROR"
-                                              else "warn (does not block; see its metadata in the UI)")
+        if c["passed"]:
+            verdict = "pass"
+        elif c["severity"] == "ERROR" and c.get("blocking", True):
+            verdict = "FAIL (blocks downstream)"
+        else:
+            verdict = ("FAIL" if c["severity"] == "ERROR" else "warn") + " (does not block; see its metadata in the UI)"
         lines.append(f"  {c['asset'] + '.' + c['check']:<{width}}  {verdict}")
     lines.append(f"warehouse       {settings.warehouse_path}")
     lines.append("result          " + ("success" if report.succeeded else

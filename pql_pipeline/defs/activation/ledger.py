@@ -94,12 +94,14 @@ def plan(conn, destination: str, object_type: str, records: pd.DataFrame) -> Pla
     """Diff ``records`` (record_key, payload: dict, snapshot_date, optionally payload_hash:
     the hash of what counts as a change) against the ledger."""
     desired = records.copy()
+    desired["record_key"] = desired["record_key"].astype(object)   # an empty frame's keys have no type
     if "payload_hash" not in desired.columns:
         desired["payload_hash"] = [payload_hash(p) for p in desired["payload"]]
     ledger = conn.execute(f"""
         SELECT record_key, payload_hash AS ledger_hash, status AS ledger_status, snapshot_date AS ledger_snapshot,
                payload AS ledger_payload
         FROM {LEDGER} WHERE destination = ? AND object_type = ?""", [destination, object_type]).df()
+    ledger["record_key"] = ledger["record_key"].astype(object)
     j = desired.merge(ledger, on="record_key", how="outer", indicator=True)
     in_desired = j["_merge"] != "right_only"
     known = j["_merge"] == "both"
@@ -117,12 +119,13 @@ def plan(conn, destination: str, object_type: str, records: pd.DataFrame) -> Pla
     orphan = (j["_merge"] == "right_only") & (j["ledger_status"] != "synced")
     kind[orphan] = "retry"
     keep_last = orphan | (in_desired & known & ~synced & newer_sent)
-    j["payload"] = j["payload"].astype(object)
-    j.loc[keep_last, "payload"] = pd.Series(
-        [json.loads(p) if isinstance(p, str) else p for p in j.loc[keep_last, "ledger_payload"]],
-        index=j.index[keep_last], dtype=object)
-    j.loc[keep_last, "payload_hash"] = j.loc[keep_last, "ledger_hash"]
-    j.loc[keep_last, "snapshot_date"] = j.loc[keep_last, "ledger_snapshot"]
+    j = j.astype({"payload": object, "payload_hash": object, "snapshot_date": object})
+    if keep_last.any():
+        j.loc[keep_last, "payload"] = pd.Series(
+            [json.loads(p) if isinstance(p, str) else p for p in j.loc[keep_last, "ledger_payload"]],
+            index=j.index[keep_last], dtype=object)
+        j.loc[keep_last, "payload_hash"] = j.loc[keep_last, "ledger_hash"]
+        j.loc[keep_last, "snapshot_date"] = j.loc[keep_last, "ledger_snapshot"]
     send = j[kind.notna()].assign(kind=kind[kind.notna()])
     out = send[["record_key", "payload", "payload_hash", "snapshot_date", "kind"]].reset_index(drop=True)
     return Plan(out, considered=int(in_desired.sum()), unchanged=int(unchanged.sum()), skipped_stale=int(stale.sum()),

@@ -123,7 +123,7 @@ def nudge_candidates(conn, day: dt.date, event_name: str) -> pd.DataFrame:
                 "account_id": r.account_id, "segment": r.segment, "model_version": r.model_version,
                 "scored_on": day.isoformat()}
         meta = {k: v for k, v in meta.items() if v is not None and not (isinstance(v, float) and pd.isna(v))}
-        assert len(meta) <= MAX_METADATA_KEYS
+        meta = dict(list(meta.items())[:MAX_METADATA_KEYS])
         nudges.append({"user_id": r.user_id, "email": r.email if isinstance(r.email, str) else None,
                        "event_name": event_name, "created_at": created_at(day), "metadata": meta})
     return pd.DataFrame({"record_key": [f"{u}|{event_name}|{day.isoformat()}" for u in df["user_id"]],

@@ -182,3 +182,13 @@ def test_the_webhook_is_signed_with_the_shared_secret(conn):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_a_day_without_in_app_users_sends_nothing_and_records_the_run(conn, intercom):
+    ch = IntercomChannel("intercom", intercom.url, TOKEN, fast())
+    scored(conn, D0, [("a", 0.5, "in_app")])
+    send_nudges(conn, ch, D0, "pql-nudge", 7, "r1")
+    scored(conn, D0 + dt.timedelta(days=1), [("b", 0.9, "sales")])     # nobody to nudge, a ledger exists
+    row = send_nudges(conn, ch, D0 + dt.timedelta(days=1), "pql-nudge", 7, "r2")
+    assert (row["considered"], row["sent"], row["calls"]) == (0, 0, 0)
+    assert conn.execute(f"SELECT count(*) FROM {L.RUNS}").fetchall() == [(2,)]
