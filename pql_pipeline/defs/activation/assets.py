@@ -27,7 +27,8 @@ class HubSpotResource(dg.ConfigurableResource):
     access_token: str | None = Field(None, description="HubSpot private-app token (from HUBSPOT_ACCESS_TOKEN).")
 
     def client(self, crm: CrmSettings) -> HubSpotClient:
-        return HubSpotClient(base_url=crm.base_url, access_token=self.access_token or None,
+        # a token read from a secret file often ends with a newline: never part of a header
+        return HubSpotClient(base_url=crm.base_url, access_token=(self.access_token or "").strip() or None,
                              batch_size=crm.batch_size, transport=transport(crm), concurrency=crm.concurrency)
 
 
@@ -45,13 +46,17 @@ def failed_gates(instance: dg.DagsterInstance, gates: list[dg.AssetCheckKey]) ->
     in earlier runs (the daily pipeline, the weekly model job)."""
     failed = []
     for key in gates:
-        record = instance.get_latest_asset_check_evaluation_record(key)
-        event = record.event.dagster_event if record is not None and record.event is not None else None
-        evaluation = event.event_specific_data if event is not None else None
-        if evaluation is None or not hasattr(evaluation, "passed"):
-            continue   # never evaluated, or still running
-        if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
-            failed.append(f"{key.asset_key.to_user_string()}.{key.name} (run {record.run_id[:8]})")
+        # the newest execution that produced an evaluation (one only planned, in a run that failed
+        # or was cancelled before the check ran, says nothing)
+        history = instance.event_log_storage.get_asset_check_execution_history(key, limit=20)
+        for record in history:
+            event = record.event.dagster_event if record.event is not None else None
+            evaluation = event.event_specific_data if event is not None else None
+            if evaluation is None or not hasattr(evaluation, "passed"):
+                continue
+            if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
+                failed.append(f"{key.asset_key.to_user_string()}.{key.name} (run {record.run_id[:8]})")
+            break
     return failed
 
 
@@ -130,9 +135,10 @@ class InAppResource(dg.ConfigurableResource):
     secret: str | None = Field(None, description="Intercom access token or webhook signing secret (from the env).")
 
     def channel(self, c: InAppSettings) -> NudgeChannel:
+        secret = (self.secret or "").strip() or None
         if c.channel == "intercom":
-            return IntercomChannel("intercom", c.intercom_url, self.secret or None, transport(c))
-        return WebhookChannel("webhook", c.webhook_url or "", self.secret or None, transport(c))
+            return IntercomChannel("intercom", c.intercom_url, secret, transport(c))
+        return WebhookChannel("webhook", c.webhook_url or "", secret, transport(c))
 
 
 def build_nudge_assets(settings: Settings, daily: dg.PartitionsDefinition,

@@ -110,9 +110,11 @@ class Transport:
                     r = self.session.post(url, data=body, timeout=self.timeout_seconds, headers=headers)
                 else:
                     r = self.session.post(url, json=body, timeout=self.timeout_seconds, headers=headers)
-            except (requests.Timeout, requests.ConnectionError) as e:
+            except requests.RequestException as e:
+                # the exception's text can quote the request (its headers): only its type is kept
                 last_error = f"{type(e).__name__}: no answer"
-                self._wait(self.backoff(attempt))
+                if attempt + 1 < self.max_attempts:
+                    self._wait(self.backoff(attempt))
                 continue
             with self.lock:
                 self.stats.statuses[r.status_code] = self.stats.statuses.get(r.status_code, 0) + 1
@@ -120,11 +122,13 @@ class Transport:
                 with self.lock:
                     self.stats.throttled += 1
                 last_error = "429 rate limited"
-                self._wait(_retry_after(r) or self.backoff(attempt))
+                if attempt + 1 < self.max_attempts:
+                    self._wait(min(_retry_after(r) or self.backoff(attempt), max(self.max_backoff_seconds, 1.0)))
                 continue
             if r.status_code >= 500:
                 last_error = f"{r.status_code} from the destination"
-                self._wait(self.backoff(attempt))
+                if attempt + 1 < self.max_attempts:
+                    self._wait(self.backoff(attempt))
                 continue
             return r, ""
         return None, f"gave up after {self.max_attempts} attempts: {last_error}"

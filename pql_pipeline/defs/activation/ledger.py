@@ -8,14 +8,16 @@ Reverse-ETL rules this follows (the Hightouch / Census behaviour users expect):
   its payload changed; an unchanged record costs nothing (zero calls on a rerun).
 - **retries across runs**: a record the destination rejected (``rejected``) or that could
   not be delivered (``failed``) is sent again on every later run until it succeeds, with
-  its newest payload if it has one, else the payload it failed with.
+  its newest payload if it has one, else the payload it failed with (``expired`` records,
+  e.g. an earlier day's nudge, are not);
 - **never lost, never doubled**: before a batch is sent, its records are written to the
   ledger as ``pending`` (committed); each batch's outcome is committed as soon as its
   response arrives. A process killed mid-sync leaves ``pending`` records, which the next
   run sends again; because every call is an upsert by a unique key, a batch whose
   response was lost has the same effect when sent twice.
-- **no time travel**: a record whose ledger entry came from a newer snapshot than the one
-  being synced is skipped (a backfill of an old day does not overwrite today's values).
+- **no time travel**: a record whose ledger entry stands for a newer snapshot than the one
+  being synced is skipped (a backfill of an old day does not overwrite today's values);
+  an unchanged record's entry moves to each newer day it was confirmed for.
 - **full resync**: forgets the ledger of a destination, so everything is sent again.
 - **dry run**: the destination is named ``<name>:dry_run`` and keeps its own ledger, so a
   dry run never makes the real sync skip a record.
@@ -84,6 +86,7 @@ class Plan:
     kind: new | changed | retry) and the counts of what it does not."""
 
     to_send: pd.DataFrame
+    unchanged_keys: list = field(default_factory=list)
     considered: int = 0
     unchanged: int = 0
     skipped_stale: int = 0
@@ -116,7 +119,7 @@ def plan(conn, destination: str, object_type: str, records: pd.DataFrame) -> Pla
     kind[in_desired & known & ~synced] = "retry"
     # a record the destination has not accepted yet and that is not wanted now (or wanted with an
     # older snapshot's values): its last payload again
-    orphan = (j["_merge"] == "right_only") & (j["ledger_status"] != "synced")
+    orphan = (j["_merge"] == "right_only") & ~j["ledger_status"].isin(["synced", "expired"])
     kind[orphan] = "retry"
     keep_last = orphan | (in_desired & known & ~synced & newer_sent)
     j = j.astype({"payload": object, "payload_hash": object, "snapshot_date": object})
@@ -128,8 +131,26 @@ def plan(conn, destination: str, object_type: str, records: pd.DataFrame) -> Pla
         j.loc[keep_last, "snapshot_date"] = j.loc[keep_last, "ledger_snapshot"]
     send = j[kind.notna()].assign(kind=kind[kind.notna()])
     out = send[["record_key", "payload", "payload_hash", "snapshot_date", "kind"]].reset_index(drop=True)
-    return Plan(out, considered=int(in_desired.sum()), unchanged=int(unchanged.sum()), skipped_stale=int(stale.sum()),
+    return Plan(out, unchanged_keys=list(j.loc[unchanged, "record_key"]), considered=int(in_desired.sum()),
+                unchanged=int(unchanged.sum()), skipped_stale=int(stale.sum()),
                 counts=out["kind"].value_counts().to_dict())
+
+
+def advance_snapshot(conn, destination: str, object_type: str, keys: list, snapshot_date) -> None:
+    """Unchanged records now stand for ``snapshot_date`` too: an older day synced later (a
+    backfill) must not overwrite them."""
+    if not keys or snapshot_date is None:
+        return
+    frame = pd.DataFrame({"record_key": pd.Series(keys, dtype=object)})
+    conn.register("sx_unchanged", frame)
+    try:
+        conn.execute(f"""
+            UPDATE {LEDGER} AS l SET snapshot_date = greatest(l.snapshot_date, CAST(? AS DATE))
+            FROM sx_unchanged AS u
+            WHERE l.destination = ? AND l.object_type = ? AND l.record_key = u.record_key""",
+                     [snapshot_date, destination, object_type])
+    finally:
+        conn.unregister("sx_unchanged")
 
 
 def mark_pending(conn, destination: str, object_type: str, rows: pd.DataFrame, run_id: str) -> None:
@@ -214,10 +235,11 @@ def _write_outcomes(conn, destination, object_type, run_id, outcomes, payloads, 
 
 
 def reset(conn, destination: str, object_type: str) -> int:
-    """Full resync: forget what the destination accepted (the next run sends everything)."""
-    n = conn.execute(f"SELECT count(*) FROM {LEDGER} WHERE destination = ? AND object_type = ?",
-                     [destination, object_type]).fetchall()[0][0]
-    conn.execute(f"DELETE FROM {LEDGER} WHERE destination = ? AND object_type = ?", [destination, object_type])
+    """Full resync: forget what the destination accepted (the next run sends everything);
+    records not accepted yet stay, so they are still retried."""
+    where = "destination = ? AND object_type = ? AND status = 'synced'"
+    n = conn.execute(f"SELECT count(*) FROM {LEDGER} WHERE {where}", [destination, object_type]).fetchall()[0][0]
+    conn.execute(f"DELETE FROM {LEDGER} WHERE {where}", [destination, object_type])
     return n
 
 

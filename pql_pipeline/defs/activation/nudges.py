@@ -150,10 +150,20 @@ def send_nudges(conn, channel: NudgeChannel, day: dt.date, event_name: str, cap_
     started, t0 = dt.datetime.now(dt.timezone.utc), time.monotonic()
     if full_resync:
         L.reset(conn, dest, "nudges")
+    # a nudge of an earlier day that was not delivered is not sent late: today's verdicts,
+    # routing and cap decide (its row stays, marked expired)
+    conn.execute(f"""
+        UPDATE {L.LEDGER} SET status = 'expired', last_error = 'not delivered on its day; a later day decides',
+               updated_at = now()
+        WHERE destination = ? AND object_type = 'nudges' AND status <> 'synced' AND snapshot_date < ?""",
+                 [dest, day])
     cand = nudge_candidates(conn, day, event_name)
     capped = capped_users(conn, dest, day, cap_days)
     allowed = cand[~cand["user_id"].isin(capped)]
-    records = pd.DataFrame({"record_key": allowed["record_key"], "payload": allowed["nudge"], "snapshot_date": day})
+    # a nudge is sent once per key: a day scored again (other metadata) does not nudge again
+    records = pd.DataFrame({"record_key": allowed["record_key"], "payload": allowed["nudge"],
+                            "payload_hash": [L.payload_hash({"nudge": k}) for k in allowed["record_key"]],
+                            "snapshot_date": day})
     p = L.plan(conn, dest, "nudges", records)
     todo = p.to_send
     calls_before = channel.transport.stats.calls

@@ -83,6 +83,7 @@ def sync_records(conn, client: HubSpotClient, destination: str, object_type: str
     frame["payload_hash"] = [L.payload_hash({"id": pl["id"], "properties": {
         k: v for k, v in pl["properties"].items() if k not in ignore_in_diff}}) for pl in frame["payload"]]
     p = L.plan(conn, dest, object_type, frame[["record_key", "payload", "payload_hash", "snapshot_date"]])
+    L.advance_snapshot(conn, dest, object_type, p.unchanged_keys, snapshot_date)
     todo = p.to_send
     calls_before = client.stats.calls
     created = updated = rejected = failed = 0
@@ -90,14 +91,24 @@ def sync_records(conn, client: HubSpotClient, destination: str, object_type: str
         L.mark_pending(conn, dest, object_type, todo, run_id)
         payloads = dict(zip(todo["record_key"], todo["payload"]))
         kinds = dict(zip(todo["record_key"], todo["kind"]))
-        # records the destination cannot match (no id value) are rejected here, without a call
-        unmatched = [k for k, pl in payloads.items() if not pl.get("id")]
-        if unmatched:
-            L.record_outcomes(conn, dest, object_type, run_id, [
-                L.Outcome(k, "rejected", error=f"no {id_property}: {destination} matches {object_type} by it")
-                for k in unmatched], payloads)
-            rejected += len(unmatched)
-        sendable = [(k, pl["id"], pl["properties"]) for k, pl in payloads.items() if pl.get("id")]
+        # records the destination cannot match (no id value), or that share their id value with
+        # another record (one batch input per destination record), are rejected here, without a call
+        local, owner = [], {}
+        for k, pl in payloads.items():
+            ident = (pl.get("id") or "").strip().lower()
+            if not ident:
+                local.append(L.Outcome(k, "rejected", error=f"no {id_property}: {destination} matches "
+                                                            f"{object_type} by it"))
+            elif ident in owner:
+                local.append(L.Outcome(k, "rejected", error=f"{id_property} {pl['id']!r} is also record "
+                                                            f"{owner[ident]!r}'s; {destination} keeps one record per "
+                                                            f"{id_property}"))
+            else:
+                owner[ident] = k
+        if local:
+            L.record_outcomes(conn, dest, object_type, run_id, local, payloads)
+            rejected += len(local)
+        sendable = [(k, payloads[k]["id"], payloads[k]["properties"]) for k in owner.values()]
         batches = [sendable[i:i + client.batch_size] for i in range(0, len(sendable), client.batch_size)]
         for outcomes in _deliver(conn, client, destination, object_type, id_property, batches, kinds, run_id):
             # each batch's outcome is committed as soon as it is known (the resume point)

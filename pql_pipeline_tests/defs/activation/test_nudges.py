@@ -192,3 +192,24 @@ def test_a_day_without_in_app_users_sends_nothing_and_records_the_run(conn, inte
     row = send_nudges(conn, ch, D0 + dt.timedelta(days=1), "pql-nudge", 7, "r2")
     assert (row["considered"], row["sent"], row["calls"]) == (0, 0, 0)
     assert conn.execute(f"SELECT count(*) FROM {L.RUNS}").fetchall() == [(2,)]
+
+
+def test_an_undelivered_nudge_is_not_sent_late_and_a_rescored_day_does_not_nudge_again(conn, intercom):
+    ch = IntercomChannel("intercom", intercom.url, TOKEN, Transport(max_attempts=1, backoff_seconds=0.01))
+    scored(conn, D0, [("a", 0.5, "in_app")])
+    intercom.faults.append("500")
+    assert send_nudges(conn, ch, D0, "pql-nudge", 7, "r1")["failed"] == 1
+    # the day is scored again (other metadata): a once-accepted nudge is not sent again
+    ch = IntercomChannel("intercom", intercom.url, TOKEN, fast())
+    assert send_nudges(conn, ch, D0, "pql-nudge", 7, "r2")["created"] == 1
+    conn.execute("UPDATE pql_scores SET probability = 0.7, reason_text = 'connected Slack' WHERE user_id = 'a'")
+    assert send_nudges(conn, ch, D0, "pql-nudge", 7, "r3")["sent"] == 0
+    # b's nudge fails on D0; on the next day b is routed to sales: yesterday's nudge is not sent late
+    scored(conn, D0, [("b", 0.4, "in_app")])
+    intercom.faults.extend(["500"] * 6)
+    assert send_nudges(conn, ch, D0, "pql-nudge", 7, "r4")["failed"] == 1
+    scored(conn, D0 + dt.timedelta(days=1), [("b", 0.9, "sales")])
+    nxt = send_nudges(conn, ch, D0 + dt.timedelta(days=1), "pql-nudge", 7, "r5")
+    assert (nxt["retried"], nxt["sent"]) == (0, 0)
+    assert conn.execute(f"SELECT status FROM {L.LEDGER} WHERE record_key LIKE 'b|%'").fetchall() == [("expired",)]
+    assert set(intercom.events) == {("a", "pql-nudge", int(dt.datetime(2026, 3, 10, tzinfo=dt.timezone.utc).timestamp()))}
