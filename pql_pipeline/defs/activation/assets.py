@@ -9,7 +9,7 @@ from pql_pipeline.defs.activation import ledger as L
 from pql_pipeline.defs.activation.hubspot import HubSpotClient, Transport
 from pql_pipeline.defs.activation.nudges import IntercomChannel, NudgeChannel, WebhookChannel, send_nudges
 from pql_pipeline.defs.activation.records import VOLATILE, company_records, contact_records
-from pql_pipeline.defs.activation.sync import ledger_destination, new_run_id, sync_records
+from pql_pipeline.defs.activation.sync import new_run_id, sync_records
 from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table
 from pql_pipeline.lib.warehouse import Warehouse, table_exists
 from pql_pipeline.settings import CrmSettings, InAppSettings, Settings
@@ -92,7 +92,7 @@ def build_activation_assets(settings: Settings, daily: dg.PartitionsDefinition,
         day = max(dt.date.fromisoformat(k) for k in context.partition_keys)
         client = hubspot.client(crm)
         run_id = new_run_id()
-        dest = ledger_destination(crm.destination, client.dry_run)
+        dest = L.ledger_destination(crm.destination, client.dry_run)
         rows = []
         with warehouse.get_connection() as conn:
             L.ensure_tables(conn)

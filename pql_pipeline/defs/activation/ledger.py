@@ -243,7 +243,46 @@ def reset(conn, destination: str, object_type: str) -> int:
     return n
 
 
-def record_run(conn, row: dict) -> None:
-    names = [c for c, _ in RUN_COLUMNS]
+def ledger_destination(destination: str, dry_run: bool) -> str:
+    """A dry run keeps its own ledger, so it never makes the real sync skip a record."""
+    return f"{destination}:dry_run" if dry_run else destination
+
+
+@dataclass
+class Tally:
+    """The outcomes of a run's records, counted as they are committed."""
+
+    created: int = 0
+    updated: int = 0
+    rejected: int = 0
+    failed: int = 0
+
+    def add(self, outcomes: list[Outcome]) -> None:
+        for o in outcomes:
+            if o.status == "synced":
+                self.created += o.created
+                self.updated += not o.created
+            elif o.status == "rejected":
+                self.rejected += 1
+            else:
+                self.failed += 1
+
+
+def record_run(conn, *, run_id: str, destination: str, object_type: str, dry_run: bool, snapshot_date,
+               started: dt.datetime, seconds: float, considered: int, plan_: Plan, tally: Tally, calls: int,
+               full_resync: bool) -> dict:
+    """Write the run's row of sync_runs and return it."""
+    c = plan_.counts
+    row = {
+        "run_id": run_id, "destination": destination, "object_type": object_type, "dry_run": dry_run,
+        "snapshot_date": snapshot_date, "started_at": started, "finished_at": dt.datetime.now(dt.timezone.utc),
+        "considered": considered, "new": c.get("new", 0), "changed": c.get("changed", 0),
+        "unchanged": plan_.unchanged, "retried": c.get("retry", 0), "skipped_stale": plan_.skipped_stale,
+        "sent": len(plan_.to_send), "created": tally.created, "updated": tally.updated,
+        "rejected": tally.rejected, "failed": tally.failed, "calls": calls, "seconds": round(seconds, 3),
+        "full_resync": full_resync,
+    }
+    names = [n for n, _ in RUN_COLUMNS]
     conn.execute(f"INSERT INTO {RUNS} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})",
-                 [row.get(c) for c in names])
+                 [row.get(n) for n in names])
+    return row

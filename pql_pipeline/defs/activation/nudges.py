@@ -146,7 +146,7 @@ def send_nudges(conn, channel: NudgeChannel, day: dt.date, event_name: str, cap_
     """Nudge the day's in_app users through ``channel`` (or write the requests to the outbox
     in a dry run); returns the run's row of sync_runs (``capped`` added)."""
     L.ensure_tables(conn)
-    dest = f"{channel.name}:dry_run" if channel.dry_run else channel.name
+    dest = L.ledger_destination(channel.name, channel.dry_run)
     started, t0 = dt.datetime.now(dt.timezone.utc), time.monotonic()
     if full_resync:
         L.reset(conn, dest, "nudges")
@@ -167,7 +167,7 @@ def send_nudges(conn, channel: NudgeChannel, day: dt.date, event_name: str, cap_
     p = L.plan(conn, dest, "nudges", records)
     todo = p.to_send
     calls_before = channel.transport.stats.calls
-    sent_ok = rejected = failed = 0
+    tally = L.Tally()
     if len(todo):
         L.mark_pending(conn, dest, "nudges", todo, run_id)
         payloads = dict(zip(todo["record_key"], todo["payload"]))
@@ -183,18 +183,10 @@ def send_nudges(conn, channel: NudgeChannel, day: dt.date, event_name: str, cap_
             else:
                 outcome = channel.send(key, nudge)
             L.record_outcomes(conn, dest, "nudges", run_id, [outcome], payloads)
-            sent_ok += outcome.status == "synced"
-            rejected += outcome.status == "rejected"
-            failed += outcome.status == "failed"
-    row = {
-        "run_id": run_id, "destination": channel.name, "object_type": "nudges", "dry_run": channel.dry_run,
-        "snapshot_date": day, "started_at": started, "finished_at": dt.datetime.now(dt.timezone.utc),
-        "considered": len(cand), "new": p.counts.get("new", 0), "changed": p.counts.get("changed", 0),
-        "unchanged": p.unchanged, "retried": p.counts.get("retry", 0), "skipped_stale": p.skipped_stale,
-        "sent": len(todo), "created": sent_ok, "updated": 0, "rejected": rejected, "failed": failed,
-        "calls": channel.transport.stats.calls - calls_before, "seconds": round(time.monotonic() - t0, 3),
-        "full_resync": full_resync,
-    }
-    L.record_run(conn, row)
+            tally.add([outcome])
+    row = L.record_run(conn, run_id=run_id, destination=channel.name, object_type="nudges",
+                       dry_run=channel.dry_run, snapshot_date=day, started=started, seconds=time.monotonic() - t0,
+                       considered=len(cand), plan_=p, tally=tally,
+                       calls=channel.transport.stats.calls - calls_before, full_resync=full_resync)
     row["capped"] = int(cand["user_id"].isin(capped).sum())
     return row

@@ -55,11 +55,6 @@ def _deliver(conn, client: HubSpotClient, destination: str, object_type: str, id
                 f.cancel()
 
 
-def ledger_destination(destination: str, dry_run: bool) -> str:
-    """A dry run keeps its own ledger, so it never makes the real sync skip a record."""
-    return f"{destination}:dry_run" if dry_run else destination
-
-
 def new_run_id() -> str:
     return f"sync-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
@@ -71,7 +66,7 @@ def sync_records(conn, client: HubSpotClient, destination: str, object_type: str
     rejected without a call), properties (dict), snapshot_date. ``ignore_in_diff``: properties
     that do not count as a change. Returns the run's row of sync_runs."""
     L.ensure_tables(conn)
-    dest = ledger_destination(destination, client.dry_run)
+    dest = L.ledger_destination(destination, client.dry_run)
     started, t0 = dt.datetime.now(dt.timezone.utc), time.monotonic()
     if full_resync:
         L.reset(conn, dest, object_type)
@@ -86,7 +81,7 @@ def sync_records(conn, client: HubSpotClient, destination: str, object_type: str
     L.advance_snapshot(conn, dest, object_type, p.unchanged_keys, snapshot_date)
     todo = p.to_send
     calls_before = client.stats.calls
-    created = updated = rejected = failed = 0
+    tally = L.Tally()
     if len(todo):
         L.mark_pending(conn, dest, object_type, todo, run_id)
         payloads = dict(zip(todo["record_key"], todo["payload"]))
@@ -107,28 +102,15 @@ def sync_records(conn, client: HubSpotClient, destination: str, object_type: str
                 owner[ident] = k
         if local:
             L.record_outcomes(conn, dest, object_type, run_id, local, payloads)
-            rejected += len(local)
+            tally.add(local)
         sendable = [(k, payloads[k]["id"], payloads[k]["properties"]) for k in owner.values()]
         batches = [sendable[i:i + client.batch_size] for i in range(0, len(sendable), client.batch_size)]
         for outcomes in _deliver(conn, client, destination, object_type, id_property, batches, kinds, run_id):
             # each batch's outcome is committed as soon as it is known (the resume point)
             L.record_outcomes(conn, dest, object_type, run_id, outcomes, payloads)
-            for o in outcomes:
-                if o.status == "synced":
-                    created += o.created
-                    updated += not o.created
-                elif o.status == "rejected":
-                    rejected += 1
-                else:
-                    failed += 1
-    row = {
-        "run_id": run_id, "destination": destination, "object_type": object_type, "dry_run": client.dry_run,
-        "snapshot_date": snapshot_date, "started_at": started, "finished_at": dt.datetime.now(dt.timezone.utc),
-        "considered": p.considered, "new": p.counts.get("new", 0), "changed": p.counts.get("changed", 0),
-        "unchanged": p.unchanged, "retried": p.counts.get("retry", 0), "skipped_stale": p.skipped_stale,
-        "sent": len(todo), "created": created, "updated": updated, "rejected": rejected, "failed": failed,
-        "calls": client.stats.calls - calls_before, "seconds": round(time.monotonic() - t0, 3),
-        "full_resync": full_resync,
-    }
-    L.record_run(conn, row)
+            tally.add(outcomes)
+    row = L.record_run(conn, run_id=run_id, destination=destination, object_type=object_type,
+                       dry_run=client.dry_run, snapshot_date=snapshot_date, started=started,
+                       seconds=time.monotonic() - t0, considered=p.considered, plan_=p, tally=tally,
+                       calls=client.stats.calls - calls_before, full_resync=full_resync)
     return row
