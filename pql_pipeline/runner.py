@@ -50,6 +50,7 @@ def materialize_all(settings: Settings, instance: dg.DagsterInstance, partitions
             {"dagster/asset_partition_range_start": parts[0], "dagster/asset_partition_range_end": parts[-1]})
     # the events-to-features graph, the (unpartitioned) model trained on it, then the scores
     jobs = [(PIPELINE_JOB, tags), (MODEL_JOB, {}), (SCORING_JOB, tags)]
+    graph = defs.resolve_asset_graph()
     for job_name, tags in jobs:
         # the full event log is in the Dagster instance (and the UI); the console shows warnings and errors
         result = defs.resolve_job_def(job_name).execute_in_process(
@@ -57,7 +58,6 @@ def materialize_all(settings: Settings, instance: dg.DagsterInstance, partitions
             run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
         report.run_ids.append(result.run_id)
         report.succeeded &= result.success
-        graph = defs.resolve_asset_graph()
         for ev in result.get_asset_check_evaluations():
             spec = graph.get_check_spec(dg.AssetCheckKey(ev.asset_key, ev.check_name))
             report.checks.append({"asset": ev.asset_key.to_user_string(), "check": ev.check_name,

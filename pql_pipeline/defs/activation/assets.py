@@ -194,25 +194,24 @@ def latest_counts(warehouse: Warehouse, destination: str) -> dict | None:
 def sync_checks(asset: str, destination: str) -> list[dg.AssetChecksDefinition]:
     """A blocking reconciliation check and a warning on rejections for a sync asset."""
 
+    def judge(warehouse: Warehouse, passed, severity: dg.AssetCheckSeverity) -> dg.AssetCheckResult:
+        c = latest_counts(warehouse, destination)
+        if c is None:
+            return dg.AssetCheckResult(passed=True, metadata={"runs": 0})
+        return dg.AssetCheckResult(passed=passed(c), severity=severity, metadata=c)
+
     @dg.asset_check(asset=asset, name=f"{asset}_reconciles", blocking=True,
                     description="The newest run reconciles: every record sent was accepted, rejected or failed (none "
                                 "lost), and no record is left pending.")
     def reconciles(warehouse: Warehouse):
-        c = latest_counts(warehouse, destination)
-        if c is None:
-            return dg.AssetCheckResult(passed=True, metadata={"runs": 0})
-        return dg.AssetCheckResult(passed=not c["unreconciled_object_types"] and not c["pending"],
-                                   severity=dg.AssetCheckSeverity.ERROR, metadata=c)
+        return judge(warehouse, lambda c: not c["unreconciled_object_types"] and not c["pending"],
+                     dg.AssetCheckSeverity.ERROR)
 
     @dg.asset_check(asset=asset, name=f"{asset}_clean", blocking=False,
                     description="The newest run had no rejected or undelivered records (they are retried on the next "
                                 "run; sync_rejections says why).")
     def clean(warehouse: Warehouse):
-        c = latest_counts(warehouse, destination)
-        if c is None:
-            return dg.AssetCheckResult(passed=True, metadata={"runs": 0})
-        return dg.AssetCheckResult(passed=c["rejected"] == 0 and c["failed"] == 0,
-                                   severity=dg.AssetCheckSeverity.WARN, metadata=c)
+        return judge(warehouse, lambda c: c["rejected"] == 0 and c["failed"] == 0, dg.AssetCheckSeverity.WARN)
 
     return [reconciles, clean]
 

@@ -112,25 +112,21 @@ class Transport:
                     r = self.session.post(url, json=body, timeout=self.timeout_seconds, headers=headers)
             except requests.RequestException as e:
                 # the exception's text can quote the request (its headers): only its type is kept
-                last_error = f"{type(e).__name__}: no answer"
-                if attempt + 1 < self.max_attempts:
-                    self._wait(self.backoff(attempt))
-                continue
-            with self.lock:
-                self.stats.statuses[r.status_code] = self.stats.statuses.get(r.status_code, 0) + 1
-            if r.status_code == 429:
+                last_error, delay = f"{type(e).__name__}: no answer", self.backoff(attempt)
+            else:
                 with self.lock:
-                    self.stats.throttled += 1
-                last_error = "429 rate limited"
-                if attempt + 1 < self.max_attempts:
-                    self._wait(min(_retry_after(r) or self.backoff(attempt), max(self.max_backoff_seconds, 1.0)))
-                continue
-            if r.status_code >= 500:
-                last_error = f"{r.status_code} from the destination"
-                if attempt + 1 < self.max_attempts:
-                    self._wait(self.backoff(attempt))
-                continue
-            return r, ""
+                    self.stats.statuses[r.status_code] = self.stats.statuses.get(r.status_code, 0) + 1
+                if r.status_code == 429:
+                    with self.lock:
+                        self.stats.throttled += 1
+                    last_error = "429 rate limited"
+                    delay = min(_retry_after(r) or self.backoff(attempt), max(self.max_backoff_seconds, 1.0))
+                elif r.status_code >= 500:
+                    last_error, delay = f"{r.status_code} from the destination", self.backoff(attempt)
+                else:
+                    return r, ""
+            if attempt + 1 < self.max_attempts:   # no wait after the last attempt
+                self._wait(delay)
         return None, f"gave up after {self.max_attempts} attempts: {last_error}"
 
     def _wait(self, seconds: float) -> None:
