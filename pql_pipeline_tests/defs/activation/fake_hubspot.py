@@ -24,6 +24,19 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+def reply(h: BaseHTTPRequestHandler, status: int, body: dict | None, headers: dict | None = None) -> None:
+    """Answer a request: JSON ``body`` (none for None) with ``headers``."""
+    data = b"" if body is None else json.dumps(body).encode()
+    h.send_response(status)
+    if body is not None:
+        h.send_header("Content-Type", "application/json")
+    h.send_header("Content-Length", str(len(data)))
+    for k, v in (headers or {}).items():
+        h.send_header(k, v)
+    h.end_headers()
+    h.wfile.write(data)
+
+
 class FakeHubSpot:
     def __init__(self, token: str = "pat-test-token", max_inputs: int = 100):
         self.token, self.max_inputs = token, max_inputs
@@ -141,15 +154,8 @@ class FakeHubSpot:
         return None
 
     @staticmethod
-    def _send(h, status: int, body: dict, headers: dict | None = None) -> None:
-        data = json.dumps(body).encode()
-        h.send_response(status)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            h.send_header(k, v)
-        h.end_headers()
-        h.wfile.write(data)
+    def _send(h, status: int, body: dict | None, headers: dict | None = None) -> None:
+        reply(h, status, body, headers)
 
     @staticmethod
     def _reset(h) -> None:

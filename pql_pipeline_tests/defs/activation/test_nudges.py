@@ -14,6 +14,7 @@ from pql_pipeline.defs.activation.hubspot import Transport
 from pql_pipeline.defs.activation.nudges import IntercomChannel, WebhookChannel, send_nudges, verify_webhook
 from pql_pipeline.defs.scoring.assets import SCORE_COLUMNS
 from pql_pipeline.lib.warehouse import ensure_columns
+from pql_pipeline_tests.defs.activation.fake_hubspot import reply
 
 TOKEN = "dG9rOmludGVyY29tLVNFQ1JFVA=="
 D0 = dt.date(2026, 3, 10)
@@ -43,31 +44,21 @@ class FakeIntercom:
                     return
                 if fault in ("429", "500"):
                     extra = {"X-RateLimit-Reset": "0"} if fault == "429" else {}
-                    return server.reply(self, int(fault), {"type": "error.list"}, extra)
+                    return reply(self, int(fault), {"type": "error.list"}, extra)
                 if self.headers.get("Authorization") != f"Bearer {server.token}":
-                    return server.reply(self, 401, {"type": "error.list", "errors": [{"code": "unauthorized"}]})
+                    return reply(self, 401, {"type": "error.list", "errors": [{"code": "unauthorized"}]})
                 ev = json.loads(body)
                 ok = (self.path == "/events" and isinstance(ev.get("event_name"), str)
                       and isinstance(ev.get("created_at"), int) and isinstance(ev.get("user_id"), str)
                       and isinstance(ev.get("metadata", {}), dict) and len(ev.get("metadata", {})) <= 10
                       and all(isinstance(v, (str, int, float)) for v in ev.get("metadata", {}).values()))
                 if not ok:
-                    return server.reply(self, 400, {"type": "error.list", "errors": [{"code": "parameter_invalid"}]})
+                    return reply(self, 400, {"type": "error.list", "errors": [{"code": "parameter_invalid"}]})
                 server.events[(ev["user_id"], ev["event_name"], ev["created_at"])] += 1
-                server.reply(self, 202, None)
+                reply(self, 202, None)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    @staticmethod
-    def reply(h, status, body, headers=None):
-        data = b"" if body is None else json.dumps(body).encode()
-        h.send_response(status)
-        h.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            h.send_header(k, v)
-        h.end_headers()
-        h.wfile.write(data)
 
     @property
     def url(self):

@@ -13,6 +13,14 @@ RULE = {"match": "any", "conditions": [
 ], "unless": []}
 
 
+def verdicts(conn, rule, snapshots) -> dict:
+    """The rule's verdict and milestones for u1..u3 (signed up 2026-03-01) at each snapshot."""
+    rows = pd.DataFrame([(u, D(s), D("2026-03-01")) for s in snapshots for u in ("u1", "u2", "u3")],
+                        columns=["user_id", "snapshot_date", "signup_date"])
+    fired, hits = proposed_rule_hits(conn, rows, rule)
+    return {(r.user_id, str(r.snapshot_date)): (bool(f), h) for r, f, h in zip(rows.itertuples(), fired, hits)}
+
+
 def test_rule_milestones_count_point_in_time_with_typed_filters(world, fconn):
     for user in ("u1", "u2", "u3"):
         world.track("2026-03-01 09:00", "Signed Up", user=user)
@@ -25,10 +33,7 @@ def test_rule_milestones_count_point_in_time_with_typed_filters(world, fconn):
     world.track("2026-03-06 10:00", "Invite", user="u2")
     # u3: an invite on day 1
     world.track("2026-03-02 11:00", "Invite", user="u3")
-    rows = pd.DataFrame([(u, D(s), D("2026-03-01")) for s in ("2026-03-04", "2026-03-10") for u in ("u1", "u2", "u3")],
-                        columns=["user_id", "snapshot_date", "signup_date"])
-    fired, hits = proposed_rule_hits(fconn, rows, RULE)
-    got = {(r.user_id, str(r.snapshot_date)): (bool(f), h) for r, f, h in zip(rows.itertuples(), fired, hits)}
+    got = verdicts(fconn, RULE, ("2026-03-04", "2026-03-10"))
     assert got == {
         ("u1", "2026-03-04"): (False, []),                                   # second ticket not yet
         ("u2", "2026-03-04"): (False, []),
@@ -59,10 +64,7 @@ def test_active_days_unless_late_events_and_linked_anonymous_events(world, fconn
     world.link("a3", "u3", "2026-03-08", linked_at="2026-03-04 09:00")
     world.track("2026-03-05 10:00", "Error", user="u3")
     world.track("2026-03-06 10:00", "Error", user="u3")
-    rows = pd.DataFrame([(u, D(s), D("2026-03-01")) for s in ("2026-03-06", "2026-03-09") for u in ("u1", "u2", "u3")],
-                        columns=["user_id", "snapshot_date", "signup_date"])
-    fired, hits = proposed_rule_hits(fconn, rows, rule)
-    got = {(r.user_id, str(r.snapshot_date)): (bool(f), h) for r, f, h in zip(rows.itertuples(), fired, hits)}
+    got = verdicts(fconn, rule, ("2026-03-06", "2026-03-09"))
     active, invites, errors = "active days >= 3 in 7 d", "Invite >= 2 in 7 d", "Error >= 2 in 7 d"
     assert got == {
         ("u1", "2026-03-06"): (True, [active, invites]),
