@@ -324,15 +324,11 @@ def selection_scores(spec: ModelSpec, x: pd.DataFrame, y: np.ndarray, users: pd.
     return out
 
 
-def account_probability(p: pd.Series) -> float:
-    """P(the account converts) from its users' probabilities: 1 - prod(1 - p)."""
-    return float(1.0 - np.prod(1.0 - np.asarray(p, dtype=float)))
-
-
 def account_metrics(conn, holdout: pd.DataFrame, p: np.ndarray, threshold: float,
                     table: str = "account_training_set") -> dict | None:
-    """The holdout's accounts scored by their users (``account_probability``) against the
-    account labels of the same snapshots; None without account labels."""
+    """The holdout's accounts scored by their users (1 - prod(1 - p), as scoring does) against
+    the account labels of the same snapshots; None without account labels."""
+    from pql_pipeline.defs.scoring.scoring import account_probability
     from pql_pipeline.lib.warehouse import table_exists
 
     if not table_exists(conn, table) or holdout.empty:
@@ -344,9 +340,8 @@ def account_metrics(conn, holdout: pd.DataFrame, p: np.ndarray, threshold: float
     if labels.empty:
         return None
     labels["snapshot_date"] = pd.to_datetime(labels["snapshot_date"]).dt.date
-    users = holdout[["snapshot_date", "account_id"]].assign(p=p)
-    acct = (users.dropna(subset=["account_id"]).groupby(["snapshot_date", "account_id"])["p"]
-            .agg(account_probability).rename("p").reset_index())
+    users = holdout[["snapshot_date", "account_id"]].assign(probability=p).dropna(subset=["account_id"])
+    acct = account_probability(users, ["snapshot_date", "account_id"]).rename("p").reset_index()
     j = labels.merge(acct, on=["snapshot_date", "account_id"], how="inner")
     out = evaluate(j["label"].astype(int).to_numpy(), j["p"].to_numpy(), threshold,
                    j["snapshot_date"].astype(str).to_numpy())

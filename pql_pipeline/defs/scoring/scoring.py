@@ -221,6 +221,13 @@ ACCOUNT_COLUMNS = [
 ]
 
 
+def account_probability(users: pd.DataFrame, keys) -> pd.Series:
+    """P(the account converts) = 1 - prod(1 - p) over its users' ``probability``, per group
+    of ``keys`` (summed in log space)."""
+    q = np.clip(users["probability"].to_numpy(dtype=float), 0.0, 1.0 - 1e-12)
+    return 1.0 - np.exp(users.assign(_log_q=np.log1p(-q)).groupby(keys)["_log_q"].sum())
+
+
 def account_scores(users: pd.DataFrame, reasons: list[list[dict]], spec: ScoringSpec) -> pd.DataFrame:
     """One row per account from its scored users (rows with account_id, user_id, probability,
     is_pql, segment; ``reasons`` aligned with them): the account's probability, percentile,
@@ -233,45 +240,40 @@ def account_scores(users: pd.DataFrame, reasons: list[list[dict]], spec: Scoring
     told_of = [r for r, k in zip(reasons, keep) if k]
     rows["_row"] = np.arange(len(rows))
     rows = rows.sort_values(["account_id", "probability", "user_id"], ascending=[True, False, True])
-    q = np.clip(rows["probability"].to_numpy(dtype=float), 0.0, 1.0 - 1e-12)
-    g = rows.assign(_log_q=np.log1p(-q)).groupby("account_id", sort=True)
+    g = rows.groupby("account_id", sort=True)
     acc = pd.DataFrame({
-        "probability": np.round(1.0 - np.exp(g["_log_q"].sum()), 6),
+        "probability": np.round(account_probability(rows, "account_id"), 6),
         "users_scored": g.size(), "pql_users": g["is_pql"].sum().astype(int),
         "top_user_id": g["user_id"].first(), "top_user_probability": np.round(g["probability"].first(), 6),
         "segment": g["segment"].first()}).reset_index()
     # the reasons of each account's most likely users (only users with reasons are looked at)
-    told: dict[str, list] = {}
-    texts: dict[str, list] = {}
-    caveats: dict[str, list] = {}
-    told_signals: dict[str, set] = {}
+    told: dict[str, dict] = {}
     with_reasons = rows[[bool(told_of[i]) for i in rows["_row"]]]
     for account, uid, prob, i in zip(with_reasons["account_id"], with_reasons["user_id"],
                                      with_reasons["probability"], with_reasons["_row"]):
-        lst = told.setdefault(account, [])
-        if len(lst) >= spec.reasons:
+        a = told.setdefault(account, {"users": [], "positive": [], "negative": [], "signals": set()})
+        if len(a["users"]) >= spec.reasons:
             continue
-        lst.append({"user_id": uid, "probability": round(float(prob), 6), "reasons": told_of[i]})
-        tx, cv = texts.setdefault(account, []), caveats.setdefault(account, [])
-        seen = told_signals.setdefault(account, set())
+        a["users"].append({"user_id": uid, "probability": round(float(prob), 6), "reasons": told_of[i]})
         for r in told_of[i]:
             # one sentence per signal: the most likely user's ("invited 20 teammates", not also
             # another user's "invited 2 teammates")
             key = r["signal"].removeprefix("acct_best_")
-            if key in seen:
-                continue
-            seen.add(key)
-            (tx if r["polarity"] == "positive" else cv).append(r["text"])
+            if key not in a["signals"]:
+                a["signals"].add(key)
+                a["positive" if r["polarity"] == "positive" else "negative"].append(r["text"])
+    none = {"users": [], "positive": [], "negative": []}
     reason_text, caveat_text = [], []
     for account, n_pql, n, p in zip(acc["account_id"], acc["pql_users"], acc["users_scored"], acc["probability"]):
-        t = texts.get(account, [])[:spec.reasons]
+        a = told.get(account, none)
+        t = a["positive"][:spec.reasons]
         if n_pql > 1:
             t = [f"{n_pql} of its users qualify as PQLs"] + t
         if not t and p >= spec.pql_threshold:
             t = [f"{n} users together make a purchase likely; none stands out alone"]
         reason_text.append("; ".join(t) or None)
-        caveat_text.append("; ".join(caveats.get(account, [])[:spec.reasons]) or None)
-    acc["reasons"] = [told.get(a, []) for a in acc["account_id"]]
+        caveat_text.append("; ".join(a["negative"][:spec.reasons]) or None)
+    acc["reasons"] = [told.get(a, none)["users"] for a in acc["account_id"]]
     acc["reason_text"], acc["caveat_text"] = reason_text, caveat_text
     acc["percentile"] = np.round(acc["probability"].rank(pct=True, method="max").to_numpy(), 6)
     acc["tier"] = tier_of(acc["probability"].to_numpy(), spec.tiers)
