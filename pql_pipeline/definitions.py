@@ -20,6 +20,9 @@ from pql_pipeline.defs.ingest.assets import build_ingest_assets
 from pql_pipeline.defs.ingest.checks import build_ingest_checks
 from pql_pipeline.defs.ingest.resources import EventSource
 from pql_pipeline.defs.model.assets import build_model_assets, build_model_checks
+from pql_pipeline.defs.monitoring.alerts import AlertResource, build_alert_sensors
+from pql_pipeline.defs.monitoring.assets import build_monitoring_assets, monitoring_gates
+from pql_pipeline.defs.monitoring.automation import build_automation, with_automation
 from pql_pipeline.defs.scoring.assets import build_scoring_assets, build_scoring_checks
 from pql_pipeline.lib.warehouse import Warehouse
 from pql_pipeline.settings import Settings, get_settings
@@ -35,6 +38,8 @@ MODEL_JOB = "train_model"
 SCORING_JOB = "score_leads"
 PIPELINE_JOB = "pql_pipeline"
 ACTIVATION_JOB = "sync_outputs"
+DAILY_JOB = "daily_pql"
+RETRAIN_JOB = "retrain_model"
 
 
 def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
@@ -66,14 +71,18 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     daily = daily_partitions(settings)
     upstream = (build_ingest_checks(settings, daily) + build_feature_checks(settings, daily)
                 + build_model_checks(settings) + build_scoring_checks(settings, daily))
+    monitoring = build_monitoring_assets(settings, daily)
     # the outputs run only while every blocking check before them passes, also across runs
-    gates = [spec.key for c in upstream for spec in c.check_specs if spec.blocking]
+    gates = [spec.key for c in upstream for spec in c.check_specs if spec.blocking] + monitoring_gates(monitoring)
     assets = (build_ingest_assets(settings, daily) + build_feature_assets(settings, daily)
-              + build_model_assets(settings) + build_scoring_assets(settings, daily)
+              + build_model_assets(settings) + build_scoring_assets(settings, daily) + monitoring
               + build_activation_assets(settings, daily, gates) + build_nudge_assets(settings, daily, gates))
     checks = upstream + build_activation_checks(settings)
     # (name, selection, daily-partitioned, description)
     job_specs = [
+        (DAILY_JOB, dg.AssetSelection.groups("ingest", "features", "scoring", "monitoring", "activation"), True,
+         "The daily run (scheduled for the day before): events to features, scores, the drift report and the CRM "
+         "and in-app outputs. Blocking checks (contracts, scores, event-stream drift) hold the outputs."),
         (PIPELINE_JOB, dg.AssetSelection.groups("ingest", "features"), True,
          "The whole graph for a partition or a range: events to features, labels and milestones. "
          "Blocking checks stop everything downstream of a failure."),
@@ -88,23 +97,32 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         (MODEL_JOB, dg.AssetSelection.groups("model"), False,
          "Retrain the conversion model on training_set and promote it only if it passes the gates and "
          "beats the champion (weekly, or on demand)."),
-        (SCORING_JOB, dg.AssetSelection.groups("scoring", "activation"), True,
+        (RETRAIN_JOB, dg.AssetSelection.assets("conversion_labels", "training_set", "account_training_set")
+         | dg.AssetSelection.groups("model"),
+         True, "Weekly retraining: refresh the labels and training set of the day (or a range), then retrain the "
+               "model on every labelled snapshot and promote it only if it passes the gates and beats the champion."),
+        (SCORING_JOB, dg.AssetSelection.groups("scoring", "monitoring", "activation"), True,
          "Score the free users of a day (or a range) with the scoring model: probability, tier, reasons, route; "
-         "then sync the sales leads to the CRM. Blocking score checks stop the sync."),
+         "the drift report; then sync the sales leads to the CRM. Blocking score and drift checks stop the sync."),
         (ACTIVATION_JOB, dg.AssetSelection.groups("activation"), True,
          "Sync the day's sales leads to the CRM again (e.g. after fixing rejected records or setting a token)."),
     ]
     jobs = [dg.define_asset_job(name, selection=sel, partitions_def=daily if partitioned else None, description=d)
             for name, sel, partitioned, d in job_specs]
-    return dg.Definitions(
+    schedules, sensors = build_automation(settings, daily, DAILY_JOB, RETRAIN_JOB)
+    sensors += build_alert_sensors(MODEL_JOB, settings.monitoring.performance.retrain_on_decay)
+    defs = dg.Definitions(
         assets=assets,
         asset_checks=checks,
         jobs=jobs,
+        schedules=schedules,
+        sensors=sensors,
         resources=build_resources(settings),
         # One process per run: DuckDB allows a single writing process per file, and
         # Great Expectations' import (seconds) is paid once per run instead of per step.
         executor=dg.in_process_executor,
     )
+    return with_automation(defs, settings)
 
 
 defs = build_definitions(get_settings())

@@ -303,6 +303,71 @@ class ActivationSettings(_Strict):
     in_app: InAppSettings = InAppSettings()
 
 
+class DriftSettings(_Strict):
+    """Feature and prediction drift: effect sizes with a minimum sample, never p-values."""
+    psi_warn: float = Field(0.1, gt=0)
+    psi_alert: float = Field(0.25, gt=0)
+    js_warn: float = Field(0.1, gt=0)
+    js_alert: float = Field(0.2, gt=0)
+    unseen_warn: float = Field(0.01, ge=0)
+    min_rows: int = Field(1000, ge=1)               # fewer rows on either side: insufficient_data, never an alert
+    sample_rows: int = Field(50_000, ge=100)        # rows sampled from each side
+    reference_weeks: int = Field(4, ge=1)           # the trailing reference: the same weekday of this many weeks
+    block_top_features: int = Field(10, ge=1)       # the model's most important features ...
+    block_share: float | None = Field(0.5, gt=0, le=1)   # ... alerting vs training in this share blocks (null: never)
+    max_pql_rate_change: float = Field(2.0, gt=1)   # PQL rate this many times above or below the trailing median
+
+
+class StreamSettings(_Strict):
+    """Event-stream drift: each event name's daily count, identified and account-mapped shares."""
+    lookback_days: int = Field(7, ge=1)
+    lookback_weeks: int = Field(4, ge=1)
+    min_ratio: float = Field(0.3, ge=0)
+    max_ratio: float = Field(3.0, gt=1)
+    min_median_events: int = Field(50, ge=1)
+    max_share_drop: float = Field(0.1, gt=0, le=1)
+    blocking: bool = True
+
+
+class PerformanceSettings(_Strict):
+    """Realised performance on cohorts whose labels have arrived vs the model's holdout."""
+    max_auc_drop: float = Field(0.05, gt=0)
+    max_precision_drop: float = Field(0.1, gt=0)
+    min_rows: int = Field(500, ge=1)
+    min_positives: int = Field(20, ge=1)
+    retrain_on_decay: bool = True
+
+
+class IncidentSettings(_Strict):
+    need: int = Field(2, ge=1)
+    of: int = Field(3, ge=1)
+
+
+class FreshnessSettings(_Strict):
+    scores_hours: float = Field(26, gt=0)
+    outputs_hours: float = Field(26, gt=0)
+    events_hours: float = Field(26, gt=0)
+
+
+class AutomationSettings(_Strict):
+    running: bool = False               # schedules, the file sensor and declarative automation start running
+    daily_hour: int = Field(6, ge=0, le=23)     # UTC hour the daily job runs for the day before
+    daily_minute: int = Field(0, ge=0, le=59)
+    retrain_cron: str = "0 5 * * 1"     # weekly retraining (UTC)
+    landing_interval_seconds: int = Field(60, ge=10)
+    landing_max_runs_per_tick: int = Field(10, ge=1)
+
+
+class MonitoringSettings(_Strict):
+    drift: DriftSettings = DriftSettings()
+    stream: StreamSettings = StreamSettings()
+    performance: PerformanceSettings = PerformanceSettings()
+    incident: IncidentSettings = IncidentSettings()
+    freshness: FreshnessSettings = FreshnessSettings()
+    automation: AutomationSettings = AutomationSettings()
+    alert_timeout_seconds: float = Field(10, gt=0)
+
+
 class Settings(_Strict):
     warehouse: WarehouseSettings = WarehouseSettings()
     source: SourceSettings = SourceSettings()
@@ -317,6 +382,7 @@ class Settings(_Strict):
     model: ModelSettings = ModelSettings()
     scoring: ScoringSettings = ScoringSettings()
     activation: ActivationSettings = ActivationSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
 
     @field_validator("segments")
     @classmethod

@@ -70,9 +70,9 @@ def gate(context: dg.AssetExecutionContext, gates: list[dg.AssetCheckKey], what:
 
 
 def sync_asset_args(daily: dg.PartitionsDefinition) -> dict:
-    """What every output asset shares: after the day's scores (their blocking checks gate it),
+    """What every output asset shares: after the day's scores and drift report (their blocking checks gate it),
     daily partitions synced in one run, the warehouse pool, the ledger table."""
-    return dict(deps=["pql_scores", "pql_account_scores"], partitions_def=daily,
+    return dict(deps=["pql_scores", "pql_account_scores", "drift_report"], partitions_def=daily,
                 backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP, owners=OWNERS, tags=TAGS, pool=POOL,
                 code_version=SYNC_LOGIC_VERSION, metadata={"dagster/table_name": L.LEDGER})
 
