@@ -59,6 +59,9 @@ def build_resources(settings: Settings) -> dict:
         "hubspot": HubSpotResource(access_token=_env("HUBSPOT_ACCESS_TOKEN")),
         "in_app": InAppResource(secret=_env("INTERCOM_ACCESS_TOKEN" if settings.activation.in_app.channel == "intercom"
                                             else "PQL_WEBHOOK_SECRET")),
+        # a Slack incoming-webhook URL is a credential too: read when a run or sensor starts
+        "alerts": AlertResource(webhook_url=_env("PQL_ALERT_WEBHOOK_URL"),
+                                timeout_seconds=settings.monitoring.alert_timeout_seconds),
     }
 
 
