@@ -10,6 +10,8 @@ import pytest
 
 from pql_pipeline.definitions import DAILY_JOB
 from pql_pipeline.defs.ingest.generator import GeneratorConfig, generate_events
+from pql_pipeline.defs.monitoring.alerts import AlertResource
+from pql_pipeline_tests.defs.monitoring.fake_webhook import FakeWebhook
 from pql_pipeline_tests.pipeline import Pipeline, make_pipeline, materialized
 
 OUTAGE_EVENT = "Report Run"
@@ -72,3 +74,29 @@ def test_a_tracking_outage_holds_the_outputs_while_the_rest_runs(generated, tmp_
     # every day of the range has its stream report
     days = p.query("SELECT count(DISTINCT report_day) FROM drift_history WHERE part = 'stream'")[0][0]
     assert days == len(report.partitions)
+
+    # the alerts: the failed run and the failed blocking check reach the webhook, nothing else
+    with FakeWebhook() as hook:
+        alerts = AlertResource(webhook_url=hook.url)
+        repo = p.defs.get_repository_def()
+        failure = dg.build_run_status_sensor_context(
+            sensor_name="pql_run_failure_alert", dagster_instance=p.instance, dagster_run=out.dagster_run,
+            dagster_event=out.get_run_failure_event(), resources={"alerts": alerts}, repository_def=repo,
+        ).for_run_failure()
+        repo.get_sensor_def("pql_run_failure_alert")(failure)
+        checks_sensor = repo.get_sensor_def("pql_check_alerts")
+        # the first evaluation starts from now (no flood of history); then it reads what follows
+        first = checks_sensor.evaluate_tick(dg.build_sensor_context(
+            instance=p.instance, resources={"alerts": alerts}, repository_def=repo))
+        assert first.skip_message and hook.bodies[1:] == []
+        checks_sensor.evaluate_tick(dg.build_sensor_context(
+            instance=p.instance, cursor="0", resources={"alerts": alerts}, repository_def=repo))
+        retrain = repo.get_sensor_def("pql_retrain_on_decay").evaluate_tick(dg.build_sensor_context(
+            instance=p.instance, cursor="0", repository_def=repo))
+    run_alert, *check_alerts = hook.bodies
+    assert run_alert["text"].startswith(":red_circle: pql-pipeline run failed: daily_pql")
+    assert "drift_report" in run_alert["blocks"][1]["text"]["text"]
+    assert [b["text"] for b in check_alerts] == [
+        f":red_circle: pql-pipeline check failed: drift_report.event_stream_stable (blocks the outputs): "
+        f"{stream.description}"]
+    assert retrain.run_requests == []          # no labelled cohort decayed: no retraining
