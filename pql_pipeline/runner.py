@@ -122,6 +122,17 @@ def warehouse_summary(settings: Settings) -> dict[str, int]:
                 FROM sync_runs WHERE run_id IN (
                     SELECT arg_max(run_id, finished_at) FROM sync_runs GROUP BY destination)
                 ORDER BY 1""").fetchall()
+        if table_exists(conn, "drift_history"):
+            out["drift"] = conn.execute("""
+                SELECT CAST(report_day AS VARCHAR), part, count(*) FILTER (WHERE verdict = 'alert'),
+                       count(*) FILTER (WHERE verdict = 'warn'), count(*) FILTER (WHERE verdict = 'ok'),
+                       count(*) FILTER (WHERE verdict = 'insufficient_data')
+                FROM drift_history WHERE report_day = (SELECT max(report_day) FROM drift_history)
+                GROUP BY ALL ORDER BY part""").fetchall()
+            out["drift_alerts"] = conn.execute("""
+                SELECT part, item, reference, note FROM drift_history
+                WHERE report_day = (SELECT max(report_day) FROM drift_history) AND verdict = 'alert'
+                ORDER BY part, item, reference LIMIT 5""").fetchall()
         if table_exists(conn, "pql_performance"):
             from pql_pipeline.defs.model.performance import summary
 
@@ -187,6 +198,12 @@ def format_summary(settings: Settings, report: RunReport) -> str:
         lines.append(f"accounts scored {n:,}, {pqls:,} PQL accounts, {sales:,} to sales")
         for account, p, tier, segment, rt, why in s.get("top_accounts", []):
             lines.append(f"  {account}  {p:.2f} {tier:<5} {segment:<10} -> {rt:<6} {why or ''}")
+    if s.get("drift"):
+        lines.append(f"drift report    {s['drift'][0][0]}: " + "; ".join(
+            f"{part} {alert} alert, {warn} warn, {ok} ok, {few} too few rows"
+            for _, part, alert, warn, ok, few in s["drift"]))
+        for part, item, reference, note in s.get("drift_alerts", []):
+            lines.append(f"  alert  {part}: {item} vs {reference}" + (f" ({note})" if note else ""))
     for obj, dry, considered, sent, created, updated, unchanged, rejected, failed, calls in s.get("sync", []):
         how = "dry run, requests in sync_outbox" if dry else f"{calls} calls"
         lines.append(f"sync            {obj}: {considered:,} considered, {sent:,} sent ({created:,} created, "
