@@ -21,7 +21,7 @@ from pql_pipeline.defs.ingest.checks import build_ingest_checks
 from pql_pipeline.defs.ingest.resources import EventSource
 from pql_pipeline.defs.model.assets import build_model_assets, build_model_checks
 from pql_pipeline.defs.monitoring.alerts import AlertResource, build_alert_sensors
-from pql_pipeline.defs.monitoring.assets import build_monitoring_assets, monitoring_gates
+from pql_pipeline.defs.monitoring.assets import build_monitoring_assets, build_monitoring_checks, monitoring_gates
 from pql_pipeline.defs.monitoring.automation import build_automation, with_automation
 from pql_pipeline.defs.scoring.assets import build_scoring_assets, build_scoring_checks
 from pql_pipeline.lib.warehouse import Warehouse
@@ -80,7 +80,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     assets = (build_ingest_assets(settings, daily) + build_feature_assets(settings, daily)
               + build_model_assets(settings) + build_scoring_assets(settings, daily) + monitoring
               + build_activation_assets(settings, daily, gates) + build_nudge_assets(settings, daily, gates))
-    checks = upstream + build_activation_checks(settings)
+    checks = upstream + build_activation_checks(settings) + build_monitoring_checks(settings)
     # (name, selection, daily-partitioned, description)
     job_specs = [
         (DAILY_JOB, dg.AssetSelection.groups("ingest", "features", "scoring", "monitoring", "activation"), True,

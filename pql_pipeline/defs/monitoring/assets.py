@@ -121,6 +121,13 @@ def performance_part(conn, settings: Settings, day: dt.date, model: dict | None)
             WHERE s.snapshot_date = ? AND l.label IS NOT NULL AND l.horizon_complete""", [cohort]).df()
         y, prob = frame["y"].to_numpy(), frame["probability"].to_numpy(dtype=float)
         flagged = frame["is_pql"].fillna(False).to_numpy(dtype=bool)
+        # judged against the holdout of the model that scored the cohort (it may have been replaced since)
+        scored_by = conn.execute("SELECT mode(model_version) FROM pql_scores WHERE snapshot_date = ?",
+                                 [cohort]).fetchall()[0][0]
+        if scored_by and scored_by != version:
+            found = R.rows(conn, "version = ?", [scored_by])
+            if found:
+                version, holdout = scored_by, found[-1]["metrics"]
     return M.performance_rows(day, cohort, y, prob, flagged, holdout, p.max_auc_drop, p.max_precision_drop,
                               p.min_rows, p.min_positives, version)
 
@@ -267,8 +274,10 @@ def build_monitoring_assets(settings: Settings, daily: dg.PartitionsDefinition) 
             model = None
             if table_exists(conn, R.REGISTRY):
                 model = R.scoring_model(conn, settings.model.pinned_version)
-            stream = [r for d in days for r in M.stream_drift(conn, d, bounds)] \
-                if table_exists(conn, "validated_events") else []
+            stream = []
+            if table_exists(conn, "validated_events"):
+                counts = M.stream_counts(conn, days[0], newest, bounds)     # one scan for the whole range
+                stream = [r for d in days for r in M.stream_drift(conn, d, bounds, counts)]
             rows = (feature_part(conn, settings, newest, model) + prediction_part(conn, settings, newest, model)
                     + performance_part(conn, settings, newest, model))
             write_history(conn, stream, days, ("stream",))
@@ -293,6 +302,47 @@ def build_monitoring_assets(settings: Settings, daily: dg.PartitionsDefinition) 
             check_results=results)
 
     return [drift_report]
+
+
+def waiting_hours(conn, destination: str, now: dt.datetime) -> dict | None:
+    """How long the newest event has been waiting for a sync to ``destination``: zero if the
+    newest sync finished after it arrived, else the hours since it arrived (None before any
+    events)."""
+    if not table_exists(conn, "validated_events"):
+        return None
+    newest = conn.execute("SELECT max(coalesce(received_at, event_ts)) FROM validated_events").fetchall()[0][0]
+    if newest is None:
+        return None
+    last = None
+    if table_exists(conn, "sync_runs"):
+        last = conn.execute("SELECT max(finished_at) FROM sync_runs WHERE destination IN (?, ?)",
+                            [destination, f"{destination}:dry_run"]).fetchall()[0][0]
+    waiting = 0.0 if last is not None and last >= newest else (now - newest).total_seconds() / 3600
+    return {"newest_event_received": str(newest), "last_sync_finished": str(last) if last else "never",
+            "hours_waiting": round(max(waiting, 0.0), 2)}
+
+
+def timely_check(asset: str, destination: str, hours: float) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=asset, name=f"{asset}_timely", blocking=False,
+                    description=f"The newest event reached {destination} within {hours:g} hours (the last sync "
+                                "finished after it arrived, or it arrived less than that ago): leads reach sales "
+                                "and users quickly.")
+    def timely(warehouse: Warehouse) -> dg.AssetCheckResult:
+        with warehouse.get_connection() as conn:
+            found = waiting_hours(conn, destination, dt.datetime.now(dt.timezone.utc))
+        if found is None:
+            return dg.AssetCheckResult(passed=True, metadata={"note": "no events yet"})
+        return dg.AssetCheckResult(passed=found["hours_waiting"] <= hours, severity=dg.AssetCheckSeverity.WARN,
+                                   metadata={**found, "max_hours": hours})
+
+    return timely
+
+
+def build_monitoring_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
+    """<output>_timely: the newest event reaches each output within monitoring.freshness.outputs_hours."""
+    hours = settings.monitoring.freshness.outputs_hours
+    return [timely_check("crm_sync", settings.activation.crm.destination, hours),
+            timely_check("in_app_nudges", settings.activation.in_app.channel, hours)]
 
 
 def monitoring_gates(assets: list[dg.AssetsDefinition]) -> list[dg.AssetCheckKey]:

@@ -59,23 +59,35 @@ def _median(values: list[float]) -> float:
     return float(np.median(values)) if values else 0.0
 
 
-def stream_drift(conn, day: dt.date, b: StreamBounds = StreamBounds()) -> list[dict]:
-    """Event-stream health of ``day`` (one scan of validated_events over the days before it).
+def stream_counts(conn, first: dt.date, last: dt.date, b: StreamBounds = StreamBounds()) -> pd.DataFrame:
+    """Events per day and event name (with identified and account-mapped counts) for the days
+    ``first``..``last`` and the reference days before them: one scan, a small frame."""
+    start = first - dt.timedelta(days=max(b.lookback_days, 7 * b.lookback_weeks))
+    counts = conn.execute("""
+        SELECT partition_date, coalesce(event_name, '(' || event_type || ')') AS name, count(*) AS n,
+               count(user_id) AS identified, count(account_id) AS mapped
+        FROM validated_events WHERE partition_date BETWEEN ? AND ?
+        GROUP BY ALL""", [start, last]).df()
+    counts["partition_date"] = pd.to_datetime(counts["partition_date"]).dt.date
+    return counts
+
+
+def stream_drift(conn, day: dt.date, b: StreamBounds = StreamBounds(), counts: pd.DataFrame | None = None
+                 ) -> list[dict]:
+    """Event-stream health of ``day`` (from ``counts`` of ``stream_counts``, else one scan of
+    validated_events over the day and its reference days).
 
     Weekly seasonality (quiet weekends) is kept out of the comparison: the day's total is
     compared with the same weekday of the weeks before, and each event name by its **share**
     of the day's events against its median share of the days before (a weekend lowers every
     event alike; an outage lowers one)."""
-    start = day - dt.timedelta(days=max(b.lookback_days, 7 * b.lookback_weeks))
-    counts = conn.execute("""
-        SELECT partition_date, coalesce(event_name, '(' || event_type || ')') AS name, count(*) AS n,
-               count(user_id) AS identified, count(account_id) AS mapped
-        FROM validated_events WHERE partition_date BETWEEN ? AND ?
-        GROUP BY ALL""", [start, day]).df()
+    if counts is None:
+        counts = stream_counts(conn, day, day, b)
+    counts = counts[(counts["partition_date"] <= day) & (
+        counts["partition_date"] >= day - dt.timedelta(days=max(b.lookback_days, 7 * b.lookback_weeks)))]
     if counts.empty:
         return [row(day, "stream", "(all events)", "-", "count_ratio", None, None, None, None,
                     "insufficient_data", 0, "no validated events on the day or the days before")]
-    counts["partition_date"] = pd.to_datetime(counts["partition_date"]).dt.date
     per_day = counts.groupby("partition_date")[["n", "identified", "mapped"]].sum()
     recent = sorted(d for d in per_day.index if day - dt.timedelta(days=b.lookback_days) <= d < day)
     total = int(per_day.loc[day, "n"]) if day in per_day.index else 0

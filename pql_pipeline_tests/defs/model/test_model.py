@@ -352,3 +352,30 @@ def test_a_blocking_check_failed_in_an_earlier_run_keeps_leads_from_the_outputs(
     passed = defs.resolve_job_def(SCORING_JOB).execute_in_process(
         instance=instance, tags={"dagster/partition": last}, raise_on_error=False)
     assert passed.success and {"crm_sync", "in_app_nudges"} <= materialized(passed)
+
+
+@pytest.mark.slow
+def test_the_drift_report_measures_a_labelled_cohort_against_the_holdout(trained):
+    """Scoring a day whose labels have arrived: the drift report measures the realised ROC AUC
+    against the champion's holdout, and every model feature against both references."""
+    p, _, _ = trained
+    last = p.query("SELECT max(snapshot_date) FROM user_features")[0][0]
+    day = last - dt.timedelta(days=40)
+    result = p.defs.resolve_job_def(SCORING_JOB).execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(), tags={"dagster/partition": day.isoformat()}, raise_on_error=False)
+    assert result.success
+    checks = p.checks(result)
+    assert checks["drift_report:performance_decay"].passed
+    [champion] = [r for r in registry_rows(p) if r["status"] == "champion"]
+    rows = {(part, item, ref): (value, verdict, n) for part, item, ref, value, verdict, n in p.query(f"""
+        SELECT part, item, reference, value, verdict, rows FROM drift_history WHERE report_day = DATE '{day}'""")}
+    auc, verdict, n = rows[("performance", "roc_auc", "holdout")]
+    assert verdict in ("ok", "warn") and n > 1000
+    assert abs(auc - champion["metrics"]["roc_auc"]) < 0.05
+    features = champion["features"]["numeric"] + champion["features"]["categorical"]
+    for ref in ("training", "trailing_weeks"):
+        measured = {item for (part, item, r), (_, v, _) in rows.items()
+                    if part == "features" and r == ref and v != "insufficient_data"}
+        assert measured == set(features), ref
+    assert rows[("predictions", "probability", "trailing_weeks")][1] != "insufficient_data" or \
+        not p.query(f"SELECT count(*) FROM pql_scores WHERE snapshot_date = DATE '{day - dt.timedelta(days=7)}'")[0][0]

@@ -188,3 +188,47 @@ def test_freshness_policies_are_on_inputs_scores_and_outputs(defs_and_root):
     assert hours["crm_sync"].fail_window.to_timedelta() == dt.timedelta(
         hours=settings.monitoring.freshness.outputs_hours)
     assert graph.get(dg.AssetKey("user_features")).freshness_policy is None
+
+
+def test_a_performance_decay_requests_retraining_and_an_incident_alerts(defs_and_root):
+    from pql_pipeline.definitions import MODEL_JOB
+    from pql_pipeline.defs.monitoring.alerts import AlertResource
+    from pql_pipeline_tests.defs.monitoring.fake_webhook import FakeWebhook
+
+    defs, _, _ = defs_and_root
+    repo = defs.get_repository_def()
+    instance = dg.DagsterInstance.ephemeral()
+
+    def evaluate(check: str, passed: bool, **metadata):
+        instance.report_runless_asset_event(dg.AssetCheckEvaluation(
+            asset_key=dg.AssetKey("drift_report"), check_name=check, passed=passed,
+            severity=dg.AssetCheckSeverity.WARN, metadata=metadata))
+
+    retrain = repo.get_sensor_def("pql_retrain_on_decay")
+    assert retrain.job_name == MODEL_JOB
+    started = retrain.evaluate_tick(dg.build_sensor_context(instance=instance, repository_def=repo))
+    evaluate("performance_decay", True, retrain_requested=False)
+    evaluate("performance_decay", False, retrain_requested=True)
+    evaluate("performance_decay", False, retrain_requested=True)
+    tick = retrain.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=started.cursor,
+                                                         repository_def=repo))
+    [request] = tick.run_requests                   # one retraining for two decayed evaluations
+    assert request.tags["pql/trigger"] == "performance_decay"
+    again = retrain.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=tick.cursor,
+                                                          repository_def=repo))
+    assert again.run_requests == []
+
+    # warnings alert only once they are incidents (repeated in 2 of the last 3 days)
+    alerts_sensor = repo.get_sensor_def("pql_check_alerts")
+    with FakeWebhook() as hook:
+        resources = {"alerts": AlertResource(webhook_url=hook.url)}
+        first = alerts_sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=resources,
+                                                                    repository_def=repo))
+        evaluate("feature_drift", False, incident=False, day="2026-03-21")
+        evaluate("feature_drift", False, incident=True, day="2026-03-22", incidents="projects_14d (training)")
+        alerts_sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=first.cursor,
+                                                            resources=resources, repository_def=repo))
+    [body] = hook.bodies
+    assert body["text"].startswith(":large_orange_circle: pql-pipeline check failed: drift_report.feature_drift "
+                                   "(repeated: an incident)")
+    assert "projects_14d (training)" in str(body["blocks"])

@@ -161,3 +161,25 @@ def test_an_alert_is_an_incident_only_if_it_repeats(conn):
     write_history(conn, day_rows(DAY, "ok"), [DAY], ("features",))
     assert incidents(conn, DAY, 2, 3) == []
     assert conn.execute("SELECT count(*) FROM drift_history").fetchall()[0][0] == 4
+
+
+def test_events_waiting_for_a_sync_are_measured(conn):
+    from pql_pipeline.defs.activation import ledger as L
+    from pql_pipeline.defs.monitoring.assets import waiting_hours
+
+    now = dt.datetime(2026, 6, 1, 12, tzinfo=dt.timezone.utc)
+    assert waiting_hours(conn, "hubspot", now) is None                 # no events yet
+    conn.execute("""INSERT INTO validated_events (partition_date, message_id, event_type, event_ts, received_at,
+                    source_file, line_no) VALUES ('2026-06-01', 'm1', 'track', TIMESTAMPTZ '2026-06-01 01:00:00+00',
+                    TIMESTAMPTZ '2026-06-01 02:00:00+00', 'f', 1)""")
+    never = waiting_hours(conn, "hubspot", now)
+    assert never["last_sync_finished"] == "never" and never["hours_waiting"] == 10.0
+    L.ensure_tables(conn)
+    conn.execute(f"INSERT INTO {L.RUNS} (run_id, destination, finished_at) VALUES "
+                 "('r1', 'hubspot:dry_run', TIMESTAMPTZ '2026-06-01 03:00:00+00')")
+    assert waiting_hours(conn, "hubspot", now)["hours_waiting"] == 0.0     # synced after it arrived
+    assert waiting_hours(conn, "intercom", now)["hours_waiting"] == 10.0    # another destination
+
+
+def test_no_events_at_all_is_insufficient_data(conn):
+    assert [r["verdict"] for r in M.stream_drift(conn, DAY)] == ["insufficient_data"]
