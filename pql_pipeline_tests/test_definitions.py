@@ -2,10 +2,12 @@ import dagster as dg
 
 from pql_pipeline.definitions import (
     ACTIVATION_JOB,
+    DAILY_JOB,
     FEATURES_JOB,
     INGEST_JOB,
     MODEL_JOB,
     PIPELINE_JOB,
+    RETRAIN_JOB,
     SCORING_JOB,
     defs,
 )
@@ -15,26 +17,33 @@ FEATURES = {"user_features", "account_features", "conversion_labels", "training_
             "activation_milestones"}
 MODEL = {"conversion_model", "pql_scores", "pql_account_scores", "pql_history", "pql_performance"}
 ACTIVATION = {"crm_sync", "in_app_nudges"}
+MONITORING = {"drift_report"}
 
 
 def test_definitions_load_and_list_the_pipeline():
     dg.Definitions.validate_loadable(defs)
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert keys == INGEST | FEATURES | MODEL | ACTIVATION
-    for job in (INGEST_JOB, FEATURES_JOB, PIPELINE_JOB, MODEL_JOB, SCORING_JOB, ACTIVATION_JOB):
+    assert keys == INGEST | FEATURES | MODEL | ACTIVATION | MONITORING
+    for job in (INGEST_JOB, FEATURES_JOB, PIPELINE_JOB, MODEL_JOB, SCORING_JOB, ACTIVATION_JOB, DAILY_JOB, RETRAIN_JOB):
         assert defs.resolve_job_def(job) is not None
 
 
 def test_every_asset_has_checks_and_the_gates_block():
     graph = defs.resolve_asset_graph()
     checks = {(k.asset_key.to_user_string(), k.name): graph.get_check_spec(k) for k in graph.asset_check_keys}
-    for asset in (INGEST | FEATURES | MODEL | ACTIVATION) - {"pql_history"}:
+    for asset in (INGEST | FEATURES | MODEL | ACTIVATION | MONITORING) - {"pql_history"}:
         assert any(a == asset for a, _ in checks), f"{asset} has no check"
     for gate in ("auc_floor", "beats_rules", "calibration", "no_dominant_feature"):
         assert checks[("conversion_model", gate)].blocking, gate
     assert checks[("pql_scores", "scores_valid")].blocking
     assert checks[("pql_account_scores", "account_scores_valid")].blocking
     assert checks[("crm_sync", "crm_sync_reconciles")].blocking
+    assert not checks[("crm_sync", "crm_sync_timely")].blocking
+    # a tracking outage, and severe drift of the model's top features, hold the outputs; the rest warns
+    assert checks[("drift_report", "event_stream_stable")].blocking
+    assert checks[("drift_report", "feature_drift")].blocking
+    assert not checks[("drift_report", "prediction_drift")].blocking
+    assert not checks[("drift_report", "performance_decay")].blocking
     assert checks[("pql_scores", "pql_volume")].blocking
     assert not checks[("pql_performance", "pql_lift")].blocking
     for gate in ("reconciliation", "quarantine_rate", "validated_events_contract"):
