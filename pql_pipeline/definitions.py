@@ -113,7 +113,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     jobs = [dg.define_asset_job(name, selection=sel, partitions_def=daily if partitioned else None, description=d)
             for name, sel, partitioned, d in job_specs]
     schedules, sensors = build_automation(settings, daily, DAILY_JOB, RETRAIN_JOB)
-    sensors += build_alert_sensors(MODEL_JOB, settings.monitoring.performance.retrain_on_decay)
+    sensors += build_alert_sensors(MODEL_JOB, settings.monitoring.performance.retrain_on_decay,
+                                   settings.monitoring.automation.running)
     defs = dg.Definitions(
         assets=assets,
         asset_checks=checks,

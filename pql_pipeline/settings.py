@@ -317,6 +317,15 @@ class DriftSettings(_Strict):
     block_share: float | None = Field(0.5, gt=0, le=1)   # ... alerting vs training in this share blocks (null: never)
     max_pql_rate_change: float = Field(2.0, gt=1)   # PQL rate this many times above or below the trailing median
 
+    @model_validator(mode="after")
+    def _sizes(self):
+        if self.sample_rows < self.min_rows:
+            raise ValueError(f"monitoring.drift.sample_rows ({self.sample_rows}) must be at least min_rows "
+                             f"({self.min_rows}), or every verdict would be insufficient_data")
+        if self.psi_warn > self.psi_alert or self.js_warn > self.js_alert:
+            raise ValueError("monitoring.drift: each warn threshold must be at most its alert threshold")
+        return self
+
 
 class StreamSettings(_Strict):
     """Event-stream drift: each event name's daily count, identified and account-mapped shares."""
@@ -342,6 +351,12 @@ class IncidentSettings(_Strict):
     need: int = Field(2, ge=1)
     of: int = Field(3, ge=1)
 
+    @model_validator(mode="after")
+    def _need(self):
+        if self.need > self.of:
+            raise ValueError(f"monitoring.incident.need ({self.need}) cannot exceed of ({self.of})")
+        return self
+
 
 class FreshnessSettings(_Strict):
     scores_hours: float = Field(26, gt=0)
@@ -353,8 +368,9 @@ class AutomationSettings(_Strict):
     running: bool = False               # schedules, the file sensor and declarative automation start running
     daily_hour: int = Field(6, ge=0, le=23)     # UTC hour the daily job runs for the day before
     daily_minute: int = Field(0, ge=0, le=59)
-    retrain_cron: str = "0 5 * * 1"     # weekly retraining (UTC)
+    retrain_cron: str = "0 8 * * 1"     # weekly retraining (UTC), after the daily run of the day before
     landing_interval_seconds: int = Field(60, ge=10)
+    landing_settle_minutes: float = Field(15, ge=0)    # a partition's files must be unchanged this long
     landing_max_runs_per_tick: int = Field(10, ge=1)
 
 

@@ -38,10 +38,11 @@ def test_every_asset_has_checks_and_the_gates_block():
     assert checks[("pql_scores", "scores_valid")].blocking
     assert checks[("pql_account_scores", "account_scores_valid")].blocking
     assert checks[("crm_sync", "crm_sync_reconciles")].blocking
-    assert not checks[("crm_sync", "crm_sync_timely")].blocking
+    assert not checks[("drift_report", "crm_sync_timely")].blocking
     # a tracking outage, and severe drift of the model's top features, hold the outputs; the rest warns
     assert checks[("drift_report", "event_stream_stable")].blocking
-    assert checks[("drift_report", "feature_drift")].blocking
+    assert not checks[("drift_report", "feature_drift")].blocking
+    assert checks[("drift_report", "top_feature_drift")].blocking
     assert not checks[("drift_report", "prediction_drift")].blocking
     assert not checks[("drift_report", "performance_decay")].blocking
     assert checks[("pql_scores", "pql_volume")].blocking

@@ -150,6 +150,11 @@ def send_nudges(conn, channel: NudgeChannel, day: dt.date, event_name: str, cap_
     started, t0 = dt.datetime.now(dt.timezone.utc), time.monotonic()
     if full_resync:
         L.reset(conn, dest, "nudges")
+    # a day older than one already nudged (a late file re-ran it) nudges nobody: later days' verdicts
+    # and the cap already decided, and a stale nudge could break the cap
+    newest = conn.execute(f"SELECT max(snapshot_date) FROM {L.LEDGER} WHERE destination = ? "
+                          "AND object_type = 'nudges'", [dest]).fetchall()[0][0]
+    stale = newest is not None and newest > day
     # a nudge of an earlier day that was not delivered is not sent late: today's verdicts,
     # routing and cap decide (its row stays, marked expired)
     conn.execute(f"""
@@ -158,6 +163,9 @@ def send_nudges(conn, channel: NudgeChannel, day: dt.date, event_name: str, cap_
         WHERE destination = ? AND object_type = 'nudges' AND status <> 'synced' AND snapshot_date < ?""",
                  [dest, day])
     cand = nudge_candidates(conn, day, event_name)
+    considered = len(cand)
+    if stale:
+        cand = cand.iloc[0:0]
     capped = capped_users(conn, dest, day, cap_days)
     allowed = cand[~cand["user_id"].isin(capped)]
     # a nudge is sent once per key: a day scored again (other metadata) does not nudge again
@@ -186,7 +194,9 @@ def send_nudges(conn, channel: NudgeChannel, day: dt.date, event_name: str, cap_
             tally.add([outcome])
     row = L.record_run(conn, run_id=run_id, destination=channel.name, object_type="nudges",
                        dry_run=channel.dry_run, snapshot_date=day, started=started, seconds=time.monotonic() - t0,
-                       considered=len(cand), plan_=p, tally=tally,
+                       considered=considered, plan_=p, tally=tally,
                        calls=channel.transport.stats.calls - calls_before, full_resync=full_resync)
     row["capped"] = int(cand["user_id"].isin(capped).sum())
+    if stale:
+        row["skipped_stale"] = considered
     return row

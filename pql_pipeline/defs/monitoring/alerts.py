@@ -153,7 +153,12 @@ def latest_storage_id(instance: dg.DagsterInstance) -> int:
     return records[0].storage_id if records else 0
 
 
-def build_alert_sensors(model_job: str, retrain_on_decay: bool) -> list[dg.SensorDefinition]:
+TICK_BUDGET_SECONDS = 40     # a sensor evaluation times out at 60 s: stop sending before that
+MAX_ALERTS_PER_TICK = 20
+
+
+def build_alert_sensors(model_job: str, retrain_on_decay: bool, automation_running: bool = False
+                        ) -> list[dg.SensorDefinition]:
     @dg.run_failure_sensor(name="pql_run_failure_alert", default_status=dg.DefaultSensorStatus.RUNNING,
                            description="Posts every failed run of this code location to the alert webhook "
                                        "(PQL_ALERT_WEBHOOK_URL; logged without it).")
@@ -165,7 +170,7 @@ def build_alert_sensors(model_job: str, retrain_on_decay: bool) -> list[dg.Senso
 
     @dg.sensor(name="pql_check_alerts", minimum_interval_seconds=60,
                default_status=dg.DefaultSensorStatus.RUNNING,
-               description="Posts failed blocking (ERROR) checks, and warnings that became incidents (an alert "
+               description="Posts failed ERROR checks, and warnings that became incidents (an alert "
                            "in 2 of the last 3 days), to the alert webhook. Starts after the newest evaluation "
                            "the first time it runs (no flood of history).")
     def pql_check_alerts(context: dg.SensorEvaluationContext, alerts: AlertResource):
@@ -173,20 +178,21 @@ def build_alert_sensors(model_job: str, retrain_on_decay: bool) -> list[dg.Senso
             context.update_cursor(str(latest_storage_id(context.instance)))
             return dg.SkipReason("started: alerts on check evaluations from now on")
         cursor = int(context.cursor)
-        sent = 0
+        sent, started = 0, time.monotonic()
         for storage_id, ev, run_id in failed_check_evaluations(context.instance, cursor):
+            if sent >= MAX_ALERTS_PER_TICK or time.monotonic() - started > TICK_BUDGET_SECONDS:
+                break             # the rest on the next tick: the cursor stops before them
+            if not ev.passed:
+                severity = ev.severity.value if ev.severity else "ERROR"
+                ok, incident = should_alert(severity, ev.metadata)
+                if ok:
+                    alerts.send(check_alert(ev.asset_key.to_user_string(), ev.check_name, severity, ev.description,
+                                            ev.partition, run_id, {k: _meta_value(v) for k, v in ev.metadata.items()},
+                                            incident), context.log)
+                    sent += 1
+            # advanced per evaluation, so a later failure of the tick re-sends nothing already sent
             cursor = storage_id
-            if ev.passed:
-                continue
-            severity = ev.severity.value if ev.severity else "ERROR"
-            ok, incident = should_alert(severity, ev.metadata)
-            if not ok:
-                continue
-            alert = check_alert(ev.asset_key.to_user_string(), ev.check_name, severity, ev.description,
-                                ev.partition, run_id, {k: _meta_value(v) for k, v in ev.metadata.items()}, incident)
-            alerts.send(alert, context.log)
-            sent += 1
-        context.update_cursor(str(cursor))
+            context.update_cursor(str(cursor))
         if not sent:
             return dg.SkipReason("no failed check to report")
         return None
@@ -194,7 +200,8 @@ def build_alert_sensors(model_job: str, retrain_on_decay: bool) -> list[dg.Senso
     sensors = [pql_run_failure_alert, pql_check_alerts]
     if retrain_on_decay:
         @dg.sensor(name="pql_retrain_on_decay", job_name=model_job, minimum_interval_seconds=300,
-                   default_status=dg.DefaultSensorStatus.RUNNING,
+                   default_status=dg.DefaultSensorStatus.RUNNING if automation_running
+                   else dg.DefaultSensorStatus.STOPPED,
                    description="Launches the model job when drift_report's performance_decay check fails with "
                                "retraining requested (realised performance below the holdout's).")
         def pql_retrain_on_decay(context: dg.SensorEvaluationContext):

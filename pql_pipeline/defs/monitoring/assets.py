@@ -22,6 +22,7 @@ KEYS = {"snapshot_date", "user_id", "account_id", "signup_date", "definition_has
 
 STREAM_CHECK = "event_stream_stable"
 FEATURE_CHECK = "feature_drift"
+TOP_FEATURE_CHECK = "top_feature_drift"
 PREDICTION_CHECK = "prediction_drift"
 PERFORMANCE_CHECK = "performance_decay"
 
@@ -205,16 +206,23 @@ def judge(settings: Settings, day: dt.date, rows: list[dict], found_incidents: l
     top = top_features(model, m.drift.block_top_features)
     vs_training = {r["item"] for r in by_part["features"] if r["reference"] == "training" and r["verdict"] == "alert"}
     alerting = [r for r in by_part["features"] if r["verdict"] == "alert"]
-    share = (len(vs_training & set(top)) / len(top)) if top else 0.0
-    severe = m.drift.block_share is not None and top and share >= m.drift.block_share
     results.append(dg.AssetCheckResult(
-        check_name=FEATURE_CHECK, passed=not alerting,
-        severity=dg.AssetCheckSeverity.ERROR if severe else dg.AssetCheckSeverity.WARN,
+        check_name=FEATURE_CHECK, passed=not alerting, severity=dg.AssetCheckSeverity.WARN,
         description=("No feature drifted past its alert threshold." if not alerting else
-                     f"{len({r['item'] for r in alerting})} feature(s) drifted; {share:.0%} of the model's top "
-                     f"{len(top)} vs its training data" + (" (blocks the outputs)" if severe else "")),
-        metadata=meta("features", {"top_features_alerting_vs_training": round(share, 3),
-                                   "block_share": m.drift.block_share if m.drift.block_share is not None else "never"})))
+                     f"{len({r['item'] for r in alerting})} feature(s) drifted: "
+                     + ", ".join(sorted({f"{r['item']} ({r['reference']})" for r in alerting})[:8])),
+        metadata=meta("features")))
+    share = (len(vs_training & set(top)) / len(top)) if top else 0.0
+    severe = bool(m.drift.block_share is not None and top and share >= m.drift.block_share)
+    results.append(dg.AssetCheckResult(
+        check_name=TOP_FEATURE_CHECK, passed=not severe, severity=dg.AssetCheckSeverity.ERROR,
+        description=(f"{share:.0%} of the model's top {len(top)} features drifted past their alert threshold "
+                     "against its training data" + (": the outputs are held until the model is retrained"
+                                                     if severe else "")),
+        metadata={"day": str(day), "top_features": ", ".join(top) or "none (no model yet)",
+                  "alerting_vs_training": ", ".join(sorted(vs_training & set(top))) or "none",
+                  "share": round(share, 3),
+                  "block_share": m.drift.block_share if m.drift.block_share is not None else "never"}))
 
     pred_alerts = [r for r in by_part["predictions"] if r["verdict"] == "alert"]
     results.append(dg.AssetCheckResult(
@@ -224,7 +232,10 @@ def judge(settings: Settings, day: dt.date, rows: list[dict], found_incidents: l
         metadata=meta("predictions")))
 
     perf_alerts = [r for r in by_part["performance"] if r["verdict"] == "alert"]
-    retrain = bool(perf_alerts) and m.performance.retrain_on_decay
+    # a cohort scored by a model that has been replaced since says nothing about the current one
+    current = model["version"] if model else None
+    retrain = bool(perf_alerts) and m.performance.retrain_on_decay and \
+        all(r.get("model_version") == current for r in perf_alerts)
     results.append(dg.AssetCheckResult(
         check_name=PERFORMANCE_CHECK, passed=not perf_alerts, severity=dg.AssetCheckSeverity.WARN,
         description="Realised performance as on the holdout (or not measurable yet)." if not perf_alerts else
@@ -234,23 +245,28 @@ def judge(settings: Settings, day: dt.date, rows: list[dict], found_incidents: l
     return results
 
 
-def check_specs() -> list[dg.AssetCheckSpec]:
+def check_specs(settings: Settings) -> list[dg.AssetCheckSpec]:
+    """Blocking means ERROR here: a spec is blocking exactly when its result can be an ERROR
+    (declarative automation counts any failure of a blocking check, whatever its severity)."""
     return [
-        dg.AssetCheckSpec(STREAM_CHECK, asset="drift_report", blocking=True,
-                          description="Each event name's count, the identified share and the account-mapped share "
-                                      "of the day are within bounds of the days before (monitoring.stream). A "
-                                      "tracking outage blocks the CRM and in-app outputs (ERROR)."),
-        dg.AssetCheckSpec(FEATURE_CHECK, asset="drift_report", blocking=True,
+        dg.AssetCheckSpec(STREAM_CHECK, asset="drift_report", blocking=settings.monitoring.stream.blocking,
+                          description="Each event name's share of the day, the day's volume (vs the same weekday), "
+                                      "the identified share and the account-mapped share are within bounds "
+                                      "(monitoring.stream). A tracking outage holds the CRM and in-app outputs "
+                                      "(ERROR; WARN with stream.blocking: false)."),
+        dg.AssetCheckSpec(FEATURE_CHECK, asset="drift_report", blocking=False,
                           description="No scoring feature drifted past its alert threshold against the model's "
-                                      "training rows or the trailing weeks. Single features warn; when block_share "
-                                      "of the model's top features drift against training, the outputs are "
-                                      "blocked (ERROR) until the model is retrained."),
+                                      "training rows or the trailing weeks (PSI / Jensen-Shannon; warns)."),
+        dg.AssetCheckSpec(TOP_FEATURE_CHECK, asset="drift_report", blocking=True,
+                          description="Fewer than monitoring.drift.block_share of the model's most important "
+                                      "features drifted against its training data; else the outputs are held "
+                                      "(ERROR) until the model is retrained on current data."),
         dg.AssetCheckSpec(PREDICTION_CHECK, asset="drift_report", blocking=False,
                           description="The score distribution (PSI) and the PQL rate are close to the trailing weeks."),
         dg.AssetCheckSpec(PERFORMANCE_CHECK, asset="drift_report", blocking=False,
                           description="On the newest cohort whose labels have arrived, realised ROC AUC and PQL "
-                                      "precision are within bounds of the model's holdout; a decay requests "
-                                      "retraining (the retraining sensor launches train_model)."),
+                                      "precision are within bounds of the holdout of the model that scored it; a "
+                                      "decay of the current model requests retraining (pql_retrain_on_decay)."),
     ]
 
 
@@ -259,7 +275,7 @@ def build_monitoring_assets(settings: Settings, daily: dg.PartitionsDefinition) 
         name="drift_report",
         deps=["validated_events", "user_features", "account_features", "pql_scores", "conversion_labels"],
         partitions_def=daily, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP, kinds={"duckdb"},
-        owners=OWNERS, tags=TAGS, pool=POOL, code_version=MONITORING_LOGIC_VERSION, check_specs=check_specs(),
+        owners=OWNERS, tags=TAGS, pool=POOL, code_version=MONITORING_LOGIC_VERSION, check_specs=check_specs(settings),
         metadata={"dagster/table_name": M.HISTORY},
     )
     def drift_report(context: dg.AssetExecutionContext, warehouse: Warehouse):
@@ -305,33 +321,37 @@ def build_monitoring_assets(settings: Settings, daily: dg.PartitionsDefinition) 
 
 
 def waiting_hours(conn, destination: str, now: dt.datetime) -> dict | None:
-    """How long the newest event has been waiting for a sync to ``destination``: zero if the
-    newest sync finished after it arrived, else the hours since it arrived (None before any
-    events)."""
-    if not table_exists(conn, "validated_events"):
+    """How long the oldest event that arrived after the newest sync to ``destination`` has
+    been waiting for the next one (0 when none is waiting). None before any event or sync:
+    lateness counts from the first sync on."""
+    if not table_exists(conn, "validated_events") or not table_exists(conn, "sync_runs"):
         return None
-    newest = conn.execute("SELECT max(coalesce(received_at, event_ts)) FROM validated_events").fetchall()[0][0]
-    if newest is None:
+    last = conn.execute("SELECT max(finished_at) FROM sync_runs WHERE destination IN (?, ?)",
+                        [destination, f"{destination}:dry_run"]).fetchall()[0][0]
+    if last is None:
         return None
-    last = None
-    if table_exists(conn, "sync_runs"):
-        last = conn.execute("SELECT max(finished_at) FROM sync_runs WHERE destination IN (?, ?)",
-                            [destination, f"{destination}:dry_run"]).fetchall()[0][0]
-    waiting = 0.0 if last is not None and last >= newest else (now - newest).total_seconds() / 3600
-    return {"newest_event_received": str(newest), "last_sync_finished": str(last) if last else "never",
-            "hours_waiting": round(max(waiting, 0.0), 2)}
+    # events arrive in the partition of their received day: the days before the sync cannot hold later arrivals
+    oldest = conn.execute("""
+        SELECT min(coalesce(received_at, event_ts)) FROM validated_events
+        WHERE partition_date >= CAST(? AS DATE) - INTERVAL 1 DAY AND coalesce(received_at, event_ts) > ?""",
+                          [last, last]).fetchall()[0][0]
+    waiting = 0.0 if oldest is None else max((now - oldest).total_seconds() / 3600, 0.0)
+    return {"last_sync_finished": str(last), "oldest_event_waiting": str(oldest) if oldest else "none",
+            "hours_waiting": round(waiting, 2)}
 
 
-def timely_check(asset: str, destination: str, hours: float) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=asset, name=f"{asset}_timely", blocking=False,
-                    description=f"The newest event reached {destination} within {hours:g} hours (the last sync "
-                                "finished after it arrived, or it arrived less than that ago): leads reach sales "
-                                "and users quickly.")
+def timely_check(output: str, destination: str, hours: float) -> dg.AssetChecksDefinition:
+    # on the drift report, which runs every day whether or not the outputs run (a check on the
+    # output itself would only run after a successful sync, when nothing can be late)
+    @dg.asset_check(asset="drift_report", name=f"{output}_timely", blocking=False,
+                    description=f"No event has waited more than {hours:g} hours for {output} to send it to "
+                                f"{destination} (events that arrived after its last sync): leads reach sales and "
+                                "users quickly, also while a gate holds the outputs.")
     def timely(warehouse: Warehouse) -> dg.AssetCheckResult:
         with warehouse.get_connection() as conn:
             found = waiting_hours(conn, destination, dt.datetime.now(dt.timezone.utc))
         if found is None:
-            return dg.AssetCheckResult(passed=True, metadata={"note": "no events yet"})
+            return dg.AssetCheckResult(passed=True, metadata={"note": "no sync yet: lateness counts from the first"})
         return dg.AssetCheckResult(passed=found["hours_waiting"] <= hours, severity=dg.AssetCheckSeverity.WARN,
                                    metadata={**found, "max_hours": hours})
 

@@ -62,9 +62,10 @@ def partition_pattern(pattern: str) -> re.Pattern:
     return re.compile(out + "$")
 
 
-def landed_partitions(root: Path, pattern: str) -> dict[str, str]:
+def landed_partitions(root: Path, pattern: str, settled_before: float | None = None) -> dict[str, str]:
     """Day -> fingerprint (file names, sizes and modification times) of every partition with
-    files under ``root``."""
+    files under ``root``; with ``settled_before`` (a timestamp) only partitions none of whose
+    files changed after it (files still landing wait)."""
     regex = partition_pattern(pattern)
     files: dict[str, list[tuple[str, int, int]]] = {}
     if not root.is_dir():
@@ -78,6 +79,8 @@ def landed_partitions(root: Path, pattern: str) -> dict[str, str]:
             continue
         st = path.stat()
         files.setdefault(m.group("date"), []).append((rel, st.st_size, int(st.st_mtime_ns)))
+    if settled_before is not None:
+        files = {d: fs for d, fs in files.items() if max(m for _, _, m in fs) <= settled_before * 1e9}
     return {day: hashlib.sha256(json.dumps(sorted(fs)).encode()).hexdigest()[:16] for day, fs in files.items()}
 
 
@@ -107,13 +110,16 @@ def build_automation(settings: Settings, daily: dg.PartitionsDefinition, daily_j
 
     @dg.sensor(name="pql_new_event_files", job_name=daily_job, minimum_interval_seconds=a.landing_interval_seconds,
                default_status=status(a.running, "sensor"),
-               description="Runs the daily job for a partition when its event files land or change (source.root / "
-                           "source.pattern). Partitions already materialized when the sensor starts are left alone.")
+               description="Runs the daily job for a finished day when its event files land or change (source.root / "
+                           "source.pattern) and then stay unchanged for landing_settle_minutes. Partitions already "
+                           "materialized when the sensor starts are left alone.")
     def pql_new_event_files(context: dg.SensorEvaluationContext):
         seen = json.loads(context.cursor) if context.cursor else None
-        today = dt.datetime.now(dt.timezone.utc).date()
-        landed = {d: fp for d, fp in landed_partitions(root, pattern).items()
-                  if first <= dt.date.fromisoformat(d) <= today}
+        now = dt.datetime.now(dt.timezone.utc)
+        # only finished days (today is not a partition yet) whose files stopped changing
+        landed = {d: fp for d, fp in landed_partitions(
+                      root, pattern, settled_before=now.timestamp() - a.landing_settle_minutes * 60).items()
+                  if first <= dt.date.fromisoformat(d) < now.date() and daily.has_partition_key(d)}
         if seen is None:
             # first evaluation: partitions validated before are the baseline, not news
             done = context.instance.get_materialized_partitions(dg.AssetKey("validated_events"))

@@ -107,7 +107,7 @@ def stream_drift(conn, day: dt.date, b: StreamBounds = StreamBounds(), counts: p
     base_days, reference = (same_weekday, "same_weekday") if same_weekday else (recent, "previous_days")
     usual = _median([float(per_day.loc[d, "n"]) for d in base_days])
     if usual < b.min_median_events:
-        out = [row(day, "stream", "(all events)", reference, "count_ratio", total, usual, None, None,
+        out = [row(day, "stream", "(all events)", reference, "count_ratio", None, usual, None, None,
                    "insufficient_data", total, f"fewer than {b.min_median_events} events a day usually")]
     else:
         ratio = total / usual
@@ -124,7 +124,7 @@ def stream_drift(conn, day: dt.date, b: StreamBounds = StreamBounds(), counts: p
         n = int(today.get(name, 0))
         usual_share = _median([float(shares.loc[d, name]) for d in recent])
         expected = usual_share * total
-        if not any(shares.loc[d, name] for d in recent):
+        if not any(shares.loc[d, name] for d in shares.index if d < day):
             out.append(row(day, "stream", name, "previous_days", "share_ratio", None, 0, None, None,
                            "warn" if n else "ok", n, "a new event name: not in the days before" if n else None))
             continue
@@ -174,10 +174,10 @@ def feature_drift_rows(day: dt.date, current: pd.DataFrame, references: dict[str
             note = None
             if r["verdict"] == "insufficient_data":
                 note = f"fewer than {t.min_rows} rows (current {len(current)}, reference {len(ref)})"
-            elif r["kind"] == "numeric" and r["secondary"] is not None:
+            elif r["kind"] == "numeric" and r["secondary"] is not None and not pd.isna(r["secondary"]):
                 note = f"wasserstein/std {r['secondary']}"
-            elif r["kind"] == "categorical":
-                note = f"unseen categories {r['secondary']:.2%}" if r["secondary"] is not None else None
+            elif r["kind"] == "categorical" and r["secondary"] is not None and not pd.isna(r["secondary"]):
+                note = f"unseen categories {r['secondary']:.2%}"
             out.append(row(day, "features", r["feature"], name, r["metric"], r["value"], None, r["warn"],
                            r["alert"], r["verdict"], len(current), note) | {"model_version": model_version})
     return out
@@ -227,7 +227,11 @@ def performance_rows(day: dt.date, cohort: dt.date | None, y: np.ndarray, p: np.
                        verdict(drop, max_auc_drop / 2, max_auc_drop), len(y), label)
                    | {"model_version": model_version})
     ref_precision = holdout.get("precision_at_threshold")
-    if ref_precision is not None and flagged.any():
+    if ref_precision is not None and flagged.sum() < min_positives:
+        out.append(row(day, "performance", "pql_precision", "holdout", "precision", None, ref_precision, None, None,
+                       "insufficient_data", int(flagged.sum()), f"{label}: fewer than {min_positives} PQLs")
+                   | {"model_version": model_version})
+    elif ref_precision is not None:
         precision = float(y[flagged].mean())
         drop = ref_precision - precision
         out.append(row(day, "performance", "pql_precision", "holdout", "precision", round(precision, 5),

@@ -118,6 +118,11 @@ def test_one_nudge_per_user_and_day_within_the_cap(conn, intercom):
     scored(conn, much_later, [("a", 0.6, "in_app")])
     assert send_nudges(conn, ch, much_later, "pql-nudge", 7, "r4")["sent"] == 1
     assert max(intercom.events.values()) == 1 and len(intercom.events) == 4
+    # a late file re-runs an older day: it nudges nobody (the newer days and the cap decided)
+    scored(conn, D0 + dt.timedelta(days=5), [("a", 0.7, "in_app"), ("f", 0.5, "in_app")])
+    stale = send_nudges(conn, ch, D0 + dt.timedelta(days=5), "pql-nudge", 7, "r5")
+    assert (stale["considered"], stale["sent"], stale["skipped_stale"], stale["calls"]) == (2, 0, 2, 0)
+    assert len(intercom.events) == 4
 
 
 def test_faults_are_retried_and_intercom_sees_each_event_once(conn, intercom):

@@ -23,10 +23,14 @@ def defs_and_root(tmp_path, monkeypatch):
     return build_definitions(settings), tmp_path / "events", settings
 
 
-def land(root, day: str, name: str = "events-0000.jsonl", body: str = '{"type": "track"}\n'):
+def land(root, day: str, name: str = "events-0000.jsonl", body: str = '{"type": "track"}\n', settled: bool = True):
+    """A file of ``day``; ``settled``: last written an hour ago (past the settle time)."""
     path = root / f"dt={day}" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(body)
+    if settled:
+        t = dt.datetime.now(UTC).timestamp() - 3600
+        os.utime(path, (t, t))
     return path
 
 
@@ -46,7 +50,7 @@ def test_the_daily_schedule_runs_the_day_before_and_its_request_is_valid(defs_an
     assert {"validated_events", "user_features", "pql_scores", "drift_report", "crm_sync", "in_app_nudges"} <= selected
 
     retrain = repo.get_schedule_def("pql_weekly_retrain")
-    assert retrain.job_name == RETRAIN_JOB and retrain.cron_schedule == "0 5 * * 1"
+    assert retrain.job_name == RETRAIN_JOB and retrain.cron_schedule == "0 8 * * 1"
     [request] = retrain.evaluate_tick(dg.build_schedule_context(
         repository_def=repo, scheduled_execution_time=dt.datetime(2026, 3, 23, 5, 0, tzinfo=UTC))).run_requests
     assert request.partition_key == "2026-03-22"
@@ -94,10 +98,26 @@ def test_newly_landed_files_launch_their_partition_once(defs_and_root):
 
     # the fingerprint is stable across processes (no per-process hash seed)
     assert landed_partitions(root, "dt={date}/*.jsonl*") == landed_partitions(root, "dt={date}/*.jsonl*")
-    path = land(root, "2026-03-02", body='{"type": "track"}\n{"type": "page"}\n')
-    os.utime(path, (1, 1))
+    land(root, "2026-03-02", body='{"type": "track"}\n{"type": "page"}\n')
     fourth = sensor.evaluate_tick(dg.build_sensor_context(repository_def=defs.get_repository_def(), instance=instance, cursor=third.cursor))
     assert [r.partition_key for r in fourth.run_requests] == ["2026-03-02"]
+
+
+def test_today_and_files_still_landing_wait(defs_and_root):
+    defs, root, _ = defs_and_root
+    sensor = defs.get_repository_def().get_sensor_def("pql_new_event_files")
+    instance = dg.DagsterInstance.ephemeral()
+    today = dt.datetime.now(UTC).date()
+    land(root, today.isoformat())                                     # not a partition before midnight
+    yesterday = (today - dt.timedelta(days=1)).isoformat()
+    land(root, yesterday, settled=False)                              # written just now: still landing
+    first = sensor.evaluate_tick(dg.build_sensor_context(repository_def=defs.get_repository_def(),
+                                                         instance=instance))
+    assert first.run_requests == []
+    land(root, yesterday)                                             # unchanged for an hour
+    second = sensor.evaluate_tick(dg.build_sensor_context(repository_def=defs.get_repository_def(),
+                                                          instance=instance, cursor=first.cursor))
+    assert [r.partition_key for r in second.run_requests] == [yesterday]
 
 
 def test_a_flood_of_partitions_is_spread_over_ticks(defs_and_root, monkeypatch):

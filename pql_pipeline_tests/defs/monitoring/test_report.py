@@ -167,18 +167,25 @@ def test_events_waiting_for_a_sync_are_measured(conn):
     from pql_pipeline.defs.activation import ledger as L
     from pql_pipeline.defs.monitoring.assets import waiting_hours
 
-    now = dt.datetime(2026, 6, 1, 12, tzinfo=dt.timezone.utc)
-    assert waiting_hours(conn, "hubspot", now) is None                 # no events yet
-    conn.execute("""INSERT INTO validated_events (partition_date, message_id, event_type, event_ts, received_at,
-                    source_file, line_no) VALUES ('2026-06-01', 'm1', 'track', TIMESTAMPTZ '2026-06-01 01:00:00+00',
-                    TIMESTAMPTZ '2026-06-01 02:00:00+00', 'f', 1)""")
-    never = waiting_hours(conn, "hubspot", now)
-    assert never["last_sync_finished"] == "never" and never["hours_waiting"] == 10.0
+    now = dt.datetime(2026, 6, 2, 12, tzinfo=dt.timezone.utc)
+
+    def event(mid: str, received: str):
+        conn.execute(f"""INSERT INTO validated_events (partition_date, message_id, event_type, event_ts, received_at,
+                         source_file, line_no) VALUES (CAST(TIMESTAMPTZ '{received}' AS DATE), '{mid}', 'track',
+                         TIMESTAMPTZ '{received}', TIMESTAMPTZ '{received}', 'f', 1)""")
+
+    event("m1", "2026-06-01 02:00:00+00")
     L.ensure_tables(conn)
+    assert waiting_hours(conn, "hubspot", now) is None                 # never synced: nothing is late yet
     conn.execute(f"INSERT INTO {L.RUNS} (run_id, destination, finished_at) VALUES "
-                 "('r1', 'hubspot:dry_run', TIMESTAMPTZ '2026-06-01 03:00:00+00')")
+                 "('r1', 'hubspot', TIMESTAMPTZ '2026-06-01 03:00:00+00')")
     assert waiting_hours(conn, "hubspot", now)["hours_waiting"] == 0.0     # synced after it arrived
-    assert waiting_hours(conn, "intercom", now)["hours_waiting"] == 10.0    # another destination
+    # two events arrive after the sync and no sync follows (a gate holds the outputs): the older one counts
+    event("m2", "2026-06-01 06:00:00+00")
+    event("m3", "2026-06-02 11:00:00+00")
+    late = waiting_hours(conn, "hubspot", now)
+    assert late["hours_waiting"] == 30.0 and late["oldest_event_waiting"].startswith("2026-06-01 06:00:00")
+    assert waiting_hours(conn, "intercom", now) is None                   # another destination
 
 
 def test_no_events_at_all_is_insufficient_data(conn):
