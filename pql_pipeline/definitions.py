@@ -24,6 +24,7 @@ from pql_pipeline.defs.monitoring.alerts import AlertResource, build_alert_senso
 from pql_pipeline.defs.monitoring.assets import build_monitoring_assets, build_monitoring_checks, monitoring_gates
 from pql_pipeline.defs.monitoring.automation import build_automation, with_automation
 from pql_pipeline.defs.scoring.assets import build_scoring_assets, build_scoring_checks
+from pql_pipeline.lib.versions import code_version
 from pql_pipeline.lib.warehouse import Warehouse
 from pql_pipeline.settings import Settings, get_settings
 
@@ -126,7 +127,10 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         # Great Expectations' import (seconds) is paid once per run instead of per step.
         executor=dg.in_process_executor,
     )
-    return with_automation(defs, settings)
+    defs = with_automation(defs, settings)
+    # every asset's code version: its logic version plus the configuration and contracts it is defined by
+    return defs.map_resolved_asset_specs(func=lambda spec: spec.replace_attributes(
+        code_version=code_version(settings, spec.key.to_user_string(), spec.code_version)))
 
 
 defs = build_definitions(get_settings())

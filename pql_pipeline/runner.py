@@ -45,26 +45,70 @@ def materialize_all(settings: Settings, instance: dg.DagsterInstance, partitions
         raise PipelineRunError(
             f"no event files match {settings.source.pattern!r} under {settings.events_root}; "
             "run `pql generate` or point source.root at your Segment export")
-    # one day: an ordinary partition run (checks record their partition); several: one single-run range
-    tags = ({"dagster/partition": parts[0]} if len(parts) == 1 else
-            {"dagster/asset_partition_range_start": parts[0], "dagster/asset_partition_range_end": parts[-1]})
+    tags = range_tags(parts)
     # the events-to-features graph, the (unpartitioned) model trained on it, then the scores
     jobs = [(PIPELINE_JOB, tags), (MODEL_JOB, {}), (SCORING_JOB, tags)]
-    graph = defs.resolve_asset_graph()
     for job_name, tags in jobs:
-        # the full event log is in the Dagster instance (and the UI); the console shows warnings and errors
-        result = defs.resolve_job_def(job_name).execute_in_process(
-            instance=instance, tags=tags, raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
-        report.run_ids.append(result.run_id)
-        report.succeeded &= result.success
-        for ev in result.get_asset_check_evaluations():
-            spec = graph.get_check_spec(dg.AssetCheckKey(ev.asset_key, ev.check_name))
-            report.checks.append({"asset": ev.asset_key.to_user_string(), "check": ev.check_name,
-                                  "passed": ev.passed, "severity": ev.severity.value,
-                                  "blocking": bool(spec.blocking)})
-        report.failed_steps += [e.step_key for e in result.all_events if e.is_step_failure and e.step_key]
-        if not result.success:
+        if not execute(defs, job_name, tags, instance, report, log_level):
+            break
+    return report
+
+
+def range_tags(days: list[str]) -> dict[str, str]:
+    """One day: an ordinary partition run (checks record their partition); several: one single-run range."""
+    return ({"dagster/partition": days[0]} if len(days) == 1 else
+            {"dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]})
+
+
+def execute(defs: dg.Definitions, job_name: str, tags: dict, instance: dg.DagsterInstance, report: RunReport,
+            log_level: str = "WARNING") -> bool:
+    """Run ``job_name`` in this process and add its run, checks and failed steps to ``report``."""
+    graph = defs.resolve_asset_graph()
+    # the full event log is in the Dagster instance (and the UI); the console shows warnings and errors
+    result = defs.resolve_job_def(job_name).execute_in_process(
+        instance=instance, tags=tags, raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
+    report.run_ids.append(result.run_id)
+    report.succeeded &= result.success
+    for ev in result.get_asset_check_evaluations():
+        spec = graph.get_check_spec(dg.AssetCheckKey(ev.asset_key, ev.check_name))
+        report.checks.append({"asset": ev.asset_key.to_user_string(), "check": ev.check_name,
+                              "passed": ev.passed, "severity": ev.severity.value,
+                              "blocking": bool(spec.blocking)})
+    report.failed_steps += [e.step_key for e in result.all_events if e.is_step_failure and e.step_key]
+    return result.success
+
+
+def backfill(settings: Settings, instance: dg.DagsterInstance, job_name: str, start: str, end: str,
+             per_partition: bool = False, defs: dg.Definitions | None = None, echo=None) -> RunReport:
+    """Materialize a partitioned job over ``start``..``end``: one single-run range (every asset
+    processes the range in one pass), or one run per day with ``per_partition`` (stops at the
+    first failed day)."""
+    from pql_pipeline.definitions import build_definitions
+
+    defs = defs or build_definitions(settings)
+    try:
+        job = defs.resolve_job_def(job_name)
+    except Exception:
+        raise PipelineRunError(f"there is no job {job_name!r}") from None
+    partitions = job.partitions_def
+    if partitions is None:
+        raise PipelineRunError(f"{job_name} is not partitioned: run it without a range (e.g. in the UI)")
+    if end < start:
+        raise PipelineRunError(f"--end {end} is before --start {start}; swap them")
+    keys = partitions.get_partition_keys()
+    days = [k for k in keys if start <= k <= end]
+    if not days:
+        first, last = (keys[0], keys[-1]) if keys else ("-", "-")
+        raise PipelineRunError(f"no partition between {start} and {end}: partitions run from {first} to {last} "
+                               "(partitions.start_date; the newest is yesterday, UTC)")
+    report = RunReport(partitions=days)
+    batches = [[d] for d in days] if per_partition else [days]
+    for i, batch in enumerate(batches, start=1):
+        ok = execute(defs, job_name, range_tags(batch), instance, report)
+        if echo is not None and per_partition:
+            echo(f"[{i}/{len(batches)}] {batch[0]}: {'ok' if ok else 'FAILED'}")
+        if not ok:
             break
     return report
 
