@@ -44,11 +44,13 @@ bench: install
 	$(BIN)/python benchmarks/bench_features.py
 	$(BIN)/python benchmarks/bench_model.py
 	$(BIN)/python benchmarks/bench_sync.py
+	$(BIN)/python benchmarks/bench_backfill.py
 
 bench-quick: install
 	$(BIN)/python benchmarks/bench_features.py --quick
 	$(BIN)/python benchmarks/bench_model.py --quick
 	$(BIN)/python benchmarks/bench_sync.py --quick
+	$(BIN)/python benchmarks/bench_backfill.py --quick
 
 clean:
 	rm -rf data warehouse .dagster_home
