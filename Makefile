@@ -38,19 +38,12 @@ test: install
 ui: install dagster-home
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
-## Benchmarks (see benchmarks/README.md); bench-quick is a small smoke run of the feature, model and sync benchmarks
+## Benchmarks (see benchmarks/README.md): the suite writes benchmarks/results/suite.{json,md}; bench-quick is its smoke run (CI)
 bench: install
-	$(BIN)/python benchmarks/bench_validate.py
-	$(BIN)/python benchmarks/bench_features.py
-	$(BIN)/python benchmarks/bench_model.py
-	$(BIN)/python benchmarks/bench_sync.py
-	$(BIN)/python benchmarks/bench_backfill.py
+	$(BIN)/python benchmarks/run_suite.py
 
 bench-quick: install
-	$(BIN)/python benchmarks/bench_features.py --quick
-	$(BIN)/python benchmarks/bench_model.py --quick
-	$(BIN)/python benchmarks/bench_sync.py --quick
-	$(BIN)/python benchmarks/bench_backfill.py --quick
+	$(BIN)/python benchmarks/run_suite.py --quick
 
 clean:
 	rm -rf data warehouse .dagster_home

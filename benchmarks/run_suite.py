@@ -1,0 +1,149 @@
+"""Run the benchmark suite and write one report: benchmarks/results/suite.json and suite.md
+(suite-quick.* with ``--quick``).
+
+Each benchmark runs in its own process (its peak memory is its own) and writes its own
+JSON; this collects them with their wall time and exit status and puts the headline
+figures, each a ratio against a baseline measured in the same run where the benchmark has
+one, in a markdown table. A benchmark that fails is reported as failed and the suite goes
+on; the exit status is non-zero if any failed.
+
+    python benchmarks/run_suite.py            # the full suite (long: hours with first-time data generation)
+    python benchmarks/run_suite.py --quick    # smoke sizes, a few minutes (run in CI)
+    python benchmarks/run_suite.py --only backfill,sync
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def _get(d: dict, *path, default=None):
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return default
+        d = d[p]
+    return d
+
+
+def headline_validate(r: dict) -> list[tuple[str, str]]:
+    return [("raw -> validated", f"{r.get('raw_to_validated_events_per_s', r.get('events_per_s', '?'))} events/s"),
+            ("vs per-line Python baseline", f"{r.get('speedup_vs_baseline', '?')}x")]
+
+
+def headline_features(r: dict) -> list[tuple[str, str]]:
+    daily, cold = r.get("duckdb_daily", {}), r.get("duckdb", {})
+    t = r.get("targets", {})
+    return [("one snapshot, daily", f"{daily.get('seconds', '?')} s, {daily.get('events_per_s', 0):,} events/s, "
+                                     f"peak {daily.get('peak_rss_mib', '?')} MiB"),
+            ("one snapshot, cold", f"{cold.get('seconds', '?')} s, {cold.get('events_per_s', 0):,} events/s"),
+            ("vs pandas baseline", f"{r.get('speedup_daily_vs_baseline', '?')}x daily, "
+                                   f"{r.get('speedup_vs_baseline', '?')}x cold"),
+            ("target 20 M events/s / 4 GiB", f"{'met' if t.get('daily_events_per_s_met') else 'not met'} / "
+                                             f"{'met' if t.get('daily_peak_rss_met') else 'not met'}")]
+
+
+def headline_model(r: dict) -> list[tuple[str, str]]:
+    train, score = r.get("train", {}), r.get("score", {})
+    return [("training", f"{train.get('seconds', '?')} s for {train.get('train_rows', '?')} rows, "
+                         f"peak {train.get('peak_rss_mib', '?')} MiB"),
+            ("scoring", f"{score.get('seconds', '?')} s for {score.get('users', '?')} users "
+                        f"({score.get('rows_per_s', '?')}/s), peak {score.get('peak_rss_mib', '?')} MiB"),
+            ("reasons vs straightforward ablation", f"{_get(score, 'baseline', 'speedup', default='?')}x")]
+
+
+def headline_sync(r: dict) -> list[tuple[str, str]]:
+    runs = r.get("runs") or [{}]
+    last = runs[-1]
+    return [("calls per changed record", str(last.get("calls_per_record", "?"))),
+            ("allowed rate used (delivery / whole run)",
+             f"{last.get('rate_used_delivery', '?')} / {last.get('rate_used', '?')}"),
+            ("records lost", str(last.get("records_lost", "?")))]
+
+
+def headline_backfill(r: dict) -> list[tuple[str, str]]:
+    single, per = r.get("single_run", {}), r.get("per_partition", {})
+    return [(f"{_get(r, 'parameters', 'partitions', default='?')} partitions, single run",
+             f"{single.get('seconds', '?')} s"),
+            ("one run per partition", f"{per.get('seconds_for_all', '?')} s"
+                                      + (" (scaled)" if per.get("scaled") else "")),
+            ("speed-up (target 30x at 365 partitions)",
+             f"{r.get('speedup', '?')}x, {'met' if _get(r, 'target', 'met') else 'not met'}")]
+
+
+# name -> (script, full args, quick args, result file, quick result file, headline)
+BENCHES = {
+    "validate": ("bench_validate.py", [], ["--accounts", "200", "--days", "10", "--baseline-lines", "20000",
+                                           "--data", str(HERE / ".data" / "events-quick"),
+                                           "--out", str(RESULTS / "validate-quick.json")],
+                 "validate.json", "validate-quick.json", headline_validate),
+    "features": ("bench_features.py", [], ["--quick"], "features.json", "features-quick.json", headline_features),
+    "model": ("bench_model.py", [], ["--quick"], "model.json", "model-quick.json", headline_model),
+    "sync": ("bench_sync.py", [], ["--quick"], "sync.json", "sync-quick.json", headline_sync),
+    "backfill": ("bench_backfill.py", [], ["--quick"], "backfill.json", "backfill-quick.json", headline_backfill),
+}
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Benchmark suite{' (quick)' if report['quick'] else ''}", "",
+             f"{report['date']}, {report['machine']['cpus']} CPUs, Python {report['machine']['python']}", "",
+             "| benchmark | status | wall time | figure | value |", "|---|---|---|---|---|"]
+    for name, b in report["benchmarks"].items():
+        rows = b.get("headline") or [("", "")]
+        for i, (k, v) in enumerate(rows):
+            first = i == 0
+            lines.append(f"| {name if first else ''} | {b['status'] if first else ''} | "
+                         f"{str(b['seconds']) + ' s' if first else ''} | {k} | {v} |")
+    lines += ["", "Each benchmark's JSON (in benchmarks/results/) holds every figure; benchmarks/README.md says "
+                  "what is measured and against which baseline."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", help="comma-separated subset of: " + ", ".join(BENCHES))
+    args = ap.parse_args()
+    names = [n.strip() for n in args.only.split(",")] if args.only else list(BENCHES)
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown:
+        ap.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHES)}")
+    RESULTS.mkdir(exist_ok=True)
+    report = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "quick": args.quick,
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "benchmarks": {}}
+    for name in names:
+        script, full, quick, out, quick_out, headline = BENCHES[name]
+        result_path = RESULTS / (quick_out if args.quick else out)
+        before = result_path.stat().st_mtime if result_path.exists() else None
+        print(f"== {name}: {script} {' '.join(quick if args.quick else full)}", flush=True)
+        t0 = time.monotonic()
+        rc = subprocess.call([sys.executable, str(HERE / script), *(quick if args.quick else full)])
+        seconds = round(time.monotonic() - t0, 1)
+        fresh = result_path.exists() and result_path.stat().st_mtime != before
+        entry = {"script": script, "exit_status": rc, "seconds": seconds, "result_file": str(result_path.name),
+                 "status": "ok" if rc == 0 and fresh else "FAILED" if rc else "no result written"}
+        if fresh:
+            result = json.loads(result_path.read_text())
+            entry["headline"] = headline(result)
+            entry["result"] = result
+        report["benchmarks"][name] = entry
+    stem = "suite-quick" if args.quick else "suite"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (RESULTS / f"{stem}.md").write_text(markdown(report))
+    print(markdown(report))
+    print(f"-> {RESULTS / (stem + '.json')}, {RESULTS / (stem + '.md')}")
+    return 0 if all(b["status"] == "ok" for b in report["benchmarks"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
