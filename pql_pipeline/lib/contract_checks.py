@@ -91,8 +91,10 @@ def evaluate(
         keys = list(partitions or [])
         for i in range(0, len(keys), PARTITION_BATCH):
             batch = keys[i:i + PARTITION_BATCH]
-            parts = [f"SELECT {j} AS i, ({r.violations_sql(_partition_relation(table, base_where, partition_column, k))})"
-                     f" AS v" for j, k in enumerate(batch)]
+            # a rule's query becomes a scalar subquery: a trailing semicolon would end the statement
+            parts = [f"SELECT {j} AS i, ("
+                     f"{r.violations_sql(_partition_relation(table, base_where, partition_column, k)).strip().rstrip(';')}"
+                     f") AS v" for j, k in enumerate(batch)]
             values = dict(conn.execute(" UNION ALL ".join(parts)).fetchall())
             for j, key in enumerate(batch):
                 value = float(values[j]) if values.get(j) is not None else 0.0

@@ -1,3 +1,4 @@
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -135,3 +136,29 @@ def test_partitioned_evaluation_checks_uniqueness_within_each_partition(tmp_path
         assert not out["few"].passed and out["few"].observed == {"2026-01-03": 4}
         ok = {o.rule_id: o.passed for o in evaluate(conn, c, "t", ge_max_rows=engine_rows, partitions=["2026-01-01"])}
         assert ok == {"partition_date.not_null": True, "id.not_null": True, "id.unique": True, "few": True}
+
+
+def test_per_partition_rules_over_a_long_range_batch_and_name_the_failing_days(tmp_path, conn, monkeypatch):
+    """More partitions than one statement holds (batches of PARTITION_BATCH): every day is
+    judged on its own rows, a trailing semicolon in a rule's query is harmless, and a
+    row-count rule sees each partition's count."""
+    from pql_pipeline.lib import contract_checks
+
+    monkeypatch.setattr(contract_checks, "PARTITION_BATCH", 7)
+    p = _contract(tmp_path, [
+        {"name": "partition_date", "logicalType": "date", "physicalType": "DATE", "required": True},
+        {"name": "n", "logicalType": "integer", "physicalType": "BIGINT"},
+    ], quality=[{"name": "no_negative", "type": "sql", "query": "SELECT count(*) FROM {table} WHERE n < 0;",
+                 "mustBe": 0},
+                {"id": "rows", "type": "library", "metric": "rowCount", "mustBeBetween": [2, 3]}])
+    c = load_contract(p)
+    conn.execute("CREATE TABLE t (partition_date DATE, n BIGINT)")
+    conn.execute("INSERT INTO t SELECT DATE '2026-01-01' + INTERVAL (i // 2) DAY, i FROM range(60) AS r(i)")
+    conn.execute("UPDATE t SET n = -1 WHERE partition_date IN ('2026-01-09', '2026-01-25')")
+    conn.execute("DELETE FROM t WHERE partition_date = '2026-01-17' AND n % 2 = 0")     # one row left that day
+    keys = [(dt.date(2026, 1, 1) + dt.timedelta(days=i)).isoformat() for i in range(30)]
+    out = {o.rule_id: o for o in evaluate(conn, c, "t", ge_max_rows=0, partitions=keys)}
+    assert out["no_negative"].observed == {"2026-01-09": 2, "2026-01-25": 2}
+    assert out["rows"].observed == {"2026-01-17": 1}
+    assert {o.rule_id: o.passed for o in evaluate(conn, c, "t", ge_max_rows=0, partitions=keys[:8])} == {
+        "partition_date.not_null": True, "no_negative": True, "rows": True}
