@@ -21,24 +21,14 @@ import json
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from pql_pipeline_tests.local_http import LocalServer, reply
 
 
-def reply(h: BaseHTTPRequestHandler, status: int, body: dict | None, headers: dict | None = None) -> None:
-    """Answer a request: JSON ``body`` (none for None) with ``headers``."""
-    data = b"" if body is None else json.dumps(body).encode()
-    h.send_response(status)
-    if body is not None:
-        h.send_header("Content-Type", "application/json")
-    h.send_header("Content-Length", str(len(data)))
-    for k, v in (headers or {}).items():
-        h.send_header(k, v)
-    h.end_headers()
-    h.wfile.write(data)
-
-
-class FakeHubSpot:
+class FakeHubSpot(LocalServer):
     def __init__(self, token: str = "pat-test-token", max_inputs: int = 100):
+        super().__init__()
         self.token, self.max_inputs = token, max_inputs
         self.objects: dict[tuple[str, str], dict] = {}     # (object type, id value) -> object
         self.upserts: collections.Counter = collections.Counter()   # (object type, id value) -> times applied
@@ -49,30 +39,10 @@ class FakeHubSpot:
         self.timeout_sleep = 1.5
         self.lock = threading.Lock()
         self._next_id = 1000
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                server.handle(self)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        return self.base_url
 
     def calls(self, path_part: str = "batch/upsert") -> list[dict]:
         return [r for r in self.requests if path_part in r["path"]]

@@ -4,8 +4,6 @@ event per user and day, the frequency cap, faults, dry runs and signatures."""
 import collections
 import datetime as dt
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -14,66 +12,54 @@ from pql_pipeline.defs.activation.hubspot import Transport
 from pql_pipeline.defs.activation.nudges import IntercomChannel, WebhookChannel, send_nudges, verify_webhook
 from pql_pipeline.defs.scoring.assets import SCORE_COLUMNS
 from pql_pipeline.lib.warehouse import ensure_columns
-from pql_pipeline_tests.defs.activation.fake_hubspot import reply
+from pql_pipeline_tests.local_http import LocalServer, reply
 
 TOKEN = "dG9rOmludGVyY29tLVNFQ1JFVA=="
 D0 = dt.date(2026, 3, 10)
 
 
-class FakeIntercom:
+class FakeIntercom(LocalServer):
     """POST /events as Intercom documents it: bearer token, event_name, created_at (Unix s),
     user_id, at most 10 metadata keys; 202; duplicates (user, name, created_at) dropped.
     Queued faults: 429 (X-RateLimit-Reset), 500, reset."""
 
     def __init__(self, token=TOKEN):
+        super().__init__()
         self.token, self.requests, self.faults = token, [], collections.deque()
         self.events: collections.Counter = collections.Counter()
-        server = self
 
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-                fault = server.faults.popleft() if server.faults else None
-                if fault == "reset":
-                    self.close_connection = True
-                    self.connection.close()
-                    return
-                if fault in ("429", "500"):
-                    extra = {"X-RateLimit-Reset": "0"} if fault == "429" else {}
-                    return reply(self, int(fault), {"type": "error.list"}, extra)
-                if self.headers.get("Authorization") != f"Bearer {server.token}":
-                    return reply(self, 401, {"type": "error.list", "errors": [{"code": "unauthorized"}]})
-                ev = json.loads(body)
-                ok = (self.path == "/events" and isinstance(ev.get("event_name"), str)
-                      and isinstance(ev.get("created_at"), int) and isinstance(ev.get("user_id"), str)
-                      and isinstance(ev.get("metadata", {}), dict) and len(ev.get("metadata", {})) <= 10
-                      and all(isinstance(v, (str, int, float)) for v in ev.get("metadata", {}).values()))
-                if not ok:
-                    return reply(self, 400, {"type": "error.list", "errors": [{"code": "parameter_invalid"}]})
-                server.events[(ev["user_id"], ev["event_name"], ev["created_at"])] += 1
-                reply(self, 202, None)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    def handle(self, h) -> None:
+        body = h.rfile.read(int(h.headers.get("Content-Length") or 0))
+        self.requests.append({"path": h.path, "headers": dict(h.headers), "body": body})
+        fault = self.faults.popleft() if self.faults else None
+        if fault == "reset":
+            h.close_connection = True
+            h.connection.close()
+            return
+        if fault in ("429", "500"):
+            extra = {"X-RateLimit-Reset": "0"} if fault == "429" else {}
+            return reply(h, int(fault), {"type": "error.list"}, extra)
+        if h.headers.get("Authorization") != f"Bearer {self.token}":
+            return reply(h, 401, {"type": "error.list", "errors": [{"code": "unauthorized"}]})
+        ev = json.loads(body)
+        ok = (h.path == "/events" and isinstance(ev.get("event_name"), str)
+              and isinstance(ev.get("created_at"), int) and isinstance(ev.get("user_id"), str)
+              and isinstance(ev.get("metadata", {}), dict) and len(ev.get("metadata", {})) <= 10
+              and all(isinstance(v, (str, int, float)) for v in ev.get("metadata", {}).values()))
+        if not ok:
+            return reply(h, 400, {"type": "error.list", "errors": [{"code": "parameter_invalid"}]})
+        self.events[(ev["user_id"], ev["event_name"], ev["created_at"])] += 1
+        reply(h, 202, None)
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/events"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        return f"{self.base_url}/events"
 
 
 @pytest.fixture
 def intercom():
-    s = FakeIntercom()
-    yield s
-    s.close()
+    with FakeIntercom() as s:
+        yield s
 
 
 def fast() -> Transport:
@@ -153,21 +139,15 @@ def test_dry_run_keeps_the_requests_and_no_secret(conn, intercom):
 def test_the_webhook_is_signed_with_the_shared_secret(conn):
     got = []
 
-    class H(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
+    def receive(h) -> None:
+        body = h.rfile.read(int(h.headers["Content-Length"]))
+        got.append((h.headers["X-PQL-Timestamp"], body, h.headers["X-PQL-Signature"]))
+        h.send_response(204)
+        h.end_headers()
 
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            got.append((self.headers["X-PQL-Timestamp"], body, self.headers["X-PQL-Signature"]))
-            self.send_response(204)
-            self.end_headers()
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
+    with LocalServer(receive) as server:
         secret = "whsec-test-123"
-        ch = WebhookChannel("webhook", f"http://127.0.0.1:{httpd.server_address[1]}/nudge", secret, fast())
+        ch = WebhookChannel("webhook", f"{server.base_url}/nudge", secret, fast())
         scored(conn, D0, [("a", 0.5, "in_app")])
         assert send_nudges(conn, ch, D0, "pql-nudge", 7, "r1")["created"] == 1
         ts, body, sig = got[0]
@@ -175,9 +155,6 @@ def test_the_webhook_is_signed_with_the_shared_secret(conn):
         assert not verify_webhook(secret, ts, body.replace(b'"a"', b'"b"'), sig)
         assert not verify_webhook("another-secret", ts, body, sig)
         assert json.loads(body)["event_name"] == "pql-nudge"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def test_a_day_without_in_app_users_sends_nothing_and_records_the_run(conn, intercom):

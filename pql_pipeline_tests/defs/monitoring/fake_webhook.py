@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import collections
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
-from pql_pipeline_tests.defs.activation.fake_hubspot import reply
+from pql_pipeline_tests.local_http import LocalServer, reply
 
 BLOCK_TYPES = {"header", "section", "context", "divider", "actions", "image", "rich_text"}
 
@@ -29,50 +28,34 @@ def slack_error(body) -> str | None:
     return None
 
 
-class FakeWebhook:
+class FakeWebhook(LocalServer):
     def __init__(self):
+        super().__init__()
         self.bodies: list[dict] = []
         self.raw: list[bytes] = []
         self.faults: collections.deque[int] = collections.deque()
-        server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                server.raw.append(data)
-                if server.faults:
-                    reply(self, server.faults.popleft(), {"error": "injected"})
-                    return
-                try:
-                    body = json.loads(data)
-                except ValueError:
-                    reply(self, 400, {"error": "invalid_payload"})
-                    return
-                error = slack_error(body)
-                if error:
-                    reply(self, 400, {"error": error})
-                    return
-                server.bodies.append(body)
-                self.send_response(200)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+    def handle(self, h: BaseHTTPRequestHandler) -> None:
+        data = h.rfile.read(int(h.headers.get("Content-Length", 0)))
+        self.raw.append(data)
+        if self.faults:
+            reply(h, self.faults.popleft(), {"error": "injected"})
+            return
+        try:
+            body = json.loads(data)
+        except ValueError:
+            reply(h, 400, {"error": "invalid_payload"})
+            return
+        error = slack_error(body)
+        if error:
+            reply(h, 400, {"error": error})
+            return
+        self.bodies.append(body)
+        h.send_response(200)
+        h.send_header("Content-Length", "2")
+        h.end_headers()
+        h.wfile.write(b"ok")
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/services/T000/B000/hook"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        return f"{self.base_url}/services/T000/B000/hook"
