@@ -133,7 +133,7 @@ def should_alert(severity: str, metadata: dict) -> tuple[bool, bool]:
     return severity == "ERROR" or incident, incident
 
 
-def failed_check_evaluations(instance: dg.DagsterInstance, after: int, limit: int = 200):
+def check_evaluations(instance: dg.DagsterInstance, after: int, limit: int = 200):
     """(storage_id, evaluation, run_id) of asset-check evaluations stored after ``after``, oldest first."""
     records = instance.get_event_records(
         dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION, after_cursor=after),
@@ -179,7 +179,7 @@ def build_alert_sensors(model_job: str, retrain_on_decay: bool, automation_runni
             return dg.SkipReason("started: alerts on check evaluations from now on")
         cursor = int(context.cursor)
         sent, started = 0, time.monotonic()
-        for storage_id, ev, run_id in failed_check_evaluations(context.instance, cursor):
+        for storage_id, ev, run_id in check_evaluations(context.instance, cursor):
             if sent >= MAX_ALERTS_PER_TICK or time.monotonic() - started > TICK_BUDGET_SECONDS:
                 break             # the rest on the next tick: the cursor stops before them
             if not ev.passed:
@@ -210,7 +210,7 @@ def build_alert_sensors(model_job: str, retrain_on_decay: bool, automation_runni
                 context.update_cursor(str(cursor))
                 return dg.SkipReason("started: watching performance_decay from now on")
             requests_ = []
-            for storage_id, ev, run_id in failed_check_evaluations(context.instance, cursor):
+            for storage_id, ev, run_id in check_evaluations(context.instance, cursor):
                 cursor = storage_id
                 if ev.check_name == "performance_decay" and not ev.passed and \
                         bool(_meta_value(ev.metadata.get("retrain_requested", False))):

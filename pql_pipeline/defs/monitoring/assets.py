@@ -34,9 +34,8 @@ def thresholds(settings: Settings) -> Thresholds:
 
 
 def stream_bounds(settings: Settings) -> M.StreamBounds:
-    s = settings.monitoring.stream
-    return M.StreamBounds(lookback_days=s.lookback_days, lookback_weeks=s.lookback_weeks, min_ratio=s.min_ratio, max_ratio=s.max_ratio,
-                          min_median_events=s.min_median_events, max_share_drop=s.max_share_drop)
+    # the bounds are the settings' fields (blocking is the check's severity, not a bound)
+    return M.StreamBounds(**settings.monitoring.stream.model_dump(exclude={"blocking"}))
 
 
 def _days_with(conn, table: str, days: list[dt.date]) -> list[dt.date]:
@@ -53,7 +52,7 @@ def feature_part(conn, settings: Settings, day: dt.date, model: dict | None) -> 
     version = model["version"] if model else None
     if not _days_with(conn, "user_features", [day]) or not table_exists(conn, "conversion_labels"):
         return [M.row(day, "features", "(all features)", "-", "-", None, None, None, None, "insufficient_data", 0,
-                      "no features on the day") | {"model_version": version}]
+                      "no features on the day", model_version=version)]
     current = conn.execute(M.sample_sql(candidates_sql(settings, day), d.sample_rows)).df()
     references: dict[str, pd.DataFrame] = {}
     if model and table_exists(conn, "training_set"):
@@ -72,7 +71,8 @@ def feature_part(conn, settings: Settings, day: dt.date, model: dict | None) -> 
         numeric, categorical = model["features"]["numeric"], model["features"]["categorical"]
     else:
         cols = [c for c in current.columns if c not in KEYS]
-        numeric = [c for c in cols if pd.api.types.is_numeric_dtype(current[c]) or pd.api.types.is_bool_dtype(current[c])]
+        numeric = [c for c in cols
+                   if pd.api.types.is_numeric_dtype(current[c]) or pd.api.types.is_bool_dtype(current[c])]
         categorical = [c for c in cols if c not in numeric]
     frames = {name: prepare(ref, numeric, categorical) for name, ref in references.items()}
     return M.feature_drift_rows(day, prepare(current, numeric, categorical), frames, numeric, categorical, t,
@@ -84,7 +84,7 @@ def prediction_part(conn, settings: Settings, day: dt.date, model: dict | None) 
     version = model["version"] if model else None
     if not _days_with(conn, "pql_scores", [day]):
         return [M.row(day, "predictions", "probability", "trailing_weeks", "psi", None, None, t.psi_warn,
-                      t.psi_alert, "insufficient_data", 0, "no scores on the day") | {"model_version": version}]
+                      t.psi_alert, "insufficient_data", 0, "no scores on the day", model_version=version)]
     trailing = _days_with(conn, "pql_scores", M.trailing_days(day, d.reference_weeks))
 
     def scores(days: list[dt.date]) -> np.ndarray:

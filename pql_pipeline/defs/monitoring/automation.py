@@ -84,6 +84,11 @@ def landed_partitions(root: Path, pattern: str, settled_before: float | None = N
     return {day: hashlib.sha256(json.dumps(sorted(fs)).encode()).hexdigest()[:16] for day, fs in files.items()}
 
 
+def day_before(context: dg.ScheduleEvaluationContext) -> str:
+    """The partition a scheduled run processes: the UTC day before its scheduled time."""
+    return (context.scheduled_execution_time.astimezone(dt.timezone.utc).date() - dt.timedelta(days=1)).isoformat()
+
+
 def build_automation(settings: Settings, daily: dg.PartitionsDefinition, daily_job: str,
                      retrain_job: str) -> tuple[list, list]:
     """(schedules, sensors)."""
@@ -94,16 +99,16 @@ def build_automation(settings: Settings, daily: dg.PartitionsDefinition, daily_j
                  description="Every day: ingest, validate, features, score, drift report and outputs for the day "
                              "before (the newest complete partition).")
     def pql_daily(context: dg.ScheduleEvaluationContext):
-        day = (context.scheduled_execution_time.astimezone(dt.timezone.utc).date() - dt.timedelta(days=1))
-        return dg.RunRequest(partition_key=day.isoformat(), run_key=f"daily-{day}")
+        day = day_before(context)
+        return dg.RunRequest(partition_key=day, run_key=f"daily-{day}")
 
     @dg.schedule(name="pql_weekly_retrain", cron_schedule=a.retrain_cron, job_name=retrain_job,
                  execution_timezone="UTC", default_status=status(a.running, "schedule"),
                  description="Weekly: refresh the labels and training set of the day before, then retrain the "
                              "model (promoted only if it passes its gates and beats the champion).")
     def pql_weekly_retrain(context: dg.ScheduleEvaluationContext):
-        day = (context.scheduled_execution_time.astimezone(dt.timezone.utc).date() - dt.timedelta(days=1))
-        return dg.RunRequest(partition_key=day.isoformat(), run_key=f"retrain-{day}")
+        day = day_before(context)
+        return dg.RunRequest(partition_key=day, run_key=f"retrain-{day}")
 
     root, pattern = settings.events_root, settings.source.pattern
     first = settings.partitions.start_date

@@ -48,11 +48,12 @@ class StreamBounds:
 
 
 def row(day: dt.date, part: str, item: str, reference: str, metric: str, value, reference_value, warn, alert,
-        level: str, rows: int | None = None, note: str | None = None) -> dict:
+        level: str, rows: int | None = None, note: str | None = None, model_version: str | None = None) -> dict:
     return {"report_day": day, "part": part, "item": item, "reference": reference, "metric": metric,
             "value": None if value is None else float(value),
             "reference_value": None if reference_value is None else float(reference_value),
-            "warn": warn, "alert": alert, "verdict": level, "rows": rows, "note": note}
+            "warn": warn, "alert": alert, "verdict": level, "rows": rows, "note": note,
+            "model_version": model_version}
 
 
 def _median(values: list[float]) -> float:
@@ -179,7 +180,7 @@ def feature_drift_rows(day: dt.date, current: pd.DataFrame, references: dict[str
             elif r["kind"] == "categorical" and r["secondary"] is not None and not pd.isna(r["secondary"]):
                 note = f"unseen categories {r['secondary']:.2%}"
             out.append(row(day, "features", r["feature"], name, r["metric"], r["value"], None, r["warn"],
-                           r["alert"], r["verdict"], len(current), note) | {"model_version": model_version})
+                           r["alert"], r["verdict"], len(current), note, model_version=model_version))
     return out
 
 
@@ -189,11 +190,11 @@ def prediction_drift_rows(day: dt.date, current: np.ndarray, reference: np.ndarr
     """The score distribution (PSI) and the PQL rate (ratio to the trailing median) of the day."""
     if min(len(current), len(reference)) < t.min_rows:
         return [row(day, "predictions", "probability", "trailing_weeks", "psi", None, None, t.psi_warn, t.psi_alert,
-                    "insufficient_data", len(current), f"fewer than {t.min_rows} scores (reference {len(reference)})")
-                | {"model_version": model_version}]
+                    "insufficient_data", len(current), f"fewer than {t.min_rows} scores (reference {len(reference)})",
+                    model_version=model_version)]
     v = psi(reference, current)
     out = [row(day, "predictions", "probability", "trailing_weeks", "psi", round(v, 5), None, t.psi_warn,
-               t.psi_alert, verdict(v, t.psi_warn, t.psi_alert), len(current)) | {"model_version": model_version}]
+               t.psi_alert, verdict(v, t.psi_warn, t.psi_alert), len(current), model_version=model_version)]
     median = _median(reference_rates)
     if pql_rate is not None and median > 0:
         ratio = pql_rate / median
@@ -201,7 +202,7 @@ def prediction_drift_rows(day: dt.date, current: np.ndarray, reference: np.ndarr
         level = verdict(change, 1 + (max_rate_ratio - 1) / 2, max_rate_ratio)
         out.append(row(day, "predictions", "pql_rate", "trailing_weeks", "rate_change", min(change, 1e6), median,
                        round(1 + (max_rate_ratio - 1) / 2, 5), max_rate_ratio, level, len(current),
-                       f"PQL rate {pql_rate:.2%} vs {median:.2%}") | {"model_version": model_version})
+                       f"PQL rate {pql_rate:.2%} vs {median:.2%}", model_version=model_version))
     return out
 
 
@@ -216,7 +217,7 @@ def performance_rows(day: dt.date, cohort: dt.date | None, y: np.ndarray, p: np.
     if cohort is None or len(y) < min_rows or y.sum() < min_positives or y.sum() == len(y):
         return [row(day, "performance", "roc_auc", "holdout", "roc_auc", None, holdout.get("roc_auc"), None, None,
                     "insufficient_data", len(y), f"{label}: needs {min_rows} rows and {min_positives} conversions "
-                                                 f"(has {len(y)}, {int(y.sum())})") | {"model_version": model_version}]
+                                                 f"(has {len(y)}, {int(y.sum())})", model_version=model_version)]
     out = []
     auc = float(roc_auc_score(y, p))
     ref_auc = holdout.get("roc_auc")
@@ -224,13 +225,12 @@ def performance_rows(day: dt.date, cohort: dt.date | None, y: np.ndarray, p: np.
         drop = ref_auc - auc
         out.append(row(day, "performance", "roc_auc", "holdout", "roc_auc", round(auc, 5), ref_auc,
                        round(ref_auc - max_auc_drop / 2, 5), round(ref_auc - max_auc_drop, 5),
-                       verdict(drop, max_auc_drop / 2, max_auc_drop), len(y), label)
-                   | {"model_version": model_version})
+                       verdict(drop, max_auc_drop / 2, max_auc_drop), len(y), label, model_version=model_version))
     ref_precision = holdout.get("precision_at_threshold")
     if ref_precision is not None and flagged.sum() < min_positives:
         out.append(row(day, "performance", "pql_precision", "holdout", "precision", None, ref_precision, None, None,
-                       "insufficient_data", int(flagged.sum()), f"{label}: fewer than {min_positives} PQLs")
-                   | {"model_version": model_version})
+                       "insufficient_data", int(flagged.sum()), f"{label}: fewer than {min_positives} PQLs",
+                       model_version=model_version))
     elif ref_precision is not None:
         precision = float(y[flagged].mean())
         drop = ref_precision - precision
@@ -238,7 +238,7 @@ def performance_rows(day: dt.date, cohort: dt.date | None, y: np.ndarray, p: np.
                        ref_precision, round(ref_precision - max_precision_drop / 2, 5),
                        round(ref_precision - max_precision_drop, 5),
                        verdict(drop, max_precision_drop / 2, max_precision_drop), int(flagged.sum()),
-                       f"{label}: conversion rate of its PQLs") | {"model_version": model_version})
+                       f"{label}: conversion rate of its PQLs", model_version=model_version))
     return out
 
 
