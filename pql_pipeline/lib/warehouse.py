@@ -139,6 +139,16 @@ def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConn
         raise
 
 
+@contextmanager
+def registered(conn: duckdb.DuckDBPyConnection, name: str, frame) -> Iterator[str]:
+    """A pandas frame visible to SQL as ``name`` for the block, unregistered after it."""
+    conn.register(name, frame)
+    try:
+        yield name
+    finally:
+        conn.unregister(name)
+
+
 def replace_rows(conn: duckdb.DuckDBPyConnection, table: str, columns: list[str], source: str,
                  where: str = "TRUE", params: list | None = None) -> None:
     """Idempotent write: delete ``table``'s rows matching ``where`` and insert ``columns``

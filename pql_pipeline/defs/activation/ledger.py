@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from pql_pipeline.lib.warehouse import transaction
+from pql_pipeline.lib.warehouse import registered, transaction
 
 LEDGER = "sync_ledger"
 REJECTIONS = "sync_rejections"
@@ -142,15 +142,12 @@ def advance_snapshot(conn, destination: str, object_type: str, keys: list, snaps
     if not keys or snapshot_date is None:
         return
     frame = pd.DataFrame({"record_key": pd.Series(keys, dtype=object)})
-    conn.register("sx_unchanged", frame)
-    try:
+    with registered(conn, "sx_unchanged", frame):
         conn.execute(f"""
             UPDATE {LEDGER} AS l SET snapshot_date = greatest(l.snapshot_date, CAST(? AS DATE))
             FROM sx_unchanged AS u
             WHERE l.destination = ? AND l.object_type = ? AND l.record_key = u.record_key""",
                      [snapshot_date, destination, object_type])
-    finally:
-        conn.unregister("sx_unchanged")
 
 
 def mark_pending(conn, destination: str, object_type: str, rows: pd.DataFrame, run_id: str) -> None:
@@ -160,12 +157,8 @@ def mark_pending(conn, destination: str, object_type: str, rows: pd.DataFrame, r
         "destination": destination, "object_type": object_type, "record_key": rows["record_key"],
         "payload_hash": rows["payload_hash"], "payload": [json.dumps(p, sort_keys=True) for p in rows["payload"]],
         "snapshot_date": pd.to_datetime(rows["snapshot_date"]).dt.date, "run_id": run_id, "now": now})
-    conn.register("sx_pending", frame)
-    try:
-        with transaction(conn):
-            _write_pending(conn)
-    finally:
-        conn.unregister("sx_pending")
+    with registered(conn, "sx_pending", frame), transaction(conn):
+        _write_pending(conn)
 
 
 def _write_pending(conn) -> None:
@@ -204,12 +197,8 @@ def record_outcomes(conn, destination: str, object_type: str, run_id: str, outco
     frame = pd.DataFrame([{"record_key": o.record_key, "status": o.status, "remote_id": o.remote_id,
                            "error": o.error} for o in outcomes],
                          columns=["record_key", "status", "remote_id", "error"])
-    conn.register("sx_outcomes", frame)
-    try:
-        with transaction(conn):
-            _write_outcomes(conn, destination, object_type, run_id, outcomes, payloads, now)
-    finally:
-        conn.unregister("sx_outcomes")
+    with registered(conn, "sx_outcomes", frame), transaction(conn):
+        _write_outcomes(conn, destination, object_type, run_id, outcomes, payloads, now)
 
 
 def _write_outcomes(conn, destination, object_type, run_id, outcomes, payloads, now) -> None:

@@ -22,7 +22,7 @@ from pql_pipeline.defs.features.specs import (
 )
 from pql_pipeline.defs.features.training import build_training_sets
 from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, contract, md_table, table_schema
-from pql_pipeline.lib.warehouse import Warehouse, ensure_columns, replace_rows, table_exists
+from pql_pipeline.lib.warehouse import Warehouse, ensure_columns, registered, replace_rows, table_exists
 from pql_pipeline.settings import Settings
 
 GROUP = "features"
@@ -172,9 +172,8 @@ def build_feature_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
         with warehouse.get_connection() as conn:
             df, until = discover(conn, spec)
             ensure_columns(conn, "activation_milestones", MILESTONE_COLUMNS)
-            conn.register("milestones_df", df)
-            replace_rows(conn, "activation_milestones", [c for c, _ in MILESTONE_COLUMNS], "milestones_df")
-            conn.unregister("milestones_df")
+            with registered(conn, "milestones_df", df):
+                replace_rows(conn, "activation_milestones", [c for c, _ in MILESTONE_COLUMNS], "milestones_df")
         rule = proposed_rule(df, spec, until)
         text = yaml.safe_dump({"proposed_pql_rule": rule}, sort_keys=False, allow_unicode=True)
         path = proposed_rule_path(settings)

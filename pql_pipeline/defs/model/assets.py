@@ -12,7 +12,7 @@ from pql_pipeline.defs.model import registry as R
 from pql_pipeline.defs.model.training import ModelSpec, TrainingError, evaluate, prepare, top_feature_share, train
 from pql_pipeline.defs.scoring.scoring import reference_values
 from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table
-from pql_pipeline.lib.warehouse import Warehouse, ensure_columns, replace_rows, table_exists
+from pql_pipeline.lib.warehouse import Warehouse, ensure_columns, registered, replace_rows, table_exists
 from pql_pipeline.settings import Settings
 
 GROUP = "model"
@@ -242,11 +242,8 @@ def build_model_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             perf = P.backtest(conn, row, R.load_artifact(row), settings.model.pql_threshold,
                               settings.model.classic_rule, load_proposed_rule(settings))
             ensure_columns(conn, "pql_performance", P.COLUMNS)
-            conn.register("fx_perf", perf)
-            try:
+            with registered(conn, "fx_perf", perf):
                 replace_rows(conn, "pql_performance", [c for c, _ in P.COLUMNS], "fx_perf")
-            finally:
-                conn.unregister("fx_perf")
         return dg.MaterializeResult(metadata={
             "dagster/row_count": len(perf), "model_version": row["version"],
             "out_of_sample": dg.MetadataValue.md(md_table(P.summary(perf)))})

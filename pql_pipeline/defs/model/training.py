@@ -245,6 +245,7 @@ def proposed_rule_hits(conn, rows: pd.DataFrame, rule: dict) -> tuple[np.ndarray
     from pql_pipeline.defs.features.features import event_condition, events_sql, visible
     from pql_pipeline.defs.features.signals import Signal
     from pql_pipeline.defs.features.milestones import ACTIVE_DAYS
+    from pql_pipeline.lib.warehouse import registered
 
     conds = list(rule.get("conditions") or [])
     unless = list(rule.get("unless") or [])
@@ -271,8 +272,7 @@ def proposed_rule_hits(conn, rows: pd.DataFrame, rule: dict) -> tuple[np.ndarray
                   f"AND DATE_DIFF('day', r.signup_date, e.day) < {d}")
         picks.append(f"({cond})")
         cols.append(f"{count.format(cond=cond, window=window)} >= {int(c['threshold'])} AS c{i}")
-    conn.register("ml_rule_rows", keys)
-    try:
+    with registered(conn, "ml_rule_rows", keys):
         hits = conn.execute(f"""
             WITH e AS (
                 SELECT * FROM ({events_sql(last)}) AS e
@@ -280,8 +280,6 @@ def proposed_rule_hits(conn, rows: pd.DataFrame, rule: dict) -> tuple[np.ndarray
             SELECT r.row, {', '.join(cols)}
             FROM ml_rule_rows AS r LEFT JOIN e ON e.user_id = r.user_id
             GROUP BY r.row ORDER BY r.row""").df()
-    finally:
-        conn.unregister("ml_rule_rows")
     pos = hits[[f"c{i}" for i in range(len(conds))]].fillna(False).to_numpy(dtype=bool)
     neg = hits[[f"c{i}" for i in range(len(conds), len(conds) + len(unless))]].fillna(False).to_numpy(dtype=bool)
     fired = (pos.all(axis=1) if rule.get("match") == "all" else pos.any(axis=1)) if conds else np.ones(len(rows), bool)

@@ -12,7 +12,7 @@ from pql_pipeline.defs.monitoring import report as M
 from pql_pipeline.defs.monitoring.drift import Thresholds, is_incident
 from pql_pipeline.defs.scoring.assets import candidates_sql
 from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table
-from pql_pipeline.lib.warehouse import Warehouse, ensure_columns, replace_rows, table_exists
+from pql_pipeline.lib.warehouse import Warehouse, ensure_columns, registered, replace_rows, table_exists
 from pql_pipeline.settings import Settings
 
 GROUP = "monitoring"
@@ -139,13 +139,10 @@ def write_history(conn, rows: list[dict], days: list[dt.date], parts: tuple[str,
     cols = [c for c, _ in M.HISTORY_COLUMNS]
     frame = pd.DataFrame(rows, columns=cols)
     frame["computed_at"] = pd.Timestamp.now(tz="UTC")
-    conn.register("drift_rows", frame)
-    try:
+    with registered(conn, "drift_rows", frame):
         replace_rows(conn, M.HISTORY, cols, "drift_rows",
                      f"report_day IN ({', '.join('?' for _ in days)}) AND part IN "
                      f"({', '.join('?' for _ in parts)})", [*days, *parts])
-    finally:
-        conn.unregister("drift_rows")
 
 
 def incidents(conn, day: dt.date, need: int, of: int) -> list[dict]:

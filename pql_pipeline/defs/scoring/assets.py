@@ -26,7 +26,14 @@ from pql_pipeline.defs.scoring.scoring import (
     tier_of,
 )
 from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table
-from pql_pipeline.lib.warehouse import Warehouse, ensure_columns, release_memory, replace_rows, table_exists
+from pql_pipeline.lib.warehouse import (
+    Warehouse,
+    ensure_columns,
+    registered,
+    release_memory,
+    replace_rows,
+    table_exists,
+)
 from pql_pipeline.settings import Settings
 
 GROUP = "scoring"
@@ -162,11 +169,8 @@ def score_day(conn, settings: Settings, day: dt.date, row: dict, model, referenc
 
 
 def _replace_day(conn, table: str, columns: list, frame: pd.DataFrame, day: dt.date) -> None:
-    conn.register("fx_scored", frame)
-    try:
+    with registered(conn, "fx_scored", frame):
         replace_rows(conn, table, [c for c, _ in columns], "fx_scored", "snapshot_date = ?", [day])
-    finally:
-        conn.unregister("fx_scored")
 
 
 def _write_day(conn, settings: Settings, day: dt.date, row: dict, model, reference: dict, frame: pd.DataFrame,
@@ -205,12 +209,9 @@ def reroute_following(conn, spec: ScoringSpec, last_day: dt.date) -> int:
                         | (diff["route_note"].fillna("") != diff["route_note_new"].fillna(""))]
             if diff.empty:
                 continue
-            conn.register("fx_routes", diff[[key, "route_new", "route_note_new"]])
-            try:
+            with registered(conn, "fx_routes", diff[[key, "route_new", "route_note_new"]]):
                 conn.execute(f"UPDATE {table} AS t SET route = r.route_new, route_note = r.route_note_new "
                              f"FROM fx_routes AS r WHERE t.snapshot_date = ? AND t.{key} = r.{key}", [day])
-            finally:
-                conn.unregister("fx_routes")
             changed += len(diff)
     return changed
 
