@@ -323,8 +323,8 @@ def waiting_hours(conn, destination: str, now: dt.datetime) -> dict | None:
     lateness counts from the first sync on."""
     if not table_exists(conn, "validated_events") or not table_exists(conn, "sync_runs"):
         return None
-    last = conn.execute("SELECT max(finished_at) FROM sync_runs WHERE destination IN (?, ?)",
-                        [destination, f"{destination}:dry_run"]).fetchall()[0][0]
+    # sync_runs names the destination alone (dry runs are a column), as latest_counts reads it
+    last = conn.execute("SELECT max(finished_at) FROM sync_runs WHERE destination = ?", [destination]).fetchall()[0][0]
     if last is None:
         return None
     # events arrive in the partition of their received day: the days before the sync cannot hold later arrivals
