@@ -4,13 +4,14 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SPARK_STAMP := $(VENV)/.installed-spark
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 # Demo size: override e.g. `make run ACCOUNTS=1000 DAYS=120`
 ACCOUNTS ?= 300
 DAYS ?= 90
 PYTEST_ARGS ?=
 
-.PHONY: install run test ui bench bench-quick clean dagster-home
+.PHONY: install install-spark run test ui bench bench-quick clean dagster-home
 
 install: $(STAMP)
 
@@ -21,6 +22,14 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -m pip install -e '.[test]' >> $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
 	@touch $(STAMP)
 
+# the optional Spark engine (pyspark; Java 17+), for the tests that compare it with DuckDB
+install-spark: $(SPARK_STAMP)
+
+$(SPARK_STAMP): $(STAMP)
+	@echo "installing the spark extra (pyspark) into $(VENV) ..."
+	@$(BIN)/python -m pip install -e '.[test,spark]' >> $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
+	@touch $(SPARK_STAMP)
+
 dagster-home:
 	@mkdir -p $(DAGSTER_HOME)
 	@cmp -s dagster.yaml $(DAGSTER_HOME)/dagster.yaml || cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
@@ -30,7 +39,7 @@ run: install dagster-home
 	$(BIN)/pql demo --accounts $(ACCOUNTS) --days $(DAYS)
 
 ## Run the test suite (slow end-to-end tests included).
-test: install
+test: install install-spark
 	@set +e; $(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi; exit $$rc
 

@@ -89,6 +89,34 @@ class Segment(_Strict):
     max_employees: int | None = None
 
 
+class SparkSettings(_Strict):
+    """features.engine: spark (the optional ``spark`` extra: pyspark, and Java 17+)."""
+
+    master: str = "local[2]"        # spark.master: local[N], spark://host:7077, yarn, k8s://...
+    app_name: str = "pql-pipeline"
+    # any other Spark settings (spark.executor.memory, spark.sql.shuffle.partitions, ...);
+    # values are never logged
+    conf: dict[str, str] = Field(default_factory=dict)
+    # where the warehouse tables the features read are written as Parquet for Spark (one
+    # file per validated partition, rewritten only when the partition is validated again);
+    # unset: spark_staging/ beside the warehouse file. On a cluster, a location DuckDB can
+    # write and every executor can read (s3://..., a shared file system)
+    staging: str | None = None
+    # tables the cluster already has (e.g. {validated_events: lake.validated_events}): read
+    # from Spark's catalog instead of staged from the warehouse
+    tables: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("tables")
+    @classmethod
+    def _tables(cls, v: dict[str, str]) -> dict[str, str]:
+        known = {"validated_events", "identity_links", "account_memberships"}
+        unknown = sorted(set(v) - known)
+        if unknown:
+            raise ValueError(f"features.spark.tables: unknown table(s) {unknown}; the features read "
+                             f"{sorted(known)}")
+        return v
+
+
 class FeatureSettings(_Strict):
     signals: str = "pql_pipeline/config/signals.yaml"
     # a user gets a feature row on a snapshot day if they signed up by then and had an
@@ -98,6 +126,16 @@ class FeatureSettings(_Strict):
     snapshot_batch_days: int = Field(31, ge=1)
     # feature null-rate check: largest allowed rise against the previous partition
     null_rate_max_increase: float = Field(0.10, ge=0, le=1)
+    # where user and account features are computed: the warehouse's DuckDB, or Apache Spark
+    engine: str = "duckdb"
+    spark: SparkSettings = SparkSettings()
+
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, v: str) -> str:
+        if v not in ("duckdb", "spark"):
+            raise ValueError(f"features.engine must be 'duckdb' or 'spark', not {v!r}")
+        return v
 
 
 class BaseRateBounds(_Strict):
@@ -429,6 +467,14 @@ class Settings(_Strict):
     @property
     def signals_path(self) -> Path:
         return project_file(self.features.signals)
+
+    @property
+    def spark_staging(self) -> str:
+        """Where Spark's inputs and results are staged (features.spark.staging)."""
+        staging = self.features.spark.staging
+        if staging is None:
+            return str(self.warehouse_path.parent / "spark_staging")
+        return staging if "://" in staging else str(self.resolve(staging))
 
     @property
     def models_dir(self) -> Path:

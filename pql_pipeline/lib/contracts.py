@@ -189,7 +189,9 @@ class TableRule:
     # ---- Great Expectations evaluation
     def to_ge(self):
         """The equivalent GE 1.x expectation, or None for rules GE cannot express (sql)."""
-        import great_expectations.expectations as gxe  # lazy: see ge_runner
+        from pql_pipeline.lib.ge_runner import import_ge
+
+        gxe = import_ge().expectations  # lazy: see ge_runner
 
         meta = {"rule_id": self.id}
         mostly = self.params.get("mostly", 1.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,11 +20,22 @@ _context = None
 _counter = itertools.count()
 
 
+def import_ge():
+    """``great_expectations``, imported once. GE imports pyspark when it is installed (the
+    optional Spark engine), and pyspark warns about pandas versions it was not tested with;
+    GE never hands it a DataFrame here, so that warning is not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="PySpark does not yet fully support", category=FutureWarning)
+        import great_expectations as gx
+        import great_expectations.expectations  # noqa: F401
+    return gx
+
+
 def _get_context():
     global _context
+    gx = import_ge()
     with _lock:
         if _context is None:
-            import great_expectations as gx
             from great_expectations.data_context.types.base import ProgressBarsConfig
 
             ctx = gx.get_context(mode="ephemeral")
@@ -45,8 +57,7 @@ def run_expectations(df: pd.DataFrame, expectations: list, name: str = "suite") 
     """Validate a DataFrame against GE expectations (each carrying meta.rule_id)."""
     if not expectations:
         return []
-    import great_expectations as gx
-
+    gx = import_ge()
     ctx = _get_context()
     n = next(_counter)
     with _lock:

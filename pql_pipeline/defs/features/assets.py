@@ -52,10 +52,11 @@ def build_feature_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
     mc = contract("activation_milestones")
     lspec = label_spec(settings)
     code_version = f"{FEATURES_LOGIC_VERSION}-{sigs.definition_hash}"
+    kinds = {"duckdb", "spark"} if settings.features.engine == "spark" else {"duckdb"}
 
     @dg.multi_asset(
         specs=[
-            dg.AssetSpec("user_features", deps=["validated_events"], group_name=GROUP, kinds={"duckdb"},
+            dg.AssetSpec("user_features", deps=["validated_events"], group_name=GROUP, kinds=kinds,
                          owners=OWNERS, tags=TAGS, code_version=code_version,
                          description="One row per active user per snapshot day: every signal of signals.yaml, "
                                      "computed only from events known by the end of that day.",
@@ -63,7 +64,7 @@ def build_feature_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
                                    "dagster/table_name": "user_features",
                                    "dagster/column_schema": table_schema(fc, "user_features")}),
             dg.AssetSpec("account_features", deps=["validated_events"], group_name=GROUP,
-                         kinds={"duckdb"}, owners=OWNERS, tags=TAGS, code_version=code_version,
+                         kinds=kinds, owners=OWNERS, tags=TAGS, code_version=code_version,
                          description="One row per account with an active user per snapshot day: users rolled up "
                                      "(best user, averages), seats, active users, breadth, firmographics as of the day.",
                          metadata={"partition_expr": "snapshot_date", "contract": fc.id,
@@ -77,8 +78,15 @@ def build_feature_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
     )
     def features(context: dg.AssetExecutionContext, warehouse: Warehouse):
         days = _days(context.partition_keys)
+        spark = None
+        if settings.features.engine == "spark":
+            from pql_pipeline.lib.spark import SparkFeatures
+
+            spark = SparkFeatures(settings.features.spark, settings.spark_staging)
+            context.log.info(f"computing features on Spark (master {settings.features.spark.master})")
         with warehouse.get_connection() as conn:
-            run = compute_features(conn, feature_spec(settings), days, settings.features.snapshot_batch_days)
+            run = compute_features(conn, feature_spec(settings), days, settings.features.snapshot_batch_days,
+                                   spark=spark)
             per_day = conn.execute("""
                 SELECT CAST(snapshot_date AS VARCHAR), count(*), count(*) FILTER (WHERE is_paying)
                 FROM user_features WHERE snapshot_date BETWEEN ? AND ? GROUP BY 1 ORDER BY 1""",
@@ -90,7 +98,11 @@ def build_feature_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
                   "cache_partitions_built": run.cache_partitions_built,
                   # days advanced from the previous day's state instead of computed from the history
                   "snapshots_advanced": len(run.incremental or []),
-                  "users_recomputed": sum(i["users_recomputed"] for i in run.incremental or [])}
+                  "users_recomputed": sum(i["users_recomputed"] for i in run.incremental or []),
+                  "engine": settings.features.engine}
+        if run.staging is not None:
+            common.update({"spark_partitions_staged": run.staging["partitions_staged"],
+                           "spark_partitions_reused": run.staging["partitions_reused"]})
         yield dg.MaterializeResult(asset_key="user_features", metadata={
             "dagster/row_count": run.user_rows, **common,
             "signals": len(sigs.signals),

@@ -642,30 +642,53 @@ class FeatureRun:
     cache_partitions_built: int = 0
     # snapshots advanced from the previous day's state, with what changed
     incremental: list[dict] | None = None
+    # features.engine spark: the inputs staged for Spark (partitions written / reused)
+    staging: dict | None = None
 
 
 def compute_features(conn, spec: FeatureSpec, snapshot_days: list[dt.date], batch_days: int = 31,
-                     use_cache: bool = True) -> FeatureRun:
+                     use_cache: bool = True, spark=None) -> FeatureRun:
     """(Re)compute user_features and account_features for ``snapshot_days``.
 
     Idempotent: the snapshot days' rows are deleted and inserted in one transaction
-    per batch of ``batch_days`` days."""
-    eng = DuckDBEngine(conn)
+    per batch of ``batch_days`` days. With ``spark`` (a ``lib.spark.SparkFeatures``) the
+    same statements run on Spark, from the inputs it stages, and its result rows are
+    stored here exactly as DuckDB's would be."""
     ucols = user_table_columns(spec.signals)
     acols = account_table_columns(spec.signals)
     run = FeatureRun(snapshot_days=sorted(set(snapshot_days)))
     run.schema_changes = ensure_columns(conn, "user_features", ucols) + ensure_columns(conn, "account_features", acols)
-    for batch in _chunks(snapshot_days, batch_days):
-        built = build_feature_temps(eng, spec, batch, use_cache=use_cache)
-        run.cache_partitions_built += built["cache_partitions_built"]
-        if built["incremental"] is not None:
-            run.incremental = [*(run.incremental or []), {"snapshot_date": batch[0], **built["incremental"]}]
-        days = ", ".join("?" for _ in batch)
-        for table, cols, tmp in (("user_features", ucols, "fx_user_features"),
-                                 ("account_features", acols, "fx_account_features")):
-            replace_rows(conn, table, [c for c, _ in cols], tmp, f"snapshot_date IN ({days})", batch)
-        run.user_rows += conn.execute("SELECT count(*) FROM fx_user_features").fetchall()[0][0]
-        run.account_rows += conn.execute("SELECT count(*) FROM fx_account_features").fetchall()[0][0]
+    if spark is not None:
+        eng = spark.engine
+        run.staging = spark.stage(conn, max(run.snapshot_days))
+    else:
+        eng = DuckDBEngine(conn)
+    outputs = (("user_features", ucols, "fx_user_features"), ("account_features", acols, "fx_account_features"))
+    try:
+        for batch in _chunks(snapshot_days, batch_days):
+            built = build_feature_temps(eng, spec, batch, use_cache=use_cache and spark is None)
+            run.cache_partitions_built += built["cache_partitions_built"]
+            if built["incremental"] is not None:
+                run.incremental = [*(run.incremental or []), {"snapshot_date": batch[0], **built["incremental"]}]
+            days = ", ".join("?" for _ in batch)
+            sources = {tmp: tmp for _, _, tmp in outputs}
+            if spark is not None:
+                files = spark.results([tmp for _, _, tmp in outputs])
+                sources = {tmp: f"read_parquet({sql_literal(path)})" for tmp, path in files.items()}
+            for table, cols, tmp in outputs:
+                replace_rows(conn, table, [c for c, _ in cols], sources[tmp], f"snapshot_date IN ({days})", batch)
+            run.user_rows += conn.execute(f"SELECT count(*) FROM {sources['fx_user_features']}").fetchall()[0][0]
+            run.account_rows += conn.execute(f"SELECT count(*) FROM {sources['fx_account_features']}").fetchall()[0][0]
+            if spark is not None:
+                spark.clean_results()
+    except BaseException:
+        try:  # leave no relations behind; the error that stopped the run is the one to report
+            drop_feature_temps(eng)
+            if spark is not None:
+                spark.clean_results()
+        except Exception:
+            pass
+        raise
     drop_feature_temps(eng)
     return run
 
