@@ -37,6 +37,7 @@ def spark(tmp_path_factory):
     s = SparkFeatures(SparkSettings(master="local[2]", conf=SPARK_TEST_CONF),
                       str(tmp_path_factory.mktemp("spark_staging")))
     yield s
+    s.spark.stop()  # the JVM's memory back for the worker's other tests
 
 
 def rows(conn, table: str) -> list[dict]:
@@ -186,3 +187,8 @@ def test_the_features_asset_on_spark_equals_duckdb_on_generated_data(tmp_path, m
         assert (tmp_path / "wh" / "spark_staging" / "validated_events").is_dir()
     finally:
         mp.undo()
+        from pyspark.sql import SparkSession
+
+        active = SparkSession.getActiveSession()
+        if active is not None:
+            active.stop()
