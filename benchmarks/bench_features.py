@@ -684,7 +684,7 @@ def worker_duckdb(db: Path, snapshot: dt.date, profile_dir: Path | None, memory_
         # the state the scenario starts from (not timed)
         conn.execute("DROP TABLE IF EXISTS user_features")
         conn.execute("DROP TABLE IF EXISTS account_features")
-        if scenario == "cold":
+        if scenario in ("cold", "spark"):
             for t in cache_tables(conn):
                 conn.execute(f'DROP TABLE "{t}"')
         else:
@@ -713,18 +713,34 @@ def worker_duckdb(db: Path, snapshot: dt.date, profile_dir: Path | None, memory_
         timed = TimedConnection(conn, sampler, profile_dir)
         clock = CpuClock()
         clock.start()
+        spark = jvm_start = None
+        if scenario == "spark":
+            # the same statements on Spark in local mode (features.engine: spark), inputs staged
+            # from this warehouse as Parquet (timed: a first run stages every partition)
+            from pql_pipeline.lib.spark import SparkFeatures
+            from pql_pipeline.settings import SparkSettings
+
+            staging = DATA / "spark-staging" / db.stem
+            shutil.rmtree(staging, ignore_errors=True)
+            t = time.perf_counter()
+            spark = SparkFeatures(SparkSettings(master=f"local[{THREADS}]", conf={"spark.driver.memory": "3g"}),
+                                  str(staging))
+            jvm_start = time.perf_counter() - t
         t = time.perf_counter()
-        run = compute_features(timed, spec, [snapshot])
+        run = compute_features(timed if spark is None else conn, spec, [snapshot], spark=spark)
         secs = time.perf_counter() - t
         cpu = clock.stop()
         sampler.stop()
+        if spark is not None:
+            spark.spark.stop()
+            shutil.rmtree(DATA / "spark-staging" / db.stem, ignore_errors=True)
         cache = cache_tables(conn)
         check = None
         user_ref, account_ref = output_paths(db)
         if save_output:
             conn.execute(f"COPY user_features TO '{user_ref}' (FORMAT parquet)")
             conn.execute(f"COPY account_features TO '{account_ref}' (FORMAT parquet)")
-        if scenario != "cold" and user_ref.exists():
+        if scenario not in ("cold",) and user_ref.exists():
             check = {"user_features": compare_tables(conn, "user_features", user_ref, ["snapshot_date", "user_id"]),
                      "account_features": compare_tables(conn, "account_features", account_ref,
                                                         ["snapshot_date", "account_id"])}
@@ -734,6 +750,10 @@ def worker_duckdb(db: Path, snapshot: dt.date, profile_dir: Path | None, memory_
             "events": n_events, "seconds": round(secs, 3), "events_per_s": round(n_events / secs),
             "user_rows": run.user_rows, "account_rows": run.account_rows,
             "peak_rss_mib": round(peak_rss_mib()), "rss_before_mib": round(rss_before),
+            # Spark's JVM is a child process: its own peak
+            **({"jvm_start_seconds": round(jvm_start, 2), "staging": getattr(run, "staging", None),
+                "jvm_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)}
+               if scenario == "spark" else {}),
             "load_average_before": round(load, 2), **cpu,
             "max_spill_mib": max((s["max_spill_mib"] for s in timed.statements), default=0),
             "statements": timed.statements}
@@ -1099,7 +1119,10 @@ def main() -> None:
     ap.add_argument("--frame", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--profile-dir", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--scenario", choices=["cold", "daily", "daily_history"], default="cold", help=argparse.SUPPRESS)
+    ap.add_argument("--scenario", choices=["cold", "daily", "daily_history", "spark"], default="cold",
+                    help=argparse.SUPPRESS)
+    ap.add_argument("--spark", action="store_true",
+                    help="also run the snapshot on Spark in local mode (features.engine: spark; the spark extra)")
     ap.add_argument("--save-output", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -1151,6 +1174,17 @@ def main() -> None:
         print(f"  {daily_history['seconds']:.1f}s, {daily_history['events_per_s']:,} events/s; output "
               + ("identical to the cold run" if same and all(v["identical"] for v in same.values())
                  else f"DIFFERS from the cold run: {same}"), flush=True)
+    spark_run = None
+    if args.spark:
+        print("compute_features on Spark (local mode, inputs staged as Parquet) ...", flush=True)
+        spark_run = run_worker(*[a for a in full_args if a != "--profile-dir" and a != str(profile_dir)],
+                               "--scenario", "spark")
+        same = spark_run["same_as_cold"]
+        print(f"  {spark_run['seconds']:.1f}s ({spark_run['jvm_start_seconds']}s JVM start before), "
+              f"{spark_run['events_per_s']:,} events/s, JVM peak RSS {spark_run['jvm_peak_rss_mib']:,} MiB; output "
+              + ("identical to DuckDB's" if same and all(v["identical"] for v in same.values())
+                 else f"differs from DuckDB's in: { {t: v['differing_columns'] for t, v in same.items()} }"),
+              flush=True)
     print(f"compute_features on the slice of {n_slice:,} users ...", flush=True)
     sl = run_worker("duckdb", "--db", str(slice_db), "--snapshot", snapshot.isoformat(),
                     "--memory-limit", args.memory_limit)
@@ -1188,6 +1222,7 @@ def main() -> None:
         "duckdb": full,
         "duckdb_daily": daily,
         "duckdb_daily_from_history": daily_history,
+        "spark": spark_run,
         "duckdb_slice": sl,
         "baseline": base,
         "speedup_vs_baseline": round(full["events_per_s"] / base["events_per_s"], 2),

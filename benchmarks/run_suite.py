@@ -81,6 +81,20 @@ def headline_backfill(r: dict) -> list[tuple[str, str]]:
              f"{r.get('speedup', '?')}x, {'met' if _get(r, 'target', 'met') else 'not met'}")]
 
 
+def headline_e2e(r: dict) -> list[tuple[str, str]]:
+    sizes = r.get("sizes") or [{}]
+    big = sizes[-1]
+    t = r.get("targets", {})
+    return [(f"raw files -> scored PQLs, {big.get('raw_lines', 0):,} events",
+             f"{big.get('seconds', '?')} s, {big.get('events_per_s', 0):,} events/s, peak {big.get('peak_rss_mib', '?')} MiB"),
+            ("vs straightforward Python/pandas (scaled)", f"{big.get('speedup', '?')}x (target 5x)"),
+            ("scaling curve (s per M events by size)",
+             f"{r.get('seconds_per_million_events', '?')}, exponent {r.get('scaling_exponent', '?')} (<= 1: linear)"),
+            ("targets <= 120 s at 100 M / <= 4 GiB / >= 5x",
+             " / ".join("met" if t.get(k) else "not met"
+                        for k in ("seconds_le_120_at_100m", "peak_rss_le_4gib", "speedup_ge_5x")))]
+
+
 # name -> (script, full args, quick args, result file, quick result file, headline)
 BENCHES = {
     "validate": ("bench_validate.py", [], ["--accounts", "200", "--days", "10", "--baseline-lines", "20000",
@@ -91,6 +105,7 @@ BENCHES = {
     "model": ("bench_model.py", [], ["--quick"], "model.json", "model-quick.json", headline_model),
     "sync": ("bench_sync.py", [], ["--quick"], "sync.json", "sync-quick.json", headline_sync),
     "backfill": ("bench_backfill.py", [], ["--quick"], "backfill.json", "backfill-quick.json", headline_backfill),
+    "e2e": ("bench_e2e.py", [], ["--quick"], "e2e.json", "e2e-quick.json", headline_e2e),
 }
 
 
