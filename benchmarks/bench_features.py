@@ -4,7 +4,7 @@ Synthesizes (once, cached under benchmarks/.data/) the tables the features read 
 validated_events (with identify and group calls), identity_links, account_memberships,
 validated_partitions, users_history, accounts_history -- directly in DuckDB SQL from hashes
 of row numbers (deterministic for a seed), then measures, each in a fresh subprocess so that
-its peak RSS is that work's alone (DuckDB memory_limit 3.5GB and 2 threads, the pipeline's
+its peak RSS is that work's alone (DuckDB memory_limit and 2 threads, the pipeline's
 warehouse settings):
 
 * cold:     ``compute_features`` for the last day of the data (user and account features)
@@ -59,13 +59,13 @@ from pql_pipeline.defs.features.features import (  # noqa: E402
 )
 from pql_pipeline.defs.features.signals import load_signals  # noqa: E402
 from pql_pipeline.lib.contracts import load_contract  # noqa: E402
-from pql_pipeline.settings import PROJECT_ROOT, load_settings  # noqa: E402
+from pql_pipeline.settings import PROJECT_ROOT, WarehouseSettings, load_settings  # noqa: E402
 
 CONTRACTS = PROJECT_ROOT / "data_contracts"
 DATA = HERE / ".data"
 GEN_VERSION = 2  # bump when the synthesized data changes (part of the cache key)
 START = dt.date(2026, 1, 1)
-MEMORY_LIMIT = "3.5GB"
+MEMORY_LIMIT = WarehouseSettings().memory_limit  # the pipeline's default
 THREADS = 2
 
 # ------------------------------------------------------------------ synthetic data

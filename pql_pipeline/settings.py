@@ -27,7 +27,7 @@ class _Strict(BaseModel):
 
 class WarehouseSettings(_Strict):
     path: str = "warehouse/pql.duckdb"
-    memory_limit: str = "3.5GB"
+    memory_limit: str = "2.75GB"
     threads: int = Field(2, ge=1)
 
 
@@ -80,7 +80,7 @@ class VolumeSettings(_Strict):
 class CheckSettings(_Strict):
     quarantine_rate: QuarantineRateSettings = QuarantineRateSettings()
     volume: VolumeSettings = VolumeSettings()
-    ge_max_rows: int = Field(2_000_000, ge=0)
+    ge_max_rows: int = Field(250_000, ge=0)
     sample_rows: int = Field(5, ge=0, le=100)
 
 

@@ -49,7 +49,7 @@ def evaluate(
     contract: Contract,
     object_name: str,
     where: str = "TRUE",
-    ge_max_rows: int = 2_000_000,
+    ge_max_rows: int = 250_000,
     sample_rows: int = 5,
     partitions: list[str] | None = None,
     partition_column: str = "partition_date",

@@ -22,7 +22,7 @@ class Warehouse(DuckDBResource):
     the ``duckdb_warehouse`` pool in dagster.yaml keeps that rare.
     """
 
-    memory_limit: str = Field("3.5GB", description="DuckDB memory_limit; larger work spills to disk.")
+    memory_limit: str = Field("2.75GB", description="DuckDB memory_limit; larger work spills to disk.")
     threads: int = Field(2, description="DuckDB worker threads.")
     lock_timeout_seconds: float = Field(120.0, description="How long to wait for another writer to finish.")
 
