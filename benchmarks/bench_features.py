@@ -670,6 +670,30 @@ def compare_tables(conn, table: str, ref: Path, keys: list[str]) -> dict:
             "identical": counts[0] == counts[1] == counts[2] and not bad}
 
 
+def descendants_peak_rss_mib() -> int:
+    """Sum of the peak RSS (VmHWM) of this process's live descendants (Spark's JVM)."""
+    parent: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    mine, frontier = set(), {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, pp in parent.items() if pp in frontier} - mine
+        mine |= frontier
+    kib = 0
+    for pid in mine:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    kib += int(line.split()[1])
+        except OSError:
+            continue
+    return round(kib / 1024)
+
+
 def worker_duckdb(db: Path, snapshot: dt.date, profile_dir: Path | None, memory_limit: str = MEMORY_LIMIT,
                   scenario: str = "cold", save_output: bool = False) -> dict:
     """``cold``: no feature tables, feature cache or state (whatever the run builds is timed).
@@ -731,7 +755,9 @@ def worker_duckdb(db: Path, snapshot: dt.date, profile_dir: Path | None, memory_
         secs = time.perf_counter() - t
         cpu = clock.stop()
         sampler.stop()
+        jvm_peak = None
         if spark is not None:
+            jvm_peak = descendants_peak_rss_mib()  # while the JVM lives: its VmHWM
             spark.spark.stop()
             shutil.rmtree(DATA / "spark-staging" / db.stem, ignore_errors=True)
         cache = cache_tables(conn)
@@ -752,7 +778,7 @@ def worker_duckdb(db: Path, snapshot: dt.date, profile_dir: Path | None, memory_
             "peak_rss_mib": round(peak_rss_mib()), "rss_before_mib": round(rss_before),
             # Spark's JVM is a child process: its own peak
             **({"jvm_start_seconds": round(jvm_start, 2), "staging": getattr(run, "staging", None),
-                "jvm_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)}
+                "jvm_peak_rss_mib": jvm_peak}
                if scenario == "spark" else {}),
             "load_average_before": round(load, 2), **cpu,
             "max_spill_mib": max((s["max_spill_mib"] for s in timed.statements), default=0),
