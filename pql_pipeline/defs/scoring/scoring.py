@@ -289,8 +289,10 @@ def account_routes(accounts: pd.DataFrame, users: pd.DataFrame, spec: ScoringSpe
     members = users[users["account_id"].isin(going)]
     hot = members[members["tier"].isin(spec.sales_tiers)]
     contacts = set(hot["user_id"])
-    for account in going - set(hot["account_id"]):
-        contacts.add(accounts.loc[accounts["account_id"] == account, "top_user_id"].iloc[0])
+    # an account going to sales without a user of a sales tier: its most likely user (one
+    # lookup for all of them: a comparison per account is quadratic in accounts)
+    quiet = going - set(hot["account_id"])
+    contacts |= set(accounts.loc[accounts["account_id"].isin(quiet), "top_user_id"])
     return sales, contacts
 
 
