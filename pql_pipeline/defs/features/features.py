@@ -547,6 +547,12 @@ def _rollup_expr(rollup: str, col: str, dtype: str) -> str:
     if dtype == "BOOLEAN":
         return {"max": f"MAX({c})", "min": f"MIN({c})", "sum": f"SUM(CAST({c} AS BIGINT))",
                 "mean": f"AVG(CAST({c} AS DOUBLE))"}[rollup]
+    if dtype == "DOUBLE":
+        # summed exactly (user values carry 6 decimals): a float sum depends on the order the
+        # engine's threads add rows in, so a range and one run per day could differ in the last digit
+        exact = f"CAST({c} AS DECIMAL(38, 6))"
+        return {"max": f"MAX({c})", "min": f"MIN({c})", "sum": f"CAST(SUM({exact}) AS DOUBLE)",
+                "mean": f"CAST(AVG({exact}) AS DOUBLE)"}[rollup]
     return {"max": f"MAX({c})", "min": f"MIN({c})", "sum": f"SUM({c})", "mean": f"AVG(CAST({c} AS DOUBLE))"}[rollup]
 
 
