@@ -1,6 +1,6 @@
 """Ingest stage: raw_events -> validated_events (+ quarantined / duplicate events) -> users, accounts."""
 
-
+import datetime as dt
 from pathlib import Path
 
 import dagster as dg
@@ -9,10 +9,13 @@ from pql_pipeline.defs.ingest.dimensions import build_accounts, build_users
 from pql_pipeline.defs.ingest.raw import load_partitions
 from pql_pipeline.defs.ingest.resources import EventSource
 from pql_pipeline.defs.ingest.validation import PARTITION_TABLES, validate_partitions
-from pql_pipeline.lib.warehouse import Warehouse, ensure_tables
+from pql_pipeline.lib.charts import chart_md, quarantine_chart
 from pql_pipeline.lib.contracts import load_contract
 from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, contract, md_table, table_schema
+from pql_pipeline.lib.trends import quarantine_by_day
+from pql_pipeline.lib.warehouse import Warehouse, ensure_tables
 from pql_pipeline.settings import Settings
+
 
 def build_ingest_assets(settings: Settings, daily: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     raw_c, val_c = contract("raw_events"), contract("validated_events")
@@ -105,7 +108,11 @@ def build_ingest_assets(settings: Settings, daily: dg.PartitionsDefinition) -> l
                 SELECT rule_id, count(*) AS n FROM quarantined_events
                 WHERE partition_date IN ({keys}) GROUP BY rule_id ORDER BY n DESC, rule_id
             """).fetchall()
+            q_days, q_rates = quarantine_by_day(conn, dt.date.fromisoformat(max(context.partition_keys)))
         rate = totals["quarantined"] / totals["raw"] if totals["raw"] else 0.0
+        q = settings.checks.quarantine_rate
+        q_chart = dg.MetadataValue.md(chart_md(lambda: quarantine_chart(q_days, q_rates, q.warn_above, q.error_above),
+                                               "quarantine rate per day", log=context.log))
         yield dg.MaterializeResult(asset_key="validated_events", metadata={
             "dagster/row_count": totals["validated"],
             "raw_rows": totals["raw"],
@@ -114,11 +121,13 @@ def build_ingest_assets(settings: Settings, daily: dg.PartitionsDefinition) -> l
             "quarantine_rate": dg.MetadataValue.float(round(rate, 6)),
             "contract_version": seg.version,
             "reconciliation": dg.MetadataValue.md(md_table(rows[-31:])),
+            "quarantine_rate_per_day": q_chart,
         })
         yield dg.MaterializeResult(asset_key="quarantined_events", metadata={
             "dagster/row_count": totals["quarantined"],
             "quarantine_rate": dg.MetadataValue.float(round(rate, 6)),
             "by_rule": dg.MetadataValue.md(md_table([{"rule_id": r, "rows": n} for r, n in by_rule])),
+            "quarantine_rate_per_day": q_chart,
         })
         yield dg.MaterializeResult(asset_key="duplicate_events", metadata={
             "dagster/row_count": totals["duplicates"],

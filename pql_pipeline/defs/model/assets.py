@@ -11,6 +11,7 @@ from pql_pipeline.defs.model import performance as P
 from pql_pipeline.defs.model import registry as R
 from pql_pipeline.defs.model.training import ModelSpec, TrainingError, evaluate, prepare, top_feature_share, train
 from pql_pipeline.defs.scoring.scoring import reference_values
+from pql_pipeline.lib.charts import calibration_chart, chart_md, decile_chart, lift_chart
 from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table
 from pql_pipeline.lib.warehouse import Warehouse, ensure_columns, registered, replace_rows, table_exists
 from pql_pipeline.settings import Settings
@@ -212,8 +213,10 @@ def build_model_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             "holdout_window": f"{row['holdout_start']} .. {row['holdout_end']} ({row['holdout_rows']} rows, "
                               f"{row['holdout_positives']} conversions)",
             "comparison": dg.MetadataValue.md(_metrics_table(row)),
-            "deciles": dg.MetadataValue.md(md_table(deciles)),
-            "calibration_curve": dg.MetadataValue.md(md_table(calib)),
+            "deciles": dg.MetadataValue.md(chart_md(lambda: decile_chart(m["deciles"]), "lift by decile",
+                                                    md_table(deciles), context.log)),
+            "calibration_curve": dg.MetadataValue.md(chart_md(lambda: calibration_chart(m["calibration_curve"]),
+                                                              "calibration curve", md_table(calib), context.log)),
             "top_features": dg.MetadataValue.md(md_table(
                 [{"feature": f, "ROC AUC drop": v} for f, v in row["importance"][:10]])),
             "gates": dg.MetadataValue.md(md_table(
@@ -244,9 +247,13 @@ def build_model_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             ensure_columns(conn, "pql_performance", P.COLUMNS)
             with registered(conn, "fx_perf", perf):
                 replace_rows(conn, "pql_performance", [c for c, _ in P.COLUMNS], "fx_perf")
+        oos = perf[~perf["in_sample"].astype(bool)]
         return dg.MaterializeResult(metadata={
             "dagster/row_count": len(perf), "model_version": row["version"],
-            "out_of_sample": dg.MetadataValue.md(md_table(P.summary(perf)))})
+            "out_of_sample": dg.MetadataValue.md(md_table(P.summary(perf))),
+            "lift_per_snapshot": dg.MetadataValue.md(chart_md(
+                lambda: lift_chart(oos.to_dict("records")), "lift per snapshot, out of sample", log=context.log)
+                if len(oos) else "_no out-of-sample snapshot yet_")})
 
     return [conversion_model, pql_performance]
 

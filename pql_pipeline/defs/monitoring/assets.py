@@ -10,7 +10,9 @@ from pql_pipeline.defs.model import registry as R
 from pql_pipeline.defs.model.training import prepare
 from pql_pipeline.defs.monitoring import report as M
 from pql_pipeline.defs.monitoring.drift import Thresholds, is_incident
+from pql_pipeline.defs.monitoring.pql_report import report_path, write_report
 from pql_pipeline.defs.scoring.assets import candidates_sql
+from pql_pipeline.lib.charts import chart_md, drift_chart
 from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table
 from pql_pipeline.lib.warehouse import Warehouse, ensure_columns, registered, replace_rows, table_exists
 from pql_pipeline.settings import Settings
@@ -172,6 +174,19 @@ def _md(rows: list[dict], limit: int = 40) -> str:
                       "verdict": r["verdict"], "note": r.get("note") or ""} for r in shown])
 
 
+def feature_drift_md(settings: Settings, features: list[dict], log=None) -> str:
+    """The numeric features' PSI against the training rows as a chart, then every feature
+    row (both references, categorical features' Jensen-Shannon distances) as a table."""
+    t = settings.monitoring.drift
+    psi_rows = [(r["item"], r["value"]) for r in features
+                if r["reference"] == "training" and r["metric"] == "psi" and r["value"] is not None]
+    table = _md(features, limit=60)
+    if not psi_rows:
+        return table
+    return chart_md(lambda: drift_chart(psi_rows, t.psi_warn, t.psi_alert, "the training rows"),
+                    "feature drift", table, log)
+
+
 def top_features(model: dict | None, n: int) -> list[str]:
     if not model or not model.get("importance"):
         return []
@@ -307,14 +322,55 @@ def build_monitoring_assets(settings: Settings, daily: dg.PartitionsDefinition) 
                 "verdict": M.worst(r["verdict"] for r in newest_rows),
                 "stream_alert_days": ", ".join(alerting_days) or "none",
                 "incidents": dg.MetadataValue.md(md_table(found) if found else "_none_"),
-                "features": dg.MetadataValue.md(_md(features, limit=60)),
+                "features": dg.MetadataValue.md(feature_drift_md(settings, features, context.log)),
                 "stream": dg.MetadataValue.md(_md([r for r in newest_rows if r["part"] == "stream"])),
                 "predictions_and_performance": dg.MetadataValue.md(
                     _md([r for r in rows if r["part"] in ("predictions", "performance")])),
             },
             check_results=results)
 
-    return [drift_report]
+    @dg.asset(
+        name="pql_report",
+        deps=["pql_scores", "pql_account_scores", "pql_history", "conversion_model", "pql_performance"],
+        partitions_def=daily, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP,
+        kinds={"duckdb", "html"}, owners=OWNERS, tags=TAGS, pool=POOL, code_version=MONITORING_LOGIC_VERSION,
+    )
+    def pql_report(context: dg.AssetExecutionContext, warehouse: Warehouse):
+        """A static HTML page for the growth team (opens from disk, no server): the day's PQLs by tier and route
+        with their reasons, the active PQL definition and its backtest (rule vs model), the model card and the
+        data health (quarantine, drift). Written for the newest day of the run to warehouse/reports/ as
+        pql_report_<day>.html and, when it is the newest scored day, pql_report.html. It does not depend on
+        drift_report, so a drift alert that holds the outputs is shown here instead of stopping the page (the
+        executor runs drift_report first: it is one level closer to the scores)."""
+        day = max(dt.date.fromisoformat(k) for k in context.partition_keys)
+        with warehouse.get_connection() as conn:
+            path, data = write_report(conn, settings, day)
+        for problem in data["problems"]:
+            context.log.warning(problem)
+        current = report_path(settings)
+        context.log.info(f"PQL report of {day}: {path}" + (f" (also {current})" if data["is_current"] else ""))
+        return dg.MaterializeResult(metadata={
+            "day": str(day),
+            "path": dg.MetadataValue.path(str(path)),
+            "url": dg.MetadataValue.url(path.resolve().as_uri()),
+            "current_report": dg.MetadataValue.path(str(current)) if data["is_current"] else "not replaced: an older day",
+            "pql_accounts": data.get("pql_accounts", 0), "pql_users": data.get("pql_users", 0),
+            "sales_accounts": data.get("sales_accounts", 0), "nudged_users": data.get("nudged_users", 0),
+            "model_version": (data.get("model") or {}).get("version", "none"),
+            "backtest": (data.get("lift_verdict") or {}).get("text", "no backtest yet"),
+            "drift": (data.get("drift") or {}).get("worst", "no drift report for the day"),
+            "charts": sum(1 for c in _report_charts(data) if c.get("src")),
+        })
+
+    return [drift_report, pql_report]
+
+
+def _report_charts(data: dict) -> list[dict]:
+    model = data.get("model") or {}
+    drift = data.get("drift") or {}
+    return [c for c in (data.get("pqls_chart"), data.get("distribution_chart"), data.get("lift_chart"),
+                        model.get("decile_chart"), model.get("calibration_chart"), data.get("quarantine_chart"),
+                        drift.get("chart")) if c]
 
 
 def waiting_hours(conn, destination: str, now: dt.datetime) -> dict | None:

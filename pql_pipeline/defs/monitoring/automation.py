@@ -15,7 +15,7 @@ from pql_pipeline.settings import Settings
 
 # assets that follow their inputs on their own (re-scoring a day in the UI refreshes the drift
 # report, and the outputs once every blocking check upstream passed)
-AUTOMATED = ("drift_report", "pql_history", "crm_sync", "in_app_nudges")
+AUTOMATED = ("drift_report", "pql_history", "pql_report", "crm_sync", "in_app_nudges")
 
 
 def status(running: bool, kind: str):

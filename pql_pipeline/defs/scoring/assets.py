@@ -25,7 +25,9 @@ from pql_pipeline.defs.scoring.scoring import (
     segment_of,
     tier_of,
 )
+from pql_pipeline.lib.charts import chart_md, pqls_per_day_chart, score_distribution_chart
 from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table
+from pql_pipeline.lib.trends import day_probabilities, pqls_by_day
 from pql_pipeline.lib.warehouse import (
     Warehouse,
     ensure_columns,
@@ -295,11 +297,19 @@ def build_scoring_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
                 SELECT account_id, round(probability, 3) AS p, tier, segment, pql_users, route, reason_text
                 FROM pql_account_scores WHERE snapshot_date = ? ORDER BY probability DESC, account_id LIMIT 10""",
                                         [days[-1]]).df()
+            probabilities = day_probabilities(conn, days[-1])
+            pql_days, pql_routes = pqls_by_day(conn, days[-1])
+        spec = scoring_spec(settings)
+        distribution = chart_md(lambda: score_distribution_chart(probabilities, dict(spec.tiers), str(days[-1])),
+                                "score distribution", log=context.log)
+        per_day_chart = chart_md(lambda: pqls_per_day_chart(pql_days, pql_routes), "PQLs per day", log=context.log)
         common = {"model_version": row["version"], "per_day": dg.MetadataValue.md(md_table(per_day[-31:])),
                   "later_routes_changed": rerouted}
         yield dg.MaterializeResult(asset_key="pql_scores", metadata={
             "dagster/row_count": users, **common,
-            "top_leads": dg.MetadataValue.md(md_table(top.astype(str).to_dict("records")))})
+            "top_leads": dg.MetadataValue.md(md_table(top.astype(str).to_dict("records"))),
+            "score_distribution": dg.MetadataValue.md(distribution),
+            "pqls_per_day": dg.MetadataValue.md(per_day_chart)})
         yield dg.MaterializeResult(asset_key="pql_account_scores", metadata={
             "dagster/row_count": accounts, **common,
             "top_accounts": dg.MetadataValue.md(md_table(top_accounts.astype(str).to_dict("records")))})

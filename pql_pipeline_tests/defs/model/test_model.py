@@ -2,8 +2,13 @@
 split, the comparison with the rule baselines and the generator's oracle, the registry's
 champion/challenger decision, rollback by pinning a version, and the gates."""
 
+import base64
 import csv
 import datetime as dt
+import io
+import re
+from markupsafe import escape as html_escape
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -14,6 +19,8 @@ from pql_pipeline.definitions import MODEL_JOB, SCORING_JOB, build_definitions
 from pql_pipeline.defs.model import registry as R
 from pql_pipeline.defs.model.assets import model_spec, train_and_register
 from pql_pipeline.defs.model.training import feature_columns, load_frame, time_split
+from pql_pipeline.defs.monitoring.pql_report import report_path
+from pql_pipeline.lib.charts import decode_md_images
 from pql_pipeline.lib.warehouse import Warehouse
 from pql_pipeline_tests.pipeline import generated_pipeline, materialized
 
@@ -161,6 +168,65 @@ def test_leads_are_scored_with_reasons_tiers_and_routes(trained):
     assert p.query(f"SELECT count(*) FROM pql_scores WHERE snapshot_date = DATE '{last}'")[0][0] == n
     assert p.query(history + " WHERE entity_type = 'user'")[0] == (n, n, pqls)
     assert p.query(history + " WHERE entity_type = 'account'")[0] == (n_acc, n_acc, acc_pqls)
+
+
+CHARTS = {"validated_events": ["quarantine_rate_per_day"], "quarantined_events": ["quarantine_rate_per_day"],
+          "conversion_model": ["deciles", "calibration_curve"], "pql_performance": ["lift_per_snapshot"],
+          "pql_scores": ["score_distribution", "pqls_per_day"], "drift_report": ["features"]}
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as im:
+        im.verify()
+    with Image.open(io.BytesIO(png)) as im:
+        return im.size
+
+
+@pytest.mark.slow
+def test_the_ui_metadata_and_the_pql_report_show_charts(trained):
+    """After scoring the newest day (the test above): every chart of the metadata is a real
+    image beside its numbers, and the PQL report of the day is a page with its PQLs, reasons,
+    definition, model card and data health, charts inline."""
+    p, _, _ = trained
+    for asset, entries in CHARTS.items():
+        event = p.instance.get_latest_materialization_event(dg.AssetKey(asset))
+        meta = event.asset_materialization.metadata
+        for entry in entries:
+            text = meta[entry].value
+            [png] = decode_md_images(text)
+            width, height = png_size(png)
+            assert width >= 600 and height >= 300, (asset, entry)
+            assert "could not be drawn" not in text
+    deciles = p.instance.get_latest_materialization_event(dg.AssetKey("conversion_model")) \
+        .asset_materialization.metadata["deciles"].value
+    assert "| decile | rows | conversion | lift |" in deciles      # the numbers stay beside the chart
+
+    last = p.query("SELECT max(snapshot_date) FROM pql_scores")[0][0]
+    meta = p.instance.get_latest_materialization_event(dg.AssetKey("pql_report")).asset_materialization.metadata
+    path = Path(meta["path"].value)
+    assert path.name == f"pql_report_{last}.html" and meta["day"].value == str(last)
+    assert meta["current_report"].value == str(report_path(p.settings))
+    assert report_path(p.settings).read_text() == path.read_text()
+    html = path.read_text(encoding="utf-8")
+    images = [base64.b64decode(b) for b in re.findall(r'<img src="data:image/png;base64,([^"]+)"', html)]
+    assert len(images) == meta["charts"].value == 7 and all(png_size(i)[0] >= 600 for i in images)
+    # the day's PQLs: every account routed to sales, with its reasons (escaped as HTML)
+    sales = p.query(f"SELECT account_id, reason_text FROM pql_account_scores "
+                    f"WHERE snapshot_date = DATE '{last}' AND route = 'sales' ORDER BY probability DESC, account_id")
+    assert sales and meta["sales_accounts"].value == len(sales)
+    if len(sales) > 50:
+        assert f"the 50 most likely of {len(sales):,}" in html and sales[50][0] not in html
+    for account, reason in sales[:50]:
+        assert account in html and str(html_escape(reason)) in html
+    pql_users = p.query(f"SELECT count(*) FROM pql_scores WHERE snapshot_date = DATE '{last}' AND is_pql")[0][0]
+    assert meta["pql_users"].value == pql_users
+    [champ] = [r for r in registry_rows(p) if r["status"] == "champion"]
+    for text in (champ["version"], "Rule proposed by milestone discovery", "Backtest out of sample",
+                 "product-led teams expect", "Drift report of", "quarantined on"):
+        assert text in html, text
+    assert meta["model_version"].value == champ["version"]
 
 
 @pytest.mark.slow
