@@ -7,11 +7,11 @@ STAMP := $(VENV)/.installed
 SPARK_STAMP := $(VENV)/.installed-spark
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 # Demo size: override e.g. `make run ACCOUNTS=1000 DAYS=120`
-ACCOUNTS ?= 300
-DAYS ?= 90
+ACCOUNTS ?= 400
+DAYS ?= 110
 PYTEST_ARGS ?=
 
-.PHONY: install install-spark run test ui bench bench-quick clean dagster-home
+.PHONY: install install-spark install-browser run test ui bench bench-quick clean dagster-home
 
 install: $(STAMP)
 
@@ -30,6 +30,18 @@ $(SPARK_STAMP): $(STAMP)
 	@$(BIN)/python -m pip install -e '.[test,spark]' >> $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
 	@touch $(SPARK_STAMP)
 
+# headless Chromium and its matching ChromeDriver for the browser tests (Debian packages; the
+# test tools never download a browser). Elsewhere: install chromium and chromedriver yourself.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+install-browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then \
+		echo "installing Debian chromium and chromium-driver for the browser tests (log: $(VENV)/apt.log) ..."; \
+		mkdir -p $(VENV); \
+		( $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q \
+			--no-install-recommends chromium chromium-driver ) > $(VENV)/apt.log 2>&1 || { cat $(VENV)/apt.log; exit 1; }; \
+	else echo "no chromium/chromedriver and no apt-get: install them to run the browser tests (they skip locally, fail in CI)"; fi
+
 dagster-home:
 	@mkdir -p $(DAGSTER_HOME)
 	@cmp -s dagster.yaml $(DAGSTER_HOME)/dagster.yaml || cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
@@ -39,7 +51,7 @@ run: install dagster-home
 	$(BIN)/pql demo --accounts $(ACCOUNTS) --days $(DAYS)
 
 ## Run the test suite (slow end-to-end tests included).
-test: install install-spark
+test: install install-spark install-browser
 	@set +e; $(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi; exit $$rc
 

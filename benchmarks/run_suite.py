@@ -136,11 +136,13 @@ def main() -> int:
     RESULTS.mkdir(exist_ok=True)
     report = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "quick": args.quick,
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "benchmarks": {}}
-    for name in names:
+    suite_t0 = time.monotonic()
+    for i, name in enumerate(names, start=1):
         script, full, quick, out, quick_out, headline = BENCHES[name]
         result_path = RESULTS / (quick_out if args.quick else out)
         before = result_path.stat().st_mtime if result_path.exists() else None
-        print(f"== {name}: {script} {' '.join(quick if args.quick else full)}", flush=True)
+        print(f"== [{i}/{len(names)}] {name}: {script} {' '.join(quick if args.quick else full)} "
+              f"({time.monotonic() - suite_t0:.0f} s into the suite)", flush=True)
         t0 = time.monotonic()
         rc = subprocess.call([sys.executable, str(HERE / script), *(quick if args.quick else full)])
         seconds = round(time.monotonic() - t0, 1)
@@ -152,6 +154,7 @@ def main() -> int:
             entry["headline"] = headline(result)
             entry["result"] = result
         report["benchmarks"][name] = entry
+        print(f"== [{i}/{len(names)}] {name}: {entry['status']} in {seconds} s", flush=True)
     stem = "suite-quick" if args.quick else "suite"
     (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (RESULTS / f"{stem}.md").write_text(markdown(report))

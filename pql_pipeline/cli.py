@@ -140,9 +140,9 @@ def _settings():
 
 
 @main.command()
-@click.option("--accounts", type=int, default=300, show_default=True,
+@click.option("--accounts", type=int, default=400, show_default=True,
               callback=_positive_int("--accounts", "--accounts 300"), help="Demo size: number of accounts.")
-@click.option("--days", type=int, default=90, show_default=True,
+@click.option("--days", type=int, default=110, show_default=True,
               callback=_positive_int("--days", "--days 90"), help="Demo length in days (ending yesterday).")
 @click.option("--seed", type=int, default=42, show_default=True, callback=_seed)
 @click.option("--dirty-fraction", type=float, default=0.01, show_default=True, callback=_dirty_fraction)
@@ -167,7 +167,9 @@ def demo(accounts: int, days: int, seed: int, dirty_fraction: float, regenerate:
 @main.command()
 @click.option("--start", callback=_optional_date, help="First partition (YYYY-MM-DD); default: the first day with event files.")
 @click.option("--end", callback=_optional_date, help="Last partition (YYYY-MM-DD); default: the last day with event files.")
-def materialize(start: str | None, end: str | None) -> None:
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show a progress bar over each run's steps on stderr (on a terminal).")
+def materialize(start: str | None, end: str | None, progress: bool) -> None:
     """Materialize the pipeline for the days that have event files (one single-run backfill)."""
     from pql_pipeline.defs.ingest.loader import available_partitions
     from pql_pipeline.runner import PipelineRunError, format_summary, materialize_all
@@ -176,16 +178,12 @@ def materialize(start: str | None, end: str | None) -> None:
     parts = available_partitions(settings.events_root, settings.source.pattern)
     parts = [p for p in parts if (start is None or p >= start) and (end is None or p <= end)]
     try:
-        report = materialize_all(settings, _instance(), parts)
+        report = materialize_all(settings, _instance(), parts, progress=progress)
     except PipelineRunError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(format_summary(settings, report))
     if not report.succeeded:
         raise click.ClickException("the pipeline run failed; see the summary above")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
 
 
 @main.command()
@@ -196,7 +194,9 @@ if __name__ == "__main__":  # pragma: no cover
                    "ingest_events, build_features, score_leads, sync_outputs or retrain_model.")
 @click.option("--per-partition", is_flag=True,
               help="One run per day instead of one single-run range (slower; for a range too big for memory).")
-def backfill(start: str, end: str, job: str, per_partition: bool) -> None:
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show a progress bar over each run's steps on stderr (on a terminal).")
+def backfill(start: str, end: str, job: str, per_partition: bool, progress: bool) -> None:
     """Re-materialize a job over a range of days, e.g. after changing a signal or a contract.
 
     Writes are idempotent per partition: a range gives the same tables as its days one by one."""
@@ -207,7 +207,8 @@ def backfill(start: str, end: str, job: str, per_partition: bool) -> None:
     settings = _settings()
     t0 = time.monotonic()
     try:
-        report = run_backfill(settings, _instance(), job, start, end, per_partition, echo=click.echo)
+        report = run_backfill(settings, _instance(), job, start, end, per_partition, echo=click.echo,
+                              progress=progress)
     except PipelineRunError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(format_summary(settings, report))
@@ -215,3 +216,7 @@ def backfill(start: str, end: str, job: str, per_partition: bool) -> None:
                f"{len(report.run_ids)} run(s), {time.monotonic() - t0:.1f} s")
     if not report.succeeded:
         raise click.ClickException("the backfill failed; see the summary above (and `make ui` for the run)")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -58,7 +58,7 @@ def run_demo(settings: Settings, instance: dg.DagsterInstance, accounts: int, da
              echo=print) -> RunReport:
     ensure_demo_data(settings, accounts, days, seed, dirty_fraction, regenerate, progress, echo)
     echo("materializing the asset graph ...")
-    report = materialize_all(settings, instance)
+    report = materialize_all(settings, instance, progress=progress)
     echo(format_summary(settings, report))
     return report
 

@@ -29,7 +29,8 @@ class RunReport:
 
 
 def materialize_all(settings: Settings, instance: dg.DagsterInstance, partitions: list[str] | None = None,
-                    defs: dg.Definitions | None = None, log_level: str = "WARNING") -> RunReport:
+                    defs: dg.Definitions | None = None, log_level: str = "WARNING",
+                    progress: bool = False) -> RunReport:
     """Run the whole graph over every partition that has files, as one single-run range."""
     from pql_pipeline.definitions import MODEL_JOB, PIPELINE_JOB, SCORING_JOB, build_definitions
 
@@ -49,7 +50,7 @@ def materialize_all(settings: Settings, instance: dg.DagsterInstance, partitions
     # the events-to-features graph, the (unpartitioned) model trained on it, then the scores
     jobs = [(PIPELINE_JOB, tags), (MODEL_JOB, {}), (SCORING_JOB, tags)]
     for job_name, tags in jobs:
-        if not execute(defs, job_name, tags, instance, report, log_level):
+        if not execute(defs, job_name, tags, instance, report, log_level, progress=progress):
             break
     return report
 
@@ -61,13 +62,19 @@ def range_tags(days: list[str]) -> dict[str, str]:
 
 
 def execute(defs: dg.Definitions, job_name: str, tags: dict, instance: dg.DagsterInstance, report: RunReport,
-            log_level: str = "WARNING") -> bool:
-    """Run ``job_name`` in this process and add its run, checks and failed steps to ``report``."""
+            log_level: str = "WARNING", progress: bool = False) -> bool:
+    """Run ``job_name`` in this process and add its run, checks and failed steps to ``report``.
+    With ``progress``, a bar on stderr follows the run's steps (on a terminal only)."""
+    import uuid
+
     graph = defs.resolve_asset_graph()
+    job = defs.resolve_job_def(job_name)
+    run_id = str(uuid.uuid4())      # known before the run starts, so the progress bar can follow it
     # the full event log is in the Dagster instance (and the UI); the console shows warnings and errors
-    result = defs.resolve_job_def(job_name).execute_in_process(
-        instance=instance, tags=tags, raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
+    with StepProgress(instance, run_id, job_name, len(job.graph.node_dict), enabled=progress):
+        result = job.execute_in_process(
+            instance=instance, tags=tags, raise_on_error=False, run_id=run_id,
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
     report.run_ids.append(result.run_id)
     report.succeeded &= result.success
     for ev in result.get_asset_check_evaluations():
@@ -79,8 +86,57 @@ def execute(defs: dg.Definitions, job_name: str, tags: dict, instance: dg.Dagste
     return result.success
 
 
+class StepProgress:
+    """A progress bar over a run's steps, fed by the run's events in the instance (read every
+    half second by a thread while the run executes in this process). tqdm shows it only on a
+    terminal (``disable=None``), so logs and CI output stay clean."""
+
+    def __init__(self, instance: dg.DagsterInstance, run_id: str, job_name: str, steps: int, enabled: bool = True):
+        self.instance, self.run_id, self.job_name, self.steps, self.enabled = instance, run_id, job_name, steps, enabled
+        self._stop = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return self
+        import sys
+        import threading
+
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=self.steps, desc=self.job_name, unit="step", file=sys.stderr, disable=None, leave=False)
+        if self.bar.disable:
+            return self
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+        self._thread.start()
+        return self
+
+    def _follow(self) -> None:
+        from dagster import DagsterEventType as T
+
+        kinds = {T.STEP_START, T.STEP_SUCCESS, T.STEP_FAILURE}
+        while not self._stop.wait(0.5):
+            try:
+                events = [e.dagster_event for e in self.instance.all_logs(self.run_id, of_type=kinds)]
+            except Exception:  # noqa: BLE001 - a progress bar never disturbs the run
+                continue
+            done = sum(1 for e in events if e.event_type in (T.STEP_SUCCESS, T.STEP_FAILURE))
+            running = [e.step_key for e in events if e.event_type == T.STEP_START]
+            self.bar.n = done
+            self.bar.set_postfix_str(running[-1] if running else "", refresh=False)
+            self.bar.refresh()
+
+    def __exit__(self, *exc) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self._thread.join(timeout=5)
+        if self.enabled:
+            self.bar.close()
+
+
 def backfill(settings: Settings, instance: dg.DagsterInstance, job_name: str, start: str, end: str,
-             per_partition: bool = False, defs: dg.Definitions | None = None, echo=None) -> RunReport:
+             per_partition: bool = False, defs: dg.Definitions | None = None, echo=None,
+             progress: bool = False) -> RunReport:
     """Materialize a partitioned job over ``start``..``end``: one single-run range (every asset
     processes the range in one pass), or one run per day with ``per_partition`` (stops at the
     first failed day)."""
@@ -90,7 +146,9 @@ def backfill(settings: Settings, instance: dg.DagsterInstance, job_name: str, st
     try:
         job = defs.resolve_job_def(job_name)
     except Exception:
-        raise PipelineRunError(f"there is no job {job_name!r}") from None
+        jobs = sorted(j.name for j in defs.resolve_all_job_defs()
+                      if j.partitions_def is not None and not j.name.startswith("__"))
+        raise PipelineRunError(f"there is no job {job_name!r}; pass --job with one of: {', '.join(jobs)}") from None
     partitions = job.partitions_def
     if partitions is None:
         raise PipelineRunError(f"{job_name} is not partitioned: run it without a range (e.g. in the UI)")
@@ -105,7 +163,7 @@ def backfill(settings: Settings, instance: dg.DagsterInstance, job_name: str, st
     report = RunReport(partitions=days)
     batches = [[d] for d in days] if per_partition else [days]
     for i, batch in enumerate(batches, start=1):
-        ok = execute(defs, job_name, range_tags(batch), instance, report)
+        ok = execute(defs, job_name, range_tags(batch), instance, report, progress=progress)
         if echo is not None and per_partition:
             echo(f"[{i}/{len(batches)}] {batch[0]}: {'ok' if ok else 'FAILED'}")
         if not ok:
@@ -263,6 +321,11 @@ def format_summary(settings: Settings, report: RunReport) -> str:
             verdict = ("FAIL" if c["severity"] == "ERROR" else "warn") + " (does not block; see its metadata in the UI)"
         lines.append(f"  {c['asset'] + '.' + c['check']:<{width}}  {verdict}")
     lines.append(f"warehouse       {settings.warehouse_path}")
+    from pql_pipeline.defs.monitoring.pql_report import report_path
+
+    report_file = report_path(settings)
+    lines.append(f"PQL report      {report_file} (open it in a browser)" if report_file.exists() else
+                 "PQL report      not written (nothing was scored)")
     lines.append("result          " + ("success" if report.succeeded else
                                        "FAILED at " + ", ".join(sorted(set(report.failed_steps)))))
     return "\n".join(lines)

@@ -100,8 +100,68 @@ def test_backfill_input_errors_say_what_to_do(env):
                                          "--job", "train_model"])
     assert "train_model is not partitioned" in unpartitioned.output
     unknown = runner.invoke(main, ["backfill", "--start", "2026-03-02", "--end", "2026-03-09", "--job", "nope"])
-    assert "there is no job 'nope'" in unknown.output
+    assert "there is no job 'nope'; pass --job with one of: build_features, daily_pql," in unknown.output
     before = runner.invoke(main, ["backfill", "--start", "2020-01-01", "--end", "2020-01-31"])
     assert "no partition between 2020-01-01 and 2020-01-31: partitions run from 2025-01-01" in before.output
     bad = runner.invoke(main, ["backfill", "--start", "March 2", "--end", "2026-03-02"])
     assert bad.exit_code == 2 and "is not a date; write it as YYYY-MM-DD" in bad.output
+
+
+def _in_a_terminal(args: list[str], env: dict, cwd, timeout: float = 600) -> str:
+    """Runs the real ``pql`` command with a pseudo-terminal as stdout and stderr (as a person
+    at a shell would), returning everything it printed."""
+    import os
+    import pty
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import fcntl
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))   # 40 rows, 160 columns
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "pql"), *args], stdin=subprocess.DEVNULL,
+                            stdout=follower, stderr=follower, env=env, cwd=cwd, close_fds=True)
+    os.close(follower)
+    out, deadline = b"", time.monotonic() + timeout
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:          # the terminal closed: the command ended
+            break
+        if not chunk:
+            break
+        out += chunk
+        assert time.monotonic() < deadline, out.decode(errors="replace")[-2000:]
+    proc.wait(timeout=60)
+    os.close(leader)
+    assert proc.returncode == 0, out.decode(errors="replace")[-3000:]
+    return out.decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_long_commands_show_progress_bars_in_a_terminal(tmp_path):
+    """`pql generate` shows a bar over days and `pql backfill` one over each run's steps,
+    naming the step at work; with --no-progress (or output to a file) neither prints a bar."""
+    import os
+    import re
+
+    env = {**os.environ, "PQL_EVENTS_DIR": str(tmp_path / "events"), "PQL_WAREHOUSE": str(tmp_path / "wh.duckdb"),
+           "DAGSTER_HOME": str(tmp_path / "home")}
+    generated = _in_a_terminal(["generate", "--out", str(tmp_path / "events"), "--accounts", "5", "--days", "3",
+                                "--start-date", "2026-03-02"], env, tmp_path)
+    assert re.search(r"generating events: +100%\|.*\| 3/3", generated), generated[-1000:]
+    ran = _in_a_terminal(["backfill", "--start", "2026-03-02", "--end", "2026-03-04", "--job", "ingest_events"],
+                         env, tmp_path)
+    bars = re.findall(r"ingest_events: +\d+%\|[^|]*\| (\d+)/(\d+) \[([^\]]*)\]", ran)
+    assert bars, ran[-2000:]
+    steps = int(bars[0][1])
+    assert steps >= 4 and any(int(done) > 0 for done, _, _ in bars)
+    assert any("validate_events" in tail or "raw_events" in tail for _, _, tail in bars), bars
+    assert "ingest_events 2026-03-02 .. 2026-03-04: 3 partitions in 1 run(s)" in ran
+    quiet = _in_a_terminal(["backfill", "--start", "2026-03-02", "--end", "2026-03-04", "--job", "ingest_events",
+                            "--no-progress"], env, tmp_path)
+    assert not re.search(r"ingest_events: +\d+%\|", quiet)

@@ -17,7 +17,7 @@ FEATURES = {"user_features", "account_features", "conversion_labels", "training_
             "activation_milestones"}
 MODEL = {"conversion_model", "pql_scores", "pql_account_scores", "pql_history", "pql_performance"}
 ACTIVATION = {"crm_sync", "in_app_nudges"}
-MONITORING = {"drift_report"}
+MONITORING = {"drift_report", "pql_report"}
 
 
 def test_definitions_load_and_list_the_pipeline():
@@ -26,6 +26,31 @@ def test_definitions_load_and_list_the_pipeline():
     assert keys == INGEST | FEATURES | MODEL | ACTIVATION | MONITORING
     for job in (INGEST_JOB, FEATURES_JOB, PIPELINE_JOB, MODEL_JOB, SCORING_JOB, ACTIVATION_JOB, DAILY_JOB, RETRAIN_JOB):
         assert defs.resolve_job_def(job) is not None
+
+
+def test_every_asset_reads_as_a_stage_of_the_pipeline():
+    """Group = stage = the pql/stage tag; an owner, kinds (the engine and the destination) and a
+    description on every asset, so the asset graph in the UI reads as the pipeline."""
+    stages = {"ingest": INGEST, "features": FEATURES, "model": MODEL, "scoring": MODEL, "monitoring": MONITORING,
+              "activation": ACTIVATION}
+    kinds = {}
+    for spec in defs.resolve_all_asset_specs():
+        name = spec.key.to_user_string()
+        assert name in stages[spec.group_name] and spec.tags["pql/stage"] == spec.group_name, name
+        assert spec.owners == ["team:data-engineering"] and len(spec.description or "") > 60, name
+        assert "duckdb" in spec.kinds, name
+        kinds[name] = set(spec.kinds)
+    assert {"sklearn"} <= kinds["conversion_model"] and {"hubspot"} <= kinds["crm_sync"]
+    assert {"intercom"} <= kinds["in_app_nudges"] and {"html"} <= kinds["pql_report"]
+
+
+def test_the_report_follows_the_scores_but_not_the_drift_gates():
+    graph = defs.resolve_asset_graph()
+    report = dg.AssetKey("pql_report")
+    assert dg.AssetKey("drift_report") not in graph.get(report).parent_keys
+    assert {dg.AssetKey("pql_history"), dg.AssetKey("pql_scores")} <= graph.get(report).parent_keys
+    for job in (SCORING_JOB, DAILY_JOB):
+        assert report in defs.resolve_job_def(job).asset_layer.selected_asset_keys, job
 
 
 def test_every_asset_has_checks_and_the_gates_block():

@@ -10,7 +10,7 @@ from pql_pipeline.defs.model import registry as R
 from pql_pipeline.defs.model.training import prepare
 from pql_pipeline.defs.monitoring import report as M
 from pql_pipeline.defs.monitoring.drift import Thresholds, is_incident
-from pql_pipeline.defs.monitoring.pql_report import report_path, write_report
+from pql_pipeline.defs.monitoring.pql_report import report_path, verify_report, write_report
 from pql_pipeline.defs.scoring.assets import candidates_sql
 from pql_pipeline.lib.charts import chart_md, drift_chart
 from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table
@@ -27,6 +27,7 @@ FEATURE_CHECK = "feature_drift"
 TOP_FEATURE_CHECK = "top_feature_drift"
 PREDICTION_CHECK = "prediction_drift"
 PERFORMANCE_CHECK = "performance_decay"
+REPORT_CHECK = "report_matches_scores"
 
 
 def thresholds(settings: Settings) -> Thresholds:
@@ -334,6 +335,10 @@ def build_monitoring_assets(settings: Settings, daily: dg.PartitionsDefinition) 
         deps=["pql_scores", "pql_account_scores", "pql_history", "conversion_model", "pql_performance"],
         partitions_def=daily, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP,
         kinds={"duckdb", "html"}, owners=OWNERS, tags=TAGS, pool=POOL, code_version=MONITORING_LOGIC_VERSION,
+        check_specs=[dg.AssetCheckSpec(
+            REPORT_CHECK, asset="pql_report",
+            description="The written page read back: its PQL accounts and users match pql_account_scores and "
+                        "pql_scores for the day, and every chart is an image (warns; nothing depends on it).")],
     )
     def pql_report(context: dg.AssetExecutionContext, warehouse: Warehouse):
         """A static HTML page for the growth team (opens from disk, no server): the day's PQLs by tier and route
@@ -345,6 +350,7 @@ def build_monitoring_assets(settings: Settings, daily: dg.PartitionsDefinition) 
         day = max(dt.date.fromisoformat(k) for k in context.partition_keys)
         with warehouse.get_connection() as conn:
             path, data = write_report(conn, settings, day)
+            found = verify_report(conn, path, day)
         for problem in data["problems"]:
             context.log.warning(problem)
         current = report_path(settings)
@@ -360,7 +366,11 @@ def build_monitoring_assets(settings: Settings, daily: dg.PartitionsDefinition) 
             "backtest": (data.get("lift_verdict") or {}).get("text", "no backtest yet"),
             "drift": (data.get("drift") or {}).get("worst", "no drift report for the day"),
             "charts": sum(1 for c in _report_charts(data) if c.get("src")),
-        })
+        }, check_results=[dg.AssetCheckResult(
+            check_name=REPORT_CHECK, passed=not found["problems"], severity=dg.AssetCheckSeverity.WARN,
+            metadata={"problems": "; ".join(found["problems"]) or "none", "charts_in_page": found["charts"],
+                      "pqls_shown": dg.MetadataValue.json(found["shown"]),
+                      "pqls_in_warehouse": dg.MetadataValue.json(found["expected"])})])
 
     return [drift_report, pql_report]
 

@@ -296,3 +296,35 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def verify_report(conn, path: Path, day: dt.date) -> dict:
+    """Reads the written page back and compares it with the warehouse: the PQL accounts and
+    users shown on the day's cards against pql_account_scores / pql_scores, and every inline
+    chart a decodable PNG image. Returns the findings (``problems`` empty when it matches)."""
+    import base64
+    import re
+
+    html = path.read_text(encoding="utf-8")
+    problems = []
+    images = re.findall(r'<img src="data:image/png;base64,([^"]+)"', html)
+    broken = sum(1 for b in images if not base64.b64decode(b).startswith(C.PNG_SIGNATURE))
+    if broken:
+        problems.append(f"{broken} of {len(images)} charts are not PNG images")
+    if "could not be drawn" in html:
+        problems.append("a chart could not be drawn (see the page's warning)")
+    shown = {label: int(v.replace(",", "")) for v, label in
+             re.findall(r'<div class="v">([\d,]+)</div><div class="l">PQL (accounts|users) \(of', html)}
+    expected = {}
+    if table_exists(conn, "pql_scores"):
+        expected["users"] = conn.execute("SELECT count(*) FILTER (WHERE is_pql) FROM pql_scores "
+                                         "WHERE snapshot_date = ?", [day]).fetchall()[0][0]
+        expected["accounts"] = conn.execute("SELECT count(*) FILTER (WHERE is_pql) FROM pql_account_scores "
+                                            "WHERE snapshot_date = ?", [day]).fetchall()[0][0]
+    scored = bool(expected) and conn.execute("SELECT count(*) FROM pql_scores WHERE snapshot_date = ?",
+                                             [day]).fetchall()[0][0] > 0
+    if scored and shown != expected:
+        problems.append(f"the page shows PQLs {shown}, the warehouse holds {expected}")
+    if not scored and shown:
+        problems.append(f"the page shows PQLs {shown} for a day without scores")
+    return {"problems": problems, "charts": len(images), "shown": shown, "expected": expected if scored else {}}

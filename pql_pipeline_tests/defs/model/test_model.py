@@ -227,6 +227,9 @@ def test_the_ui_metadata_and_the_pql_report_show_charts(trained):
                  "product-led teams expect", "Drift report of", "quarantined on"):
         assert text in html, text
     assert meta["model_version"].value == champ["version"]
+    check = p.instance.get_latest_asset_check_evaluation_record(
+        dg.AssetCheckKey(dg.AssetKey("pql_report"), "report_matches_scores")).event.dagster_event.event_specific_data
+    assert check.passed and check.metadata["charts_in_page"].value == 7
 
 
 @pytest.mark.slow

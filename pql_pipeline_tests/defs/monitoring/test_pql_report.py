@@ -72,3 +72,19 @@ def test_an_older_day_does_not_replace_the_current_report(conn, settings):
     path, data = write_report(conn, settings, DAY - dt.timedelta(days=1))
     assert not data["is_current"] and "acc_old" in path.read_text(encoding="utf-8")
     assert report_path(settings).read_text(encoding="utf-8") == current and "acc_old" not in current
+
+
+def test_the_written_page_is_checked_against_the_warehouse(conn, settings):
+    from pql_pipeline.defs.monitoring.pql_report import verify_report
+
+    scores(conn, DAY)
+    path, _ = write_report(conn, settings, DAY)
+    found = verify_report(conn, path, DAY)
+    assert found["problems"] == [] and found["shown"] == found["expected"] == {"users": 1, "accounts": 1}
+    assert found["charts"] == 2
+    # a page that drifted from the warehouse (here: edited) is reported, naming both counts
+    html = path.read_text(encoding="utf-8")
+    path.write_text(html.replace('<div class="v">1</div><div class="l">PQL accounts',
+                                 '<div class="v">7</div><div class="l">PQL accounts'), encoding="utf-8")
+    assert verify_report(conn, path, DAY)["problems"] == [
+        "the page shows PQLs {'accounts': 7, 'users': 1}, the warehouse holds {'users': 1, 'accounts': 1}"]
