@@ -13,6 +13,7 @@ from pql_pipeline.defs.features.labels import compute_labels
 from pql_pipeline.defs.features.milestones import MILESTONE_COLUMNS, discover, proposed_rule
 from pql_pipeline.defs.features.specs import (
     FEATURES_LOGIC_VERSION,
+    column_lineage,
     feature_contract,
     feature_spec,
     label_spec,
@@ -52,6 +53,7 @@ def build_feature_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
     mc = contract("activation_milestones")
     lspec = label_spec(settings)
     code_version = f"{FEATURES_LOGIC_VERSION}-{sigs.definition_hash}"
+    lineage = column_lineage(settings)
     kinds = {"duckdb", "spark"} if settings.features.engine == "spark" else {"duckdb"}
 
     @dg.multi_asset(
@@ -110,7 +112,8 @@ def build_feature_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
                 [{"snapshot": d, "users": n, "paying": p} for d, n, p in per_day[-31:]])),
         })
         yield dg.MaterializeResult(asset_key="account_features", metadata={
-            "dagster/row_count": run.account_rows, **common, "account_signals": len(sigs.account_signals)})
+            "dagster/row_count": run.account_rows, **common, "account_signals": len(sigs.account_signals),
+            "dagster/column_lineage": lineage["account_features"]})
 
     @dg.asset(
         name="conversion_labels",
@@ -167,7 +170,8 @@ def build_feature_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
             yield dg.MaterializeResult(asset_key=key, metadata={
                 "dagster/row_count": o["rows"], "positives": o["positives"], "snapshots": o["snapshots"],
                 "base_rate": dg.MetadataValue.float(round(o["positives"] / o["rows"], 4) if o["rows"] else 0.0),
-                "snapshot_every_days": t.snapshot_every_days, "lookback_days": t.lookback_days})
+                "snapshot_every_days": t.snapshot_every_days, "lookback_days": t.lookback_days,
+                "dagster/column_lineage": lineage[key]})
 
     @dg.asset(
         name="activation_milestones",

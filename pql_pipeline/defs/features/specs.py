@@ -8,7 +8,7 @@ from functools import lru_cache
 from pql_pipeline.defs.features.features import FeatureSpec
 from pql_pipeline.defs.features.labels import LabelSpec
 from pql_pipeline.defs.features.milestones import MilestoneSpec
-from pql_pipeline.defs.features.signals import Signal, SignalSet, load_signals
+from pql_pipeline.defs.features.signals import Signal, SignalSet, load_signals, rollup_column
 from pql_pipeline.lib.contracts import Contract, load_contract, with_columns
 from pql_pipeline.settings import Settings, contracts_dir
 
@@ -97,3 +97,26 @@ def training_contract(settings: Settings) -> Contract:
             col["required"] = False
         acct_own.append(col)
     return with_columns(c, "account_training_set", acct_own, before="max_event_ts")
+
+
+def column_lineage(settings: Settings) -> dict:
+    """Column lineage of the derived feature tables, from the signal definitions: an account
+    rollup column comes from its user signal; a training-set column from the user or (acct_)
+    account feature of the same name and the label from conversion_labels."""
+    import dagster as dg
+
+    sigs = signal_set(settings)
+    user_cols = [n for n, _, _ in sigs.user_columns()]
+    acct_cols = [n for n, _, _ in sigs.account_columns()]
+
+    def dep(asset: str, column: str) -> list:
+        return [dg.TableColumnDep(asset_key=dg.AssetKey(asset), column_name=column)]
+
+    rollups = {rollup_column(r, s.name): dep("user_features", s.name) for s in sigs.signals for r in s.rollups}
+    label = {"label": dep("conversion_labels", "label")}
+    training = {**{c: dep("user_features", c) for c in user_cols},
+                **{f"acct_{c}": dep("account_features", c) for c in acct_cols}, **label}
+    account_training = {**{c: dep("account_features", c) for c in acct_cols}, **label}
+    return {"account_features": dg.TableColumnLineage(deps_by_column=rollups),
+            "training_set": dg.TableColumnLineage(deps_by_column=training),
+            "account_training_set": dg.TableColumnLineage(deps_by_column=account_training)}

@@ -58,6 +58,32 @@ def test_the_whole_graph_materializes_and_every_feature_check_passes(built):
 
 
 @pytest.mark.slow
+def test_derived_feature_tables_carry_column_lineage(built):
+    """The UI's column lineage: account rollups from their user signal, training columns from
+    the user or account feature of the same name, the label from conversion_labels; every
+    column named exists in both tables."""
+    p, result, _, _ = built
+    mats = {e.asset_key.to_user_string(): e.metadata for e in
+            (ev.event_specific_data.materialization for ev in result.get_asset_materialization_events())}
+    tables = {t: {c for (c,) in p.query(f"SELECT column_name FROM information_schema.columns "
+                                        f"WHERE table_name = '{t}'")}
+              for t in ("user_features", "account_features", "conversion_labels", "training_set",
+                        "account_training_set")}
+    for asset in ("account_features", "training_set", "account_training_set"):
+        lineage = mats[asset]["dagster/column_lineage"].value.deps_by_column
+        assert lineage
+        for column, deps in lineage.items():
+            assert column in tables[asset], (asset, column)
+            for d in deps:
+                assert d.column_name in tables[d.asset_key.to_user_string()], (asset, column, d)
+    acct = mats["account_features"]["dagster/column_lineage"].value.deps_by_column
+    assert [d.column_name for d in acct["avg_avg_session_seconds_30d"]] == ["avg_session_seconds_30d"]
+    train = mats["training_set"]["dagster/column_lineage"].value.deps_by_column
+    assert train["acct_best_onboarding_steps"][0].asset_key == dg.AssetKey("account_features")
+    assert train["label"][0].asset_key == dg.AssetKey("conversion_labels")
+
+
+@pytest.mark.slow
 def test_labels_follow_the_ground_truth(built):
     p, _, _, root = built
     converted_at = {u["user_id"]: u["converted_at"] for u in truth_users(root) if u["converted"] == "1"}
