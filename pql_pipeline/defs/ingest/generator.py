@@ -1070,8 +1070,9 @@ class _Emitter:
         with open(gt / "dirty_lines.csv", "w", newline="", encoding="utf-8") as fh:
             self.dirty_csv = csv.writer(fh, lineterminator="\n")
             self.dirty_csv.writerow(["file", "line_no", "kind", "original_message_id"])
+            # on a terminal only (disable=None): logs and CI output get no bar
             for day in tqdm(range(cfg.days), desc="generating events", unit="day", file=sys.stderr,
-                            disable=not progress):
+                            disable=None if progress else True):
                 seed = int(np.random.SeedSequence(cfg.seed, spawn_key=(4, day)).generate_state(1, np.uint64)[0])
                 rng = random.Random(seed)
                 items = self.pending.pop(day, [])
