@@ -52,7 +52,7 @@ run: install dagster-home
 
 ## Run the test suite (slow end-to-end tests included).
 test: install install-spark install-browser
-	@set +e; $(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS); rc=$$?; \
+	@set +e; $(BIN)/python -m pytest -n 2 --dist loadfile --durations=15 $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi; exit $$rc
 
 ## Start the Dagster UI on http://127.0.0.1:3000
