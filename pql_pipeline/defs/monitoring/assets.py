@@ -10,7 +10,7 @@ from pql_pipeline.defs.model import registry as R
 from pql_pipeline.defs.model.training import prepare
 from pql_pipeline.defs.monitoring import report as M
 from pql_pipeline.defs.monitoring.drift import Thresholds, is_incident
-from pql_pipeline.defs.monitoring.pql_report import report_path, verify_report, write_report
+from pql_pipeline.defs.monitoring.pql_report import report_path, template_version, verify_report, write_report
 from pql_pipeline.defs.scoring.assets import candidates_sql
 from pql_pipeline.lib.charts import chart_md, drift_chart
 from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table
@@ -334,7 +334,8 @@ def build_monitoring_assets(settings: Settings, daily: dg.PartitionsDefinition) 
         name="pql_report",
         deps=["pql_scores", "pql_account_scores", "pql_history", "conversion_model", "pql_performance"],
         partitions_def=daily, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP,
-        kinds={"duckdb", "html"}, owners=OWNERS, tags=TAGS, pool=POOL, code_version=MONITORING_LOGIC_VERSION,
+        kinds={"duckdb", "html"}, owners=OWNERS, tags=TAGS, pool=POOL,
+        code_version=f"{MONITORING_LOGIC_VERSION}-{template_version()}",
         check_specs=[dg.AssetCheckSpec(
             REPORT_CHECK, asset="pql_report",
             description="The written page read back: its PQL accounts and users match pql_account_scores and "

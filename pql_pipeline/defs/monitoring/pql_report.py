@@ -265,6 +265,14 @@ def _health(conn, settings: Settings, day: dt.date, problems: list[str]) -> dict
     return out
 
 
+def template_version() -> str:
+    """A short hash of the page template: part of pql_report's code version, so editing the
+    page marks the report stale in the UI."""
+    import hashlib
+
+    return hashlib.sha256((Path(__file__).parent / "templates" / "pql_report.html.j2").read_bytes()).hexdigest()[:8]
+
+
 def render(data: dict) -> str:
     import jinja2
 
