@@ -189,15 +189,25 @@ def md_image(png: bytes, alt: str) -> str:
     return f"![{alt}]({data_uri(png)})"
 
 
+def draw_safely(draw: Callable[[], bytes]) -> tuple[bytes | None, str | None]:
+    """(png, None), or (None, the error as "Type: message"): a chart must never fail the data
+    it illustrates, in the metadata or in the report."""
+    try:
+        return draw(), None
+    except Exception as e:  # noqa: BLE001 - see above
+        return None, f"{type(e).__name__}: {e}"
+
+
 def chart_md(draw: Callable[[], bytes], alt: str, table: str | None = None, log=None) -> str:
     """Markdown for a metadata entry: the chart, then (optionally) the same numbers as a
     table. A drawing error becomes a sentence in the entry (and a warning in ``log``)."""
-    try:
-        image = md_image(draw(), alt)
-    except Exception as e:  # noqa: BLE001 - a chart must not fail the data it illustrates
+    png, error = draw_safely(draw)
+    if png is not None:
+        image = md_image(png, alt)
+    else:
         if log is not None:
-            log.warning(f"chart '{alt}' could not be drawn: {type(e).__name__}: {e}")
-        image = f"_chart '{alt}' could not be drawn ({type(e).__name__}: {e}); the numbers are below._"
+            log.warning(f"chart '{alt}' could not be drawn: {error}")
+        image = f"_chart '{alt}' could not be drawn ({error}); the numbers are below._"
     return image if table is None else f"{image}\n\n{table}"
 
 

@@ -366,7 +366,7 @@ def build_monitoring_assets(settings: Settings, daily: dg.PartitionsDefinition) 
             "model_version": (data.get("model") or {}).get("version", "none"),
             "backtest": (data.get("lift_verdict") or {}).get("text", "no backtest yet"),
             "drift": (data.get("drift") or {}).get("worst", "no drift report for the day"),
-            "charts": sum(1 for c in _report_charts(data) if c.get("src")),
+            "charts": found["charts"],
         }, check_results=[dg.AssetCheckResult(
             check_name=REPORT_CHECK, passed=not found["problems"], severity=dg.AssetCheckSeverity.WARN,
             metadata={"problems": "; ".join(found["problems"]) or "none", "charts_in_page": found["charts"],
@@ -374,14 +374,6 @@ def build_monitoring_assets(settings: Settings, daily: dg.PartitionsDefinition) 
                       "pqls_in_warehouse": dg.MetadataValue.json(found["expected"])})])
 
     return [drift_report, pql_report]
-
-
-def _report_charts(data: dict) -> list[dict]:
-    model = data.get("model") or {}
-    drift = data.get("drift") or {}
-    return [c for c in (data.get("pqls_chart"), data.get("distribution_chart"), data.get("lift_chart"),
-                        model.get("decile_chart"), model.get("calibration_chart"), data.get("quarantine_chart"),
-                        drift.get("chart")) if c]
 
 
 def waiting_hours(conn, destination: str, now: dt.datetime) -> dict | None:

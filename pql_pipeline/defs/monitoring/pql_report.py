@@ -30,7 +30,6 @@ import os
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from pql_pipeline.defs.model import performance as P
 from pql_pipeline.defs.model import registry as R
@@ -62,11 +61,11 @@ def _records(df: pd.DataFrame) -> list[dict]:
 
 def _chart(draw, alt: str, problems: list[str]) -> dict:
     """A chart for the template: its data URI, or the sentence saying why it is missing."""
-    try:
-        return {"alt": alt, "src": C.data_uri(draw())}
-    except Exception as e:  # noqa: BLE001 - a chart must not cost the report its numbers
-        problems.append(f"chart '{alt}' could not be drawn: {type(e).__name__}: {e}")
-        return {"alt": alt, "error": f"{type(e).__name__}: {e}"}
+    png, error = C.draw_safely(draw)
+    if png is not None:
+        return {"alt": alt, "src": C.data_uri(png)}
+    problems.append(f"chart '{alt}' could not be drawn: {error}")
+    return {"alt": alt, "error": error}
 
 
 def newest_scored_day(conn) -> dt.date | None:
@@ -155,12 +154,9 @@ def _pqls(conn, day: dt.date, tiers_config: dict[str, float], problems: list[str
 
 
 def _definition(conn, settings: Settings) -> dict:
-    from pql_pipeline.defs.features.assets import proposed_rule_path
+    from pql_pipeline.defs.model.assets import load_proposed_rule
 
-    path = proposed_rule_path(settings)
-    proposed = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("proposed_pql_rule") \
-        if path.exists() else None
-    return {"proposed_rule": proposed, "classic_rule": dict(settings.model.classic_rule or {})}
+    return {"proposed_rule": load_proposed_rule(settings), "classic_rule": dict(settings.model.classic_rule or {})}
 
 
 def _model_card(conn, settings: Settings, problems: list[str]) -> dict:
