@@ -205,7 +205,8 @@ def test_a_chart_in_the_metadata_renders_in_the_ui(ui, browser):
     wait_for_text(browser, ["quarantine_rate_per_day"], timeout=90)
     link = browser.find_element("xpath", "//*[normalize-space(text())='quarantine_rate_per_day']"
                                          "/following::*[contains(normalize-space(text()), 'Show Markdown')][1]")
-    link.click()
+    # a click dispatched on the link itself: a toast or tooltip may lie over it (click intercepted)
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", link)
     deadline = time.monotonic() + 30
     while not (images := loaded_images(browser, 'img[src^="data:image/png"]')):
         assert time.monotonic() < deadline, browser.find_element("tag name", "body").text[:2000]
