@@ -20,7 +20,8 @@ For a batch of snapshot days the computation is:
    User features are those rows for recently active users plus distinct values, first
    occurrences and traits; account features roll the users up through the account
    memberships valid at the snapshot and add firmographic traits from the group calls
-   known by the snapshot.
+   known by the snapshot. ``fx_user_traits`` and ``fx_account_traits`` hold the latest
+   trait values per key and snapshot.
 
 All SQL is generated in the DuckDB dialect and passed through SQLGlot (``lib.engine``),
 so the same definitions can be written out for Spark. Days are UTC days: the engine
@@ -289,19 +290,48 @@ def traits_sql(source: str = "fx_events") -> str:
             f"FROM {source} WHERE event_type IN ('identify', 'group')")
 
 
-def traits_latest_sql(traits: list[Signal], call: str, key: str, spine: str) -> str:
-    """Per ``key`` and snapshot of ``spine``: the latest value of each trait sent by ``call``
-    calls (identify / group) known by the snapshot; a call without the trait leaves the
-    earlier value in place. Ties on the timestamp go to the larger message id."""
-    cols = []
+def user_traits(spec: FeatureSpec) -> list[Signal]:
+    return [s for s in spec.signals.signals if s.kind == "trait"]
+
+
+def account_traits(spec: FeatureSpec) -> list[Signal]:
+    """The account trait signals, plus the plan that tells paying accounts (``paid_plans``)."""
+    traits = [s for s in spec.signals.account_signals if s.kind == "trait"]
+    if spec.paid_plans:
+        traits.append(Signal(name="plan_for_paying", kind="trait", property="plan", type="string"))
+    return traits
+
+
+def trait_columns(traits: list[Signal]) -> list[str]:
+    """Per trait: its latest value (tv_), and the time (tt_) and message id (ti_) of the call
+    that sent it, which order it against later calls."""
+    return [f"{p}_{s.name}" for s in traits for p in ("tv", "tt", "ti")]
+
+
+def traits_state_sql(traits: list[Signal], call: str, key: str, rows: str = "fx_traits",
+                     snapshots: str = "fx_snapshots", only: str | None = None) -> str:
+    """Per ``key`` and snapshot, for every key with a ``call`` call (identify / group) known
+    by the snapshot: the latest value of each trait (``trait_columns``); a call without the
+    trait leaves the earlier value in place, and ties on the timestamp go to the larger
+    message id. ``rows``: the calls (shaped like fx_traits); ``only``: a SELECT of the keys
+    to compute."""
+    if not traits:
+        return (f"SELECT CAST(NULL AS VARCHAR) AS {key}, CAST(NULL AS DATE) AS snapshot_date WHERE FALSE")
+    aggs, outs = [], []
     for s in traits:
         value = prop(s.prop, "t.traits")
-        cols.append(f"ARG_MAX({value}, STRUCT_PACK(ts := t.event_ts, id := t.message_id)) "
-                    f"FILTER (WHERE {value} IS NOT NULL) AS {q('tv_' + s.name)}")
-    return (f"SELECT sp.{key}, sp.snapshot_date, {', '.join(cols)} "
-            f"FROM fx_traits AS t JOIN (SELECT DISTINCT {key}, snapshot_date FROM {spine}) AS sp "
-            f"ON t.{key} = sp.{key} AND {visible('t', 'sp.snapshot_date')} "
-            f"WHERE t.event_type = {sql_literal(call)} GROUP BY sp.{key}, sp.snapshot_date")
+        x = q("x_" + s.name)
+        aggs.append(f"ARG_MAX(STRUCT_PACK(v := {value}, ts := t.event_ts, id := t.message_id), "
+                    f"STRUCT_PACK(ts := t.event_ts, id := t.message_id)) FILTER (WHERE {value} IS NOT NULL) AS {x}")
+        outs += [f"x.{x}.v AS {q('tv_' + s.name)}", f"x.{x}.ts AS {q('tt_' + s.name)}",
+                 f"x.{x}.id AS {q('ti_' + s.name)}"]
+    where = f"t.event_type = {sql_literal(call)} AND t.{key} IS NOT NULL"
+    if only:
+        where += f" AND t.{key} IN ({only})"
+    return (f"SELECT x.{key}, x.snapshot_date, {', '.join(outs)} FROM ("
+            f"SELECT t.{key}, s.snapshot_date, {', '.join(aggs)} FROM {rows} AS t "
+            f"JOIN {snapshots} AS s ON {visible('t', 's.snapshot_date')} WHERE {where} "
+            f"GROUP BY t.{key}, s.snapshot_date) AS x")
 
 
 @dataclass(frozen=True)
@@ -414,7 +444,7 @@ GROUP BY user_id, snapshot_date"""
 
 def user_agg_signup_sql(spec: FeatureSpec, agg0: str = "fx_user_agg0", day_rows: str = "fx_user_day",
                         value_rows: str = "fx_user_values", bitmap: frozenset[str] = frozenset(),
-                        since: dt.date | None = None) -> str:
+                        since: dt.date | None = None, snapshots: str | None = None) -> str:
     """``agg0`` (``user_agg_sql``'s rows, which give the signup day) with the signup-window
     sums, the active days (distinct days, any window) and the distinct values of every user
     of ``agg0``: the complete state of fx_user_agg."""
@@ -446,20 +476,22 @@ def user_agg_signup_sql(spec: FeatureSpec, agg0: str = "fx_user_agg0", day_rows:
                    f"WHERE since_signup >= 0 AND since_signup < {longest} GROUP BY user_id, snapshot_date",
              [c.name for c in signup_cols])
     if distinct:
-        join("dv", distinct_values_sql(distinct, "user_id", agg0, value_rows, bitmap, since=since),
+        join("dv", distinct_values_sql(distinct, "user_id", agg0, value_rows, bitmap, since=since,
+                                            snapshots=snapshots),
              [item_column(s) for s in distinct])
     return f"SELECT {', '.join(cols)} FROM {agg0} AS g {' '.join(parts)}"
 
 
 def distinct_values_sql(signals: list[Signal], key: str, groups: str, value_rows: str = "fx_user_values",
                         bitmap: frozenset[str] = frozenset(), masks: str = "fx_user_masks",
-                        since: dt.date | None = None) -> str:
+                        since: dt.date | None = None, snapshots: str | None = None) -> str:
     """Distinct values of distinct-count signals per ``key`` and snapshot over the users of
     ``groups`` (user rows: one user each; members: every member of an account) within each
     signal's window: one column dv_<signal> per signal. Sources in ``bitmap`` are counted
     from ``masks`` (the bits of the values seen per user and day) instead of their values.
     ``since``: the earliest snapshot of ``groups``, so that rows older than every window are
-    skipped by the scan."""
+    skipped by the scan. ``snapshots``: the relation of ``groups``' snapshot days; with it,
+    masks outside signup windows are OR-ed per user first, then across the key's users."""
     parts = []
     for s in signals:
         w = window_condition(s, age="DATE_DIFF('day', v.day, g.snapshot_date)",
@@ -467,6 +499,21 @@ def distinct_values_sql(signals: list[Signal], key: str, groups: str, value_rows
         if since and s.window_days:
             w += f" AND v.day > CAST({sql_literal((since - dt.timedelta(days=s.window_days)).isoformat())} AS DATE)"
         src, name = sql_literal(value_source(s)), sql_literal(s.name)
+        if value_source(s) in bitmap and snapshots and not s.within_days_of_signup:
+            # each user's masks in the window are OR-ed first, from the snapshots alone (no
+            # join with the groups' rows, which are many), then across the key's users
+            uw = window_condition(s, age="DATE_DIFF('day', v.day, s.snapshot_date)")
+            if since and s.window_days:
+                uw += (f" AND v.day > "
+                       f"CAST({sql_literal((since - dt.timedelta(days=s.window_days)).isoformat())} AS DATE)")
+            parts.append(
+                f"SELECT g.{key}, g.snapshot_date, {name} AS sig, CAST(BIT_COUNT(BIT_OR(um.mask)) AS BIGINT) AS n "
+                f"FROM (SELECT v.user_id, s.snapshot_date, BIT_OR(v.mask) AS mask FROM {masks} AS v "
+                f"JOIN {snapshots} AS s ON {visible('v', 's.snapshot_date')} WHERE v.signal = {src} AND {uw} "
+                f"GROUP BY v.user_id, s.snapshot_date) AS um "
+                f"JOIN {groups} AS g ON um.user_id = g.user_id AND um.snapshot_date = g.snapshot_date "
+                f"GROUP BY g.{key}, g.snapshot_date")
+            continue
         if value_source(s) in bitmap:
             parts.append(
                 f"SELECT g.{key}, g.snapshot_date, {name} AS sig, CAST(BIT_COUNT(BIT_OR(v.mask)) AS BIGINT) AS n "
@@ -495,17 +542,18 @@ def members_sql(src: Sources = WAREHOUSE, snapshots: str = "fx_snapshots") -> st
 
 
 def account_values_sql(spec: FeatureSpec, members: str = "fx_members", value_rows: str = "fx_user_values",
-                       bitmap: frozenset[str] = frozenset(), since: dt.date | None = None) -> str:
+                       bitmap: frozenset[str] = frozenset(), since: dt.date | None = None,
+                       snapshots: str | None = None) -> str:
     """Distinct values across the members of each account (account distinct-count signals)."""
     distinct = [s for s in spec.signals.account_signals if s.kind == "distinct_count"]
     if not distinct:
         return "SELECT CAST(NULL AS VARCHAR) AS account_id, CAST(NULL AS DATE) AS snapshot_date WHERE FALSE"
-    return distinct_values_sql(distinct, "account_id", members, value_rows, bitmap, since=since)
+    return distinct_values_sql(distinct, "account_id", members, value_rows, bitmap, since=since, snapshots=snapshots)
 
 
 def user_features_sql(spec: FeatureSpec) -> str:
     """One row per (user, snapshot) for the users active within ``active_within_days`` of
-    the snapshot, from fx_user_agg, fx_user_firsts, fx_traits and fx_members."""
+    the snapshot, from fx_user_agg, fx_user_firsts, fx_user_traits and fx_members."""
     sigs = spec.signals
     select_cols, joins = [], []
     traits = [s for s in sigs.signals if s.kind == "trait"]
@@ -528,8 +576,7 @@ def user_features_sql(spec: FeatureSpec) -> str:
         else:
             select_cols.append(f"{finish_expr(s)} AS {q(col)}")
     if traits:
-        joins.append(f"LEFT JOIN ({traits_latest_sql(traits, 'identify', 'user_id', 'spine')}) AS tv "
-                     "ON tv.user_id = a.user_id AND tv.snapshot_date = a.snapshot_date")
+        joins.append("LEFT JOIN fx_user_traits AS tv ON tv.user_id = a.user_id AND tv.snapshot_date = a.snapshot_date")
     joins.append("LEFT JOIN fx_members AS mem ON mem.user_id = a.user_id AND mem.snapshot_date = a.snapshot_date")
     return f"""
 WITH a AS (SELECT * FROM fx_user_agg WHERE last_active_day > snapshot_date - {spec.active_within_days}),
@@ -559,7 +606,8 @@ def _rollup_expr(rollup: str, col: str, dtype: str) -> str:
 def account_features_sql(spec: FeatureSpec) -> str:
     """One row per (account, snapshot) for accounts with at least one user row in
     fx_user_features; member activity comes from fx_user_agg (every member with a row),
-    memberships from fx_members and distinct values across members from fx_account_values."""
+    memberships from fx_members, distinct values across members from fx_account_values and
+    firmographic traits from fx_account_traits."""
     sigs = spec.signals
     rolled = []
     for s in sigs.signals:
@@ -594,14 +642,14 @@ def account_features_sql(spec: FeatureSpec) -> str:
             select_cols.append(f"{_typed('tv.' + q('tv_' + s.name), s)} AS {q(col)}")
     paid = ""
     if spec.paid_plans:
-        traits = [*traits, Signal(name="plan_for_paying", kind="trait", property="plan", type="string")]
+        traits = account_traits(spec)
         paid = (f" OR COALESCE(tv.{q('tv_plan_for_paying')} IN "
                 f"({', '.join(sql_literal(p) for p in spec.paid_plans)}), FALSE)")
     if distinct:
         joins.append("LEFT JOIN fx_account_values AS dv "
                      "ON dv.account_id = sp.account_id AND dv.snapshot_date = sp.snapshot_date")
     if traits:
-        joins.append(f"LEFT JOIN ({traits_latest_sql(traits, 'group', 'account_id', 'sp')}) AS tv "
+        joins.append("LEFT JOIN fx_account_traits AS tv "
                      "ON tv.account_id = sp.account_id AND tv.snapshot_date = sp.snapshot_date")
     return f"""
 WITH members AS (SELECT * FROM fx_members),
@@ -780,9 +828,13 @@ def build_feature_temps(eng: DuckDBEngine, spec: FeatureSpec, days: list[dt.date
         state.drop_temps(eng)
     else:
         eng.temp("fx_user_agg0", user_agg_sql(spec))
-        eng.temp("fx_user_agg", user_agg_signup_sql(spec, bitmap=bitmap, since=min(days)))
+        eng.temp("fx_user_agg", user_agg_signup_sql(spec, bitmap=bitmap, since=min(days),
+                                                          snapshots="fx_snapshots"))
         eng.drop("fx_user_agg0")
-        eng.temp("fx_account_values", account_values_sql(spec, bitmap=bitmap, since=min(days)))
+        eng.temp("fx_account_values", account_values_sql(spec, bitmap=bitmap, since=min(days),
+                                                              snapshots="fx_snapshots"))
+        eng.temp("fx_user_traits", traits_state_sql(user_traits(spec), "identify", "user_id"))
+        eng.temp("fx_account_traits", traits_state_sql(account_traits(spec), "group", "account_id"))
     if fingerprints:
         state.save(eng, spec, fingerprints)
     eng.temp("fx_user_features", user_features_sql(spec))
@@ -791,6 +843,7 @@ def build_feature_temps(eng: DuckDBEngine, spec: FeatureSpec, days: list[dt.date
 
 
 TEMPS = ("fx_user_features", "fx_account_features", "fx_user_agg", "fx_user_agg0", "fx_members", "fx_account_values",
+         "fx_user_traits", "fx_account_traits",
          "fx_user_masks", "fx_user_masks_raw",
          "fx_user_day", "fx_user_values", "fx_user_firsts", "fx_traits", "fx_user_day_raw", "fx_user_values_raw",
          "fx_user_firsts_raw", "fx_traits_raw", "fx_events", "fx_links", "fx_cached", "fx_snapshots")

@@ -3,10 +3,13 @@
 A daily run computes the features of day S. Computing them from the whole history reads
 every cached day row of every user; but if the aggregates of day T = S - 1
 (``fx_user_agg``: window sums, last days, active days, distinct values, per user; distinct
-values across members, per account) were kept, the rows that make S differ from T are few:
+values across members, per account; the latest identify and group traits, with the time
+and message id of the call that sent each) were kept, the rows that make S differ from T
+are few:
 
 - rows known at S but not at T (``day = S`` or ``avail_day = S``: the new partition, late
-  events, identity links that arrived on S) are added;
+  events, identity links that arrived on S) are added; a trait call among them replaces
+  the kept value if it is later;
 - rows that leave a window as the snapshot moves on a day (``day = S - window``) are taken
   out of window sums; a distinct value or an active day leaves a distinct count only if
   it was not also seen later within the window;
@@ -30,14 +33,19 @@ import hashlib
 
 from pql_pipeline.defs.features.features import (
     FeatureSpec,
+    Signal,
+    account_traits,
     account_values_sql,
     distinct_items,
     distinct_values_sql,
     item_column,
     q,
     state_columns,
+    trait_columns,
+    traits_state_sql,
     user_agg_signup_sql,
     user_agg_sql,
+    user_traits,
     value_source,
     visible,
 )
@@ -46,13 +54,19 @@ from pql_pipeline.lib.warehouse import table_exists
 
 STATE_USERS = "feature_state_users"
 STATE_ACCOUNTS = "feature_state_accounts"
+STATE_USER_TRAITS = "feature_state_user_traits"
+STATE_ACCOUNT_TRAITS = "feature_state_account_traits"
 STATE_SNAPSHOTS = "feature_state_snapshots"
-STATE_FORMAT = "2"  # bump when what a state holds changes
+STATE_FORMAT = "3"  # bump when what a state holds changes
+# what a state holds: the kept table and the temp table of a run it is saved from
+STATE_TABLES = ((STATE_USERS, "fx_user_agg"), (STATE_ACCOUNTS, "fx_account_values"),
+                (STATE_USER_TRAITS, "fx_user_traits"), (STATE_ACCOUNT_TRAITS, "fx_account_traits"))
 KEEP = 2  # most recent snapshot days whose state is kept
 ACTIVE = "__active_day"  # the value source of active days: the day itself
 TEMPS = ("fx_state", "fx_state_accounts", "fx_delta", "fx_delta_agg", "fx_drop_agg", "fx_hard", "fx_hard_accounts",
          "fx_item_rows", "fx_item_delta", "fx_cand", "fx_item_chg", "fx_acct_cand", "fx_acct_chg", "fx_h_user_day",
-         "fx_h_user_values", "fx_h_agg0", "fx_h_user_agg", "fx_h_members", "fx_snap_one", "fx_user_agg_m", "fx_bdv")
+         "fx_h_user_values", "fx_h_agg0", "fx_h_user_agg", "fx_h_members", "fx_snap_one", "fx_bdv",
+         "fx_trait_delta")
 
 
 def state_hash(spec: FeatureSpec) -> str:
@@ -175,6 +189,40 @@ SELECT k, {pivot} FROM (
 GROUP BY k""")
 
 
+def _advance_traits(eng: DuckDBEngine, traits: list[Signal], call: str, key: str, table: str, out: str,
+                    day: dt.date, hard: str | None) -> None:
+    """``out``: the latest traits per ``key`` at S = ``day``, from the saved ones of T and the
+    ``call`` calls that became known at S; keys of ``hard`` (a SELECT of the keys that lost
+    calls known at T) are computed from all their calls. An account never loses a call (a
+    re-attributed call stays with the account it named), so accounts have no hard keys."""
+    S, T = _date(day), _date(day - dt.timedelta(days=1))
+    if not traits:
+        eng.temp(out, traits_state_sql(traits, call, key))
+        return
+    eng.temp("fx_trait_delta", traits_state_sql(
+        traits, call, key, rows=f"(SELECT * FROM fx_traits AS d WHERE d.day = {S} OR d.avail_day = {S})",
+        snapshots="fx_snap_one"))
+    cols = []
+    for s in traits:
+        tv, tt, ti = (q(f"{p}_{s.name}") for p in ("tv", "tt", "ti"))
+        newer = (f"d.{tt} IS NOT NULL AND (st.{tt} IS NULL OR d.{tt} > st.{tt} "
+                 f"OR (d.{tt} = st.{tt} AND d.{ti} > st.{ti}))")
+        cols += [f"CASE WHEN {newer} THEN d.{c} ELSE st.{c} END AS {c}" for c in (tv, tt, ti)]
+    keep = f"COALESCE(st.{key}, d.{key}) NOT IN ({hard})" if hard else "TRUE"
+    merged = (f"SELECT COALESCE(st.{key}, d.{key}) AS {key}, {S} AS snapshot_date, {', '.join(cols)} "
+              f"FROM (SELECT * FROM {table} WHERE snapshot_date = {T}) AS st "
+              f"FULL JOIN fx_trait_delta AS d ON d.{key} = st.{key} WHERE {keep}")
+    if hard:
+        names = ", ".join(q(c) for c in [key, "snapshot_date", *trait_columns(traits)])
+        merged += (f" UNION ALL SELECT {names} FROM ("
+                   f"{traits_state_sql(traits, call, key, snapshots='fx_snap_one', only=hard)}) AS h")
+    eng.temp(out, merged)
+
+
+def _count(eng: DuckDBEngine, table: str) -> int:
+    return eng.conn.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+
+
 def advance(eng: DuckDBEngine, spec: FeatureSpec, day: dt.date, memberships: str = "account_memberships",
             bitmap: frozenset[str] = frozenset()) -> dict:
     """Compute fx_user_agg and fx_account_values of ``day`` from the saved state of the day
@@ -257,26 +305,31 @@ FROM fx_user_day WHERE n_events > 0""")
     if items:
         joins.append("LEFT JOIN fx_item_chg AS ch ON ch.k = st.user_id")
     bcols = [item_column(s) for s in bitems]
-    eng.temp("fx_user_agg_m", f"""
-SELECT {', '.join(f'{exprs[n]} AS {q(n)}' for n in names if n not in bcols)}
-FROM fx_state AS st {' '.join(joins)}
-WHERE st.user_id NOT IN (SELECT user_id FROM fx_hard)""")
-    bjoin = ""
     if bitems:
-        eng.temp("fx_bdv", distinct_values_sql(bitems, "user_id", "fx_user_agg_m", bitmap=bitmap, since=day))
-        bjoin = "LEFT JOIN fx_bdv AS b ON b.user_id = m.user_id"
-    cols_m = [f"COALESCE(b.{q(n)}, 0) AS {q(n)}" if n in bcols else f"m.{q(n)}" for n in names]
+        # every kept user's distinct values of few-valued sources, from the masks of the window
+        # (a user whose signup day moves is recomputed: the kept one holds for the others)
+        kept = f"(SELECT user_id, {S} AS snapshot_date, signup_day FROM fx_state)"
+        eng.temp("fx_bdv", distinct_values_sql(bitems, "user_id", kept, bitmap=bitmap, since=day,
+                                               snapshots="fx_snap_one"))
+        exprs.update({n: f"COALESCE(b.{q(n)}, 0)" for n in bcols})
+        joins.append("LEFT JOIN fx_bdv AS b ON b.user_id = st.user_id")
     eng.temp("fx_user_agg", f"""
-SELECT {', '.join(cols_m)} FROM fx_user_agg_m AS m {bjoin}
+SELECT {', '.join(f'{exprs[n]} AS {q(n)}' for n in names)}
+FROM fx_state AS st {' '.join(joins)}
+WHERE st.user_id NOT IN (SELECT user_id FROM fx_hard)
 UNION ALL
 SELECT {', '.join(q(n) for n in names)} FROM fx_h_user_agg""")
+    counts = {"delta_rows": _count(eng, "fx_delta"), "users_recomputed": _count(eng, "fx_hard")}
+    # what the users' state was advanced from is no longer needed: its memory goes back
+    eng.drop("fx_state", "fx_delta", "fx_delta_agg", "fx_drop_agg", "fx_cand", "fx_item_chg",
+             "fx_bdv", "fx_h_agg0", "fx_h_user_agg")
 
     # accounts: recomputed if their members changed (a membership became known at S) or a
     # member's rows stopped being visible; else advanced like the users' distinct counts
     acc = _account_items(spec)
     if acc and all(value_source(s) in bitmap for s in acc):
         eng.temp("fx_hard_accounts", "SELECT CAST(NULL AS VARCHAR) AS account_id WHERE FALSE")
-        eng.temp("fx_account_values", account_values_sql(spec, bitmap=bitmap, since=day))
+        eng.temp("fx_account_values", account_values_sql(spec, bitmap=bitmap, since=day, snapshots="fx_snap_one"))
     elif acc:
         eng.temp("fx_hard_accounts", f"""
 WITH moved AS (
@@ -308,22 +361,28 @@ FROM ({account_values_sql(spec, 'fx_h_members', since=day)}) AS h""")
     else:
         eng.temp("fx_account_values", account_values_sql(spec, since=day))
 
-    def count(t: str) -> int:
-        return eng.conn.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
-    return {"delta_rows": count("fx_delta"), "users_recomputed": count("fx_hard"),
-            "accounts_recomputed": count("fx_hard_accounts") if acc else 0}
+    # a user's calls known at T stay known at S unless an identity link re-attributes them
+    # (only those users' traits are computed from their calls; new users and moved signups
+    # merge like the others)
+    lost = (f"SELECT DISTINCT user_id FROM fx_traits_raw WHERE event_type = 'identify' AND until_day = {S} "
+            f"AND day <= {T} AND avail_day <= {T}")
+    _advance_traits(eng, user_traits(spec), "identify", "user_id", STATE_USER_TRAITS, "fx_user_traits", day,
+                    hard=lost if eng.conn.execute(f"SELECT count(*) FROM ({lost}) AS l").fetchall()[0][0] else None)
+    _advance_traits(eng, account_traits(spec), "group", "account_id", STATE_ACCOUNT_TRAITS, "fx_account_traits", day,
+                    hard=None)
+
+    return {**counts, "accounts_recomputed": _count(eng, "fx_hard_accounts") if acc else 0}
 
 
 def save(eng: DuckDBEngine, spec: FeatureSpec, fingerprints: dict[dt.date, str]) -> list[dt.date]:
-    """Keep the states (fx_user_agg, fx_account_values) of those of ``fingerprints``' days that
+    """Keep the states (``STATE_TABLES``: fx_user_agg, fx_account_values and the traits) of those of ``fingerprints``' days that
     are among the ``KEEP`` most recent snapshot days with a state; returns the days saved."""
     conn = eng.conn
     h = state_hash(spec)
-    users_cols = [r[0] for r in conn.execute("DESCRIBE fx_user_agg").fetchall()]
-    acc_cols = [r[0] for r in conn.execute("DESCRIBE fx_account_values").fetchall()]
     conn.execute(f"CREATE TABLE IF NOT EXISTS {STATE_SNAPSHOTS} (snapshot_date DATE, state_hash VARCHAR, "
                  "fingerprint VARCHAR, saved_at TIMESTAMPTZ)")
-    for table, cols, tmp in ((STATE_USERS, users_cols, "fx_user_agg"), (STATE_ACCOUNTS, acc_cols, "fx_account_values")):
+    for table, tmp in STATE_TABLES:
+        cols = [r[0] for r in conn.execute(f"DESCRIBE {tmp}").fetchall()]
         if table_exists(conn, table) and [r[0] for r in conn.execute(f"DESCRIBE {table}").fetchall()] != cols:
             # other columns: the definitions changed, and no state kept is usable any more
             conn.execute(f"DROP TABLE {table}")
@@ -336,7 +395,7 @@ def save(eng: DuckDBEngine, spec: FeatureSpec, fingerprints: dict[dt.date, str])
     conn.execute("BEGIN TRANSACTION")
     try:
         gone = sorted((kept - newest) | set(save_days))
-        for table in (STATE_USERS, STATE_ACCOUNTS):
+        for table, _ in STATE_TABLES:
             conn.execute(f"DELETE FROM {table} WHERE snapshot_date NOT IN (SELECT snapshot_date FROM "
                          f"{STATE_SNAPSHOTS} WHERE state_hash = ?)", [h])
             if gone:
@@ -346,8 +405,8 @@ def save(eng: DuckDBEngine, spec: FeatureSpec, fingerprints: dict[dt.date, str])
             conn.execute(f"DELETE FROM {STATE_SNAPSHOTS} WHERE snapshot_date IN ({', '.join('?' for _ in gone)})",
                          gone)
         for d in save_days:
-            conn.execute(f"INSERT INTO {STATE_USERS} SELECT * FROM fx_user_agg WHERE snapshot_date = ?", [d])
-            conn.execute(f"INSERT INTO {STATE_ACCOUNTS} SELECT * FROM fx_account_values WHERE snapshot_date = ?", [d])
+            for table, tmp in STATE_TABLES:
+                conn.execute(f"INSERT INTO {table} SELECT * FROM {tmp} WHERE snapshot_date = ?", [d])
             conn.execute(f"INSERT INTO {STATE_SNAPSHOTS} VALUES (?, ?, ?, now())", [d, h, fingerprints[d]])
         conn.execute("COMMIT")
     except Exception:

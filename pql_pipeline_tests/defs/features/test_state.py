@@ -10,7 +10,7 @@ import pytest
 from pql_pipeline.defs.features import cache
 from pql_pipeline.defs.features.features import compute_features
 from pql_pipeline.defs.features.state import STATE_SNAPSHOTS, STATE_USERS
-from pql_pipeline_tests.defs.features.conftest import D, signals, spec, table_dump
+from pql_pipeline_tests.defs.features.conftest import D, account_rows, signals, spec, table_dump, user_rows
 from pql_pipeline_tests.defs.features.test_cache import versions
 
 DAYS = [D("2026-03-02") + dt.timedelta(days=i) for i in range(14)]
@@ -91,6 +91,18 @@ def busy(world):
     # a user who goes quiet (leaves windows, then the active set)
     w.track(day(0, "15:00"), "Project Created", user="u6")
     w.member("u6", "B", day(0, "15:01"))
+    # traits: a late identify with a newer timestamp wins when it arrives; a call without the
+    # trait leaves it; a late one with an older timestamp never wins
+    w.user_versions("u1", (day(3), {"role": "owner"}, DAYS[8]), (day(10), {"title": "cto"}))
+    w.user_versions("u2", (day(9), {"role": "lead"}), (day(4), {"role": "old"}, DAYS[12]))
+    # equal timestamps across partitions: the larger message id wins, whichever arrives first
+    w.user_versions("u5", (day(7), {"role": "tie-late-small-id"}, DAYS[8]), (day(7), {"role": "tie-first"}))
+    w.user_versions("u4", (day(6), {"role": "tie-first-small-id"}), (day(6), {"role": "tie-late"}, DAYS[7]))
+    # an anonymous identify and group call: attributed from the link's arrival (u3, day 4), the
+    # identify re-attributed to u2 on day 8; the group call stays with account A
+    w.event(day(3), None, None, type="identify", anon="anon-9", resolved=None, traits={"role": "guest"})
+    w.event(day(3, "10:30"), None, None, type="group", anon="anon-9", resolved=None, group="A",
+            traits={"plan": "trial"})
     return w
 
 
@@ -113,6 +125,15 @@ def test_daily_runs_advanced_from_state_equal_features_from_events(busy, fconn, 
     full = {t: table_dump(fconn, t) for t in daily}
     assert daily == full
     assert len(full["user_features"]) > 40
+    roles = {(r["snapshot_date"], r["user_id"]): r["role"] for r in user_rows(fconn, cols="snapshot_date, user_id, role")}
+    assert [roles.get((DAYS[i], "u1")) for i in (7, 8, 10)] == ["admin", "owner", "owner"]
+    assert [roles.get((DAYS[i], "u2")) for i in (7, 8, 9, 12)] == ["member", "guest", "lead", "lead"]
+    assert [roles.get((DAYS[i], "u3")) for i in (3, 4, 7, 8)] == ["member", "guest", "guest", "member"]
+    assert [roles.get((DAYS[i], "u5")) for i in (7, 8)] == ["tie-first", "tie-first"]
+    assert [roles.get((DAYS[i], "u4")) for i in (6, 7)] == ["tie-first-small-id", "tie-late"]
+    plans = {r["snapshot_date"]: r["plan"] for r in account_rows(fconn, cols="snapshot_date, account_id, plan")
+             if r["account_id"] == "A"}
+    assert [plans[DAYS[i]] for i in (3, 4, 5, 6, 9)] == ["free", "trial", "trial", "pro", "pro"]
     # only the newest two days keep a state
     assert fconn.execute(f"SELECT list(snapshot_date ORDER BY snapshot_date) FROM {STATE_SNAPSHOTS}"
                          ).fetchall()[0][0] == DAYS[-2:]
