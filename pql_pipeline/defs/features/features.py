@@ -256,6 +256,11 @@ def _value_sources(spec: FeatureSpec) -> dict[str, Signal]:
     return out
 
 
+def distinct_signals(spec: FeatureSpec) -> list[Signal]:
+    """The distinct-count signals of users and accounts."""
+    return [s for s in [*spec.signals.signals, *spec.signals.account_signals] if s.kind == "distinct_count"]
+
+
 def user_values_sql(spec: FeatureSpec, source: str = "fx_events") -> str | None:
     """Distinct (user, value source, value, day, availability) rows of the distinct-count
     signals; ``signal`` holds the value source (``value_source``)."""
@@ -444,7 +449,8 @@ GROUP BY user_id, snapshot_date"""
 
 def user_agg_signup_sql(spec: FeatureSpec, agg0: str = "fx_user_agg0", day_rows: str = "fx_user_day",
                         value_rows: str = "fx_user_values", bitmap: frozenset[str] = frozenset(),
-                        since: dt.date | None = None, snapshots: str | None = None) -> str:
+                        since: dt.date | None = None, window_masks: str | None = None,
+                        masks: str = "fx_user_masks") -> str:
     """``agg0`` (``user_agg_sql``'s rows, which give the signup day) with the signup-window
     sums, the active days (distinct days, any window) and the distinct values of every user
     of ``agg0``: the complete state of fx_user_agg."""
@@ -476,22 +482,52 @@ def user_agg_signup_sql(spec: FeatureSpec, agg0: str = "fx_user_agg0", day_rows:
                    f"WHERE since_signup >= 0 AND since_signup < {longest} GROUP BY user_id, snapshot_date",
              [c.name for c in signup_cols])
     if distinct:
-        join("dv", distinct_values_sql(distinct, "user_id", agg0, value_rows, bitmap, since=since,
-                                            snapshots=snapshots),
+        join("dv", distinct_values_sql(distinct, "user_id", agg0, value_rows, bitmap, masks, since=since,
+                                            window_masks=window_masks),
              [item_column(s) for s in distinct])
     return f"SELECT {', '.join(cols)} FROM {agg0} AS g {' '.join(parts)}"
 
 
+def window_mask_key(s: Signal) -> str:
+    """Names a distinct-count signal's (value source, window) in ``window_masks_sql``."""
+    return f"{value_source(s)}:{s.window_days or 0}"
+
+
+def shares_window_masks(s: Signal, bitmap: frozenset[str]) -> bool:
+    """Counted from the per-user window masks: a masked source outside signup windows."""
+    return s.kind == "distinct_count" and value_source(s) in bitmap and not s.within_days_of_signup
+
+
+def window_masks_sql(signals: list[Signal], bitmap: frozenset[str], masks: str = "fx_user_masks",
+                     snapshots: str = "fx_snapshots", since: dt.date | None = None) -> str:
+    """Per user, snapshot and (value source, window) of the masked ``signals`` (``wkey``):
+    the OR of the masks known by the snapshot within the window, so that user and account
+    distinct counts of one source and window OR the masks of the window once."""
+    parts = []
+    for key in sorted({window_mask_key(s) for s in signals if shares_window_masks(s, bitmap)}):
+        s = next(x for x in signals if window_mask_key(x) == key)
+        w = window_condition(s, age="DATE_DIFF('day', v.day, s.snapshot_date)")
+        if since and s.window_days:
+            w += f" AND v.day > CAST({sql_literal((since - dt.timedelta(days=s.window_days)).isoformat())} AS DATE)"
+        parts.append(f"SELECT v.user_id, s.snapshot_date, {sql_literal(key)} AS wkey, BIT_OR(v.mask) AS mask "
+                     f"FROM {masks} AS v JOIN {snapshots} AS s ON {visible('v', 's.snapshot_date')} "
+                     f"WHERE v.signal = {sql_literal(value_source(s))} AND {w} GROUP BY v.user_id, s.snapshot_date")
+    if not parts:
+        return ("SELECT CAST(NULL AS VARCHAR) AS user_id, CAST(NULL AS DATE) AS snapshot_date, "
+                "CAST(NULL AS VARCHAR) AS wkey, CAST(NULL AS BIGINT) AS mask WHERE FALSE")
+    return " UNION ALL ".join(parts)
+
+
 def distinct_values_sql(signals: list[Signal], key: str, groups: str, value_rows: str = "fx_user_values",
                         bitmap: frozenset[str] = frozenset(), masks: str = "fx_user_masks",
-                        since: dt.date | None = None, snapshots: str | None = None) -> str:
+                        since: dt.date | None = None, window_masks: str | None = None) -> str:
     """Distinct values of distinct-count signals per ``key`` and snapshot over the users of
     ``groups`` (user rows: one user each; members: every member of an account) within each
     signal's window: one column dv_<signal> per signal. Sources in ``bitmap`` are counted
-    from ``masks`` (the bits of the values seen per user and day) instead of their values.
-    ``since``: the earliest snapshot of ``groups``, so that rows older than every window are
-    skipped by the scan. ``snapshots``: the relation of ``groups``' snapshot days; with it,
-    masks outside signup windows are OR-ed per user first, then across the key's users."""
+    from ``masks`` (the bits of the values seen per user and day) instead of their values,
+    or, with ``window_masks`` (a relation of ``window_masks_sql``), from each user's masks
+    of the window. ``since``: the earliest snapshot of ``groups``, so that rows older than
+    every window are skipped by the scan."""
     parts = []
     for s in signals:
         w = window_condition(s, age="DATE_DIFF('day', v.day, g.snapshot_date)",
@@ -499,20 +535,12 @@ def distinct_values_sql(signals: list[Signal], key: str, groups: str, value_rows
         if since and s.window_days:
             w += f" AND v.day > CAST({sql_literal((since - dt.timedelta(days=s.window_days)).isoformat())} AS DATE)"
         src, name = sql_literal(value_source(s)), sql_literal(s.name)
-        if value_source(s) in bitmap and snapshots and not s.within_days_of_signup:
-            # each user's masks in the window are OR-ed first, from the snapshots alone (no
-            # join with the groups' rows, which are many), then across the key's users
-            uw = window_condition(s, age="DATE_DIFF('day', v.day, s.snapshot_date)")
-            if since and s.window_days:
-                uw += (f" AND v.day > "
-                       f"CAST({sql_literal((since - dt.timedelta(days=s.window_days)).isoformat())} AS DATE)")
+        if window_masks and shares_window_masks(s, bitmap):
             parts.append(
                 f"SELECT g.{key}, g.snapshot_date, {name} AS sig, CAST(BIT_COUNT(BIT_OR(um.mask)) AS BIGINT) AS n "
-                f"FROM (SELECT v.user_id, s.snapshot_date, BIT_OR(v.mask) AS mask FROM {masks} AS v "
-                f"JOIN {snapshots} AS s ON {visible('v', 's.snapshot_date')} WHERE v.signal = {src} AND {uw} "
-                f"GROUP BY v.user_id, s.snapshot_date) AS um "
+                f"FROM {window_masks} AS um "
                 f"JOIN {groups} AS g ON um.user_id = g.user_id AND um.snapshot_date = g.snapshot_date "
-                f"GROUP BY g.{key}, g.snapshot_date")
+                f"WHERE um.wkey = {sql_literal(window_mask_key(s))} GROUP BY g.{key}, g.snapshot_date")
             continue
         if value_source(s) in bitmap:
             parts.append(
@@ -543,12 +571,13 @@ def members_sql(src: Sources = WAREHOUSE, snapshots: str = "fx_snapshots") -> st
 
 def account_values_sql(spec: FeatureSpec, members: str = "fx_members", value_rows: str = "fx_user_values",
                        bitmap: frozenset[str] = frozenset(), since: dt.date | None = None,
-                       snapshots: str | None = None) -> str:
+                       window_masks: str | None = None) -> str:
     """Distinct values across the members of each account (account distinct-count signals)."""
     distinct = [s for s in spec.signals.account_signals if s.kind == "distinct_count"]
     if not distinct:
         return "SELECT CAST(NULL AS VARCHAR) AS account_id, CAST(NULL AS DATE) AS snapshot_date WHERE FALSE"
-    return distinct_values_sql(distinct, "account_id", members, value_rows, bitmap, since=since, snapshots=snapshots)
+    return distinct_values_sql(distinct, "account_id", members, value_rows, bitmap, since=since,
+                               window_masks=window_masks)
 
 
 def user_features_sql(spec: FeatureSpec) -> str:
@@ -828,11 +857,13 @@ def build_feature_temps(eng: DuckDBEngine, spec: FeatureSpec, days: list[dt.date
         state.drop_temps(eng)
     else:
         eng.temp("fx_user_agg0", user_agg_sql(spec))
+        eng.temp("fx_user_wmasks", window_masks_sql(distinct_signals(spec), bitmap, since=min(days)))
         eng.temp("fx_user_agg", user_agg_signup_sql(spec, bitmap=bitmap, since=min(days),
-                                                          snapshots="fx_snapshots"))
+                                                          window_masks="fx_user_wmasks"))
         eng.drop("fx_user_agg0")
         eng.temp("fx_account_values", account_values_sql(spec, bitmap=bitmap, since=min(days),
-                                                              snapshots="fx_snapshots"))
+                                                              window_masks="fx_user_wmasks"))
+        eng.drop("fx_user_wmasks")
         eng.temp("fx_user_traits", traits_state_sql(user_traits(spec), "identify", "user_id"))
         eng.temp("fx_account_traits", traits_state_sql(account_traits(spec), "group", "account_id"))
     if fingerprints:
@@ -843,7 +874,7 @@ def build_feature_temps(eng: DuckDBEngine, spec: FeatureSpec, days: list[dt.date
 
 
 TEMPS = ("fx_user_features", "fx_account_features", "fx_user_agg", "fx_user_agg0", "fx_members", "fx_account_values",
-         "fx_user_traits", "fx_account_traits",
+         "fx_user_traits", "fx_account_traits", "fx_user_wmasks",
          "fx_user_masks", "fx_user_masks_raw",
          "fx_user_day", "fx_user_values", "fx_user_firsts", "fx_traits", "fx_user_day_raw", "fx_user_values_raw",
          "fx_user_firsts_raw", "fx_traits_raw", "fx_events", "fx_links", "fx_cached", "fx_snapshots")

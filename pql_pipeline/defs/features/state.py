@@ -37,6 +37,7 @@ from pql_pipeline.defs.features.features import (
     account_traits,
     account_values_sql,
     distinct_items,
+    distinct_signals,
     distinct_values_sql,
     item_column,
     q,
@@ -48,6 +49,7 @@ from pql_pipeline.defs.features.features import (
     user_traits,
     value_source,
     visible,
+    window_masks_sql,
 )
 from pql_pipeline.lib.engine import DuckDBEngine, sql_literal
 from pql_pipeline.lib.warehouse import table_exists
@@ -65,7 +67,7 @@ KEEP = 2  # most recent snapshot days whose state is kept
 ACTIVE = "__active_day"  # the value source of active days: the day itself
 TEMPS = ("fx_state", "fx_state_accounts", "fx_delta", "fx_delta_agg", "fx_drop_agg", "fx_hard", "fx_hard_accounts",
          "fx_item_rows", "fx_item_delta", "fx_cand", "fx_item_chg", "fx_acct_cand", "fx_acct_chg", "fx_h_user_day",
-         "fx_h_user_values", "fx_h_agg0", "fx_h_user_agg", "fx_h_members", "fx_snap_one", "fx_bdv",
+         "fx_h_user_values", "fx_h_user_masks", "fx_h_agg0", "fx_h_user_agg", "fx_h_members", "fx_snap_one", "fx_bdv", "fx_user_wmasks",
          "fx_trait_delta")
 
 
@@ -151,31 +153,38 @@ def _changes(eng: DuckDBEngine, items, day: dt.date, out: str, keys: str, cand: 
                          f"WHERE r.src = {src} AND r.day = {drop_day} AND {visible('r', T)}")
     eng.temp(cand, f"SELECT k, item, value, BOOL_OR(in_n) AS in_n, BOOL_OR(in_d) AS in_d "
                    f"FROM ({' UNION ALL '.join(parts)}) AS x GROUP BY k, item, value")
-    # the candidates also known at T within the window S and T share: the distinct values of
-    # the candidates' keys' rows of that source and window (an active day of S was never
-    # known at T, so only late days are looked up)
+    # the candidates also known at T within the window S and T share: each candidate (key,
+    # value) looked up among the rows of that source and window known at T (an active day of
+    # S was never known at T, so only late days are looked up)
     found = []
     for s in items:
         name = sql_literal(item_column(s))
-        mine = f"SELECT k FROM {cand} WHERE item = {name}"
-        if s.kind == "active_days":
-            mine += f" AND value < CAST({S} AS VARCHAR)"
-        rows = f"SELECT * FROM fx_item_rows WHERE src = {sql_literal(_item_source(s))}"
         where = [visible("r", T)]
         if s.window_days:
             where.append(f"r.day > {_date(day - dt.timedelta(days=s.window_days))}")
+        if s.kind == "active_days":
+            # a candidate day is looked up as that day of the user's rows: the window, and a
+            # signup window, hold for it as they held for the candidate
+            found.append(
+                f"SELECT DISTINCT r.user_id AS k, {name} AS item, CAST(r.day AS VARCHAR) AS value "
+                f"FROM fx_user_day AS r JOIN (SELECT DISTINCT k, CAST(value AS DATE) AS d FROM {cand} "
+                f"WHERE item = {name} AND value < CAST({S} AS VARCHAR)) AS c ON c.k = r.user_id AND c.d = r.day "
+                f"WHERE r.n_events > 0 AND {' AND '.join(where)}")
+            continue
+        pairs = f"(SELECT DISTINCT k, value FROM {cand} WHERE item = {name}) AS c"
+        rows = f"(SELECT * FROM fx_user_values WHERE signal = {sql_literal(_item_source(s))}) AS r"
         if members:
-            found.append(f"SELECT DISTINCT m.account_id AS k, {name} AS item, r.value "
-                         f"FROM ({rows}) AS r JOIN fx_members AS m ON m.user_id = r.user_id "
-                         f"WHERE {' AND '.join(where)} AND m.account_id IN ({mine})")
+            found.append(f"SELECT DISTINCT c.k, {name} AS item, r.value FROM {rows} "
+                         f"JOIN fx_members AS m ON m.user_id = r.user_id "
+                         f"JOIN {pairs} ON c.k = m.account_id AND c.value = r.value WHERE {' AND '.join(where)}")
             continue
         join = ""
         if s.within_days_of_signup:
             join = "JOIN fx_state AS st ON st.user_id = r.user_id "
             where.append(f"DATE_DIFF('day', st.signup_day, r.day) >= 0 "
                          f"AND DATE_DIFF('day', st.signup_day, r.day) < {s.within_days_of_signup}")
-        found.append(f"SELECT DISTINCT r.user_id AS k, {name} AS item, r.value FROM ({rows}) AS r {join}"
-                     f"WHERE {' AND '.join(where)} AND r.user_id IN ({mine})")
+        found.append(f"SELECT DISTINCT c.k, {name} AS item, r.value FROM {rows} "
+                     f"JOIN {pairs} ON c.k = r.user_id AND c.value = r.value {join}WHERE {' AND '.join(where)}")
     present = " UNION ALL ".join(found)
     pivot = ", ".join(f"COALESCE(SUM(chg) FILTER (WHERE item = {sql_literal(item_column(s))}), 0) "
                       f"AS {q(item_column(s))}" for s in items)
@@ -280,11 +289,18 @@ FROM fx_user_day WHERE n_events > 0""")
                  "WHERE user_id NOT IN (SELECT user_id FROM fx_hard))", "fx_cand", members=False)
 
     # users recomputed from their rows, as the full computation does
-    eng.view("fx_h_user_day", "SELECT * FROM fx_user_day WHERE user_id IN (SELECT user_id FROM fx_hard)")
-    eng.view("fx_h_user_values", "SELECT * FROM fx_user_values WHERE user_id IN (SELECT user_id FROM fx_hard)")
+    # (their rows are read from the history once, then from these small tables)
+    hard_rows = "WHERE user_id IN (SELECT user_id FROM fx_hard)"
+    eng.temp("fx_h_user_day", f"SELECT * FROM fx_user_day {hard_rows}")
+    # (sources counted from masks are not read from their values)
+    sources = ", ".join(sql_literal(value_source(s)) for s in spec.signals.signals
+                        if s.kind == "distinct_count" and value_source(s) not in bitmap)
+    eng.temp("fx_h_user_values", f"SELECT * FROM fx_user_values {hard_rows} AND signal IN ({sources or 'NULL'})")
+    if bitmap:
+        eng.temp("fx_h_user_masks", f"SELECT * FROM fx_user_masks {hard_rows}")
     eng.temp("fx_h_agg0", user_agg_sql(spec, "fx_h_user_day", "fx_snap_one"))
     eng.temp("fx_h_user_agg", user_agg_signup_sql(spec, "fx_h_agg0", "fx_h_user_day", "fx_h_user_values",
-                                                  bitmap, since=day))
+                                                  bitmap, since=day, masks="fx_h_user_masks"))
 
     def merged(c) -> str:
         st, a = f"st.{q(c.name)}", f"a.{q(c.name)}"
@@ -305,12 +321,14 @@ FROM fx_user_day WHERE n_events > 0""")
     if items:
         joins.append("LEFT JOIN fx_item_chg AS ch ON ch.k = st.user_id")
     bcols = [item_column(s) for s in bitems]
+    # each user's masks of a window, OR-ed once for users and accounts
+    eng.temp("fx_user_wmasks", window_masks_sql(distinct_signals(spec), bitmap, snapshots="fx_snap_one", since=day))
     if bitems:
         # every kept user's distinct values of few-valued sources, from the masks of the window
         # (a user whose signup day moves is recomputed: the kept one holds for the others)
         kept = f"(SELECT user_id, {S} AS snapshot_date, signup_day FROM fx_state)"
         eng.temp("fx_bdv", distinct_values_sql(bitems, "user_id", kept, bitmap=bitmap, since=day,
-                                               snapshots="fx_snap_one"))
+                                               window_masks="fx_user_wmasks"))
         exprs.update({n: f"COALESCE(b.{q(n)}, 0)" for n in bcols})
         joins.append("LEFT JOIN fx_bdv AS b ON b.user_id = st.user_id")
     eng.temp("fx_user_agg", f"""
@@ -322,14 +340,15 @@ SELECT {', '.join(q(n) for n in names)} FROM fx_h_user_agg""")
     counts = {"delta_rows": _count(eng, "fx_delta"), "users_recomputed": _count(eng, "fx_hard")}
     # what the users' state was advanced from is no longer needed: its memory goes back
     eng.drop("fx_state", "fx_delta", "fx_delta_agg", "fx_drop_agg", "fx_cand", "fx_item_chg",
-             "fx_bdv", "fx_h_agg0", "fx_h_user_agg")
+             "fx_bdv", "fx_h_agg0", "fx_h_user_agg", "fx_h_user_day", "fx_h_user_values", "fx_h_user_masks")
 
     # accounts: recomputed if their members changed (a membership became known at S) or a
     # member's rows stopped being visible; else advanced like the users' distinct counts
     acc = _account_items(spec)
     if acc and all(value_source(s) in bitmap for s in acc):
         eng.temp("fx_hard_accounts", "SELECT CAST(NULL AS VARCHAR) AS account_id WHERE FALSE")
-        eng.temp("fx_account_values", account_values_sql(spec, bitmap=bitmap, since=day, snapshots="fx_snap_one"))
+        eng.temp("fx_account_values", account_values_sql(spec, bitmap=bitmap, since=day,
+                                                          window_masks="fx_user_wmasks"))
     elif acc:
         eng.temp("fx_hard_accounts", f"""
 WITH moved AS (
