@@ -321,7 +321,7 @@ def traits_state_sql(traits: list[Signal], call: str, key: str, rows: str = "fx_
     message id. ``rows``: the calls (shaped like fx_traits); ``only``: a SELECT of the keys
     to compute."""
     if not traits:
-        return (f"SELECT CAST(NULL AS VARCHAR) AS {key}, CAST(NULL AS DATE) AS snapshot_date WHERE FALSE")
+        return f"SELECT CAST(NULL AS VARCHAR) AS {key}, CAST(NULL AS DATE) AS snapshot_date WHERE FALSE"
     aggs, outs = [], []
     for s in traits:
         value = prop(s.prop, "t.traits")
@@ -483,7 +483,7 @@ def user_agg_signup_sql(spec: FeatureSpec, agg0: str = "fx_user_agg0", day_rows:
              [c.name for c in signup_cols])
     if distinct:
         join("dv", distinct_values_sql(distinct, "user_id", agg0, value_rows, bitmap, masks, since=since,
-                                            window_masks=window_masks),
+                                       window_masks=window_masks),
              [item_column(s) for s in distinct])
     return f"SELECT {', '.join(cols)} FROM {agg0} AS g {' '.join(parts)}"
 
@@ -859,10 +859,10 @@ def build_feature_temps(eng: DuckDBEngine, spec: FeatureSpec, days: list[dt.date
         eng.temp("fx_user_agg0", user_agg_sql(spec))
         eng.temp("fx_user_wmasks", window_masks_sql(distinct_signals(spec), bitmap, since=min(days)))
         eng.temp("fx_user_agg", user_agg_signup_sql(spec, bitmap=bitmap, since=min(days),
-                                                          window_masks="fx_user_wmasks"))
+                                                    window_masks="fx_user_wmasks"))
         eng.drop("fx_user_agg0")
         eng.temp("fx_account_values", account_values_sql(spec, bitmap=bitmap, since=min(days),
-                                                              window_masks="fx_user_wmasks"))
+                                                         window_masks="fx_user_wmasks"))
         eng.drop("fx_user_wmasks")
         eng.temp("fx_user_traits", traits_state_sql(user_traits(spec), "identify", "user_id"))
         eng.temp("fx_account_traits", traits_state_sql(account_traits(spec), "group", "account_id"))

@@ -67,8 +67,8 @@ KEEP = 2  # most recent snapshot days whose state is kept
 ACTIVE = "__active_day"  # the value source of active days: the day itself
 TEMPS = ("fx_state", "fx_state_accounts", "fx_delta", "fx_delta_agg", "fx_drop_agg", "fx_hard", "fx_hard_accounts",
          "fx_item_rows", "fx_item_delta", "fx_cand", "fx_item_chg", "fx_acct_cand", "fx_acct_chg", "fx_h_user_day",
-         "fx_h_user_values", "fx_h_user_masks", "fx_h_agg0", "fx_h_user_agg", "fx_h_members", "fx_snap_one", "fx_bdv", "fx_user_wmasks",
-         "fx_trait_delta")
+         "fx_h_user_values", "fx_h_user_masks", "fx_h_agg0", "fx_h_user_agg", "fx_h_members", "fx_snap_one", "fx_bdv",
+         "fx_user_wmasks", "fx_trait_delta")
 
 
 def state_hash(spec: FeatureSpec) -> str:
@@ -394,8 +394,9 @@ FROM ({account_values_sql(spec, 'fx_h_members', since=day)}) AS h""")
 
 
 def save(eng: DuckDBEngine, spec: FeatureSpec, fingerprints: dict[dt.date, str]) -> list[dt.date]:
-    """Keep the states (``STATE_TABLES``: fx_user_agg, fx_account_values and the traits) of those of ``fingerprints``' days that
-    are among the ``KEEP`` most recent snapshot days with a state; returns the days saved."""
+    """Keep the states (``STATE_TABLES``: fx_user_agg, fx_account_values and the traits) of
+    those of ``fingerprints``' days that are among the ``KEEP`` most recent snapshot days
+    with a state; returns the days saved."""
     conn = eng.conn
     h = state_hash(spec)
     conn.execute(f"CREATE TABLE IF NOT EXISTS {STATE_SNAPSHOTS} (snapshot_date DATE, state_hash VARCHAR, "

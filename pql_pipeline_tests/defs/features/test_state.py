@@ -125,7 +125,8 @@ def test_daily_runs_advanced_from_state_equal_features_from_events(busy, fconn, 
     full = {t: table_dump(fconn, t) for t in daily}
     assert daily == full
     assert len(full["user_features"]) > 40
-    roles = {(r["snapshot_date"], r["user_id"]): r["role"] for r in user_rows(fconn, cols="snapshot_date, user_id, role")}
+    roles = {(r["snapshot_date"], r["user_id"]): r["role"]
+             for r in user_rows(fconn, cols="snapshot_date, user_id, role")}
     assert [roles.get((DAYS[i], "u1")) for i in (7, 8, 10)] == ["admin", "owner", "owner"]
     assert [roles.get((DAYS[i], "u2")) for i in (7, 8, 9, 12)] == ["member", "guest", "lead", "lead"]
     assert [roles.get((DAYS[i], "u3")) for i in (3, 4, 7, 8)] == ["member", "guest", "guest", "member"]
