@@ -248,17 +248,16 @@ def value_source(s: Signal) -> str:
     return "src_" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def _value_sources(spec: FeatureSpec) -> dict[str, Signal]:
-    out: dict[str, Signal] = {}
-    for s in [*spec.signals.signals, *spec.signals.account_signals]:
-        if s.kind == "distinct_count":
-            out.setdefault(value_source(s), s)
-    return out
-
-
 def distinct_signals(spec: FeatureSpec) -> list[Signal]:
     """The distinct-count signals of users and accounts."""
     return [s for s in [*spec.signals.signals, *spec.signals.account_signals] if s.kind == "distinct_count"]
+
+
+def _value_sources(spec: FeatureSpec) -> dict[str, Signal]:
+    out: dict[str, Signal] = {}
+    for s in distinct_signals(spec):
+        out.setdefault(value_source(s), s)
+    return out
 
 
 def user_values_sql(spec: FeatureSpec, source: str = "fx_events") -> str | None:
@@ -488,6 +487,14 @@ def user_agg_signup_sql(spec: FeatureSpec, agg0: str = "fx_user_agg0", day_rows:
     return f"SELECT {', '.join(cols)} FROM {agg0} AS g {' '.join(parts)}"
 
 
+def _skip_older(s: Signal, since: dt.date | None) -> str:
+    """A condition on value rows ``v`` skipping those older than ``s``'s window of the
+    earliest snapshot ``since`` (so that the scan skips them), or nothing."""
+    if not (since and s.window_days):
+        return ""
+    return f" AND v.day > CAST({sql_literal((since - dt.timedelta(days=s.window_days)).isoformat())} AS DATE)"
+
+
 def window_mask_key(s: Signal) -> str:
     """Names a distinct-count signal's (value source, window) in ``window_masks_sql``."""
     return f"{value_source(s)}:{s.window_days or 0}"
@@ -503,12 +510,13 @@ def window_masks_sql(signals: list[Signal], bitmap: frozenset[str], masks: str =
     """Per user, snapshot and (value source, window) of the masked ``signals`` (``wkey``):
     the OR of the masks known by the snapshot within the window, so that user and account
     distinct counts of one source and window OR the masks of the window once."""
+    shared: dict[str, Signal] = {}
+    for s in signals:
+        if shares_window_masks(s, bitmap):
+            shared.setdefault(window_mask_key(s), s)
     parts = []
-    for key in sorted({window_mask_key(s) for s in signals if shares_window_masks(s, bitmap)}):
-        s = next(x for x in signals if window_mask_key(x) == key)
-        w = window_condition(s, age="DATE_DIFF('day', v.day, s.snapshot_date)")
-        if since and s.window_days:
-            w += f" AND v.day > CAST({sql_literal((since - dt.timedelta(days=s.window_days)).isoformat())} AS DATE)"
+    for key, s in sorted(shared.items()):
+        w = window_condition(s, age="DATE_DIFF('day', v.day, s.snapshot_date)") + _skip_older(s, since)
         parts.append(f"SELECT v.user_id, s.snapshot_date, {sql_literal(key)} AS wkey, BIT_OR(v.mask) AS mask "
                      f"FROM {masks} AS v JOIN {snapshots} AS s ON {visible('v', 's.snapshot_date')} "
                      f"WHERE v.signal = {sql_literal(value_source(s))} AND {w} GROUP BY v.user_id, s.snapshot_date")
@@ -531,9 +539,7 @@ def distinct_values_sql(signals: list[Signal], key: str, groups: str, value_rows
     parts = []
     for s in signals:
         w = window_condition(s, age="DATE_DIFF('day', v.day, g.snapshot_date)",
-                             since_signup="DATE_DIFF('day', g.signup_day, v.day)")
-        if since and s.window_days:
-            w += f" AND v.day > CAST({sql_literal((since - dt.timedelta(days=s.window_days)).isoformat())} AS DATE)"
+                             since_signup="DATE_DIFF('day', g.signup_day, v.day)") + _skip_older(s, since)
         src, name = sql_literal(value_source(s)), sql_literal(s.name)
         if window_masks and shares_window_masks(s, bitmap):
             parts.append(
@@ -585,7 +591,7 @@ def user_features_sql(spec: FeatureSpec) -> str:
     the snapshot, from fx_user_agg, fx_user_firsts, fx_user_traits and fx_members."""
     sigs = spec.signals
     select_cols, joins = [], []
-    traits = [s for s in sigs.signals if s.kind == "trait"]
+    traits = user_traits(spec)
     for col, dtype, s in sigs.user_columns():
         if s.kind == "first_time" and col.endswith("_detail"):
             alias = q("fv_" + s.name)
@@ -652,7 +658,7 @@ def account_features_sql(spec: FeatureSpec) -> str:
             member_aggs.append(f"SUM(u.{q('ac_' + s.name)}) AS {q('ac_' + s.name)}")
     select_cols, joins = [], []
     distinct = [s for s in sigs.account_signals if s.kind == "distinct_count"]
-    traits = [s for s in sigs.account_signals if s.kind == "trait"]
+    traits = account_traits(spec)  # with the plan that tells paying accounts
     for col, dtype, s in sigs.account_columns():
         if s in sigs.signals:
             select_cols.append(f"ROUND(r.{q(col)}, 6) AS {q(col)}" if dtype == "DOUBLE" else f"r.{q(col)}")
@@ -671,7 +677,6 @@ def account_features_sql(spec: FeatureSpec) -> str:
             select_cols.append(f"{_typed('tv.' + q('tv_' + s.name), s)} AS {q(col)}")
     paid = ""
     if spec.paid_plans:
-        traits = account_traits(spec)
         paid = (f" OR COALESCE(tv.{q('tv_plan_for_paying')} IN "
                 f"({', '.join(sql_literal(p) for p in spec.paid_plans)}), FALSE)")
     if distinct:

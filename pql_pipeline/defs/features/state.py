@@ -386,7 +386,7 @@ FROM ({account_values_sql(spec, 'fx_h_members', since=day)}) AS h""")
     lost = (f"SELECT DISTINCT user_id FROM fx_traits_raw WHERE event_type = 'identify' AND until_day = {S} "
             f"AND day <= {T} AND avail_day <= {T}")
     _advance_traits(eng, user_traits(spec), "identify", "user_id", STATE_USER_TRAITS, "fx_user_traits", day,
-                    hard=lost if eng.conn.execute(f"SELECT count(*) FROM ({lost}) AS l").fetchall()[0][0] else None)
+                    hard=lost if _count(eng, f"({lost}) AS l") else None)
     _advance_traits(eng, account_traits(spec), "group", "account_id", STATE_ACCOUNT_TRAITS, "fx_account_traits", day,
                     hard=None)
 
