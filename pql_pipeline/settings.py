@@ -266,6 +266,9 @@ class ScoringSettings(_Strict):
     # probability from which a lead is in each tier, highest first; below every tier: cold
     tiers: dict[str, float] = Field(default_factory=lambda: {"hot": 0.3, "warm": 0.1})
     reasons: int = Field(3, ge=1, le=10)    # reasons to call and caveats shown per lead
+    # the candidates of consecutive days go through the model together up to this many rows
+    # (a range backfill of a small product calls the model once, not once a day)
+    batch_rows: int = Field(200_000, ge=1)
     routing: RoutingSettings = RoutingSettings()
     volume: PqlVolumeSettings = PqlVolumeSettings()
 

@@ -16,13 +16,15 @@ from pql_pipeline.defs.scoring.history import HISTORY, update_history
 from pql_pipeline.defs.scoring.scoring import (
     ACCOUNT_COLUMNS,
     ScoringSpec,
+    ablation_matrix,
     account_routes,
     account_scores,
-    explain,
+    explainable,
     finish_account_routes,
     reference_values,
     route,
     segment_of,
+    tell,
     tier_of,
 )
 from pql_pipeline.lib.charts import chart_md, pqls_per_day_chart, score_distribution_chart
@@ -118,32 +120,70 @@ def routed(conn, spec: ScoringSpec, day: dt.date, users: pd.DataFrame,
     return users, finish_account_routes(accounts, users, sales)
 
 
-def score_day(conn, settings: Settings, day: dt.date, row: dict, model, reference: dict,
-              frame: pd.DataFrame | None = None, rule: tuple | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Score the day's candidates (``frame``, else read) with ``rule``'s verdicts (else
-    evaluated); returns the user rows and the account rows."""
-    spec = scoring_spec(settings)
-    sigs = signal_set(settings)
-    frame = conn.execute(candidates_sql(settings, day)).df() if frame is None else frame
-    if frame.empty:
-        return pd.DataFrame(columns=[c for c, _ in SCORE_COLUMNS]), pd.DataFrame(columns=[c for c, _ in ACCOUNT_COLUMNS])
+def row_groups(days: list[dt.date], rows: dict[dt.date, int], batch_rows: int) -> list[list[dt.date]]:
+    """``days`` (in order) cut into runs of consecutive days with at most ``batch_rows`` rows
+    together; a day with more rows than that is a group of its own."""
+    groups: list[list[dt.date]] = []
+    size = 0
+    for day in days:
+        if not groups or size + rows[day] > batch_rows:
+            groups.append([])
+            size = 0
+        groups[-1].append(day)
+        size += rows[day]
+    return groups
+
+
+def model_outputs(settings: Settings, row: dict, model, reference: dict,
+                  frames: list[pd.DataFrame]) -> list[tuple[np.ndarray, list[list[dict]]]]:
+    """Per candidates frame (each a day's, non-empty): the probabilities and each row's reasons.
+    The model is called on the rows of all frames together (a prediction call costs far more
+    than a row, and a day of a small product has few rows); each row's reasons are told from
+    its own day's frame, so its values read exactly as if the day had been scored alone."""
+    spec, sigs = scoring_spec(settings), signal_set(settings)
     numeric, categorical = row["features"]["numeric"], row["features"]["categorical"]
-    missing = [c for c in numeric + categorical if c not in frame.columns]
-    if missing:
-        raise ValueError(f"model {row['version']} uses features that user_features no longer has: {missing}; "
-                         "retrain (materialize conversion_model) or pin a model trained on the current signals")
-    x = prepare(frame, numeric, categorical)
+    for frame in frames:
+        missing = [c for c in numeric + categorical if c not in frame.columns]
+        if missing:
+            raise ValueError(f"model {row['version']} uses features that user_features no longer has: {missing}; "
+                             "retrain (materialize conversion_model) or pin a model trained on the current signals")
+    both = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    x = prepare(both.reset_index(drop=True), numeric, categorical)
     p = model.predict_proba(x)[:, 1]
     # reasons are worked out for the leads anyone acts on (a tier above cold, or a PQL): they cost
     # one prediction per signal
     floor = min([t for _, t in spec.tiers] + [spec.pql_threshold])
     act = np.flatnonzero(p >= floor)
-    reasons: list[list[dict]] = [[] for _ in range(len(frame))]
-    if len(act):
-        _, told = explain(model, x.iloc[act], frame.iloc[act], list(sigs.signals), reference, spec.reasons,
-                          account_signals=list(sigs.account_signals))
-        for i, r in zip(act, told):
-            reasons[i] = r
+    cols = explainable(list(sigs.signals), list(sigs.account_signals), x.columns)
+    mat = ablation_matrix(model, x.iloc[act], p[act], [c for c, _, _ in cols], reference) if len(act) and cols \
+        else np.zeros((0, len(cols)))
+    out, at = [], 0
+    for frame in frames:
+        n = len(frame)
+        lo, hi = np.searchsorted(act, [at, at + n])
+        rows = act[lo:hi] - at
+        reasons: list[list[dict]] = [[] for _ in range(n)]
+        if len(rows) and cols:
+            told = tell(mat[lo:hi], frame.iloc[rows], cols, spec.reasons, spec.min_contribution)
+            for i, r in zip(rows, told):
+                reasons[i] = r
+        out.append((p[at:at + n], reasons))
+        at += n
+    return out
+
+
+def score_day(conn, settings: Settings, day: dt.date, row: dict, model, reference: dict,
+              frame: pd.DataFrame | None = None, rule: tuple | None = None,
+              predicted: tuple[np.ndarray, list[list[dict]]] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score the day's candidates (``frame``, else read) with ``rule``'s verdicts (else
+    evaluated) and the model's ``predicted`` probabilities and reasons for them (else
+    predicted); returns the user rows and the account rows. Routing reads the days before
+    from pql_scores: score and write days in date order."""
+    spec = scoring_spec(settings)
+    frame = conn.execute(candidates_sql(settings, day)).df() if frame is None else frame
+    if frame.empty:
+        return pd.DataFrame(columns=[c for c, _ in SCORE_COLUMNS]), pd.DataFrame(columns=[c for c, _ in ACCOUNT_COLUMNS])
+    p, reasons = predicted if predicted is not None else model_outputs(settings, row, model, reference, [frame])[0]
     out = pd.DataFrame({"snapshot_date": day, "user_id": frame["user_id"], "account_id": frame["account_id"],
                         "probability": np.round(p, 6)})
     out["percentile"] = np.round(out["probability"].rank(pct=True, method="max").to_numpy(), 6)
@@ -176,8 +216,8 @@ def _replace_day(conn, table: str, columns: list, frame: pd.DataFrame, day: dt.d
 
 
 def _write_day(conn, settings: Settings, day: dt.date, row: dict, model, reference: dict, frame: pd.DataFrame,
-               rule: tuple | None, per_day: list[dict]) -> tuple[int, int]:
-    users, accounts = score_day(conn, settings, day, row, model, reference, frame, rule)
+               rule: tuple | None, predicted: tuple | None, per_day: list[dict]) -> tuple[int, int]:
+    users, accounts = score_day(conn, settings, day, row, model, reference, frame, rule, predicted)
     _replace_day(conn, "pql_scores", SCORE_COLUMNS, users, day)
     _replace_day(conn, "pql_account_scores", ACCOUNT_COLUMNS, accounts, day)
     per_day.append({"snapshot": str(day), "users scored": len(users), "PQL users": int(users["is_pql"].sum()),
@@ -278,13 +318,23 @@ def build_scoring_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
                                         "ORDER BY user_id").df() for d in batch}
                 rules = rule_hits(conn, settings, keys)
                 release_memory(conn)
-                for day in batch:
-                    frame = conn.execute(candidates_sql(settings, day)).df()
-                    if not frame["user_id"].reset_index(drop=True).equals(keys[day]["user_id"].reset_index(drop=True)):
-                        raise RuntimeError(f"the candidates of {day} changed while scoring; run again")
-                    n_users, n_accounts = _write_day(conn, settings, day, row, model, reference, frame,
-                                                     rules.get(day), per_day)
-                    users, accounts = users + n_users, accounts + n_accounts
+                # consecutive days whose candidates fit scoring.batch_rows go through the model together;
+                # each day is then finished, routed (against the days written before it) and written
+                for group in row_groups(batch, {d: len(k) for d, k in keys.items()}, settings.scoring.batch_rows):
+                    frames = {}
+                    for day in group:
+                        frame = conn.execute(candidates_sql(settings, day)).df()
+                        if not frame["user_id"].reset_index(drop=True).equals(
+                                keys[day]["user_id"].reset_index(drop=True)):
+                            raise RuntimeError(f"the candidates of {day} changed while scoring; run again")
+                        frames[day] = frame
+                    scored = [d for d in group if not frames[d].empty]
+                    predicted = dict(zip(scored, model_outputs(settings, row, model, reference,
+                                                               [frames[d] for d in scored]))) if scored else {}
+                    for day in group:
+                        n_users, n_accounts = _write_day(conn, settings, day, row, model, reference, frames.pop(day),
+                                                         rules.get(day), predicted.pop(day, None), per_day)
+                        users, accounts = users + n_users, accounts + n_accounts
             rerouted = reroute_following(conn, scoring_spec(settings), days[-1])
             if rerouted:
                 context.log.info(f"{rerouted} routes of days scored after {days[-1]} changed with this run's "

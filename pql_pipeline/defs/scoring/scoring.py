@@ -162,13 +162,22 @@ def explain(model, x: pd.DataFrame, raw: pd.DataFrame, signals: list[Signal], re
     if not cols:
         return p, [[] for _ in range(len(x))]
     mat = ablation_matrix(model, x, p, [c for c, _, _ in cols], reference)
+    return p, tell(mat, raw, cols, top, min_contribution)
+
+
+def tell(mat: np.ndarray, raw: pd.DataFrame, cols: list[tuple[str, Signal, str]], top: int = 3,
+         min_contribution: float = 0.005) -> list[list[dict]]:
+    """The reasons of each row of ``raw`` from its row of the ablation matrix ``mat`` (one column
+    per entry of ``cols``, as ``explainable`` lists them): the ``top`` positive contributors
+    (at least the largest one) and the ``top`` negative ones, in the signals' own sentences
+    with the row's values."""
     positive = np.array([s.polarity == "positive" for _, s, _ in cols])
     negative = np.array([s.polarity == "negative" for _, s, _ in cols])
     values = {col: raw[col].to_numpy(dtype=object) for col, _, _ in cols}
     details = {s.name: raw[f"{s.name}_detail"].to_numpy(dtype=object)
                for _, s, prefix in cols if not prefix and f"{s.name}_detail" in raw.columns}
     reasons: list[list[dict]] = []
-    for i in range(len(x)):
+    for i in range(len(raw)):
         m = mat[i]
         pos = [(m[j], j) for j in np.flatnonzero(positive & (m > 0))]
         neg = [(m[j], j) for j in np.flatnonzero(negative & (m <= -min_contribution))]
@@ -186,7 +195,7 @@ def explain(model, x: pd.DataFrame, raw: pd.DataFrame, signals: list[Signal], re
                         "value": None if pd.isna(value) else (value.item() if hasattr(value, "item") else value),
                         "contribution": round(float(c), 4), "text": prefix + _text(s, value, detail)})
         reasons.append(row)
-    return p, reasons
+    return reasons
 
 
 def route(scores: pd.DataFrame, spec: ScoringSpec, worked_by_sales: set[str] | None = None,

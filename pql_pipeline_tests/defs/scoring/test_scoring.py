@@ -240,3 +240,60 @@ def test_rescoring_a_past_day_re_derives_the_suppression_of_the_days_after_it(co
     assert conn.execute("SELECT route, route_note FROM pql_account_scores WHERE snapshot_date = ?",
                         [d3]).fetchall() == [("in_app", "1 user(s) nudged")]
     assert conn.execute("SELECT count(*) FROM pql_scores WHERE probability = 0.6").fetchall() == [(2,)]
+
+
+def test_days_scored_together_get_what_each_day_gets_alone():
+    """A range's consecutive days go through the model together; each day's probabilities and
+    reasons must be what scoring the day alone gives, down to how its values read (a count
+    without missing values that day is an integer; with missing values it is a float)."""
+    import json
+    import datetime as dt
+
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from pql_pipeline.defs.scoring.assets import model_outputs, row_groups
+    from pql_pipeline.settings import load_settings
+
+    settings = load_settings()
+    numeric = ["teammates_invited", "basics_tickets", "projects_created_14d", "integration_connected"]
+    rng = np.random.default_rng(5)
+    n = 3000
+    train = pd.DataFrame({"teammates_invited": rng.poisson(1.0, n), "basics_tickets": rng.poisson(1.0, n),
+                          "projects_created_14d": rng.poisson(2.0, n), "integration_connected": rng.random(n) < 0.3})
+    logit = -2.0 + 1.2 * train["teammates_invited"] - 1.0 * train["basics_tickets"] + 1.5 * train["integration_connected"]
+    y = rng.random(n) < 1 / (1 + np.exp(-logit))
+    model = HistGradientBoostingClassifier(max_iter=30, random_state=0).fit(train.astype(float), y)
+    ref = reference_values(train.astype(float), numeric, [])
+    row = {"version": "m1", "features": {"numeric": numeric, "categorical": []}}
+
+    def day(size, seed, missing):
+        r = np.random.default_rng(seed)
+        f = pd.DataFrame({"user_id": [f"u{seed}_{i}" for i in range(size)], "account_id": "a",
+                          "teammates_invited": r.poisson(2.0, size), "basics_tickets": r.poisson(1.5, size),
+                          "projects_created_14d": r.poisson(2.0, size), "integration_connected": r.random(size) < 0.5,
+                          "integration_connected_detail": "HubSpot"})
+        if missing:   # as DuckDB hands a column with nulls that day: float with NaN, object booleans
+            f["teammates_invited"] = f["teammates_invited"].astype(float)
+            f.loc[f.index[::7], "teammates_invited"] = np.nan
+            f["integration_connected"] = f["integration_connected"].astype(object)
+            f.loc[f.index[::5], "integration_connected"] = None
+        return f
+
+    frames = [day(400, 1, False), day(250, 2, True), day(1, 3, False), day(600, 4, True)]
+    together = model_outputs(settings, row, model, ref, frames)
+    alone = [model_outputs(settings, row, model, ref, [f])[0] for f in frames]
+    told = 0
+    for (p1, r1), (p2, r2) in zip(together, alone):
+        np.testing.assert_array_equal(p1, p2)
+        assert json.dumps(r1) == json.dumps(r2)
+        told += sum(1 for r in r1 if r)
+    assert told > 300   # leads above cold got reasons
+    first_day = [r for rs in together[0][1] for r in rs if r["signal"] == "teammates_invited"]
+    assert first_day and all(isinstance(r["value"], int) for r in first_day)
+    assert any(r["text"] == "connected an integration (HubSpot)" for rs in together[0][1] for r in rs)
+
+    d = [dt.date(2026, 3, i) for i in range(1, 7)]
+    rows = dict(zip(d, [100, 50, 300, 10, 10, 0]))
+    assert row_groups(d, rows, 150) == [[d[0], d[1]], [d[2]], [d[3], d[4], d[5]]]
+    assert row_groups(d, rows, 1) == [[x] for x in d]
+    assert row_groups(d, rows, 10_000) == [d]
