@@ -14,7 +14,7 @@ scaled linearly to the whole range (the report says so). Later partitions carry 
 history, so the scaled baseline underestimates the per-partition cost: the ratio is a lower
 bound. ``--baseline-days 0`` runs every partition one by one.
 
-    python benchmarks/bench_backfill.py              # 365 partitions, baseline on the first 30
+    python benchmarks/bench_backfill.py              # 365 partitions, baseline on the first 10
     python benchmarks/bench_backfill.py --quick      # 60 partitions, baseline on the first 10
 """
 
@@ -39,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--days", type=int, default=365, help="partitions in the backfill")
     p.add_argument("--accounts", type=int, default=50, help="generated accounts (events per day grow with them)")
-    p.add_argument("--baseline-days", type=int, default=30,
+    p.add_argument("--baseline-days", type=int, default=10,
                    help="partitions run one by one for the baseline, scaled to --days (0: all of them)")
     p.add_argument("--job", default="pql_pipeline")
     p.add_argument("--seed", type=int, default=7)

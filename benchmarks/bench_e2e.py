@@ -76,6 +76,55 @@ def ensure_events(accounts: int, days: int, seed: int) -> tuple[Path, dict]:
     return out, json.loads(manifest.read_text())
 
 
+def input_floor(events_dir: Path, target_events: float = 1e8) -> dict:
+    """What the raw files alone cost, measured on ``events_dir`` and projected to
+    ``target_events``: their bytes per line; this disk's read rate with the files' pages
+    dropped from the page cache first; DuckDB splitting the lines and parsing each as JSON
+    (the least any validation does) at the pipeline's thread count; and the free disk space.
+    These bound any pipeline that reads the files from below, whatever it does next."""
+    import duckdb
+
+    from pql_pipeline.settings import load_settings
+
+    files = sorted(p for p in events_dir.rglob("*.jsonl*") if "_ground_truth" not in p.parts)
+    size = sum(p.stat().st_size for p in files)
+    cold = hasattr(os, "posix_fadvise")   # Linux; elsewhere the read may come from the page cache
+    for p in files if cold else []:   # a cold read: the pages the pipeline left in the page cache are dropped
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    t = time.perf_counter()
+    for p in files:
+        with open(p, "rb", buffering=0) as fh:
+            while fh.read(16 << 20):
+                pass
+    read_s = time.perf_counter() - t
+    conn = duckdb.connect()
+    conn.execute(f"SET threads = {int(load_settings().warehouse.threads)}")
+    t = time.perf_counter()
+    lines, valid = conn.execute(
+        "SELECT count(*), count(*) FILTER (WHERE json_valid(line)) FROM read_csv(?, columns = {'line': 'VARCHAR'}, "
+        "delim = '\x01', quote = '', escape = '', header = false, ignore_errors = true)",
+        [[str(p) for p in files]]).fetchone()
+    parse_s = time.perf_counter() - t
+    conn.close()
+    per_line = size / max(lines, 1)
+    target_bytes = per_line * target_events
+    read_rate, parse_rate = size / read_s, lines / parse_s
+    free = shutil.disk_usage(DATA).free
+    return {"measured_on_files": len(files), "measured_on_bytes": size, "bytes_per_line": round(per_line),
+            "disk_read_mb_per_s": round(read_rate / 1e6), "page_cache_dropped": cold,
+            "json_parse_lines_per_s": round(parse_rate),
+            "target_events": int(target_events), "target_file_gb": round(target_bytes / 1e9, 1),
+            "target_read_seconds": round(target_bytes / read_rate, 1),
+            "target_parse_seconds": round(target_events / parse_rate, 1),
+            "free_disk_gb": round(free / 1e9, 1), "files_fit_on_disk": target_bytes < free,
+            "lines_parsed": lines, "lines_valid_json": valid}
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -259,6 +308,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
         print(f"  {r['raw_lines']:,} lines in {r['seconds']:.1f} s ({r['events_per_s']:,} events/s), "
               f"peak {r['peak_rss_mib']:,} MiB, {r['speedup']}x the baseline", flush=True)
+    # the raw files of 100 M events, projected from the smallest size's: what reading them alone costs here
+    result["input_floor_100m"] = input_floor(ensure_events(accounts_for(min(sizes) * 1e6, days), days, args.seed)[0])
     s = result["sizes"]
     if len(s) >= 2:
         # time ~ events^k between the smallest and largest size: k <= 1 is linear or better
@@ -276,7 +327,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(table(result))
-    print(json.dumps({k: result[k] for k in ("scaling_exponent", "seconds_per_million_events", "targets")
+    print(json.dumps({k: result[k] for k in ("scaling_exponent", "seconds_per_million_events", "targets",
+                                             "input_floor_100m")
                       if k in result}, indent=2))
 
 
