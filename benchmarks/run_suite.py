@@ -99,9 +99,10 @@ def headline_e2e(r: dict) -> list[tuple[str, str]]:
              " / ".join("met" if t.get(k) else "not met"
                         for k in ("seconds_le_120_at_100m", "peak_rss_le_4gib", "speedup_ge_5x")))]
     if landed:
+        base = _get(r, "baseline", "validate_lines_per_s")
         rows.append(("raw -> validated (loading and validation steps)",
                      f"{round(big.get('raw_lines', 0) / landed):,} events/s; per-line Python baseline "
-                     f"{_get(r, 'baseline', 'validate_lines_per_s', default='?'):,} lines/s"))
+                     + (f"{base:,} lines/s" if isinstance(base, (int, float)) else "not measured")))
     if floor:
         rows.append(("100 M events' raw files: size / read once / JSON-parse once (floor)",
                      f"{floor.get('target_file_gb')} GB ({floor.get('free_disk_gb')} GB free) / "
