@@ -356,15 +356,20 @@ class StateColumn:
     signup: bool = False
 
 
-def _window_sum(name: str, col: str, s: Signal) -> StateColumn:
+def _sum(col: str, where: str | None = None, count: bool = True) -> str:
+    """``col`` summed over day rows; a count is kept as BIGINT (DuckDB sums BIGINTs into
+    128-bit HUGEINTs, which every later join, merge and write of the state would carry)."""
+    total = f"COALESCE(SUM({col}){f' FILTER (WHERE {where})' if where else ''}, 0)"
+    return f"CAST({total} AS BIGINT)" if count else total
+
+
+def _window_sum(name: str, col: str, s: Signal, count: bool = True) -> StateColumn:
     if s.window_days:
         w = s.window_days
-        return StateColumn(name, f"COALESCE(SUM({col}) FILTER (WHERE age < {w}), 0)", "sum",
-                           f"COALESCE(SUM({col}) FILTER (WHERE age = {w}), 0)")
+        return StateColumn(name, _sum(col, f"age < {w}", count), "sum", _sum(col, f"age = {w}", count))
     if s.within_days_of_signup:
-        return StateColumn(name, f"COALESCE(SUM({col}) FILTER (WHERE {window_condition(s)}), 0)", "sum",
-                           signup=True)
-    return StateColumn(name, f"COALESCE(SUM({col}), 0)", "sum")
+        return StateColumn(name, _sum(col, window_condition(s), count), "sum", signup=True)
+    return StateColumn(name, _sum(col, count=count), "sum")
 
 
 def state_columns(spec: FeatureSpec) -> list[StateColumn]:
@@ -373,7 +378,7 @@ def state_columns(spec: FeatureSpec) -> list[StateColumn]:
         StateColumn("sig_day", "MIN(day) FILTER (WHERE n_signup > 0)", "min"),
         StateColumn("first_day", "MIN(day)", "min"),
         StateColumn("last_active_day", "MAX(day) FILTER (WHERE n_events > 0)", "max"),
-        StateColumn("n_conversion", "SUM(n_conversion)", "sum"),
+        StateColumn("n_conversion", _sum("n_conversion"), "sum"),
         StateColumn("max_event_ts", "MAX(max_ts)", "max"),
         StateColumn("max_partition_date", "MAX(max_pd)", "max"),
     ]
@@ -382,7 +387,7 @@ def state_columns(spec: FeatureSpec) -> list[StateColumn]:
         if s.kind in ("count", "first_time"):
             cols.append(_window_sum("st_" + s.name, m, s))
         elif s.kind in ("session_length", "share"):
-            cols.append(_window_sum("ss_" + s.name, m, s))
+            cols.append(_window_sum("ss_" + s.name, m, s, count=s.kind == "share"))  # seconds: DOUBLE
             cols.append(_window_sum("sn_" + s.name, q("n_" + s.name), s))
         elif s.kind == "recency":
             cond = f"{m} > 0" if s.event else "n_events > 0"
@@ -392,12 +397,10 @@ def state_columns(spec: FeatureSpec) -> list[StateColumn]:
             col = m if s.event else "n_events"
 
             def at(age: int) -> str:
-                return f"COALESCE(SUM({col}) FILTER (WHERE age = {age}), 0)"
-            cols.append(StateColumn("sc_" + s.name, f"COALESCE(SUM({col}) FILTER (WHERE age < {p}), 0)", "sum",
-                                    at(p)))
-            cols.append(StateColumn(
-                "sp_" + s.name, f"COALESCE(SUM({col}) FILTER (WHERE age >= {p} AND age < {2 * p}), 0)", "sum",
-                f"{at(2 * p)} - {at(p)}"))
+                return _sum(col, f"age = {age}")
+            cols.append(StateColumn("sc_" + s.name, _sum(col, f"age < {p}"), "sum", at(p)))
+            cols.append(StateColumn("sp_" + s.name, _sum(col, f"age >= {p} AND age < {2 * p}"), "sum",
+                                    f"{at(2 * p)} - {at(p)}"))
     for s in spec.signals.account_signals:
         if s.kind == "count":
             cols.append(_window_sum("ac_" + s.name, q("m_" + s.name), s))

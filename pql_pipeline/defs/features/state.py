@@ -59,7 +59,7 @@ STATE_ACCOUNTS = "feature_state_accounts"
 STATE_USER_TRAITS = "feature_state_user_traits"
 STATE_ACCOUNT_TRAITS = "feature_state_account_traits"
 STATE_SNAPSHOTS = "feature_state_snapshots"
-STATE_FORMAT = "3"  # bump when what a state holds changes
+STATE_FORMAT = "4"  # bump when what a state holds changes
 # what a state holds: the kept table and the temp table of a run it is saved from
 STATE_TABLES = ((STATE_USERS, "fx_user_agg"), (STATE_ACCOUNTS, "fx_account_values"),
                 (STATE_USER_TRAITS, "fx_user_traits"), (STATE_ACCOUNT_TRAITS, "fx_account_traits"))
@@ -186,13 +186,13 @@ def _changes(eng: DuckDBEngine, items, day: dt.date, out: str, keys: str, cand: 
         found.append(f"SELECT DISTINCT c.k, {name} AS item, r.value FROM {rows} "
                      f"JOIN {pairs} ON c.k = r.user_id AND c.value = r.value {join}WHERE {' AND '.join(where)}")
     present = " UNION ALL ".join(found)
-    pivot = ", ".join(f"COALESCE(SUM(chg) FILTER (WHERE item = {sql_literal(item_column(s))}), 0) "
+    pivot = ", ".join(f"CAST(COALESCE(SUM(chg) FILTER (WHERE item = {sql_literal(item_column(s))}), 0) AS BIGINT) "
                       f"AS {q(item_column(s))}" for s in items)
     eng.temp(out, f"""
 SELECT k, {pivot} FROM (
   SELECT c.k, c.item,
-         SUM(CASE WHEN c.in_n AND p.k IS NULL THEN 1 ELSE 0 END)
-         - SUM(CASE WHEN c.in_d AND p.k IS NULL THEN 1 ELSE 0 END) AS chg
+         COUNT(*) FILTER (WHERE c.in_n AND p.k IS NULL)
+         - COUNT(*) FILTER (WHERE c.in_d AND p.k IS NULL) AS chg
   FROM {cand} AS c LEFT JOIN ({present}) AS p ON p.k = c.k AND p.item = c.item AND p.value = c.value
   GROUP BY c.k, c.item) AS x
 GROUP BY k""")
@@ -402,9 +402,9 @@ def save(eng: DuckDBEngine, spec: FeatureSpec, fingerprints: dict[dt.date, str])
     conn.execute(f"CREATE TABLE IF NOT EXISTS {STATE_SNAPSHOTS} (snapshot_date DATE, state_hash VARCHAR, "
                  "fingerprint VARCHAR, saved_at TIMESTAMPTZ)")
     for table, tmp in STATE_TABLES:
-        cols = [r[0] for r in conn.execute(f"DESCRIBE {tmp}").fetchall()]
-        if table_exists(conn, table) and [r[0] for r in conn.execute(f"DESCRIBE {table}").fetchall()] != cols:
-            # other columns: the definitions changed, and no state kept is usable any more
+        cols = [r[:2] for r in conn.execute(f"DESCRIBE {tmp}").fetchall()]
+        if table_exists(conn, table) and [r[:2] for r in conn.execute(f"DESCRIBE {table}").fetchall()] != cols:
+            # other columns or types: the definitions changed, and no state kept is usable any more
             conn.execute(f"DROP TABLE {table}")
             conn.execute(f"DELETE FROM {STATE_SNAPSHOTS}")
         conn.execute(f"CREATE TABLE IF NOT EXISTS {table} AS SELECT * FROM {tmp} WHERE FALSE")

@@ -185,3 +185,23 @@ def test_without_partition_versions_no_state_is_kept(busy, fconn):
         run = compute_features(fconn, spec(SIGS), [d])
     assert run.incremental is None
     assert fconn.execute(f"SELECT max(snapshot_date) FROM {STATE_SNAPSHOTS}").fetchall()[0][0] == DAYS[2]
+
+
+def test_counts_are_kept_as_bigint_and_a_state_of_other_types_is_replaced(busy, fconn):
+    """Sums of counts stay 64-bit in the state (not DuckDB's 128-bit sums); a state table
+    saved with other column types (an older format) is dropped and created again."""
+    versions(fconn, *DAYS)
+    sp = spec(SIGS)
+    compute_features(fconn, sp, DAYS[:2])
+
+    def types():
+        return dict((r[0], r[1]) for r in fconn.execute(f"DESCRIBE {STATE_USERS}").fetchall())
+    assert "HUGEINT" not in types().values()
+    assert types()["st_projects"] == types()["dv_invites"] == types()["ad_active"] == "BIGINT"
+    assert types()["ss_session"] == "DOUBLE"   # seconds are not truncated
+    # as an older format left it: its own hash, 128-bit sums
+    fconn.execute(f"ALTER TABLE {STATE_USERS} ALTER st_projects TYPE HUGEINT")
+    fconn.execute(f"UPDATE {STATE_SNAPSHOTS} SET state_hash = 'older-format'")
+    assert compute_features(fconn, sp, [DAYS[2]]).incremental is None
+    assert types()["st_projects"] == "BIGINT"
+    assert compute_features(fconn, sp, [DAYS[3]]).incremental
