@@ -37,6 +37,14 @@ def trained(tmp_path_factory):
     mp.undo()
 
 
+def quick(settings, algorithm: str = "logistic_regression", **model):
+    """``settings`` whose model job trains one algorithm (logistic regression: seconds, not
+    minutes), without choosing between candidates: for the tests of what happens around a
+    training, not of the model chosen."""
+    return settings.model_copy(update={"model": settings.model.model_copy(
+        update={"candidates": [algorithm], **model})})
+
+
 def registry_rows(p):
     with Warehouse(database=str(p.settings.warehouse_path)).get_connection() as c:
         return R.rows(c)
@@ -275,9 +283,10 @@ def test_a_worse_candidate_is_rejected_and_the_champion_keeps_scoring(trained):
 @pytest.mark.slow
 def test_a_better_model_replaces_the_champion_and_pinning_rolls_back(trained):
     p, _, _ = trained
-    settings = p.settings.model_copy(update={"model": p.settings.model.model_copy(update={"champion_margin": -1.0})})
     with Warehouse(database=str(p.settings.warehouse_path)).get_connection() as c:
         old = R.champion(c)
+        # the champion's algorithm: the tests after this one score with the same kind of model
+        settings = quick(p.settings, old["algorithm"], champion_margin=-1.0)
         new = train_and_register(c, settings, trained_at=dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc))
         assert new["status"] == "champion" and "beats the champion" in new["reason"]
         statuses = {r["version"]: r["status"] for r in R.rows(c)}
@@ -292,8 +301,7 @@ def test_a_better_model_replaces_the_champion_and_pinning_rolls_back(trained):
 @pytest.mark.slow
 def test_tightened_gates_block_the_scoring_model(trained, monkeypatch):
     p, _, _ = trained
-    strict = p.settings.model.model_copy(update={"gates": p.settings.model.gates.model_copy(update={"min_auc": 0.99})})
-    settings = p.settings.model_copy(update={"model": strict})
+    settings = quick(p.settings, gates=p.settings.model.gates.model_copy(update={"min_auc": 0.99}))
     defs = build_definitions(settings)
     result = defs.resolve_job_def(MODEL_JOB).execute_in_process(instance=p.instance, raise_on_error=False)
     checks = p.checks(result)
@@ -405,8 +413,7 @@ def test_a_blocking_check_failed_in_an_earlier_run_keeps_leads_from_the_outputs(
     p, _, _ = trained
     instance = dg.DagsterInstance.ephemeral()
     last = p.query("SELECT max(snapshot_date) FROM user_features")[0][0].isoformat()
-    strict = p.settings.model_copy(update={"model": p.settings.model.model_copy(
-        update={"gates": p.settings.model.gates.model_copy(update={"min_auc": 0.99})})})
+    strict = quick(p.settings, gates=p.settings.model.gates.model_copy(update={"min_auc": 0.99}))
     failed = build_definitions(strict).resolve_job_def(MODEL_JOB).execute_in_process(
         instance=instance, raise_on_error=False)
     assert not p.checks(failed)["conversion_model:auc_floor"].passed
@@ -417,7 +424,8 @@ def test_a_blocking_check_failed_in_an_earlier_run_keeps_leads_from_the_outputs(
     failures = [e for e in blocked.all_events if e.event_type_value == "STEP_FAILURE"]
     assert any("conversion_model.auc_floor" in str(e.event_specific_data.error) for e in failures)
     # the gates pass again (the model job with the configured gates): the outputs run
-    assert defs.resolve_job_def(MODEL_JOB).execute_in_process(instance=instance, raise_on_error=False).success
+    assert build_definitions(quick(p.settings)).resolve_job_def(MODEL_JOB).execute_in_process(
+        instance=instance, raise_on_error=False).success
     passed = defs.resolve_job_def(SCORING_JOB).execute_in_process(
         instance=instance, tags={"dagster/partition": last}, raise_on_error=False)
     assert passed.success and {"crm_sync", "in_app_nudges"} <= materialized(passed)
