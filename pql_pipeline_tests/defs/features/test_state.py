@@ -205,3 +205,4 @@ def test_counts_are_kept_as_bigint_and_a_state_of_other_types_is_replaced(busy, 
     assert compute_features(fconn, sp, [DAYS[2]]).incremental is None
     assert types()["st_projects"] == "BIGINT"
     assert compute_features(fconn, sp, [DAYS[3]]).incremental
+    assert "HUGEINT" not in types().values()      # nor once advanced
