@@ -13,6 +13,9 @@ warehouse settings):
             partition validated again (a new version) and the previous day's features
             computed first (not timed; it leaves the state a daily run advances), as in a
             daily run; its output is compared with the cold run's;
+* floor:    read-only queries timing single ingredients that any implementation of the
+            snapshot needs (extracting the properties the signals read, counting every
+            user's active days; see ``worker_floor``), to set the target against;
 * slice:    the cold run on a consistent slice of the users (every table restricted to
             the users whose id is below a bound), about ``--baseline-events`` events;
 * baseline: a straightforward pandas implementation of the same user features (the
@@ -785,6 +788,54 @@ def worker_duckdb(db: Path, snapshot: dt.date, profile_dir: Path | None, memory_
             "statements": timed.statements}
 
 
+def worker_floor(db: Path, snapshot: dt.date, memory_limit: str = MEMORY_LIMIT) -> dict:
+    """What this machine needs for the least a snapshot computed from the events must do,
+    with the warehouse's settings, whatever the implementation (read-only queries):
+
+    - ``read_properties``: read the JSON text of every event's properties up to the
+      snapshot, without parsing it (the value signals are defined on it: features used,
+      invitee e-mails, session seconds, ticket category, integration);
+    - ``parse_history``: extract those properties from the events of the signals that read
+      them, up to the snapshot (DuckDB's JSON reader; not kept);
+    - ``user_active_days``: count every user's distinct UTC days with an event up to the
+      snapshot (one signal, active days), with integer days and the stored user ids (no
+      identity resolved, no window);
+    - ``parse_day``: the extraction of ``parse_history`` on the snapshot day's own partition
+      (what a daily run cannot avoid before it has anything to aggregate).
+    """
+    from pql_pipeline.lib.warehouse import Warehouse
+
+    spec = feature_spec()
+    wanted: dict[str, set[str]] = {}
+    for s in [*spec.signals.signals, *spec.signals.account_signals]:
+        props = {p for p in (s.prop, s.detail_property) if p} | set(s.where or {})
+        if s.event and props and s.kind != "trait":
+            wanted.setdefault(s.event, set()).update(props)
+    paths = sorted({p for ps in wanted.values() for p in ps})
+    end = (snapshot + dt.timedelta(days=1)).isoformat()
+    upto = (f"partition_date <= DATE '{snapshot}' AND event_ts < TIMESTAMPTZ '{end} 00:00:00+00'")
+    extract = " + ".join(f"count(json_extract_string(properties, '$.{p}'))" for p in paths)
+    of_signals = f"list_contains({sql_list(wanted)}, event_name)"
+    queries = {
+        "read_properties": f"SELECT count(*), sum(strlen(CAST(properties AS VARCHAR))) "
+                           f"FROM validated_events WHERE {upto}",
+        "parse_history": f"SELECT count(*), {extract} FROM validated_events WHERE {upto} AND {of_signals}",
+        "user_active_days": f"SELECT count(*), sum(n) FROM (SELECT user_id, "
+                            f"count(DISTINCT epoch(event_ts)::BIGINT // 86400) AS n "
+                            f"FROM validated_events WHERE {upto} GROUP BY user_id)",
+        "parse_day": f"SELECT count(*), {extract} FROM validated_events "
+                     f"WHERE partition_date = DATE '{snapshot}' AND {of_signals}",
+    }
+    wh = Warehouse(database=str(db), memory_limit=memory_limit, threads=THREADS)
+    out: dict = {"properties_read": paths, "load_average_before": round(os.getloadavg()[0], 2)}
+    with wh.get_connection() as conn:
+        for name, sql in queries.items():
+            t = time.perf_counter()
+            rows, amount = conn.execute(sql).fetchone()
+            out[name] = {"seconds": round(time.perf_counter() - t, 3), "rows": rows, "amount": amount}
+    return out
+
+
 # ---- the pandas baseline
 
 def _jstr(v):
@@ -1094,6 +1145,19 @@ def table(r: dict) -> str:
     if dh:
         lines.append(f"| the same daily run from the history (previous day's aggregates not kept) | "
                      f"{dh['seconds']:.1f}s, {fmt_rate(dh['events_per_s'])} |")
+    fl = r.get("floor")
+    if fl:
+        target = d["events"] / 20e6
+        lines.append(
+            f"| floor, any implementation (read-only queries, same settings): extracting the properties "
+            f"{len(fl['properties_read'])} signals read from {fl['parse_history']['rows']:,} events; counting every "
+            f"user's active days ({fl['user_active_days']['amount']:,} user-days) | "
+            f"{fl['parse_history']['seconds']:.1f} s; {fl['user_active_days']['seconds']:.1f} s "
+            f"(20 M events/s allows {target:.1f} s for everything) |")
+        lines.append(
+            f"| the same extraction on the snapshot day's partition; reading every event's properties "
+            f"as text ({fl['read_properties']['amount'] / 1e9:.1f} GB) | {fl['parse_day']['seconds']:.2f} s; "
+            f"{fl['read_properties']['seconds']:.1f} s |")
     daily_ratio = f" (daily run: {r['speedup_daily_vs_baseline']:.1f}x)" if dd else ""
     agree = "identical" if cmp_["disagreements"] == 0 else f"{cmp_['disagreements']} disagreements"
     lines += [
@@ -1145,7 +1209,7 @@ def main() -> None:
     ap.add_argument("--frame", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--profile-dir", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--scenario", choices=["cold", "daily", "daily_history", "spark"], default="cold",
+    ap.add_argument("--scenario", choices=["cold", "daily", "daily_history", "spark", "floor"], default="cold",
                     help=argparse.SUPPRESS)
     ap.add_argument("--spark", action="store_true",
                     help="also run the snapshot on Spark in local mode (features.engine: spark; the spark extra)")
@@ -1155,7 +1219,9 @@ def main() -> None:
     # DuckDB's DataFrame conversion triggers a pandas deprecation warning (not ours)
     warnings.filterwarnings("ignore", message="The inplace keyword")
     if args.worker:
-        if args.worker == "duckdb":
+        if args.worker == "duckdb" and args.scenario == "floor":
+            res = worker_floor(args.db, args.snapshot, args.memory_limit)
+        elif args.worker == "duckdb":
             res = worker_duckdb(args.db, args.snapshot, args.profile_dir, args.memory_limit, args.scenario,
                                 args.save_output)
         else:
@@ -1211,6 +1277,13 @@ def main() -> None:
               + ("identical to DuckDB's" if same and all(v["identical"] for v in same.values())
                  else f"differs from DuckDB's in: { {t: v['differing_columns'] for t, v in same.items()} }"),
               flush=True)
+    print("what any implementation needs here: the floor of a snapshot computed from the events ...", flush=True)
+    floor = run_worker("duckdb", "--db", str(db), "--snapshot", snapshot.isoformat(), "--memory-limit",
+                       args.memory_limit, "--scenario", "floor")
+    print(f"  reading the properties' JSON text {floor['read_properties']['seconds']:.1f}s; extracting the "
+          f"properties the signals read {floor['parse_history']['seconds']:.1f}s; counting users' active days "
+          f"{floor['user_active_days']['seconds']:.1f}s; extracting the snapshot day's "
+          f"{floor['parse_day']['seconds']:.2f}s", flush=True)
     print(f"compute_features on the slice of {n_slice:,} users ...", flush=True)
     sl = run_worker("duckdb", "--db", str(slice_db), "--snapshot", snapshot.isoformat(),
                     "--memory-limit", args.memory_limit)
@@ -1249,6 +1322,7 @@ def main() -> None:
         "duckdb_daily": daily,
         "duckdb_daily_from_history": daily_history,
         "spark": spark_run,
+        "floor": floor,
         "duckdb_slice": sl,
         "baseline": base,
         "speedup_vs_baseline": round(full["events_per_s"] / base["events_per_s"], 2),
