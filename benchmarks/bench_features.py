@@ -828,10 +828,10 @@ def worker_floor(db: Path, snapshot: dt.date, memory_limit: str = MEMORY_LIMIT) 
                  "load_average_before": round(os.getloadavg()[0], 2)}
     with wh.get_connection() as conn:
         # integer days from the first event's day; one 64-bit mask per 64 days
-        d0 = conn.execute(f"SELECT min(epoch(event_ts)::BIGINT // 86400) FROM validated_events "
+        d0 = conn.execute(f"SELECT min(epoch_ms(event_ts) // 86400000) FROM validated_events "
                           f"WHERE {upto}").fetchone()[0]
         words = ((snapshot - dt.date(1970, 1, 1)).days - d0) // 64 + 1
-        day = f"(epoch(event_ts)::BIGINT // 86400 - {d0})"
+        day = f"(epoch_ms(event_ts) // 86400000 - {d0})"
         masks = ", ".join(
             f"bit_or(CASE WHEN {day} // 64 = {w} THEN 1::UBIGINT << ({day} % 64)::UBIGINT ELSE 0::UBIGINT END) AS w{w}"
             for w in range(words))
