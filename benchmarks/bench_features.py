@@ -62,6 +62,7 @@ from pql_pipeline.defs.features.features import (  # noqa: E402
 )
 from pql_pipeline.defs.features.signals import load_signals  # noqa: E402
 from pql_pipeline.lib.contracts import load_contract  # noqa: E402
+from pql_pipeline.lib.engine import json_path, sql_literal  # noqa: E402
 from pql_pipeline.settings import PROJECT_ROOT, WarehouseSettings, load_settings  # noqa: E402
 
 CONTRACTS = PROJECT_ROOT / "data_contracts"
@@ -813,13 +814,13 @@ def worker_floor(db: Path, snapshot: dt.date, memory_limit: str = MEMORY_LIMIT) 
             wanted.setdefault(s.event, set()).update(props)
 
     def one_parse(paths: set[str]) -> str:
-        ps = sorted(paths)
+        ps = [json_path(p) for p in sorted(paths)]
         if len(ps) == 1:
-            return f"json_extract_string(properties, '$.{ps[0]}')"
-        return f"CAST(json_extract_string(properties, [{', '.join(f'{chr(39)}$.{p}{chr(39)}' for p in ps)}]) AS VARCHAR)"
+            return f"json_extract_string(properties, {ps[0]})"
+        return f"CAST(json_extract_string(properties, [{', '.join(ps)}]) AS VARCHAR)"
 
-    extract = ("CASE event_name " + " ".join(f"WHEN '{e}' THEN {one_parse(ps)}" for e, ps in sorted(wanted.items()))
-               + " END")
+    extract = ("CASE event_name "
+               + " ".join(f"WHEN {sql_literal(e)} THEN {one_parse(ps)}" for e, ps in sorted(wanted.items())) + " END")
     of_signals = f"list_contains({sql_list(wanted)}, event_name)"
     end = (snapshot + dt.timedelta(days=1)).isoformat()
     upto = f"partition_date <= DATE '{snapshot}' AND event_ts < TIMESTAMPTZ '{end} 00:00:00+00'"
@@ -830,6 +831,8 @@ def worker_floor(db: Path, snapshot: dt.date, memory_limit: str = MEMORY_LIMIT) 
         # integer days from the first event's day; one 64-bit mask per 64 days
         d0 = conn.execute(f"SELECT min(epoch_ms(event_ts) // 86400000) FROM validated_events "
                           f"WHERE {upto}").fetchone()[0]
+        if d0 is None:  # no event up to the snapshot
+            d0 = (snapshot - dt.date(1970, 1, 1)).days
         words = ((snapshot - dt.date(1970, 1, 1)).days - d0) // 64 + 1
         day = f"(epoch_ms(event_ts) // 86400000 - {d0})"
         masks = ", ".join(
