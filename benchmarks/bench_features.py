@@ -797,7 +797,8 @@ def worker_floor(db: Path, snapshot: dt.date, memory_limit: str = MEMORY_LIMIT) 
 
     - ``parse_history``: extract the properties the value signals read (features used,
       invitee e-mails, session seconds, ticket category, integration) from the events of
-      those signals up to the snapshot, parsing each event's JSON once per property;
+      those signals up to the snapshot (every event scanned), parsing each event's JSON
+      once per property;
     - ``user_active_days``: count every user's distinct UTC days with an event up to the
       snapshot (one signal), as per-user OR-ed bit masks of integer days;
     - ``user_signals_one_pass``: one scan and one aggregate per user for every user signal
@@ -830,7 +831,7 @@ def worker_floor(db: Path, snapshot: dt.date, memory_limit: str = MEMORY_LIMIT) 
         if d0 is None:  # no event up to the snapshot
             d0 = (snapshot - dt.date(1970, 1, 1)).days
         snap = (snapshot - dt.date(1970, 1, 1)).days - d0
-        day = "(epoch_ms(event_ts) // 86400000 - {d0})".format(d0=d0)
+        day = f"(epoch_ms(event_ts) // 86400000 - {d0})"
         words = snap // 64 + 1
         masks = ", ".join(
             f"bit_or(CASE WHEN {day} // 64 = {w} THEN 1::UBIGINT << ({day} % 64)::UBIGINT ELSE 0::UBIGINT END) AS w{w}"
@@ -872,7 +873,6 @@ def worker_floor(db: Path, snapshot: dt.date, memory_limit: str = MEMORY_LIMIT) 
             # active_days: from the masks
         aggs = [f"{a} AS a{i}" for i, a in enumerate(aggs)]
         all_parsed = " + ".join(f"count({c})" for c in values.values()) or "0"
-        of_signals = " OR ".join(f"{c} IS NOT NULL" for c in values.values()) or "FALSE"
         queries = {
             "parse_history": f"SELECT count(*), {all_parsed} FROM {source}",
             "user_active_days": f"SELECT count(*), sum({days}) FROM (SELECT user_id, {masks} "
@@ -880,7 +880,8 @@ def worker_floor(db: Path, snapshot: dt.date, memory_limit: str = MEMORY_LIMIT) 
             # (every aggregate is used, or DuckDB drops it from the plan)
             "user_signals_one_pass": f"SELECT count(*), sum({days}), "
                                      f"{' + '.join(f'count(a{i})' for i in range(len(aggs))) or '0'} "
-                                     f"FROM (SELECT user_id, {masks}, {', '.join(aggs)} FROM {source} GROUP BY user_id)",
+                                     f"FROM (SELECT {', '.join(['user_id', masks, *aggs])} FROM {source} "
+                                     f"GROUP BY user_id)",
             "parse_day": f"SELECT count(*), {all_parsed} FROM {source} WHERE partition_date = DATE '{snapshot}'",
         }
         out["signals_in_one_pass"] = len(signals)
@@ -889,7 +890,6 @@ def worker_floor(db: Path, snapshot: dt.date, memory_limit: str = MEMORY_LIMIT) 
             row = conn.execute(sql).fetchone()
             out[name] = {"seconds": round(time.perf_counter() - t, 3), "rows": row[0], "amount": row[1],
                          **({"non_null_aggregates": row[2]} if len(row) > 2 else {})}
-        out["events_with_values"] = conn.execute(f"SELECT count(*) FROM {source} WHERE {of_signals}").fetchone()[0]
     return out
 
 
