@@ -634,11 +634,14 @@ class TimedConnection:
         return getattr(self.conn, name)
 
 
-def count_events(conn, snapshot: dt.date) -> int:
+def up_to(snapshot: dt.date) -> str:
+    """The condition of the validated events a snapshot covers (the measure of events/s)."""
     end = (snapshot + dt.timedelta(days=1)).isoformat()
-    return conn.execute(
-        f"SELECT count(*) FROM validated_events WHERE partition_date <= DATE '{snapshot}' "
-        f"AND event_ts < TIMESTAMPTZ '{end} 00:00:00+00'").fetchone()[0]
+    return f"partition_date <= DATE '{snapshot}' AND event_ts < TIMESTAMPTZ '{end} 00:00:00+00'"
+
+
+def count_events(conn, snapshot: dt.date) -> int:
+    return conn.execute(f"SELECT count(*) FROM validated_events WHERE {up_to(snapshot)}").fetchone()[0]
 
 
 CACHE_TABLES = ("feature\\_cache\\_%", "feature\\_state\\_%")  # the feature cache's and states' tables
@@ -820,8 +823,7 @@ def worker_floor(db: Path, snapshot: dt.date, memory_limit: str = MEMORY_LIMIT) 
         for p in sorted({p for p in (s.prop, s.detail_property) if p} | set(s.where or {})):
             if s.event:
                 values.setdefault((s.event, p), f"v{len(values)}")
-    end = (snapshot + dt.timedelta(days=1)).isoformat()
-    upto = f"partition_date <= DATE '{snapshot}' AND event_ts < TIMESTAMPTZ '{end} 00:00:00+00'"
+    upto = up_to(snapshot)
     wh = Warehouse(database=str(db), memory_limit=memory_limit, threads=THREADS)
     out: dict = {"properties_read": [list(k) for k in values], "load_average_before": round(os.getloadavg()[0], 2)}
     with wh.get_connection() as conn:
