@@ -282,6 +282,24 @@ class ScoringSettings(_Strict):
         return v
 
 
+def http_url(value: str | None) -> str | None:
+    """An http(s) URL a request can be sent to, checked when the configuration is loaded (a
+    malformed one would otherwise fail every record at send time)."""
+    from urllib.parse import urlsplit
+
+    if value is None:
+        return None
+    v = value.strip()
+    try:
+        parts = urlsplit(v)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as e:
+        raise ValueError(f"{value!r} is not a URL ({e})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in v):
+        raise ValueError(f"{value!r} is not an http(s) URL; write it like https://api.example.com")
+    return v
+
+
 class CrmSettings(_Strict):
     """The CRM sync (HubSpot CRM v3 batch upserts). Without HUBSPOT_ACCESS_TOKEN it is a dry
     run: the exact requests go to the sync_outbox table instead."""
@@ -306,6 +324,8 @@ class CrmSettings(_Strict):
     # send every record again on the next run (forgets what HubSpot already accepted)
     full_resync: bool = False
 
+    _url = field_validator("base_url")(classmethod(lambda cls, v: http_url(v)))
+
 
 class InAppSettings(_Strict):
     """In-app nudges for the users routed in_app. Without the channel's secret
@@ -324,6 +344,8 @@ class InAppSettings(_Strict):
     max_backoff_seconds: float = Field(60.0, ge=0)
     timeout_seconds: float = Field(30.0, gt=0)
     full_resync: bool = False
+
+    _urls = field_validator("intercom_url", "webhook_url")(classmethod(lambda cls, v: http_url(v)))
 
     @field_validator("channel")
     @classmethod

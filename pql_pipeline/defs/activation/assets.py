@@ -109,11 +109,11 @@ def build_activation_assets(settings: Settings, daily: dg.PartitionsDefinition,
                 rows.append(row)
                 context.log.info(
                     f"{object_type}: {row['considered']} considered, {row['new']} new, {row['changed']} changed, "
-                    f"{row['unchanged']} unchanged, {row['retried']} retried; sent {row['sent']} in "
+                    f"{row['unchanged']} unchanged, {row['retried']} retried, {row['held']} held (rejected before); sent {row['sent']} in "
                     f"{row['calls']} calls: {row['created']} created, {row['updated']} updated, "
                     f"{row['rejected']} rejected, {row['failed']} failed" + (" (dry run)" if client.dry_run else ""))
             outbox = conn.execute(f"SELECT count(*) FROM {L.OUTBOX} WHERE run_id = ?", [run_id]).fetchall()[0][0]
-        shown = ("object_type", "considered", "new", "changed", "unchanged", "retried", "skipped_stale", "sent",
+        shown = ("object_type", "considered", "new", "changed", "unchanged", "retried", "held", "skipped_stale", "sent",
                  "created", "updated", "rejected", "failed", "calls", "seconds")
         return dg.MaterializeResult(metadata={
             "run_id": run_id, "day": str(day), "dry_run": client.dry_run,
@@ -172,48 +172,72 @@ def build_nudge_assets(settings: Settings, daily: dg.PartitionsDefinition,
 
 def latest_counts(warehouse: Warehouse, destination: str) -> dict | None:
     """The newest run of ``destination``: its counts summed over object types, how many
-    object types do not reconcile, and the records left pending (None before any run)."""
+    object types do not reconcile or did not finish, and the records left pending (None
+    before any run)."""
     with warehouse.get_connection() as conn:
         if not table_exists(conn, L.RUNS):
             return None
-        found = conn.execute(f"SELECT run_id FROM {L.RUNS} WHERE destination = ? ORDER BY finished_at DESC LIMIT 1",
+        found = conn.execute(f"SELECT run_id FROM {L.RUNS} WHERE destination = ? ORDER BY started_at DESC LIMIT 1",
                              [destination]).fetchall()
         if not found:
             return None
         run_id = found[0][0]
-        unreconciled, sent, rejected, failed = conn.execute(f"""
-            SELECT count(*) FILTER (WHERE sent <> created + updated + rejected + failed), COALESCE(sum(sent), 0),
-                   COALESCE(sum(rejected), 0), COALESCE(sum(failed), 0)
+        unreconciled, unfinished, sent, accepted, rejected, failed = conn.execute(f"""
+            SELECT count(*) FILTER (WHERE sent <> created + updated + rejected + failed),
+                   count(*) FILTER (WHERE COALESCE(status, 'completed') <> 'completed'), COALESCE(sum(sent), 0),
+                   COALESCE(sum(created + updated), 0), COALESCE(sum(rejected), 0), COALESCE(sum(failed), 0)
             FROM {L.RUNS} WHERE run_id = ?""", [run_id]).fetchall()[0]
         pending = conn.execute(f"SELECT count(*) FROM {L.LEDGER} WHERE status = 'pending' AND (destination = ? "
                                "OR destination = ?)", [destination, f"{destination}:dry_run"]).fetchall()[0][0]
-    return {"run_id": run_id, "sent": int(sent), "rejected": int(rejected), "failed": int(failed),
-            "unreconciled_object_types": int(unreconciled), "pending": int(pending)}
+    return {"run_id": run_id, "sent": int(sent), "accepted": int(accepted), "rejected": int(rejected),
+            "failed": int(failed), "unreconciled_object_types": int(unreconciled),
+            "unfinished_object_types": int(unfinished), "pending": int(pending)}
+
+
+def reconciles(c: dict) -> tuple[bool, str]:
+    """Whether a run's counts (``latest_counts``) reconcile, and why not: every record sent
+    has an outcome, none is left pending, the run finished, and the destination accepted at
+    least one of the records sent (a run where every record failed or was refused delivered
+    nothing: an outage or a broken request, not a sync)."""
+    if c["unfinished_object_types"]:
+        return False, "the run did not finish (interrupted): its unconfirmed records are sent again by the next run"
+    if c["unreconciled_object_types"]:
+        return False, "records sent without an outcome (sent <> accepted + rejected + failed)"
+    if c["pending"]:
+        return False, f"{c['pending']} record(s) left pending (sent without a confirmed answer)"
+    if c["sent"] and not c["accepted"]:
+        return False, (f"none of the {c['sent']} record(s) sent was accepted: {c['failed']} failed, {c['rejected']} "
+                       "rejected (sync_ledger.last_error and sync_rejections say why)")
+    return True, "every record sent has an outcome"
 
 
 def sync_checks(asset: str, destination: str) -> list[dg.AssetChecksDefinition]:
     """A blocking reconciliation check and a warning on rejections for a sync asset."""
 
-    def judge(warehouse: Warehouse, passed, severity: dg.AssetCheckSeverity) -> dg.AssetCheckResult:
+    def judge(warehouse: Warehouse, verdict, severity: dg.AssetCheckSeverity) -> dg.AssetCheckResult:
         c = latest_counts(warehouse, destination)
         if c is None:
             return dg.AssetCheckResult(passed=True, metadata={"runs": 0})
-        return dg.AssetCheckResult(passed=passed(c), severity=severity, metadata=c)
+        passed, why = verdict(c)
+        return dg.AssetCheckResult(passed=passed, severity=severity, description=why, metadata={**c, "verdict": why})
 
     @dg.asset_check(asset=asset, name=f"{asset}_reconciles", blocking=True,
-                    description="The newest run reconciles: every record sent was accepted, rejected or failed (none "
-                                "lost), and no record is left pending.")
-    def reconciles(warehouse: Warehouse):
-        return judge(warehouse, lambda c: not c["unreconciled_object_types"] and not c["pending"],
-                     dg.AssetCheckSeverity.ERROR)
+                    description="The newest run reconciles: it finished, every record sent was accepted, rejected or "
+                                "failed (none lost), none is left pending, and the destination accepted at least one "
+                                "record of those sent.")
+    def reconciles_check(warehouse: Warehouse):
+        return judge(warehouse, reconciles, dg.AssetCheckSeverity.ERROR)
 
     @dg.asset_check(asset=asset, name=f"{asset}_clean", blocking=False,
-                    description="The newest run had no rejected or undelivered records (they are retried on the next "
-                                "run; sync_rejections says why).")
+                    description="The newest run had no rejected or undelivered records (undelivered ones are retried "
+                                "on the next run, rejected ones once they or the code change; sync_rejections says "
+                                "why).")
     def clean(warehouse: Warehouse):
-        return judge(warehouse, lambda c: c["rejected"] == 0 and c["failed"] == 0, dg.AssetCheckSeverity.WARN)
+        return judge(warehouse, lambda c: (c["rejected"] == 0 and c["failed"] == 0,
+                                           f"{c['rejected']} rejected, {c['failed']} failed"),
+                     dg.AssetCheckSeverity.WARN)
 
-    return [reconciles, clean]
+    return [reconciles_check, clean]
 
 
 def build_activation_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:

@@ -8,13 +8,21 @@ were rejected and why; results carry ``new`` (created vs updated) and the object
 
 Faults: a sliding-window limiter keeps at most ``rate_limit_requests`` calls in any
 ``rate_limit_window_seconds`` (HubSpot: 100-190 per 10 s by plan); 429 waits for
-``Retry-After`` (else backs off); 5xx, timeouts and broken connections back off
-exponentially with jitter, up to ``max_attempts`` calls per batch; other 4xx answers
-reject the batch's records with HubSpot's message (they are retried on the next run);
-401 and 403 stop the sync with an error that says to check the token's scopes.
+``Retry-After`` (else backs off); 5xx, 408, 425, timeouts and broken connections are
+transient: they back off exponentially with jitter, up to ``max_attempts`` calls per batch,
+and what is still undelivered is ``failed`` (retried by the next run). Other 4xx answers are
+permanent: the batch's records are ``rejected`` once with the server's message and are not
+sent again until their payload or the sending code (``BODY_VERSION``) changes. 401 and 403
+stop the sync with an error that says to check the token's scopes; a URL that cannot be
+requested at all stops it without a single retry.
+
+Results are matched to inputs by ``objectWriteTraceId`` (the record key) and, because the
+spec marks it optional, else by the id property the answer echoes (``email``,
+``pql_account_id``); a record the server accepted is never reported as failed.
 
 The token is only ever put in the Authorization header of a request; it is not logged,
-kept in metadata, nor written to the outbox.
+kept in metadata, nor written to the outbox, and every server answer is redacted
+(``pql_pipeline.lib.secrets``) before it is stored or logged, in case it quotes the request.
 """
 
 from __future__ import annotations
@@ -29,11 +37,20 @@ from dataclasses import dataclass, field
 import requests
 
 from pql_pipeline.defs.activation.ledger import Outcome
+from pql_pipeline.lib.secrets import redact
+
+# what the request bodies look like: a change re-sends records a server rejected before
+BODY_VERSION = "2"
+# answers worth another attempt (429 and 5xx besides): the same request may succeed later
+TRANSIENT_STATUSES = frozenset({408, 425})
+# a request that can never be sent as configured: no retry helps
+UNSENDABLE = (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+              requests.exceptions.InvalidSchema, requests.exceptions.InvalidHeader, requests.exceptions.URLRequired)
 
 
 class DestinationError(RuntimeError):
-    """The destination refused the credentials or the request shape: nothing more can be sent
-    until someone fixes it (the records stay pending and are sent by the next run)."""
+    """The destination refused the credentials, or its URL cannot be requested: nothing more
+    can be sent until someone fixes it (the records stay pending and are sent by the next run)."""
 
 
 class RateLimiter:
@@ -81,6 +98,7 @@ class Transport:
     max_backoff_seconds: float = 60.0
     timeout_seconds: float = 30.0
     stats: CallStats = field(default_factory=CallStats)
+    secrets: tuple = ()        # values redacted from every answer kept or logged (the client's token)
 
     def __post_init__(self):
         self.limiter = RateLimiter(self.rate_limit_requests, self.rate_limit_window_seconds)
@@ -110,8 +128,11 @@ class Transport:
                     r = self.session.post(url, data=body, timeout=self.timeout_seconds, headers=headers)
                 else:
                     r = self.session.post(url, json=body, timeout=self.timeout_seconds, headers=headers)
-            except requests.RequestException as e:
+            except UNSENDABLE as e:
                 # the exception's text can quote the request (its headers): only its type is kept
+                raise DestinationError(f"{url.split('?')[0]!r} cannot be requested ({type(e).__name__}): check the "
+                                       "destination's URL in the configuration") from None
+            except requests.RequestException as e:
                 last_error, delay = f"{type(e).__name__}: no answer", self.backoff(attempt)
             else:
                 with self.lock:
@@ -121,13 +142,17 @@ class Transport:
                         self.stats.throttled += 1
                     last_error = "429 rate limited"
                     delay = min(_retry_after(r) or self.backoff(attempt), max(self.max_backoff_seconds, 1.0))
-                elif r.status_code >= 500:
+                elif r.status_code >= 500 or r.status_code in TRANSIENT_STATUSES:
                     last_error, delay = f"{r.status_code} from the destination", self.backoff(attempt)
                 else:
                     return r, ""
             if attempt + 1 < self.max_attempts:   # no wait after the last attempt
                 self._wait(delay)
         return None, f"gave up after {self.max_attempts} attempts: {last_error}"
+
+    def message(self, r: requests.Response) -> str:
+        """The server's message, redacted (an error body may quote the request's headers)."""
+        return redact(_message(r), self.secrets)
 
     def _wait(self, seconds: float) -> None:
         with self.lock:
@@ -143,6 +168,10 @@ class HubSpotClient:
     batch_size: int = 100
     transport: Transport = field(default_factory=Transport)
     concurrency: int = 1        # batches in flight at once (the rate limit is shared)
+
+    def __post_init__(self):
+        if self.access_token:
+            self.transport.secrets = (*self.transport.secrets, self.access_token)
 
     @property
     def stats(self) -> CallStats:
@@ -171,33 +200,77 @@ class HubSpotClient:
         if r is None:
             return [Outcome(k, "failed", error=error) for k in keys]
         if r.status_code in (200, 201, 207):
-            return self._outcomes(r, keys)
+            return match_outcomes(r.status_code, _json(r), records, id_property, self.transport.secrets)
+        message = self.transport.message(r)
         if r.status_code in (401, 403):
             raise DestinationError(
                 f"HubSpot answered {r.status_code} to {self.url(object_type)}: check that HUBSPOT_ACCESS_TOKEN is "
-                f"a valid private-app token with the crm.objects.{object_type}.write scope ({_message(r)})")
-        # another 4xx: the batch as a whole was refused (e.g. a property that does not exist)
-        return [Outcome(k, "rejected", error=f"{r.status_code}: {_message(r)}") for k in keys]
+                f"a valid private-app token with the crm.objects.{object_type}.write scope ({message})")
+        # another 4xx: the batch as a whole was refused (e.g. a property that does not exist); sending
+        # the same body again gets the same answer
+        return [Outcome(k, "rejected", error=f"{r.status_code}: {message}") for k in keys]
 
-    @staticmethod
-    def _outcomes(r: requests.Response, keys: list[str]) -> list[Outcome]:
-        try:
-            data = r.json()
-        except ValueError:
-            data = {}
-        done: dict[str, Outcome] = {}
-        for res in data.get("results") or []:
-            key = res.get("objectWriteTraceId")
-            if key in keys:
-                done[key] = Outcome(key, "synced", created=bool(res.get("new")), remote_id=str(res.get("id") or ""))
-        for err in data.get("errors") or []:
-            msg = err.get("message") or err.get("category") or "rejected"
-            for key in (err.get("context") or {}).get("objectWriteTraceId") or []:
-                if key in keys and key not in done:
-                    done[key] = Outcome(key, "rejected", error=f"{err.get('category', 'error')}: {msg}")
-        # an input the answer does not mention was not confirmed: retried, never assumed sent
-        return [done.get(k) or Outcome(k, "failed", error=f"{r.status_code} without a result for this input")
-                for k in keys]
+
+# categories of a 207's per-input errors that another attempt may get past
+TRANSIENT_CATEGORIES = frozenset({"RATE_LIMITS", "INTERNAL_ERROR", "TIMEOUT", "SERVICE_UNAVAILABLE"})
+
+
+def match_outcomes(status: int, data: dict, records: list[tuple[str, str, dict]], id_property: str,
+                   secrets=()) -> list[Outcome]:
+    """Each input's outcome from a 200/207 batch answer. Results and errors are matched to
+    inputs by ``objectWriteTraceId`` and, where the answer leaves it out (the spec marks it
+    optional), by the id property's value the answer echoes (``properties[id_property]``
+    of a result, ``context[id_property]`` of an error; HubSpot compares e-mails without case).
+    An input no result and no error names was not confirmed: ``failed`` (sent again), with
+    the answer's unmatched error messages if it had any."""
+    keys = [k for k, _, _ in records]
+    by_id: dict[str, str] = {}
+    for k, id_value, _ in records:
+        if id_value is not None:
+            by_id.setdefault(str(id_value).strip().lower(), k)
+
+    def key_of(trace, ids) -> list[str]:
+        found = [t for t in (trace if isinstance(trace, list) else [trace]) if t in by_key]
+        if found:
+            return found
+        values = ids if isinstance(ids, list) else [ids]
+        return [by_id[str(v).strip().lower()] for v in values if v is not None and str(v).strip().lower() in by_id]
+
+    by_key = set(keys)
+    data = data if isinstance(data, dict) else {}
+    done: dict[str, Outcome] = {}
+    for res in data.get("results") or []:
+        if not isinstance(res, dict):
+            continue
+        props = res.get("properties") if isinstance(res.get("properties"), dict) else {}
+        for key in key_of(res.get("objectWriteTraceId"), props.get(id_property)):
+            done.setdefault(key, Outcome(key, "synced", created=bool(res.get("new")),
+                                         remote_id=str(res.get("id") or "")))
+    unmatched_errors = []
+    for err in data.get("errors") or []:
+        if not isinstance(err, dict):
+            continue
+        category = str(err.get("category") or "error")
+        msg = redact(f"{category}: {err.get('message') or 'rejected'}", secrets)
+        context = err.get("context") if isinstance(err.get("context"), dict) else {}
+        matched = key_of(context.get("objectWriteTraceId") or [], context.get(id_property) or [])
+        if not matched:
+            unmatched_errors.append(msg)
+        state = "failed" if category.upper() in TRANSIENT_CATEGORIES else "rejected"
+        for key in matched:
+            done.setdefault(key, Outcome(key, state, error=msg))
+    why = f"{status} without a result for this input"
+    if unmatched_errors:
+        why += "; the answer's errors: " + " | ".join(dict.fromkeys(unmatched_errors))[:500]
+    # an input the answer does not mention was not confirmed: retried, never assumed sent
+    return [done.get(k) or Outcome(k, "failed", error=why) for k in keys]
+
+
+def _json(r: requests.Response):
+    try:
+        return r.json()
+    except ValueError:
+        return {}
 
 
 def _string(v) -> str:

@@ -6,10 +6,13 @@ Reverse-ETL rules this follows (the Hightouch / Census behaviour users expect):
 - **diff by key**: ``sync_ledger`` keeps, per (destination, object type, record key), the
   hash and payload last *accepted* by the destination. A record is sent when it is new or
   its payload changed; an unchanged record costs nothing (zero calls on a rerun).
-- **retries across runs**: a record the destination rejected (``rejected``) or that could
-  not be delivered (``failed``) is sent again on every later run until it succeeds, with
+- **retries across runs**: a record that could not be delivered (``failed``: timeouts,
+  5xx, 429 beyond the attempts) is sent again on every later run until it succeeds, with
   its newest payload if it has one, else the payload it failed with (``expired`` records,
   e.g. an earlier day's nudge, are not);
+- **permanent is not transient**: a record the destination refused (``rejected``: a 4xx,
+  a validation error) is *held*: not sent again until its payload or the sending code
+  (``code_version``, the body format) changes, since the same request gets the same answer;
 - **never lost, never doubled**: before a batch is sent, its records are written to the
   ledger as ``pending`` (committed); each batch's outcome is committed as soon as its
   response arrives. A process killed mid-sync leaves ``pending`` records, which the next
@@ -18,13 +21,16 @@ Reverse-ETL rules this follows (the Hightouch / Census behaviour users expect):
 - **no time travel**: a record whose ledger entry stands for a newer snapshot than the one
   being synced is skipped (a backfill of an old day does not overwrite today's values);
   an unchanged record's entry moves to each newer day it was confirmed for.
-- **full resync**: forgets the ledger of a destination, so everything is sent again.
+- **full resync**: forgets what a destination accepted or refused, so everything is sent again.
 - **dry run**: the destination is named ``<name>:dry_run`` and keeps its own ledger, so a
   dry run never makes the real sync skip a record.
 
 ``sync_rejections`` keeps every rejected record with its error and payload;
-``sync_runs`` one row per run and object type: records considered, new, changed,
-unchanged, retried, sent, rejected, failed, calls made and duration.
+``sync_runs`` one row per run and object type, written (``status = running``) before the
+first record is sent: records considered, new, changed, unchanged, retried, held, sent,
+rejected, failed, calls made and duration. A run that died (killed, out of memory) keeps
+``running`` until the next run of the same destination and object type closes it as
+``interrupted``, with the outcomes its records had in the ledger.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ LEDGER_COLUMNS = [
     ("payload", "JSON"), ("snapshot_date", "DATE"), ("status", "VARCHAR"), ("attempts", "INTEGER"),
     ("last_error", "VARCHAR"), ("remote_id", "VARCHAR"), ("first_synced_at", "TIMESTAMPTZ"),
     ("last_synced_at", "TIMESTAMPTZ"), ("updated_at", "TIMESTAMPTZ"), ("last_run_id", "VARCHAR"),
+    ("code_version", "VARCHAR"),
 ]
 REJECTION_COLUMNS = [
     ("run_id", "VARCHAR"), ("destination", "VARCHAR"), ("object_type", "VARCHAR"), ("record_key", "VARCHAR"),
@@ -59,7 +66,8 @@ RUN_COLUMNS = [
     ("considered", "BIGINT"), ("new", "BIGINT"), ("changed", "BIGINT"), ("unchanged", "BIGINT"),
     ("retried", "BIGINT"), ("skipped_stale", "BIGINT"), ("sent", "BIGINT"), ("created", "BIGINT"),
     ("updated", "BIGINT"), ("rejected", "BIGINT"), ("failed", "BIGINT"), ("calls", "BIGINT"),
-    ("seconds", "DOUBLE"), ("full_resync", "BOOLEAN"),
+    ("seconds", "DOUBLE"), ("full_resync", "BOOLEAN"), ("held", "BIGINT"), ("status", "VARCHAR"),
+    ("error", "VARCHAR"),
 ]
 OUTBOX_COLUMNS = [
     ("run_id", "VARCHAR"), ("destination", "VARCHAR"), ("object_type", "VARCHAR"), ("seq", "BIGINT"),
@@ -90,19 +98,21 @@ class Plan:
     considered: int = 0
     unchanged: int = 0
     skipped_stale: int = 0
+    held: int = 0
     counts: dict = field(default_factory=dict)
 
 
-def plan(conn, destination: str, object_type: str, records: pd.DataFrame) -> Plan:
+def plan(conn, destination: str, object_type: str, records: pd.DataFrame, code_version: str | None = None) -> Plan:
     """Diff ``records`` (record_key, payload: dict, snapshot_date, optionally payload_hash:
-    the hash of what counts as a change) against the ledger."""
+    the hash of what counts as a change) against the ledger. ``code_version``: the sending
+    code's body format; a rejected record is sent again only when it or this changed."""
     desired = records.copy()
     desired["record_key"] = desired["record_key"].astype(object)   # an empty frame's keys have no type
     if "payload_hash" not in desired.columns:
         desired["payload_hash"] = [payload_hash(p) for p in desired["payload"]]
     ledger = conn.execute(f"""
         SELECT record_key, payload_hash AS ledger_hash, status AS ledger_status, snapshot_date AS ledger_snapshot,
-               payload AS ledger_payload
+               payload AS ledger_payload, code_version AS ledger_code
         FROM {LEDGER} WHERE destination = ? AND object_type = ?""", [destination, object_type]).df()
     ledger["record_key"] = ledger["record_key"].astype(object)
     j = desired.merge(ledger, on="record_key", how="outer", indicator=True)
@@ -113,13 +123,17 @@ def plan(conn, destination: str, object_type: str, records: pd.DataFrame) -> Pla
         pd.to_datetime(j["ledger_snapshot"]) > pd.to_datetime(j["snapshot_date"]))
     unchanged = in_desired & synced & (j["ledger_hash"] == j["payload_hash"])
     stale = in_desired & ~unchanged & newer_sent & synced
+    # refused before, and neither the record nor the sending code changed since: the same answer again
+    same_code = j["ledger_code"].fillna("") == (code_version or "")
+    refused = (j["ledger_status"] == "rejected") & same_code
+    held = known & refused & (~in_desired | (j["ledger_hash"] == j["payload_hash"]))
     kind = pd.Series(None, index=j.index, dtype=object)
     kind[in_desired & ~known] = "new"
     kind[in_desired & known & synced & ~unchanged & ~stale] = "changed"
-    kind[in_desired & known & ~synced] = "retry"
+    kind[in_desired & known & ~synced & ~held] = "retry"
     # a record the destination has not accepted yet and that is not wanted now (or wanted with an
     # older snapshot's values): its last payload again
-    orphan = (j["_merge"] == "right_only") & ~j["ledger_status"].isin(["synced", "expired"])
+    orphan = (j["_merge"] == "right_only") & ~j["ledger_status"].isin(["synced", "expired"]) & ~held
     kind[orphan] = "retry"
     keep_last = orphan | (in_desired & known & ~synced & newer_sent)
     j = j.astype({"payload": object, "payload_hash": object, "snapshot_date": object})
@@ -132,7 +146,7 @@ def plan(conn, destination: str, object_type: str, records: pd.DataFrame) -> Pla
     send = j[kind.notna()].assign(kind=kind[kind.notna()])
     out = send[["record_key", "payload", "payload_hash", "snapshot_date", "kind"]].reset_index(drop=True)
     return Plan(out, unchanged_keys=list(j.loc[unchanged, "record_key"]), considered=int(in_desired.sum()),
-                unchanged=int(unchanged.sum()), skipped_stale=int(stale.sum()),
+                unchanged=int(unchanged.sum()), skipped_stale=int(stale.sum()), held=int((held & in_desired).sum()),
                 counts=out["kind"].value_counts().to_dict())
 
 
@@ -150,13 +164,15 @@ def advance_snapshot(conn, destination: str, object_type: str, keys: list, snaps
                      [snapshot_date, destination, object_type])
 
 
-def mark_pending(conn, destination: str, object_type: str, rows: pd.DataFrame, run_id: str) -> None:
+def mark_pending(conn, destination: str, object_type: str, rows: pd.DataFrame, run_id: str,
+                 code_version: str | None = None) -> None:
     """Write the records about to be sent as ``pending`` (the resume log), in one transaction."""
     now = dt.datetime.now(dt.timezone.utc)
     frame = pd.DataFrame({
         "destination": destination, "object_type": object_type, "record_key": rows["record_key"],
         "payload_hash": rows["payload_hash"], "payload": [json.dumps(p, sort_keys=True) for p in rows["payload"]],
-        "snapshot_date": pd.to_datetime(rows["snapshot_date"]).dt.date, "run_id": run_id, "now": now})
+        "snapshot_date": pd.to_datetime(rows["snapshot_date"]).dt.date, "run_id": run_id, "now": now,
+        "code_version": code_version})
     with registered(conn, "sx_pending", frame), transaction(conn):
         _write_pending(conn)
 
@@ -164,15 +180,15 @@ def mark_pending(conn, destination: str, object_type: str, rows: pd.DataFrame, r
 def _write_pending(conn) -> None:
     conn.execute(f"""
         UPDATE {LEDGER} AS l SET payload_hash = p.payload_hash, payload = p.payload, snapshot_date = p.snapshot_date,
-               status = CASE WHEN l.status = 'synced' THEN 'pending' ELSE l.status END,
-               updated_at = p.now, last_run_id = p.run_id
+               status = CASE WHEN l.status IN ('synced', 'rejected') THEN 'pending' ELSE l.status END,
+               updated_at = p.now, last_run_id = p.run_id, code_version = p.code_version
         FROM sx_pending AS p
         WHERE l.destination = p.destination AND l.object_type = p.object_type AND l.record_key = p.record_key""")
     conn.execute(f"""
         INSERT INTO {LEDGER} (destination, object_type, record_key, payload_hash, payload, snapshot_date, status,
-                              attempts, updated_at, last_run_id)
+                              attempts, updated_at, last_run_id, code_version)
         SELECT p.destination, p.object_type, p.record_key, p.payload_hash, p.payload, p.snapshot_date, 'pending', 0,
-               p.now, p.run_id
+               p.now, p.run_id, p.code_version
         FROM sx_pending AS p WHERE NOT EXISTS (
             SELECT 1 FROM {LEDGER} AS l WHERE l.destination = p.destination AND l.object_type = p.object_type
               AND l.record_key = p.record_key)""")
@@ -224,9 +240,9 @@ def _write_outcomes(conn, destination, object_type, run_id, outcomes, payloads, 
 
 
 def reset(conn, destination: str, object_type: str) -> int:
-    """Full resync: forget what the destination accepted (the next run sends everything);
-    records not accepted yet stay, so they are still retried."""
-    where = "destination = ? AND object_type = ? AND status = 'synced'"
+    """Full resync: forget what the destination accepted or refused (the next run sends
+    everything); records not delivered yet stay, so they are still retried."""
+    where = "destination = ? AND object_type = ? AND status IN ('synced', 'rejected')"
     n = conn.execute(f"SELECT count(*) FROM {LEDGER} WHERE {where}", [destination, object_type]).fetchall()[0][0]
     conn.execute(f"DELETE FROM {LEDGER} WHERE {where}", [destination, object_type])
     return n
@@ -257,21 +273,70 @@ class Tally:
                 self.failed += 1
 
 
+def begin_run(conn, *, run_id: str, destination: str, object_type: str, dry_run: bool, snapshot_date,
+              started: dt.datetime, plan_: Plan, full_resync: bool) -> None:
+    """The run's row of sync_runs, ``running``, before any record is sent: a run that dies
+    leaves it (closed as ``interrupted`` by the next run, see ``close_interrupted``)."""
+    c = plan_.counts
+    row = {"run_id": run_id, "destination": destination, "object_type": object_type, "dry_run": dry_run,
+           "snapshot_date": snapshot_date, "started_at": started, "considered": plan_.considered,
+           "new": c.get("new", 0), "changed": c.get("changed", 0), "unchanged": plan_.unchanged,
+           "retried": c.get("retry", 0), "skipped_stale": plan_.skipped_stale, "held": plan_.held,
+           "sent": len(plan_.to_send), "created": 0, "updated": 0, "rejected": 0, "failed": 0, "calls": 0,
+           "full_resync": full_resync, "status": "running"}
+    names = list(row)
+    conn.execute(f"INSERT INTO {RUNS} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})",
+                 [row[n] for n in names])
+
+
+def close_interrupted(conn, destination: str, object_type: str, ledger_destination_: str) -> list[str]:
+    """Close the ``running`` rows of ``destination``'s earlier runs of ``object_type``: their
+    process died mid-sync (one sync of a destination runs at a time: the warehouse pool and
+    DuckDB's single writer). Their outcomes are read from the ledger rows they wrote last:
+    accepted ones as created (first accepted then) or updated, refused ones as rejected, and
+    undelivered or unconfirmed (``pending``: sent again by the next run) ones as failed.
+    Returns the run ids closed."""
+    runs = [r[0] for r in conn.execute(
+        f"SELECT run_id FROM {RUNS} WHERE destination = ? AND object_type = ? AND status = 'running'",
+        [destination, object_type]).fetchall()]
+    for run_id in runs:
+        created, updated, rejected, failed, pending, last = conn.execute(f"""
+            SELECT count(*) FILTER (WHERE status = 'synced' AND first_synced_at = last_synced_at),
+                   count(*) FILTER (WHERE status = 'synced' AND first_synced_at <> last_synced_at),
+                   count(*) FILTER (WHERE status = 'rejected'), count(*) FILTER (WHERE status IN ('failed', 'pending')),
+                   count(*) FILTER (WHERE status = 'pending'), max(updated_at)
+            FROM {LEDGER} WHERE destination = ? AND object_type = ? AND last_run_id = ?""",
+                                                                     [ledger_destination_, object_type, run_id]).fetchall()[0]
+        conn.execute(f"""
+            UPDATE {RUNS} SET status = 'interrupted', finished_at = COALESCE(CAST(? AS TIMESTAMPTZ), started_at),
+                   sent = ?, created = ?, updated = ?, rejected = ?, failed = ?,
+                   seconds = round(epoch(COALESCE(CAST(? AS TIMESTAMPTZ), started_at)) - epoch(started_at), 3),
+                   error = ?
+            WHERE run_id = ? AND destination = ? AND object_type = ? AND status = 'running'""",
+                     [last, created + updated + rejected + failed, created, updated, rejected, failed, last,
+                      f"interrupted: the sync's process ended before the run finished; {pending} record(s) sent "
+                      "without a confirmed answer were left pending and are sent again by the next run",
+                      run_id, destination, object_type])
+    return runs
+
+
 def record_run(conn, *, run_id: str, destination: str, object_type: str, dry_run: bool, snapshot_date,
                started: dt.datetime, seconds: float, considered: int, plan_: Plan, tally: Tally, calls: int,
                full_resync: bool) -> dict:
-    """Write the run's row of sync_runs and return it."""
+    """Complete the run's row of sync_runs (written by ``begin_run``) and return it."""
     c = plan_.counts
     row = {
         "run_id": run_id, "destination": destination, "object_type": object_type, "dry_run": dry_run,
         "snapshot_date": snapshot_date, "started_at": started, "finished_at": dt.datetime.now(dt.timezone.utc),
         "considered": considered, "new": c.get("new", 0), "changed": c.get("changed", 0),
         "unchanged": plan_.unchanged, "retried": c.get("retry", 0), "skipped_stale": plan_.skipped_stale,
-        "sent": len(plan_.to_send), "created": tally.created, "updated": tally.updated,
+        "held": plan_.held, "sent": len(plan_.to_send), "created": tally.created, "updated": tally.updated,
         "rejected": tally.rejected, "failed": tally.failed, "calls": calls, "seconds": round(seconds, 3),
-        "full_resync": full_resync,
+        "full_resync": full_resync, "status": "completed", "error": None,
     }
     names = [n for n, _ in RUN_COLUMNS]
+    conn.execute(f"DELETE FROM {RUNS} WHERE run_id = ? AND destination = ? AND object_type = ?",
+                 [run_id, destination, object_type])
     conn.execute(f"INSERT INTO {RUNS} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})",
                  [row.get(n) for n in names])
     return row

@@ -3,10 +3,13 @@ tool, behind a small channel interface.
 
 Channels:
 
-- **intercom**: ``POST {base_url}/events`` with ``event_name``, ``created_at`` (Unix
-  seconds), ``user_id`` (the product's user id, Intercom's external id) and at most 10
-  ``metadata`` keys; Intercom answers 202 and drops a duplicate (same user, name and
-  ``created_at``), so ``created_at`` is deterministic: midnight UTC of the scored day.
+- **intercom**: ``POST {base_url}/events`` (``Intercom-Version: 2.15``, the version whose
+  published OpenAPI document the tests validate every body against) with ``event_name``,
+  ``created_at`` (Unix seconds), ``user_id`` (the product's user id, Intercom's external id)
+  and at most 10 ``metadata`` keys, every value a string as the spec's
+  ``create_data_event_request`` requires; Intercom answers 202 and drops a duplicate (same
+  user, name and ``created_at``), so ``created_at`` is deterministic: midnight UTC of the
+  scored day.
 - **webhook**: ``POST`` of the same nudge as JSON to your URL, signed with HMAC-SHA256 of
   the body under a shared secret (``X-PQL-Signature: sha256=<hex>``, ``X-PQL-Timestamp``),
   for any tool that can receive one.
@@ -33,11 +36,14 @@ from dataclasses import dataclass
 import pandas as pd
 
 from pql_pipeline.defs.activation import ledger as L
-from pql_pipeline.defs.activation.hubspot import DestinationError, Transport, _message
+from pql_pipeline.defs.activation.hubspot import TRANSIENT_STATUSES, DestinationError, Transport
 from pql_pipeline.lib.engine import sql_literal
 from pql_pipeline.lib.warehouse import table_exists
 
 MAX_METADATA_KEYS = 10   # Intercom's limit for an event's metadata
+INTERCOM_VERSION = "2.15"
+# what the nudge bodies look like: a change sends again the nudges a channel rejected before
+BODY_VERSION = "2"
 
 
 def created_at(day: dt.date) -> int:
@@ -52,6 +58,10 @@ class NudgeChannel:
     url: str
     secret: str | None
     transport: Transport
+
+    def __post_init__(self):
+        if self.secret:
+            self.transport.secrets = (*self.transport.secrets, self.secret)
 
     @property
     def dry_run(self) -> bool:
@@ -71,10 +81,14 @@ class NudgeChannel:
             return L.Outcome(key, "failed", error=error)
         if r.status_code in (200, 201, 202, 204):
             return L.Outcome(key, "synced", created=True)
+        message = self.transport.message(r)
         if r.status_code in (401, 403):
             raise DestinationError(f"{self.name} answered {r.status_code} to {self.url}: check its token or secret "
-                                   f"({_message(r)})")
-        return L.Outcome(key, "rejected", error=f"{r.status_code}: {_message(r)}")
+                                   f"({message})")
+        if r.status_code in TRANSIENT_STATUSES:
+            return L.Outcome(key, "failed", error=f"{r.status_code}: {message}")
+        # any other 4xx refuses this body: sent again only once the nudge or the code changes
+        return L.Outcome(key, "rejected", error=f"{r.status_code}: {message}")
 
 
 class IntercomChannel(NudgeChannel):
@@ -85,7 +99,7 @@ class IntercomChannel(NudgeChannel):
             body["email"] = nudge["email"]
         return json.dumps(body, sort_keys=True).encode(), {
             "Authorization": f"Bearer {self.secret}", "Content-Type": "application/json",
-            "Accept": "application/json", "Intercom-Version": "2.11"}
+            "Accept": "application/json", "Intercom-Version": INTERCOM_VERSION}
 
 
 class WebhookChannel(NudgeChannel):
@@ -118,11 +132,12 @@ def nudge_candidates(conn, day: dt.date, event_name: str) -> pd.DataFrame:
     nudges = []
     for r in df.itertuples():
         reasons = (r.reason_text or "").split("; ") if isinstance(r.reason_text, str) else []
-        meta = {"pql_score": round(float(r.probability), 4), "pql_tier": r.tier,
+        meta = {"pql_score": str(round(float(r.probability), 4)), "pql_tier": r.tier,
                 "top_reason": reasons[0][:250] if reasons else None, "milestones": r.milestones_hit,
                 "account_id": r.account_id, "segment": r.segment, "model_version": r.model_version,
                 "scored_on": day.isoformat()}
-        meta = {k: v for k, v in meta.items() if v is not None and not (isinstance(v, float) and pd.isna(v))}
+        # Intercom's create_data_event_request: metadata values are strings
+        meta = {k: str(v) for k, v in meta.items() if v is not None and not (isinstance(v, float) and pd.isna(v))}
         meta = dict(list(meta.items())[:MAX_METADATA_KEYS])
         nudges.append({"user_id": r.user_id, "email": r.email if isinstance(r.email, str) else None,
                        "event_name": event_name, "created_at": created_at(day), "metadata": meta})
@@ -148,6 +163,7 @@ def send_nudges(conn, channel: NudgeChannel, day: dt.date, event_name: str, cap_
     L.ensure_tables(conn)
     dest = L.ledger_destination(channel.name, channel.dry_run)
     started, t0 = dt.datetime.now(dt.timezone.utc), time.monotonic()
+    L.close_interrupted(conn, channel.name, "nudges", dest)
     if full_resync:
         L.reset(conn, dest, "nudges")
     # a day older than one already nudged (a late file re-ran it) nudges nobody: later days' verdicts
@@ -172,12 +188,14 @@ def send_nudges(conn, channel: NudgeChannel, day: dt.date, event_name: str, cap_
     records = pd.DataFrame({"record_key": allowed["record_key"], "payload": allowed["nudge"],
                             "payload_hash": [L.payload_hash({"nudge": k}) for k in allowed["record_key"]],
                             "snapshot_date": day})
-    p = L.plan(conn, dest, "nudges", records)
+    p = L.plan(conn, dest, "nudges", records, code_version=BODY_VERSION)
     todo = p.to_send
     calls_before = channel.transport.stats.calls
     tally = L.Tally()
+    L.begin_run(conn, run_id=run_id, destination=channel.name, object_type="nudges", dry_run=channel.dry_run,
+                snapshot_date=day, started=started, plan_=p, full_resync=full_resync)
     if len(todo):
-        L.mark_pending(conn, dest, "nudges", todo, run_id)
+        L.mark_pending(conn, dest, "nudges", todo, run_id, code_version=BODY_VERSION)
         payloads = dict(zip(todo["record_key"], todo["payload"]))
         for seq, (key, nudge) in enumerate(payloads.items(), start=1):
             if channel.dry_run:

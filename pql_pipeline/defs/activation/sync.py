@@ -11,7 +11,7 @@ import uuid
 import pandas as pd
 
 from pql_pipeline.defs.activation import ledger as L
-from pql_pipeline.defs.activation.hubspot import HubSpotClient, outbox_request
+from pql_pipeline.defs.activation.hubspot import BODY_VERSION, HubSpotClient, outbox_request
 
 
 def _deliver(conn, client: HubSpotClient, destination: str, object_type: str, id_property: str,
@@ -68,6 +68,7 @@ def sync_records(conn, client: HubSpotClient, destination: str, object_type: str
     L.ensure_tables(conn)
     dest = L.ledger_destination(destination, client.dry_run)
     started, t0 = dt.datetime.now(dt.timezone.utc), time.monotonic()
+    L.close_interrupted(conn, destination, object_type, dest)
     if full_resync:
         L.reset(conn, dest, object_type)
     frame = records.copy()
@@ -77,13 +78,16 @@ def sync_records(conn, client: HubSpotClient, destination: str, object_type: str
     # do not make it a change on their own
     frame["payload_hash"] = [L.payload_hash({"id": pl["id"], "properties": {
         k: v for k, v in pl["properties"].items() if k not in ignore_in_diff}}) for pl in frame["payload"]]
-    p = L.plan(conn, dest, object_type, frame[["record_key", "payload", "payload_hash", "snapshot_date"]])
+    p = L.plan(conn, dest, object_type, frame[["record_key", "payload", "payload_hash", "snapshot_date"]],
+               code_version=BODY_VERSION)
     L.advance_snapshot(conn, dest, object_type, p.unchanged_keys, snapshot_date)
     todo = p.to_send
     calls_before = client.stats.calls
     tally = L.Tally()
+    L.begin_run(conn, run_id=run_id, destination=destination, object_type=object_type, dry_run=client.dry_run,
+                snapshot_date=snapshot_date, started=started, plan_=p, full_resync=full_resync)
     if len(todo):
-        L.mark_pending(conn, dest, object_type, todo, run_id)
+        L.mark_pending(conn, dest, object_type, todo, run_id, code_version=BODY_VERSION)
         payloads = dict(zip(todo["record_key"], todo["payload"]))
         kinds = dict(zip(todo["record_key"], todo["kind"]))
         # records the destination cannot match (no id value), or that share their id value with

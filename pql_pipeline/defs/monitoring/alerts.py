@@ -19,21 +19,9 @@ import dagster as dg
 import requests
 from pydantic import Field
 
-SECRET_ENV = ("HUBSPOT_ACCESS_TOKEN", "INTERCOM_ACCESS_TOKEN", "PQL_WEBHOOK_SECRET", "PQL_ALERT_WEBHOOK_URL")
-BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
-URL_SECRET = re.compile(r"https://hooks\.slack\.com/\S+")
+from pql_pipeline.lib.secrets import redact
+
 MAX_TEXT = 2900   # Slack section text is limited to 3000 characters
-
-
-def redact(text: str) -> str:
-    """``text`` without the values of the pipeline's secret variables, bearer tokens or webhook URLs."""
-    out = str(text)
-    for name in SECRET_ENV:
-        value = (os.environ.get(name) or "").strip()
-        if len(value) >= 6:
-            out = out.replace(value, "[redacted]")
-    out = BEARER.sub(r"\1[redacted]", out)
-    return URL_SECRET.sub("[redacted webhook]", out)
 
 
 @dataclass

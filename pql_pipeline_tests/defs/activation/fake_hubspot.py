@@ -1,10 +1,17 @@
 """A local stand-in for HubSpot's CRM batch upsert API on 127.0.0.1, with fault injection.
 
 It implements ``POST /crm/v3/objects/{objectType}/batch/upsert`` as documented: bearer
-token, ``inputs`` of ``{id, idProperty, objectWriteTraceId, properties}`` (at most 100,
-string property values), upsert by the unique ``idProperty`` value, answers 200 with
-``results`` (``id``, ``new``, ``objectWriteTraceId``, ``properties``) or 207 with ``errors``
-whose ``context.objectWriteTraceId`` names the rejected inputs. Every request is recorded.
+token, a body valid against the published schema (``spec.py``: the CRM v3 OpenAPI
+document's ``BatchInputSimplePublicObjectBatchInputUpsert``; an invalid one gets 400), at
+most 100 inputs, upsert by the unique ``idProperty`` value; answers 200 with ``results``
+(``id``, ``new``, ``objectWriteTraceId``, ``properties``) or 207 with ``errors`` whose
+``context.objectWriteTraceId`` names the rejected inputs, each answer valid against the
+spec's response schemas. Every request is recorded.
+
+Answers the spec allows but a client may not expect: ``trace_ids = False`` leaves the
+optional ``objectWriteTraceId`` out of results and names rejected inputs by the id
+property in the error's ``context``; ``echo_auth`` quotes the request's Authorization
+header in error messages (as some proxies and gateways do).
 
 Faults are queued and consumed one per request: ``429`` (with Retry-After), ``500``,
 ``timeout`` (answers after the client gave up), ``reset`` (closes the connection before
@@ -23,6 +30,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler
 
+from pql_pipeline_tests.defs.activation.spec import HUBSPOT, problems
 from pql_pipeline_tests.local_http import LocalServer, reply
 
 
@@ -34,9 +42,13 @@ class FakeHubSpot(LocalServer):
         self.upserts: collections.Counter = collections.Counter()   # (object type, id value) -> times applied
         self.requests: list[dict] = []
         self.faults: collections.deque[str] = collections.deque()
+        self.spec_violations: list[str] = []
         self.reject = lambda obj_type, inp: None      # -> error message to reject the input
         self.retry_after = "0.05"
         self.timeout_sleep = 1.5
+        self.trace_ids = True
+        self.echo_auth = False
+        self.refuse: str | None = None     # a message: every batch is refused with 400 (a permanent error)
         self.lock = threading.Lock()
         self._next_id = 1000
 
@@ -59,33 +71,36 @@ class FakeHubSpot(LocalServer):
         if fault == "timeout":
             time.sleep(self.timeout_sleep)
             return self._send(h, 500, {"message": "too late"})
+        quoted = f" (request had Authorization: {h.headers.get('Authorization')})" if self.echo_auth else ""
         if fault == "429":
-            return self._send(h, 429, {"status": "error", "category": "RATE_LIMITS", "message": "Slow down"},
-                              {"Retry-After": self.retry_after})
+            return self._send(h, 429, _error("RATE_LIMITS", "Slow down" + quoted), {"Retry-After": self.retry_after})
         if fault == "500":
-            return self._send(h, 500, {"status": "error", "message": "internal error"})
+            return self._send(h, 500, _error("INTERNAL_ERROR", "internal error" + quoted))
         if h.headers.get("Authorization") != f"Bearer {self.token}":
-            return self._send(h, 401, {"status": "error", "category": "INVALID_AUTHENTICATION",
-                                       "message": "Authentication credentials not found."})
+            return self._send(h, 401, _error("INVALID_AUTHENTICATION", "Authentication credentials not found." + quoted))
         parts = h.path.strip("/").split("/")
         if len(parts) != 6 or parts[:3] != ["crm", "v3", "objects"] or parts[4:] != ["batch", "upsert"]:
             return self._send(h, 404, {"message": f"no route {h.path}"})
         obj_type = parts[3]
         try:
             body = json.loads(raw)
-            inputs = body["inputs"]
-        except (ValueError, KeyError, TypeError):
-            return self._send(h, 400, {"status": "error", "category": "VALIDATION_ERROR", "message": "Invalid input JSON"})
-        problem = self._invalid(inputs)
+        except ValueError:
+            return self._send(h, 400, _error("VALIDATION_ERROR", "Invalid input JSON"))
+        problem = self._invalid(body)
         if problem:
-            return self._send(h, 400, {"status": "error", "category": "VALIDATION_ERROR", "message": problem})
+            return self._send(h, 400, _error("VALIDATION_ERROR", problem))
+        if self.refuse:
+            return self._send(h, 400, _error("VALIDATION_ERROR", self.refuse + quoted))
+        inputs = body["inputs"]
         results, errors = [], []
         with self.lock:
             for inp in inputs:
                 msg = self.reject(obj_type, inp)
                 if msg:
-                    errors.append({"status": "error", "category": "VALIDATION_ERROR", "message": msg,
-                                   "context": {"objectWriteTraceId": [inp["objectWriteTraceId"]]}})
+                    context = ({"objectWriteTraceId": [inp["objectWriteTraceId"]]} if self.trace_ids
+                               else {inp["idProperty"]: [inp["id"]]})
+                    errors.append({"status": "error", "category": "VALIDATION_ERROR", "message": msg + quoted,
+                                   "context": context, "errors": [], "links": {}})
                     continue
                 key = (obj_type, inp["id"])
                 new = key not in self.objects
@@ -94,10 +109,12 @@ class FakeHubSpot(LocalServer):
                     self.objects[key] = {"id": str(self._next_id), "properties": {}}
                 self.objects[key]["properties"].update(inp["properties"])
                 self.upserts[key] += 1
-                results.append({"id": self.objects[key]["id"], "new": new,
-                                "objectWriteTraceId": inp["objectWriteTraceId"],
-                                "properties": dict(self.objects[key]["properties"]), "archived": False,
-                                "createdAt": "2026-01-01T00:00:00Z", "updatedAt": "2026-01-01T00:00:00Z"})
+                result = {"id": self.objects[key]["id"], "new": new,
+                          "properties": {**self.objects[key]["properties"], inp["idProperty"]: inp["id"]},
+                          "archived": False, "createdAt": "2026-01-01T00:00:00Z", "updatedAt": "2026-01-01T00:00:00Z"}
+                if self.trace_ids:
+                    result["objectWriteTraceId"] = inp["objectWriteTraceId"]
+                results.append(result)
         if fault == "lost":
             return self._reset(h)
         if fault == "slow":          # applied, but the answer takes long (a client may die waiting)
@@ -106,21 +123,27 @@ class FakeHubSpot(LocalServer):
                   "completedAt": "2026-01-01T00:00:01Z"}
         if errors:
             answer.update({"errors": errors, "numErrors": len(errors)})
+        schema = "BatchResponseSimplePublicUpsertObjectWithErrors" if errors else "BatchResponseSimplePublicUpsertObject"
+        wrong = problems(HUBSPOT, schema, answer)
+        assert not wrong, f"the stand-in's own answer breaks the spec: {wrong}"
         self._send(h, 207 if errors else 200, answer)
 
-    def _invalid(self, inputs) -> str | None:
-        if not isinstance(inputs, list) or not inputs:
+    def _invalid(self, body) -> str | None:
+        """Why the body is refused: the published request schema, then HubSpot's documented
+        rules the schema does not state (at most 100 inputs, an upsert needs idProperty)."""
+        wrong = problems(HUBSPOT, "BatchInputSimplePublicObjectBatchInputUpsert", body)
+        if wrong:
+            self.spec_violations.extend(wrong)
+            return "; ".join(wrong[:3])
+        inputs = body["inputs"]
+        if not inputs:
             return "inputs must be a non-empty list"
         if len(inputs) > self.max_inputs:
             return f"at most {self.max_inputs} inputs per batch, got {len(inputs)}"
-        for inp in inputs:
-            if set(inp) - {"id", "idProperty", "objectWriteTraceId", "properties"}:
-                return f"unknown fields {sorted(set(inp) - {'id', 'idProperty', 'objectWriteTraceId', 'properties'})}"
-            if not isinstance(inp.get("id"), str) or not isinstance(inp.get("idProperty"), str):
-                return "id and idProperty must be strings"
-            props = inp.get("properties")
-            if not isinstance(props, dict) or any(not isinstance(v, str) for v in props.values()):
-                return "property values must be strings"
+        if any(set(inp) - {"id", "idProperty", "objectWriteTraceId", "properties"} for inp in inputs):
+            return "unknown fields in an input"
+        if any(not isinstance(inp.get("idProperty"), str) for inp in inputs):
+            return "an upsert matches by idProperty: every input needs one"
         return None
 
     @staticmethod
@@ -135,3 +158,17 @@ class FakeHubSpot(LocalServer):
             h.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+def _error(category: str, message: str) -> dict:
+    """An error body as the spec's ``Error`` schema has it."""
+    return {"status": "error", "category": category, "message": message, "correlationId": "0f0e0d0c-aaaa-4bbb-8ccc-000000000000"}
+
+
+def fast_client(url: str, token: str | None, **policy):
+    """A HubSpot client with a test's pace: generous rate limit, millisecond back-offs."""
+    from pql_pipeline.defs.activation.hubspot import HubSpotClient, Transport
+
+    kw = dict(rate_limit_requests=1000, rate_limit_window_seconds=1.0, backoff_seconds=0.01,
+              max_backoff_seconds=0.05, timeout_seconds=0.5)
+    return HubSpotClient(base_url=url, access_token=token, transport=Transport(**{**kw, **policy}))

@@ -11,7 +11,7 @@ import pytest
 from pql_pipeline.defs.activation import ledger as L
 from pql_pipeline.defs.activation.hubspot import DestinationError, HubSpotClient, Transport
 from pql_pipeline.defs.activation.sync import sync_records
-from pql_pipeline_tests.defs.activation.fake_hubspot import FakeHubSpot
+from pql_pipeline_tests.defs.activation.fake_hubspot import FakeHubSpot, fast_client
 
 TOKEN = "pat-na1-0000-SECRET-TOKEN-4242"
 DAY = dt.date(2026, 3, 31)
@@ -24,11 +24,7 @@ def hub():
 
 
 def client(server, token=TOKEN, **kw) -> HubSpotClient:
-    policy = dict(rate_limit_requests=1000, rate_limit_window_seconds=1.0, backoff_seconds=0.01,
-                  max_backoff_seconds=0.05, timeout_seconds=0.5)
-    policy.update(kw)
-    return HubSpotClient(base_url=server.url if server else "https://api.hubapi.com", access_token=token,
-                         transport=Transport(**policy))
+    return fast_client(server.url if server else "https://api.hubapi.com", token, **kw)
 
 
 def contacts(n: int, score: float = 0.5, day: dt.date = DAY, bad: set[int] = frozenset()) -> pd.DataFrame:
@@ -89,7 +85,8 @@ def test_a_batch_that_keeps_failing_is_kept_and_sent_by_the_next_run(conn, hub):
     assert len(hub.objects) == 150
 
 
-def test_partial_rejections_are_recorded_and_retried_until_they_succeed(conn, hub):
+def test_partial_rejections_are_recorded_once_and_sent_again_only_when_the_record_or_code_changes(conn, hub,
+                                                                                                     monkeypatch):
     hub.reject = lambda t, inp: "Property values were not valid" if inp["id"].startswith("user1") else None
     c = client(hub)
     row = run(conn, c, contacts(30, bad={29}))
@@ -103,10 +100,21 @@ def test_partial_rejections_are_recorded_and_retried_until_they_succeed(conn, hu
     assert payload["properties"]["email"] == "user1@example.com"
     # counts reconcile: every record sent is synced, rejected or failed
     assert row["sent"] == row["created"] + row["updated"] + row["rejected"] + row["failed"]
-    # the next run retries only the rejected ones; HubSpot accepts them now
+    # a refusal is permanent: the same records are not sent again (the same body gets the same answer)
     hub.reject = lambda t, inp: None
-    nxt = run(conn, c, contacts(30, bad={29}))
-    assert (nxt["retried"], nxt["unchanged"], nxt["created"], nxt["rejected"]) == (12, 18, 11, 1)
+    calls = len(hub.calls())
+    held = run(conn, c, contacts(30, bad={29}))
+    assert (held["held"], held["retried"], held["unchanged"], held["sent"], held["calls"]) == (12, 0, 18, 0, 0)
+    assert len(hub.calls()) == calls and conn.execute(f"SELECT count(*) FROM {L.REJECTIONS}").fetchall()[0][0] == 12
+    # a record that changed is sent again (u1 here); the others wait
+    changed = contacts(30, bad={29})
+    changed.at[1, "properties"] = {**changed.at[1, "properties"], "pql_tier": "warm"}
+    nxt = run(conn, c, changed)
+    assert (nxt["retried"], nxt["held"], nxt["sent"], nxt["created"]) == (1, 11, 1, 1)
+    # new sending code (another body format) sends every refused record once more
+    monkeypatch.setattr("pql_pipeline.defs.activation.sync.BODY_VERSION", "next")
+    again = run(conn, c, changed)
+    assert (again["retried"], again["held"], again["created"], again["rejected"]) == (11, 0, 10, 1)
     assert len(hub.objects) == 29
 
 

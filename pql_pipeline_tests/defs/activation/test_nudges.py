@@ -12,6 +12,7 @@ from pql_pipeline.defs.activation.hubspot import Transport
 from pql_pipeline.defs.activation.nudges import IntercomChannel, WebhookChannel, send_nudges, verify_webhook
 from pql_pipeline.defs.scoring.assets import SCORE_COLUMNS
 from pql_pipeline.lib.warehouse import ensure_columns
+from pql_pipeline_tests.defs.activation.spec import INTERCOM, intercom_version, problems
 from pql_pipeline_tests.local_http import LocalServer, reply
 
 TOKEN = "dG9rOmludGVyY29tLVNFQ1JFVA=="
@@ -19,13 +20,16 @@ D0 = dt.date(2026, 3, 10)
 
 
 class FakeIntercom(LocalServer):
-    """POST /events as Intercom documents it: bearer token, event_name, created_at (Unix s),
-    user_id, at most 10 metadata keys; 202; duplicates (user, name, created_at) dropped.
-    Queued faults: 429 (X-RateLimit-Reset), 500, reset."""
+    """POST /events as Intercom documents it: bearer token, the Intercom-Version header of the
+    vendored spec, a body valid against its ``create_data_event_request`` (event_name,
+    created_at in Unix s, user_id; metadata values strings) with at most 10 metadata keys;
+    202; duplicates (user, name, created_at) dropped. Queued faults: 429
+    (X-RateLimit-Reset), 500, reset."""
 
     def __init__(self, token=TOKEN):
         super().__init__()
         self.token, self.requests, self.faults = token, [], collections.deque()
+        self.spec_violations: list[str] = []
         self.events: collections.Counter = collections.Counter()
 
     def handle(self, h) -> None:
@@ -42,12 +46,15 @@ class FakeIntercom(LocalServer):
         if h.headers.get("Authorization") != f"Bearer {self.token}":
             return reply(h, 401, {"type": "error.list", "errors": [{"code": "unauthorized"}]})
         ev = json.loads(body)
-        ok = (h.path == "/events" and isinstance(ev.get("event_name"), str)
-              and isinstance(ev.get("created_at"), int) and isinstance(ev.get("user_id"), str)
-              and isinstance(ev.get("metadata", {}), dict) and len(ev.get("metadata", {})) <= 10
-              and all(isinstance(v, (str, int, float)) for v in ev.get("metadata", {}).values()))
-        if not ok:
-            return reply(h, 400, {"type": "error.list", "errors": [{"code": "parameter_invalid"}]})
+        wrong = problems(INTERCOM, "create_data_event_request", ev)
+        if h.headers.get("Intercom-Version") != intercom_version():
+            wrong.append(f"Intercom-Version {h.headers.get('Intercom-Version')!r}, not {intercom_version()!r}")
+        if len(ev.get("metadata") or {}) > 10:
+            wrong.append("more than 10 metadata keys")
+        if h.path != "/events" or wrong:
+            self.spec_violations.extend(wrong)
+            return reply(h, 400, {"type": "error.list", "errors": [{"code": "parameter_invalid",
+                                                                    "message": "; ".join(wrong)}]})
         self.events[(ev["user_id"], ev["event_name"], ev["created_at"])] += 1
         reply(h, 202, None)
 
@@ -89,7 +96,7 @@ def test_one_nudge_per_user_and_day_within_the_cap(conn, intercom):
     assert set(intercom.events) == {("a", "pql-nudge", created), ("b", "pql-nudge", created)}
     ev = json.loads(intercom.requests[0]["body"])
     assert ev["metadata"]["top_reason"] == "created 4 projects" and len(ev["metadata"]) <= 10
-    assert ev["email"] == "a@example.com" and ev["metadata"]["pql_score"] == 0.5
+    assert ev["email"] == "a@example.com" and ev["metadata"]["pql_score"] == "0.5"
     # the same day again: nobody is nudged twice
     again = send_nudges(conn, ch, D0, "pql-nudge", 7, "r2")
     assert (again["unchanged"], again["sent"], again["calls"]) == (2, 0, 0)
@@ -186,3 +193,25 @@ def test_an_undelivered_nudge_is_not_sent_late_and_a_rescored_day_does_not_nudge
     assert (nxt["retried"], nxt["sent"]) == (0, 0)
     assert conn.execute(f"SELECT status FROM {L.LEDGER} WHERE record_key LIKE 'b|%'").fetchall() == [("expired",)]
     assert set(intercom.events) == {("a", "pql-nudge", int(dt.datetime(2026, 3, 10, tzinfo=dt.timezone.utc).timestamp()))}
+
+
+def test_a_refused_nudge_is_not_sent_again_and_an_echoed_secret_is_never_stored(conn):
+    """A 404 (user not found) whose body quotes the request's credentials: rejected once,
+    redacted, and held on the next run of the same day."""
+    requests_seen = []
+
+    def refuse(h):
+        requests_seen.append(h.headers.get("Authorization"))
+        reply(h, 404, {"type": "error.list", "errors": [
+            {"code": "not_found", "message": f"User Not Found (Authorization: {h.headers.get('Authorization')})"}]})
+
+    with LocalServer(refuse) as server:
+        ch = IntercomChannel("intercom", f"{server.base_url}/events", TOKEN, fast())
+        scored(conn, D0, [("a", 0.5, "in_app")])
+        row = send_nudges(conn, ch, D0, "pql-nudge", 7, "r1")
+        assert (row["sent"], row["rejected"], row["calls"]) == (1, 1, 1)
+        again = send_nudges(conn, ch, D0, "pql-nudge", 7, "r2")
+        assert (again["sent"], again["held"], again["calls"]) == (0, 1, 0) and len(requests_seen) == 1
+    stored = " ".join(str(v) for t in (L.LEDGER, L.RUNS, L.REJECTIONS)
+                      for r in conn.execute(f"SELECT * FROM {t}").fetchall() for v in r)
+    assert "User Not Found" in stored and "[redacted]" in stored and TOKEN not in stored

@@ -22,6 +22,7 @@ from pql_pipeline.defs.model.training import feature_columns, load_frame, time_s
 from pql_pipeline.defs.monitoring.pql_report import report_path
 from pql_pipeline.lib.charts import decode_md_images
 from pql_pipeline.lib.warehouse import Warehouse
+from pql_pipeline_tests.defs.activation import spec
 from pql_pipeline_tests.pipeline import generated_pipeline, materialized
 
 
@@ -359,6 +360,16 @@ def test_sales_leads_reach_the_crm_dry_run_first_then_for_real_once(trained, mon
             f"SELECT body FROM sync_outbox WHERE run_id = '{mat.metadata['run_id'].value}' AND object_type = 'companies'")]
         assert sum(len(b["inputs"]) for b in bodies) == sales_accounts > 0
         assert all(len(b["inputs"]) <= 100 for b in bodies)
+        # every request the run would make is valid against the destinations' published schemas
+        outbox = p.query("SELECT object_type, body, headers FROM sync_outbox WHERE run_id IN "
+                         f"('{mat.metadata['run_id'].value}', '{nudges.metadata['run_id'].value}')")
+        assert {t for t, _, _ in outbox} >= {"companies", "contacts", "nudges"}
+        for object_type, body, headers in outbox:
+            if object_type == "nudges":
+                assert spec.problems(spec.INTERCOM, "create_data_event_request", _json.loads(body)) == []
+                assert _json.loads(headers)["Intercom-Version"] == spec.intercom_version()
+            else:
+                assert spec.problems(spec.HUBSPOT, "BatchInputSimplePublicObjectBatchInputUpsert", _json.loads(body)) == []
         first = bodies[0]["inputs"][0]
         assert first["idProperty"] == "pql_account_id" and set(first["properties"]) >= {
             "pql_score", "pql_tier", "pql_is_pql", "pql_reasons", "pql_model_version", "pql_scored_on"}
@@ -379,6 +390,7 @@ def test_sales_leads_reach_the_crm_dry_run_first_then_for_real_once(trained, mon
         again = real_defs.resolve_job_def(SCORING_JOB).execute_in_process(
             instance=instance, tags={"dagster/partition": last}, raise_on_error=False)
         assert again.success and len(hub.requests) == calls       # nothing changed: no call
+        assert hub.spec_violations == []
         # the token went to HubSpot only
         assert all(r["headers"]["Authorization"] == f"Bearer {token}" for r in hub.requests)
         stored = " ".join(str(v) for t in ("sync_ledger", "sync_outbox", "sync_runs", "sync_rejections")
