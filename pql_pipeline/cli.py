@@ -130,6 +130,12 @@ def _instance():
     return dg.DagsterInstance.get()
 
 
+def _interrupted(exc: Exception):
+    """Ctrl-C or SIGTERM stopped a run: say what happened, exit like an interrupted program."""
+    click.echo(f"pql: {exc}", err=True)
+    raise SystemExit(130)
+
+
 def _settings():
     from pql_pipeline.settings import ConfigError, load_settings
 
@@ -151,12 +157,14 @@ def _settings():
 def demo(accounts: int, days: int, seed: int, dirty_fraction: float, regenerate: bool, progress: bool) -> None:
     """Generate demo events (once), materialize every asset, print a summary."""
     from pql_pipeline.demo import run_demo
-    from pql_pipeline.runner import PipelineRunError
+    from pql_pipeline.runner import PipelineInterrupted, PipelineRunError
 
     settings = _settings()
     try:
         report = run_demo(settings, _instance(), accounts, days, seed, dirty_fraction, regenerate, progress,
                           echo=click.echo)
+    except PipelineInterrupted as exc:
+        _interrupted(exc)
     except (PipelineRunError, ValueError, FileExistsError) as exc:
         raise click.ClickException(str(exc)) from None
     if not report.succeeded:
@@ -172,13 +180,16 @@ def demo(accounts: int, days: int, seed: int, dirty_fraction: float, regenerate:
 def materialize(start: str | None, end: str | None, progress: bool) -> None:
     """Materialize the pipeline for the days that have event files (one single-run backfill)."""
     from pql_pipeline.defs.ingest.loader import available_partitions
-    from pql_pipeline.runner import PipelineRunError, format_summary, materialize_all
+    from pql_pipeline.runner import PipelineInterrupted, PipelineRunError, format_summary, materialize_all
 
     settings = _settings()
     parts = available_partitions(settings.events_root, settings.source.pattern)
     parts = [p for p in parts if (start is None or p >= start) and (end is None or p <= end)]
     try:
-        report = materialize_all(settings, _instance(), parts, progress=progress)
+        report = materialize_all(settings, _instance(), parts, progress=progress,
+                                 echo=lambda line: click.echo(line, err=True))
+    except PipelineInterrupted as exc:
+        _interrupted(exc)
     except PipelineRunError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(format_summary(settings, report))
@@ -202,13 +213,15 @@ def backfill(start: str, end: str, job: str, per_partition: bool, progress: bool
     Writes are idempotent per partition: a range gives the same tables as its days one by one."""
     import time
 
-    from pql_pipeline.runner import PipelineRunError, backfill as run_backfill, format_summary
+    from pql_pipeline.runner import PipelineInterrupted, PipelineRunError, backfill as run_backfill, format_summary
 
     settings = _settings()
     t0 = time.monotonic()
     try:
         report = run_backfill(settings, _instance(), job, start, end, per_partition, echo=click.echo,
                               progress=progress)
+    except PipelineInterrupted as exc:
+        _interrupted(exc)
     except PipelineRunError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(format_summary(settings, report))

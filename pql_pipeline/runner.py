@@ -2,21 +2,42 @@
 
 Runs go through the Dagster instance in ``DAGSTER_HOME`` (``make`` sets it to
 ``.dagster_home``), so everything done here shows up in the UI afterwards.
+
+Before each run, runs whose process died are marked failed and their pool slots freed
+(``lib/run_health.py``); a run that must wait for the ``duckdb_warehouse`` pool says on the
+console which run holds it and since when, and Ctrl-C or SIGTERM stops it cleanly: before
+it starts, or at the next step boundary (the run is then recorded as canceled, its claims
+released).
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import dagster as dg
 
 from pql_pipeline.defs.ingest.loader import available_partitions
+from pql_pipeline.lib import run_health
+from pql_pipeline.lib.dagster_helpers import POOL
 from pql_pipeline.lib.warehouse import Warehouse, table_exists
 from pql_pipeline.settings import Settings
 
 
 class PipelineRunError(RuntimeError):
     pass
+
+
+class PipelineInterrupted(PipelineRunError):
+    """Ctrl-C or SIGTERM stopped the pipeline (while waiting for the pool, or between steps)."""
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -30,7 +51,7 @@ class RunReport:
 
 def materialize_all(settings: Settings, instance: dg.DagsterInstance, partitions: list[str] | None = None,
                     defs: dg.Definitions | None = None, log_level: str = "WARNING",
-                    progress: bool = False) -> RunReport:
+                    progress: bool = False, echo: Callable[[str], None] = _stderr) -> RunReport:
     """Run the whole graph over every partition that has files, as one single-run range."""
     from pql_pipeline.definitions import MODEL_JOB, PIPELINE_JOB, SCORING_JOB, build_definitions
 
@@ -50,7 +71,7 @@ def materialize_all(settings: Settings, instance: dg.DagsterInstance, partitions
     # the events-to-features graph, the (unpartitioned) model trained on it, then the scores
     jobs = [(PIPELINE_JOB, tags), (MODEL_JOB, {}), (SCORING_JOB, tags)]
     for job_name, tags in jobs:
-        if not execute(defs, job_name, tags, instance, report, log_level, progress=progress):
+        if not execute(defs, job_name, tags, instance, report, log_level, progress=progress, echo=echo):
             break
     return report
 
@@ -62,20 +83,26 @@ def range_tags(days: list[str]) -> dict[str, str]:
 
 
 def execute(defs: dg.Definitions, job_name: str, tags: dict, instance: dg.DagsterInstance, report: RunReport,
-            log_level: str = "WARNING", progress: bool = False) -> bool:
+            log_level: str = "WARNING", progress: bool = False, echo: Callable[[str], None] = _stderr) -> bool:
     """Run ``job_name`` in this process and add its run, checks and failed steps to ``report``.
-    With ``progress``, a bar on stderr follows the run's steps (on a terminal only)."""
+    With ``progress``, a bar on stderr follows the run's steps (on a terminal only). Dead runs
+    are reaped and the pool awaited first; see the module's docstring."""
     import uuid
 
     graph = defs.resolve_asset_graph()
     job = defs.resolve_job_def(job_name)
     run_id = str(uuid.uuid4())      # known before the run starts, so the progress bar can follow it
+    wait_for_pool(instance, POOL, echo)
     # the full event log is in the Dagster instance (and the UI); the console shows warnings and errors
-    with StepProgress(instance, run_id, job_name, len(job.graph.node_dict), enabled=progress):
+    with StepProgress(instance, run_id, job_name, len(job.graph.node_dict), enabled=progress), \
+            PoolWatch(instance, run_id, POOL, echo), interruptible(instance, run_id) as interrupted:
         result = job.execute_in_process(
-            instance=instance, tags=tags, raise_on_error=False, run_id=run_id,
+            instance=instance, tags={**tags, **run_health.owner_tags()}, raise_on_error=False, run_id=run_id,
             run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
     report.run_ids.append(result.run_id)
+    if interrupted:
+        raise PipelineInterrupted(f"stopped by {interrupted[0]}: run {run_id[:8]} of {job_name} was canceled at a "
+                                  "step boundary (the steps before it completed; run again to continue)")
     report.succeeded &= result.success
     for ev in result.get_asset_check_evaluations():
         spec = graph.get_check_spec(dg.AssetCheckKey(ev.asset_key, ev.check_name))
@@ -84,6 +111,139 @@ def execute(defs: dg.Definitions, job_name: str, tags: dict, instance: dg.Dagste
                               "blocking": bool(spec.blocking)})
     report.failed_steps += [e.step_key for e in result.all_events if e.is_step_failure and e.step_key]
     return result.success
+
+
+SAY_EVERY_SECONDS = 30.0      # how often a waiting run repeats what it waits for
+
+
+def wait_for_pool(instance: dg.DagsterInstance, pool: str, echo: Callable[[str], None], poll: float = 1.0) -> None:
+    """Reap dead runs, then wait (saying for what, and since when) until ``pool`` has a free
+    slot. Ctrl-C or SIGTERM while waiting raises PipelineInterrupted; nothing has run."""
+    for line in run_health.reap_dead_runs(instance):
+        echo(f"pql: {line}")
+    since, said = None, 0.0
+    try:
+        with _sigterm_as_interrupt():
+            while not run_health.pool_free(instance, pool):
+                now = time.monotonic()
+                if since is None:
+                    since = time.time()
+                if now - said >= SAY_EVERY_SECONDS:
+                    echo(f"pql: waiting since {time.strftime('%H:%M:%S', time.gmtime(since))} UTC for a slot: "
+                         f"{run_health.describe(run_health.pool_holders(instance, pool), pool)} (Ctrl-C stops)")
+                    said = now
+                time.sleep(poll)
+                for line in run_health.reap_dead_runs(instance):
+                    echo(f"pql: {line}")
+    except KeyboardInterrupt:
+        raise PipelineInterrupted(f"stopped while waiting for a slot of pool {pool}; nothing was run") from None
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler, ``kill``, a container stop) stops a wait like Ctrl-C does."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signo, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def interruptible(instance: dg.DagsterInstance, run_id: str):
+    """Make Ctrl-C/SIGTERM stop an in-process run at the next step boundary or while it waits
+    for a pool slot. Dagster's in-process executor captures the signal but only acts on it
+    inside a step; its loop between steps (and its wait for a slot) would ignore it. Yields a
+    list that holds the signal's name once the run was stopped by one."""
+    from dagster._core.errors import DagsterExecutionInterruptedError
+    from dagster._core.execution.plan.active import ActiveExecution
+    from dagster._utils.interrupts import check_captured_interrupt
+
+    stopped: list[str] = []
+    original_events, original_sleep = ActiveExecution.concurrency_event_iterator, ActiveExecution.sleep_til_ready
+
+    def stop_if_interrupted() -> None:
+        if check_captured_interrupt() and not stopped:
+            stopped.append("an interrupt (Ctrl-C or SIGTERM)")
+            run = instance.get_run_by_id(run_id)
+            if run is not None and run.status not in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED):
+                instance.report_run_canceling(run, message="Stopped by an interrupt (Ctrl-C or SIGTERM) at a step "
+                                                            "boundary.")
+            raise DagsterExecutionInterruptedError()
+
+    def concurrency_event_iterator(self, plan_context):
+        stop_if_interrupted()
+        yield from original_events(self, plan_context)
+
+    def sleep_til_ready(self) -> None:
+        end = time.monotonic() + max(0.0, self.sleep_interval())
+        while True:
+            stop_if_interrupted()
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(0.2, left))
+
+    ActiveExecution.concurrency_event_iterator = concurrency_event_iterator
+    ActiveExecution.sleep_til_ready = sleep_til_ready
+    try:
+        yield stopped
+    finally:
+        ActiveExecution.concurrency_event_iterator, ActiveExecution.sleep_til_ready = original_events, original_sleep
+        if stopped and instance.event_log_storage.supports_global_concurrency_limits:
+            instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+
+
+class PoolWatch:
+    """While a run executes: when one of its steps has waited for a pool slot for a few
+    seconds, say on the console what holds the pool and since when (then every
+    ``SAY_EVERY_SECONDS``), and reap runs that died holding it, so the wait ends by itself."""
+
+    def __init__(self, instance: dg.DagsterInstance, run_id: str, pool: str, echo: Callable[[str], None],
+                 poll: float = 1.0, quiet_seconds: float = 3.0):
+        self.instance, self.run_id, self.pool, self.echo = instance, run_id, pool, echo
+        self.poll, self.quiet_seconds = poll, quiet_seconds
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _waiting_since(self):
+        info = self.instance.event_log_storage.get_concurrency_info(self.pool)
+        return min((run_health.utc(p.enqueued_timestamp) for p in info.pending_steps
+                    if p.run_id == self.run_id and p.assigned_timestamp is None), default=None)
+
+    def _watch(self) -> None:
+        said = 0.0
+        while not self._stop.wait(self.poll):
+            try:
+                since = self._waiting_since()
+                if since is None or time.time() - since.timestamp() < self.quiet_seconds:
+                    continue
+                for line in run_health.reap_dead_runs(self.instance):
+                    self.echo(f"pql: {line}")
+                if time.monotonic() - said >= SAY_EVERY_SECONDS:
+                    holders = run_health.pool_holders(self.instance, self.pool, exclude_run=self.run_id)
+                    self.echo(f"pql: run {self.run_id[:8]} waits since {since:%H:%M:%S} UTC for a slot: "
+                              f"{run_health.describe(holders, self.pool)} (Ctrl-C stops it)")
+                    said = time.monotonic()
+            except Exception:  # noqa: BLE001 - watching never disturbs the run
+                continue
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 class StepProgress:
@@ -163,7 +323,7 @@ def backfill(settings: Settings, instance: dg.DagsterInstance, job_name: str, st
     report = RunReport(partitions=days)
     batches = [[d] for d in days] if per_partition else [days]
     for i, batch in enumerate(batches, start=1):
-        ok = execute(defs, job_name, range_tags(batch), instance, report, progress=progress)
+        ok = execute(defs, job_name, range_tags(batch), instance, report, progress=progress, echo=echo or _stderr)
         if echo is not None and per_partition:
             echo(f"[{i}/{len(batches)}] {batch[0]}: {'ok' if ok else 'FAILED'}")
         if not ok:

@@ -314,8 +314,8 @@ def close_interrupted(conn, destination: str, object_type: str, ledger_destinati
                    error = ?
             WHERE run_id = ? AND destination = ? AND object_type = ? AND status = 'running'""",
                      [last, created + updated + rejected + failed, created, updated, rejected, failed, last,
-                      f"interrupted: the sync's process ended before the run finished; {pending} record(s) sent "
-                      "without a confirmed answer were left pending and are sent again by the next run",
+                      f"interrupted: the sync's process ended before the run finished; {pending} record(s) left "
+                      "pending (not sent yet, or sent without a confirmed answer) are sent again by the next run",
                       run_id, destination, object_type])
     return runs
 

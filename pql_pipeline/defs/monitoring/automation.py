@@ -148,4 +148,19 @@ def build_automation(settings: Settings, daily: dg.PartitionsDefinition, daily_j
         default_status=status(a.running, "sensor"),
         description="Declarative automation of the drift report, PQL history and outputs: they follow a re-scored "
                     "day once every blocking check upstream passed.")
-    return [pql_daily, pql_weekly_retrain], [pql_new_event_files, automation]
+    return [pql_daily, pql_weekly_retrain], [pql_new_event_files, automation, dead_run_reaper()]
+
+
+def dead_run_reaper() -> dg.SensorDefinition:
+    """Runs by default: a run whose process died (SIGKILL, out of memory, a container stop)
+    would otherwise stay STARTED and hold its pool slot, so every later run waits forever."""
+    from pql_pipeline.lib.run_health import reap_dead_runs
+
+    @dg.sensor(name="pql_dead_run_reaper", minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
+               description="Marks failed the runs whose process is gone and frees the pool slots of finished runs "
+                           "(Dagster keeps both otherwise).")
+    def pql_dead_run_reaper(context: dg.SensorEvaluationContext):
+        done = reap_dead_runs(context.instance, log=context.log.warning)
+        return dg.SkipReason("; ".join(done) if done else "no dead run holds a slot")
+
+    return pql_dead_run_reaper
