@@ -63,6 +63,16 @@ class ValidationSettings(_Strict):
 class QuarantineRateSettings(_Strict):
     warn_above: float = Field(0.005, ge=0, le=1)
     error_above: float = Field(0.05, ge=0, le=1)
+    # a file not readable to its end (truncated .gz) loses an unknown number of lines, which no
+    # rate can judge: warn (the day goes on with what was read) or error (block until it is re-sent)
+    unreadable_file: str = "warn"
+
+    @field_validator("unreadable_file")
+    @classmethod
+    def _unreadable(cls, v: str) -> str:
+        if v not in ("warn", "error"):
+            raise ValueError(f"checks.quarantine_rate.unreadable_file must be warn or error, not {v!r}")
+        return v
 
     @model_validator(mode="after")
     def _order(self):

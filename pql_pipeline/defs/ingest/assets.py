@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 
 from pql_pipeline.defs.ingest.dimensions import build_accounts, build_users
-from pql_pipeline.defs.ingest.raw import load_partitions
+from pql_pipeline.defs.ingest.raw import ensure_raw_events, load_partitions
 from pql_pipeline.defs.ingest.resources import EventSource
 from pql_pipeline.defs.ingest.validation import PARTITION_TABLES, validate_partitions
 from pql_pipeline.lib.charts import chart_md, quarantine_chart
@@ -38,16 +38,19 @@ def build_ingest_assets(settings: Settings, daily: dg.PartitionsDefinition) -> l
 
         Nothing is parsed or dropped here; re-running a partition replaces it.
         """
-        per_partition = []
+        per_partition, unreadable = [], []
         total = files = nbytes = bad = 0
         with warehouse.get_connection() as conn:
-            ensure_tables(conn, raw_c, "raw_events")
+            ensure_raw_events(conn, raw_c)
             loads = load_partitions(conn, Path(event_source.root), event_source.pattern, event_source.format,
                                     sorted(context.partition_keys))
             for r in loads:
                 key = r.partition
                 if not r.files:
                     context.log.warning(f"partition {key}: no files match {event_source.pattern} under {event_source.root}")
+                for note in r.unreadable:
+                    context.log.warning(f"partition {key}: {note} (quarantined as file.unreadable)")
+                    unreadable.append(note)
                 per_partition.append({"partition": key, "files": len(r.files), "lines": r.rows,
                                       "bytes": r.bytes, "invalid_utf8": r.invalid_utf8})
                 total += r.rows
@@ -59,6 +62,7 @@ def build_ingest_assets(settings: Settings, daily: dg.PartitionsDefinition) -> l
             "files": files,
             "bytes": nbytes,
             "invalid_utf8_lines": bad,
+            "unreadable_files": dg.MetadataValue.json(unreadable),
             "partitions": dg.MetadataValue.md(md_table(per_partition[-31:])),
         })
 
@@ -92,7 +96,7 @@ def build_ingest_assets(settings: Settings, daily: dg.PartitionsDefinition) -> l
         rows = []
         totals = {"raw": 0, "validated": 0, "duplicates": 0, "quarantined": 0}
         with warehouse.get_connection() as conn:
-            ensure_tables(conn, raw_c, "raw_events")
+            ensure_raw_events(conn, raw_c)
             ensure_tables(conn, val_c, *PARTITION_TABLES)
             for c in validate_partitions(conn, seg, sorted(context.partition_keys),
                                          settings.validation.dedup_lookback_days):

@@ -46,7 +46,8 @@ def build_ingest_checks(settings: Settings, daily: dg.PartitionsDefinition) -> l
 
     @dg.asset_check(asset="validated_events", blocking=True, partitions_def=daily, pool=POOL,
                     description=f"Share of raw lines quarantined: warn above {qr.warn_above:.1%}, "
-                                f"block downstream above {qr.error_above:.1%}.")
+                                f"block downstream above {qr.error_above:.1%}; a file not readable to its end "
+                                f"(its rest quarantined as file.unreadable): {qr.unreadable_file}.")
     def quarantine_rate(context: dg.AssetCheckExecutionContext, warehouse: Warehouse) -> dg.AssetCheckResult:
         rows, worst = [], 0.0
         with warehouse.get_connection() as conn:
@@ -65,9 +66,18 @@ def build_ingest_checks(settings: Settings, daily: dg.PartitionsDefinition) -> l
                 SELECT partition_date::VARCHAR, source_file, line_no, rule_id, reasons[1], left(raw_line, 200)
                 FROM quarantined_events WHERE partition_date IN ({in_keys})
                 ORDER BY partition_date, source_file, line_no LIMIT {settings.checks.sample_rows}""").fetchall()
-        # between the two thresholds: a warning; above error_above (or passing): the blocking level
-        severity = dg.AssetCheckSeverity.WARN if qr.warn_above < worst <= qr.error_above else dg.AssetCheckSeverity.ERROR
-        return dg.AssetCheckResult(passed=worst <= qr.warn_above, severity=severity, metadata={
+            unreadable = conn.execute(f"""
+                SELECT partition_date::VARCHAR, source_file, reasons[1] FROM quarantined_events
+                WHERE partition_date IN ({in_keys}) AND rule_id = 'file.unreadable'
+                ORDER BY 1, 2""").fetchall()
+        # between the two thresholds: a warning; above error_above (or passing): the blocking level;
+        # an unreadable file: as checks.quarantine_rate.unreadable_file says
+        passed = worst <= qr.warn_above and not unreadable
+        blocks = worst > qr.error_above or (bool(unreadable) and qr.unreadable_file == "error")
+        severity = dg.AssetCheckSeverity.WARN if not passed and not blocks else dg.AssetCheckSeverity.ERROR
+        return dg.AssetCheckResult(passed=passed, severity=severity, metadata={
+            "unreadable_files": dg.MetadataValue.json([{"partition": u[0], "file": u[1], "reason": u[2]}
+                                                       for u in unreadable]),
             "max_quarantine_rate": dg.MetadataValue.float(round(worst, 6)),
             "warn_above": qr.warn_above,
             "error_above": qr.error_above,

@@ -4,13 +4,18 @@ Nothing is parsed or dropped here. A line that is not valid UTF-8 is kept with i
 bad bytes written as ``\\xNN`` escapes and ``utf8_valid = false``; validation
 quarantines it. Empty lines are kept too (they are quarantined as malformed), so
 ``raw rows = lines in the files`` always holds.
+
+A file that cannot be read to its end (a truncated or corrupt ``.gz``, a read error) keeps
+every whole line read before the fault, and its unreadable rest becomes one more row with
+``read_error`` saying which file, from which byte and why (its ``raw_line`` holds the
+partial line read before the fault, if any); validation quarantines that row, so the
+partition reconciles and the files beside it load as usual.
 """
 
 from __future__ import annotations
 
 import glob
-import gzip
-import io
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +31,7 @@ RAW_SCHEMA = pa.schema(
         ("raw_line", pa.string()),
         ("line_bytes", pa.int64()),
         ("utf8_valid", pa.bool_()),
+        ("read_error", pa.string()),
     ]
 )
 
@@ -47,10 +53,58 @@ def partition_files(root: Path, pattern: str, partition: str) -> list[SourceFile
     return [SourceFile(p, p.relative_to(root).as_posix(), p.stat().st_size) for p in paths]
 
 
-def _open(path: Path) -> io.BufferedIOBase:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    return open(path, "rb")
+READ_BYTES = 64 * 1024      # compressed bytes inflated at a time (a corrupt piece loses at most this)
+
+
+class UnreadableRest(Exception):
+    """The file could not be read past ``offset`` bytes of its (uncompressed) content."""
+
+    def __init__(self, offset: int, reason: str):
+        super().__init__(reason)
+        self.offset, self.reason = offset, reason
+
+
+def _chunks(path: Path, size: int):
+    """The file's content in blocks of about ``size`` bytes; a ``.gz`` file inflated as a
+    stream (every member of a multi-member file), so that a fault keeps what came before
+    it. A fault raises UnreadableRest after the last good block."""
+    done = 0
+    try:
+        with open(path, "rb") as fh:
+            if path.suffix != ".gz":
+                while block := fh.read(size):
+                    done += len(block)
+                    yield block
+                return
+            inflate, fed, pending, fault = zlib.decompressobj(wbits=47), False, b"", None
+            while fault is None and (raw := fh.read(READ_BYTES)):
+                while raw:
+                    if not fed and not raw.strip(b"\0"):
+                        raw = b""              # zero padding after the last member, as gzip allows
+                        break
+                    try:
+                        pending += inflate.decompress(raw)
+                    except zlib.error as e:
+                        fault = f"corrupt compressed data ({e})"
+                        break
+                    fed, raw = True, b""
+                    if inflate.eof:            # a member ended: the next one starts in unused_data
+                        raw, inflate, fed = inflate.unused_data, zlib.decompressobj(wbits=47), False
+                if len(pending) >= size:
+                    done += len(pending)
+                    yield pending
+                    pending = b""
+            if fault is None and fed and not inflate.eof:
+                pending += inflate.flush()
+                fault = ("compressed file ended before the end-of-stream marker was reached (truncated: the rest of "
+                         "the file is missing)")
+            if pending:
+                done += len(pending)
+                yield pending
+            if fault is not None:
+                raise UnreadableRest(done, fault)
+    except OSError as e:
+        raise UnreadableRest(done, f"{type(e).__name__}: {e.strerror or e}") from None
 
 
 def _decode_block(data: bytes) -> tuple[list[str], list[int], list[int]]:
@@ -86,17 +140,17 @@ def _decode_block(data: bytes) -> tuple[list[str], list[int], list[int]]:
 
 
 def read_jsonl(file: SourceFile, chunk_bytes: int = CHUNK_BYTES) -> Iterator[pa.RecordBatch]:
-    """Yield record batches of RAW_SCHEMA for every physical line of a JSON-lines file."""
+    """Yield record batches of RAW_SCHEMA for every physical line of a JSON-lines file, and
+    one row for an unreadable rest (see the module's docstring)."""
     line_no = 0
     carry = b""
-    with _open(file.path) as fh:
-        while True:
-            data = fh.read(chunk_bytes)
-            if not data:
-                break
+    offset = 0           # bytes of the content turned into rows so far
+    try:
+        for data in _chunks(file.path, chunk_bytes):
             data = carry + data
-            if line_no == 0 and not carry and data.startswith(b"\xef\xbb\xbf"):
+            if line_no == 0 and offset == 0 and not carry and data.startswith(b"\xef\xbb\xbf"):
                 data = data[3:]  # a UTF-8 byte-order mark is not part of the first line
+                offset = 3
             cut = data.rfind(b"\n")
             if cut < 0:
                 carry = data
@@ -104,14 +158,27 @@ def read_jsonl(file: SourceFile, chunk_bytes: int = CHUNK_BYTES) -> Iterator[pa.
             carry = data[cut + 1 :]
             batch = _batch(file, data[:cut], line_no)
             line_no += batch.num_rows
+            offset += cut + 1
             yield batch
+    except UnreadableRest as e:
+        where = f"from byte {offset:,} of its content" + (" (inflated)" if file.path.suffix == ".gz" else "")
+        note = (f"file {file.relative} unreadable {where}: {e.reason}; its {line_no:,} whole line(s) before that "
+                "point were loaded" + (f", and the {len(carry):,} byte(s) of a partial line after them are kept "
+                                       "here" if carry else ""))
+        yield _batch(file, carry, line_no, read_error=note)
+        return
     if carry:
         # last line without a trailing newline
         yield _batch(file, carry, line_no)
 
 
-def _batch(file: SourceFile, block: bytes, first: int) -> pa.RecordBatch:
-    lines, bad, bad_bytes = _decode_block(block)
+def _batch(file: SourceFile, block: bytes, first: int, read_error: str | None = None) -> pa.RecordBatch:
+    if read_error is not None:
+        lines, bad, bad_bytes = [block.decode("utf-8", errors="backslashreplace")], [], []
+        if block.decode("utf-8", errors="replace") != lines[0]:
+            bad, bad_bytes = [0], [len(block)]
+    else:
+        lines, bad, bad_bytes = _decode_block(block)
     n = len(lines)
     # Windows line endings: one trailing \r is not part of the JSON value
     if b"\r" in block:
@@ -130,6 +197,7 @@ def _batch(file: SourceFile, block: bytes, first: int) -> pa.RecordBatch:
             text,
             pa.array(nbytes),
             pa.array(valid),
+            pa.array([read_error] * n, pa.string()),
         ],
         schema=RAW_SCHEMA,
     )

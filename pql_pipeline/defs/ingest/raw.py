@@ -12,6 +12,18 @@ import pyarrow.compute as pc
 from pql_pipeline.defs.ingest.loader import RAW_SCHEMA, SourceFile, partition_files, read_jsonl
 
 
+RAW_COLUMNS = "partition_date, source_file, line_no, raw_line, line_bytes, utf8_valid, read_error"
+
+
+def ensure_raw_events(conn: duckdb.DuckDBPyConnection, contract) -> None:
+    """raw_events as its contract has it; a table an earlier version created gets the
+    ``read_error`` column (NULL for the lines it holds)."""
+    from pql_pipeline.lib.warehouse import ensure_tables
+
+    ensure_tables(conn, contract, "raw_events")
+    conn.execute("ALTER TABLE raw_events ADD COLUMN IF NOT EXISTS read_error VARCHAR")
+
+
 @dataclass
 class RawLoad:
     partition: str
@@ -19,6 +31,7 @@ class RawLoad:
     rows: int = 0
     bytes: int = 0
     invalid_utf8: int = 0
+    unreadable: list[str] = field(default_factory=list)     # read_error of each file not read to its end
 
 
 def load_partition(conn: duckdb.DuckDBPyConnection, root: Path, pattern: str, fmt: str, partition: str) -> RawLoad:
@@ -54,6 +67,7 @@ def load_partitions(conn: duckdb.DuckDBPyConnection, root: Path, pattern: str, f
                         _insert_batch(conn, batch, pdate)
                         r.rows += batch.num_rows
                         r.invalid_utf8 += batch.num_rows - (pc.sum(batch.column("utf8_valid")).as_py() or 0)
+                        r.unreadable += [e for e in batch.column("read_error").to_pylist() if e]
             results.append(r)
             pending += r.rows
             if pending >= commit_rows:
@@ -69,7 +83,8 @@ def load_partitions(conn: duckdb.DuckDBPyConnection, root: Path, pattern: str, f
 
 def _insert_batch(conn: duckdb.DuckDBPyConnection, batch: pa.RecordBatch, pdate: str) -> None:
     tbl = pa.Table.from_batches([batch], schema=RAW_SCHEMA)  # noqa: F841 (read by DuckDB's replacement scan)
-    conn.execute(f"INSERT INTO raw_events SELECT {pdate}, source_file, line_no, raw_line, line_bytes, utf8_valid FROM tbl")
+    conn.execute(f"INSERT INTO raw_events ({RAW_COLUMNS}) "
+                 f"SELECT {pdate}, source_file, line_no, raw_line, line_bytes, utf8_valid, read_error FROM tbl")
 
 
 def _insert_parquet(conn: duckdb.DuckDBPyConnection, f: SourceFile, pdate: str) -> tuple[int, int]:
@@ -79,8 +94,8 @@ def _insert_parquet(conn: duckdb.DuckDBPyConnection, f: SourceFile, pdate: str) 
     cols = [r[0] for r in conn.execute(f"DESCRIBE SELECT * FROM read_parquet('{path}')").fetchall()]
     struct = "{" + ", ".join("'" + c.replace("'", "''") + "': \"" + c.replace('"', '""') + "\"" for c in cols) + "}"
     n = conn.execute(f"""
-        INSERT INTO raw_events
-        SELECT {pdate}, '{rel}', file_row_number + 1, line, strlen(line), TRUE
+        INSERT INTO raw_events ({RAW_COLUMNS})
+        SELECT {pdate}, '{rel}', file_row_number + 1, line, strlen(line), TRUE, NULL
         FROM (SELECT file_row_number, CAST(to_json({struct}) AS VARCHAR) AS line
               FROM read_parquet('{path}', file_row_number = true))
     """).fetchall()[0][0]

@@ -246,8 +246,9 @@ def _checked_sql(compiled: CompiledRules, partitions: list[str]) -> str:
     return f"""
         CREATE OR REPLACE TEMP TABLE _checked AS
         WITH lines AS (
-            SELECT partition_date, source_file, line_no, raw_line, line_bytes,
-                   CASE WHEN NOT utf8_valid THEN 'line.utf8'
+            SELECT partition_date, source_file, line_no, raw_line, line_bytes, read_error,
+                   CASE WHEN read_error IS NOT NULL THEN 'file.unreadable'
+                        WHEN NOT utf8_valid THEN 'line.utf8'
                         WHEN line_bytes > {compiled.max_bytes} THEN 'line.max_bytes'
                         WHEN NOT json_valid(raw_line) THEN
                              CASE WHEN trim(raw_line) = '' THEN 'line.empty' ELSE 'line.json' END
@@ -448,7 +449,8 @@ def _validate_one(conn: duckdb.DuckDBPyConnection, contract: Contract, partition
 
 
 def _line_reason() -> str:
-    return ("CASE line_rule WHEN 'line.utf8' THEN 'line is not valid UTF-8' "
+    return ("CASE line_rule WHEN 'file.unreadable' THEN read_error "
+            "WHEN 'line.utf8' THEN 'line is not valid UTF-8' "
             "WHEN 'line.max_bytes' THEN 'line is ' || line_bytes || ' bytes, above the contract limit' "
             "WHEN 'line.empty' THEN 'line is empty' "
             "WHEN 'line.json' THEN 'line is not valid JSON' "

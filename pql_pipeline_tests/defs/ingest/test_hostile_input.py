@@ -49,3 +49,52 @@ def test_hostile_partition(tmp_path, monkeypatch):
     assert p.query("SELECT rule_id FROM quarantined_events WHERE raw_line LIKE '%\"huge\"%'") == [("line.max_bytes",)]
     meta = checks["validated_events:quarantine_rate"].metadata
     assert meta["sample_bad_rows"].value and meta["max_quarantine_rate"].value > 0.05
+
+
+@pytest.mark.slow
+def test_a_truncated_gzip_file_does_not_sink_its_day(tmp_path, monkeypatch):
+    """The good file beside it is loaded, the truncated one up to the fault; its unreadable
+    rest is one quarantined row naming the file, the byte and the reason; the day
+    reconciles, and the quarantine gate warns (the default policy) without blocking."""
+    import gzip
+    import json
+
+    ev = tmp_path / "events"
+    d = ev / f"dt={DAY}"
+    d.mkdir(parents=True)
+    ts = "2026-01-02T10:00:00Z"
+    good = [json.dumps(track(f"g{i}", "Feature Used", ts, feature="x")) for i in range(30)]
+    (d / "a-good.jsonl.gz").write_bytes(gzip.compress(("\n".join(good) + "\n").encode()))
+    many = [json.dumps(track(f"t{i}", "Feature Used", ts, user=f"u{i}", feature="y" * 300)) for i in range(3000)]
+    whole = gzip.compress(("\n".join(many) + "\n").encode(), compresslevel=1)
+    (d / "b-truncated.jsonl.gz").write_bytes(whole[: len(whole) * 2 // 3])
+
+    p = make_pipeline(monkeypatch, ev, tmp_path / "wh.duckdb")
+    result = p.run(DAY)
+    checks = p.checks(result)
+    assert result.success and checks["validated_events:reconciliation"].passed
+    gate = checks["validated_events:quarantine_rate"]
+    assert not gate.passed and gate.severity.value == "WARN"
+    [unreadable] = gate.metadata["unreadable_files"].value
+    assert unreadable["file"] == f"dt={DAY}/b-truncated.jsonl.gz"
+    assert "unreadable from byte" in unreadable["reason"] and "end-of-stream marker" in unreadable["reason"]
+    assert "users" in materialized(result)
+    raw, val, qua = p.query("SELECT (SELECT count(*) FROM raw_events), (SELECT count(*) FROM validated_events), "
+                            "(SELECT count(*) FROM quarantined_events)")[0]
+    loaded = p.query("SELECT count(*) FROM validated_events WHERE message_id LIKE 't%'")[0][0]
+    assert raw == val + qua and qua == 1 and val == 30 + loaded and 1000 < loaded < 3000
+    [(rule, reason)] = p.query("SELECT rule_id, reasons[1] FROM quarantined_events")
+    assert rule == "file.unreadable" and f"{loaded:,} whole line(s) before that point were loaded" in reason
+
+    # policy error: the same day blocks what follows
+    monkeypatch.setenv("PQL_CONFIG", str(_config(tmp_path, "checks:\n  quarantine_rate:\n    unreadable_file: error\n")))
+    strict = make_pipeline(monkeypatch, ev, tmp_path / "wh.duckdb")
+    blocked = strict.run(DAY)
+    gate = strict.checks(blocked)["validated_events:quarantine_rate"]
+    assert not gate.passed and gate.severity.value == "ERROR" and "users" not in materialized(blocked)
+
+
+def _config(tmp_path, text: str):
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(text)
+    return path
