@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,10 +26,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+MEMORY_SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*(b|bytes|kb|mb|gb|tb|kib|mib|gib|tib|%)\s*$", re.IGNORECASE)
+
+
 class WarehouseSettings(_Strict):
     path: str = "warehouse/pql.duckdb"
     memory_limit: str = "2.75GB"
     threads: int = Field(2, ge=1)
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory(cls, v: str) -> str:
+        if not MEMORY_SIZE.match(str(v)):
+            raise ValueError(f"{v!r} is not a memory size; write a number and a unit, e.g. 2.75GB, 512MiB or 60%")
+        return v
 
 
 class SourceSettings(_Strict):
@@ -533,8 +544,46 @@ def contracts_dir() -> Path:
     return cwd if cwd.is_dir() else PROJECT_ROOT / "data_contracts"
 
 
-def load_settings(path: str | os.PathLike | None = None) -> Settings:
-    """Load and validate the configuration; raises ConfigError naming the bad key and line."""
+# the contracts every run reads besides validation.contract (data_contracts/)
+PROJECT_CONTRACTS = ("raw_events", "validated_events", "users", "accounts", "features", "training_set")
+
+
+def check_files(settings: Settings, path: Path) -> None:
+    """Every file the configuration names exists and loads (a contract, the signals), so a
+    run never starts writing before it finds out; ConfigError lists each problem on a line
+    naming the configuration file, line and key."""
+    from pql_pipeline.defs.features.signals import load_signals
+    from pql_pipeline.lib.contracts import ContractError, load_contract
+    from pql_pipeline.lib.yaml_config import read_yaml
+
+    _, lines = read_yaml(path)
+    problems = []
+
+    def where(key: str) -> str:
+        keys = tuple(key.split("."))
+        line = next((lines[keys[:n]] for n in range(len(keys), 0, -1) if keys[:n] in lines), None)
+        return f"{path}{f' line {line}' if line else ''} ({key})"
+
+    named = [("validation.contract", settings.contract_path, load_contract),
+             ("features.signals", settings.signals_path, load_signals)]
+    named += [(f"data_contracts/{n}.odcs.yaml", contracts_dir() / f"{n}.odcs.yaml", load_contract)
+              for n in PROJECT_CONTRACTS]
+    for key, file, load in named:
+        here = where(key) if not key.startswith("data_contracts/") else f"{file} (shipped with the project)"
+        if not file.is_file():
+            problems.append(f"{here}: file {file} does not exist")
+            continue
+        try:
+            load(file)
+        except (ConfigError, ContractError) as e:
+            problems += [f"{here}: {line}" for line in str(e).splitlines()]
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def load_settings(path: str | os.PathLike | None = None, check: bool = True) -> Settings:
+    """Load and validate the configuration; raises ConfigError naming the bad key and line.
+    ``check``: also load every file it names (contracts, signals)."""
     path = Path(path or os.environ.get("PQL_CONFIG") or DEFAULT_CONFIG)
     settings = load_model(path, Settings)
     # environment overrides are read once, here, so a Settings object never changes under its user
@@ -544,6 +593,8 @@ def load_settings(path: str | os.PathLike | None = None) -> Settings:
     if os.environ.get("PQL_EVENTS_DIR"):
         settings = settings.model_copy(update={
             "source": settings.source.model_copy(update={"root": os.environ["PQL_EVENTS_DIR"]})})
+    if check:
+        check_files(settings, path)
     return settings
 
 

@@ -165,3 +165,22 @@ def test_long_commands_show_progress_bars_in_a_terminal(tmp_path):
     quiet = _in_a_terminal(["backfill", "--start", "2026-03-02", "--end", "2026-03-04", "--job", "ingest_events",
                             "--no-progress"], env, tmp_path)
     assert not re.search(r"ingest_events: +\d+%\|", quiet)
+
+
+def test_a_configuration_error_stops_the_cli_before_any_write(env, monkeypatch):
+    from pql_pipeline.defs.ingest.generator import GeneratorConfig, generate_events
+    import datetime as dt
+
+    generate_events(GeneratorConfig(n_accounts=2, days=2, start_date=dt.date(2026, 3, 1), seed=1), env / "events")
+    cfg = env / "pipeline.yaml"
+    cfg.write_text("warehouse:\n  memory_limit: lots\nvalidation:\n  contract: data_contracts/gone.odcs.yaml\n")
+    monkeypatch.setenv("PQL_CONFIG", str(cfg))
+    result = CliRunner().invoke(main, ["materialize", "--no-progress"])
+    assert result.exit_code == 1
+    assert f"{cfg} line 2 (warehouse.memory_limit): 'lots' is not a memory size" in result.output
+    assert "Traceback" not in result.output
+    assert not (env / "wh" / "pql.duckdb").exists()          # nothing was written
+    cfg.write_text("validation:\n  contract: data_contracts/gone.odcs.yaml\n")
+    result = CliRunner().invoke(main, ["materialize", "--no-progress"])
+    assert result.exit_code == 1 and f"{cfg} line 2 (validation.contract): file " in result.output
+    assert "gone.odcs.yaml does not exist" in result.output and not (env / "wh" / "pql.duckdb").exists()

@@ -89,11 +89,13 @@ def load_contract(path: str | os.PathLike) -> Contract:
 
 @lru_cache(maxsize=64)
 def _load_contract(path: str, _mtime: int) -> Contract:
+    from pql_pipeline.lib.yaml_config import ConfigError, read_yaml
+
     p = Path(path)
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ContractError(f"{p.name}: not valid YAML: {e}") from None
+        raw, _ = read_yaml(p)        # also refuses a key given twice
+    except ConfigError as e:
+        raise ContractError(str(e)) from None
     if not isinstance(raw, dict):
         raise ContractError(f"{p.name}: a contract must be a YAML mapping")
     if raw.get("kind") != "DataContract" or not str(raw.get("apiVersion", "")).startswith("v3"):

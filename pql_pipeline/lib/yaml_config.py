@@ -22,18 +22,30 @@ class ConfigError(ValueError):
     """A configuration file is invalid; the message says where and how to fix it."""
 
 
-def _line_map(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
-    """Key path -> 1-based line of the value (or of the key, for mappings) in the file."""
+def _key_path(path: tuple) -> str:
+    return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in path).replace(".[", "[") or "<top level>"
+
+
+def _line_map(node: yaml.Node, path: tuple = (), out: dict | None = None, file: Path | None = None) -> dict[tuple, int]:
+    """Key path -> 1-based line of the value (or of the key, for mappings) in the file. A key
+    given twice in one mapping is an error: YAML would keep the last one and silently drop
+    the first (a whole section, for a top-level key)."""
     out = {} if out is None else out
     out.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
+        seen: dict = {}
         for key_node, value_node in node.value:
             key = key_node.value
-            out[path + (key,)] = key_node.start_mark.line + 1
-            _line_map(value_node, path + (key,), out)
+            line = key_node.start_mark.line + 1
+            if key in seen and key != "<<":
+                raise ConfigError(f"{file} line {line} ({_key_path(path + (key,))}): duplicate key {key!r}, also on line "
+                                  f"{seen[key]}; YAML would keep only this one and drop the other: merge them")
+            seen[key] = line
+            out[path + (key,)] = line
+            _line_map(value_node, path + (key,), out, file)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _line_map(item, path + (i,), out)
+            _line_map(item, path + (i,), out, file)
             out[path + (i,)] = item.start_mark.line + 1
     return out
 
@@ -51,7 +63,7 @@ def read_yaml(path: Path) -> tuple[object, dict[tuple, int]]:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
-    return data, (_line_map(node) if node is not None else {})
+    return data, (_line_map(node, file=path) if node is not None else {})
 
 
 def describe_errors(path: Path, error: ValidationError, lines: dict[tuple, int]) -> str:
@@ -70,7 +82,7 @@ def describe_errors(path: Path, error: ValidationError, lines: dict[tuple, int])
             loc = loc + (named.group(1) or named.group(2),)
         # the deepest key of the error's path that exists in the file (a missing key -> its parent)
         line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
-        key = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[") or "<top level>"
+        key = _key_path(loc)
         problems.append(f"{path}{f' line {line}' if line else ''} ({key}): {msg}")
     return "\n".join(problems)
 
