@@ -125,6 +125,30 @@ def test_a_run_blocked_on_the_pool_says_why_and_sigterm_cancels_it_cleanly(insta
     assert [s.run_id for s in info.claimed_slots] == [holder]
 
 
+def test_the_reaper_sensor_finds_a_dead_run_worker_launched_by_the_daemon(instance, other_process):
+    """A run launched from the UI has no pql tags: its worker's pid comes from the run's
+    "Started process for run" event, as the run worker records it."""
+    from dagster._core.events import EngineEventData
+
+    from pql_pipeline.defs.monitoring.automation import dead_run_reaper
+
+    run = instance.add_run(dg.DagsterRun(job_name="daily_pql", run_id=str(uuid.uuid4()),
+                                         status=dg.DagsterRunStatus.STARTED))
+    instance.report_engine_event(f"Started process for run (pid: {other_process.pid}).", run,
+                                 EngineEventData.in_process(other_process.pid))
+    storage = instance.event_log_storage
+    storage.initialize_concurrency_limit_to_default(POOL)
+    assert storage.claim_concurrency_slot(POOL, run.run_id, "validate_events").is_claimed
+    sensor = dead_run_reaper()
+    assert "no dead run" in sensor(dg.build_sensor_context(instance=instance)).skip_message
+    other_process.kill()
+    other_process.wait()
+    message = sensor(dg.build_sensor_context(instance=instance)).skip_message
+    assert f"run {run.run_id[:8]} (daily_pql) marked failed" in message and "freed the pool slots" in message
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert run_health.pool_free(instance, POOL)
+
+
 class _short_say:
     """Say what a wait is for every half second instead of every 30 s."""
 
