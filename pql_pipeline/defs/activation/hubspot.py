@@ -11,9 +11,11 @@ Faults: a sliding-window limiter keeps at most ``rate_limit_requests`` calls in 
 ``Retry-After`` (else backs off); 5xx, 408, 425, timeouts and broken connections are
 transient: they back off exponentially with jitter, up to ``max_attempts`` calls per batch,
 and what is still undelivered is ``failed`` (retried by the next run). Other 4xx answers are
-permanent: the batch's records are ``rejected`` once with the server's message and are not
-sent again until their payload or the sending code (``BODY_VERSION``) changes. 401 and 403
-stop the sync with an error that says to check the token's scopes; a URL that cannot be
+permanent: the refused records are ``rejected`` once with the server's message and are not
+sent again until their payload or the sending code (``BODY_VERSION``) changes; a batch
+refused as a whole is split until the refused records are found (one invalid input must
+not hold back 99 valid ones). 401 and 403 stop the sync with an error that says to check
+the token's scopes, 404 and 405 one that says to check the base URL; a URL that cannot be
 requested at all stops it without a single retry.
 
 Results are matched to inputs by ``objectWriteTraceId`` (the record key) and, because the
@@ -130,7 +132,8 @@ class Transport:
                     r = self.session.post(url, json=body, timeout=self.timeout_seconds, headers=headers)
             except UNSENDABLE as e:
                 # the exception's text can quote the request (its headers): only its type is kept
-                raise DestinationError(f"{url.split('?')[0]!r} cannot be requested ({type(e).__name__}): check the "
+                shown = redact(url.split("?")[0], self.secrets)
+                raise DestinationError(f"{shown!r} cannot be requested ({type(e).__name__}): check the "
                                        "destination's URL in the configuration") from None
             except requests.RequestException as e:
                 last_error, delay = f"{type(e).__name__}: no answer", self.backoff(attempt)
@@ -192,23 +195,51 @@ class HubSpotClient:
                            for key, id_value, props in records]}
 
     def upsert(self, object_type: str, id_property: str, records: list[tuple[str, str, dict]]) -> list[Outcome]:
-        """Send one batch; the outcome of every record (synced, rejected or failed)."""
+        """Send one batch; the outcome of every record (synced, rejected or failed). A batch
+        HubSpot refuses as a whole (a 4xx: one invalid input can refuse all 100) is split
+        until the refused records are found, so the others are not held with them."""
+        outcomes, refusal = self._attempt(object_type, id_property, records)
+        return outcomes if refusal is None else self._isolate(object_type, id_property, records, refusal)
+
+    def _attempt(self, object_type: str, id_property: str,
+                 records: list[tuple[str, str, dict]]) -> tuple[list[Outcome], str | None]:
+        """One call: the records' outcomes, or the refusal of the whole batch (a 4xx)."""
         keys = [k for k, _, _ in records]
-        r, error = self.transport.post(self.url(object_type), self.body(id_property, records),
+        url = self.url(object_type)
+        r, error = self.transport.post(url, self.body(id_property, records),
                                        {"Authorization": f"Bearer {self.access_token}",
                                         "Content-Type": "application/json"})
         if r is None:
-            return [Outcome(k, "failed", error=error) for k in keys]
+            return [Outcome(k, "failed", error=error) for k in keys], None
         if r.status_code in (200, 201, 207):
-            return match_outcomes(r.status_code, _json(r), records, id_property, self.transport.secrets)
+            return match_outcomes(r.status_code, _json(r), records, id_property, self.transport.secrets), None
         message = self.transport.message(r)
         if r.status_code in (401, 403):
             raise DestinationError(
-                f"HubSpot answered {r.status_code} to {self.url(object_type)}: check that HUBSPOT_ACCESS_TOKEN is "
+                f"HubSpot answered {r.status_code} to {url}: check that HUBSPOT_ACCESS_TOKEN is "
                 f"a valid private-app token with the crm.objects.{object_type}.write scope ({message})")
-        # another 4xx: the batch as a whole was refused (e.g. a property that does not exist); sending
-        # the same body again gets the same answer
-        return [Outcome(k, "rejected", error=f"{r.status_code}: {message}") for k in keys]
+        if r.status_code in (404, 405):
+            raise DestinationError(f"HubSpot answered {r.status_code} to {redact(url, self.transport.secrets)}: the "
+                                   f"endpoint does not exist; check activation.crm.base_url ({message})")
+        # another 4xx: the batch was refused (e.g. an invalid value, a property that does not exist);
+        # the same body gets the same answer
+        return [], f"{r.status_code}: {message}"
+
+    def _isolate(self, object_type: str, id_property: str, records: list[tuple[str, str, dict]],
+                 refusal: str) -> list[Outcome]:
+        """The outcomes of a refused batch's records: its halves are sent on their own,
+        recursively. A refusal both halves repeat word for word is the batch's (a property
+        that does not exist), not a record's: every record is rejected with it, at once."""
+        if len(records) == 1:
+            return [Outcome(records[0][0], "rejected", error=refusal)]
+        halves = [records[: len(records) // 2], records[len(records) // 2:]]
+        tries = [self._attempt(object_type, id_property, half) for half in halves]
+        if all(again == refusal for _, again in tries):
+            return [Outcome(k, "rejected", error=refusal) for k, _, _ in records]
+        out: list[Outcome] = []
+        for half, (outcomes, again) in zip(halves, tries):
+            out += outcomes if again is None else self._isolate(object_type, id_property, half, again)
+        return out
 
 
 # categories of a 207's per-input errors that another attempt may get past

@@ -50,6 +50,9 @@ class FakeHubSpot(LocalServer):
         self.validate = True       # against the spec (about 10 ms a call: the sync benchmark turns it off)
         self.echo_auth = False
         self.refuse: str | None = None     # a message: every batch is refused with 400 (a permanent error)
+        # an input's message: a batch holding such an input is refused as a whole with 400, as HubSpot
+        # does for an invalid property value
+        self.refuse_batch = lambda obj_type, inp: None
         self.lock = threading.Lock()
         self._next_id = 1000
 
@@ -93,6 +96,9 @@ class FakeHubSpot(LocalServer):
         if self.refuse:
             return self._send(h, 400, _error("VALIDATION_ERROR", self.refuse + quoted))
         inputs = body["inputs"]
+        invalid = next((m for m in (self.refuse_batch(obj_type, inp) for inp in inputs) if m), None)
+        if invalid:
+            return self._send(h, 400, _error("VALIDATION_ERROR", invalid + quoted))
         results, errors = [], []
         with self.lock:
             for inp in inputs:

@@ -89,11 +89,12 @@ def test_a_permanent_refusal_is_recorded_once_and_not_sent_again(conn, hub):
     hub.refuse = "Property pql_tier does not exist"
     c = client(hub.url)
     first = sync(conn, c, companies(36))
-    assert (first["sent"], first["rejected"], first["failed"], first["calls"]) == (36, 36, 0, 1)
+    # the batch, then its two halves: both refused with the same words, so the batch's fault, not a record's
+    assert (first["sent"], first["rejected"], first["failed"], first["calls"]) == (36, 36, 0, 3)
     assert conn.execute(f"SELECT DISTINCT error FROM {L.REJECTIONS}").fetchall() == [
         ("400: Property pql_tier does not exist",)]
     second = sync(conn, c, companies(36))
-    assert (second["sent"], second["held"], second["calls"]) == (0, 36, 0) and len(hub.calls()) == 1
+    assert (second["sent"], second["held"], second["calls"]) == (0, 36, 0) and len(hub.calls()) == 3
     # a sync where nothing was accepted does not reconcile
     verdict = {"run_id": "r", "sent": 36, "accepted": 0, "rejected": 36, "failed": 0,
                "unreconciled_object_types": 0, "unfinished_object_types": 0, "pending": 0}
@@ -103,6 +104,28 @@ def test_a_permanent_refusal_is_recorded_once_and_not_sent_again(conn, hub):
     hub.refuse = None
     fixed = sync(conn, c, companies(36, tier="warm"))
     assert (fixed["retried"], fixed["created"]) == (36, 36)
+
+
+def test_a_batch_refused_for_one_invalid_record_is_split_until_that_record_is_found(conn, hub):
+    hub.refuse_batch = lambda t, inp: (f"Property values were not valid: {inp['id']} has an invalid pql_tier"
+                                       if inp["id"] in ("acc_7", "acc_30") else None)
+    c = client(hub.url)
+    row = sync(conn, c, companies(36))
+    assert (row["created"], row["rejected"], row["failed"]) == (34, 2, 0)
+    assert dict(conn.execute(f"SELECT record_key, error FROM {L.REJECTIONS}").fetchall()) == {
+        "acc_7": "400: Property values were not valid: acc_7 has an invalid pql_tier",
+        "acc_30": "400: Property values were not valid: acc_30 has an invalid pql_tier"}
+    assert row["calls"] <= 1 + 2 * 2 * 6           # a binary search per refused record, not one call per record
+    assert max(hub.upserts.values()) == 1 and len(hub.objects) == 34
+    again = sync(conn, c, companies(36))
+    assert (again["held"], again["unchanged"], again["calls"]) == (2, 34, 0)
+
+
+def test_a_wrong_endpoint_stops_the_sync_with_what_to_check(conn, hub):
+    c = client(hub.url + "/wrong-prefix")
+    with pytest.raises(DestinationError, match="404 .*check activation.crm.base_url"):
+        sync(conn, c, companies(5))
+    assert c.stats.calls == 1
 
 
 def test_transient_failures_of_every_record_do_not_reconcile(conn, hub):
