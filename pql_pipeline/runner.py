@@ -97,7 +97,7 @@ def execute(defs: dg.Definitions, job_name: str, tags: dict, instance: dg.Dagste
     with StepProgress(instance, run_id, job_name, len(job.graph.node_dict), enabled=progress), \
             PoolWatch(instance, run_id, POOL, echo), interruptible(instance, run_id) as interrupted:
         result = job.execute_in_process(
-            instance=instance, tags={**tags, **run_health.owner_tags()}, raise_on_error=False, run_id=run_id,
+            instance=instance, tags={**tags, **run_health.owner_tags(run_id)}, raise_on_error=False, run_id=run_id,
             run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
     report.run_ids.append(result.run_id)
     if interrupted:

@@ -7,14 +7,18 @@ dead (the default run launcher has no health check, and ``execute_in_process`` r
 no launcher at all), and cancelling a run does not free its slots.
 
 This module is the health check. Every run knows the process that executes it: the
-``pql/pid`` and ``pql/host`` tags of a run started by the ``pql`` CLI, or the run worker's
-"Started process for run (pid: N)" event of a run launched from the UI or the daemon. A run
-whose process no longer exists on this host (or whose pid now belongs to a process that
-started after the run) is dead: ``reap_dead_runs`` marks it failed and frees its slots and
-pending claims, and frees those of any finished run too. The CLI calls it before each run
-and while it waits for a slot; the ``pql_dead_run_reaper`` sensor calls it in ``make ui``.
+``pql/owner`` tag of a run started by the ``pql`` CLI (its run id, pid, host, and the
+machine's boot and pid namespace, so a copied tag or another container's pid never counts),
+or the run worker's "Started process for run (pid: N)" event of a run launched from the UI
+or the daemon. A run whose process no longer exists here, or whose pid now belongs to a
+process that started after the owner was recorded, is dead: ``reap_dead_runs`` marks it
+failed and frees its slots and pending claims. It also frees the slots a finished run still
+holds once its process is gone or ``FREE_AFTER_END_SECONDS`` after it ended (what Dagster's
+own run monitoring does under the daemon). The CLI calls it before each run and while it
+waits for a slot; the ``pql_dead_run_reaper`` sensor calls it in ``make ui``.
 
-A run on another host (a shared Postgres instance) is never judged from here.
+A run owned on another host, boot or pid namespace (a shared Postgres instance, another
+container) is never judged from here.
 """
 
 from __future__ import annotations
@@ -27,16 +31,28 @@ from dataclasses import dataclass
 import dagster as dg
 from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
-PID_TAG, HOST_TAG = "pql/pid", "pql/host"
+OWNER_TAG = "pql/owner"
 UNFINISHED = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING,
               dg.DagsterRunStatus.NOT_STARTED]
-# a pid whose process started this long after the run did belongs to another process
+# a pid whose process started this long after its owner was recorded belongs to another process
 START_SLACK_SECONDS = 5.0
+# the slots a finished run still holds are freed this long after it ended even if its process lives
+FREE_AFTER_END_SECONDS = 60.0
 
 
-def owner_tags() -> dict[str, str]:
-    """Tags naming this process as the run's owner."""
-    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+def _namespace() -> str:
+    """This machine's boot and pid namespace: a pid means the same process only within both."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return "unknown"
+
+
+def owner_tags(run_id: str) -> dict[str, str]:
+    """The tag naming this process as the owner of run ``run_id``."""
+    return {OWNER_TAG: f"{run_id}|{os.getpid()}|{socket.gethostname()}|{_namespace()}"}
 
 
 def _boot_time() -> float | None:
@@ -80,26 +96,34 @@ def process_alive(pid: int, since: float | None = None) -> bool:
 @dataclass
 class Owner:
     pid: int
-    host: str | None        # None: the run worker's pid event, judged on this host only with local storage
+    host: str
+    local: bool             # the pid can be judged from this process (same host, boot and pid namespace)
+    since: float | None     # the owner process existed at this time (Unix seconds)
 
 
-def run_owner(instance: dg.DagsterInstance, run: dg.DagsterRun) -> Owner | None:
-    """The process executing ``run``, from its tags or its run worker's pid event."""
-    if PID_TAG in run.tags:
-        try:
-            return Owner(int(run.tags[PID_TAG]), run.tags.get(HOST_TAG))
-        except ValueError:
-            return None
+def run_owner(instance: dg.DagsterInstance, record) -> Owner | None:
+    """The process executing the run of ``record``: its ``pql/owner`` tag, if the tag was
+    written for this run (a re-execution copies its parent's tags), else its run worker's
+    pid event (judged on this host only with the embedded SQLite storage)."""
+    run = record.dagster_run
+    parts = run.tags.get(OWNER_TAG, "").split("|")
+    if len(parts) == 4 and parts[0] == run.run_id and parts[1].isdigit():
+        local = parts[2] == socket.gethostname() and parts[3] == _namespace() and parts[3] != "unknown"
+        # the CLI process existed before it created the run
+        return Owner(int(parts[1]), parts[2], local, record.create_timestamp.timestamp())
     records = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT, limit=20).records
-    for record in records:
-        event = record.event_log_entry.dagster_event
+    for rec in records:
+        entry = rec.event_log_entry
+        event = entry.dagster_event
         data = getattr(event, "event_specific_data", None) if event else None
         pid = (getattr(data, "metadata", None) or {}).get("pid")
         if pid is not None:
             try:
-                return Owner(int(getattr(pid, "value", pid)), None)
+                pid_ = int(getattr(pid, "value", pid))
             except (TypeError, ValueError):
                 return None
+            # the worker existed when it wrote the event
+            return Owner(pid_, socket.gethostname(), _local_storage(instance), entry.timestamp)
     return None
 
 
@@ -108,42 +132,45 @@ def _local_storage(instance: dg.DagsterInstance) -> bool:
 
 
 def is_dead(instance: dg.DagsterInstance, record) -> str | None:
-    """Why the unfinished run of ``record`` is dead, or None (alive, or not judged from here)."""
-    run = record.dagster_run
-    owner = run_owner(instance, run)
-    if owner is None or owner.pid == os.getpid():
+    """Why the run of ``record`` has no live process, or None (alive, or not judged from here)."""
+    owner = run_owner(instance, record)
+    if owner is None or not owner.local or owner.pid == os.getpid():
         return None
-    if owner.host is not None and owner.host != socket.gethostname():
+    if process_alive(owner.pid, owner.since):
         return None
-    if owner.host is None and not _local_storage(instance):
-        return None
-    since = record.start_time or record.create_timestamp.timestamp()
-    if process_alive(owner.pid, since):
-        return None
-    return (f"its process (pid {owner.pid} on {owner.host or socket.gethostname()}) is gone: killed (SIGKILL, out of "
-            "memory, a container stop) before the run could finish")
+    return (f"its process (pid {owner.pid} on {owner.host}) is gone: killed (SIGKILL, out of memory, a container "
+            "stop) before the run could finish")
 
 
 def reap_dead_runs(instance: dg.DagsterInstance, log=None) -> list[str]:
     """Mark failed every unfinished run whose process died, and free the pool slots and
-    pending claims of those runs and of every finished run. Returns what it did, a line each."""
+    pending claims of those runs, and of finished runs whose process is gone or that ended
+    ``FREE_AFTER_END_SECONDS`` ago. Returns what it did, a line each."""
     done = []
     for record in instance.get_run_records(dg.RunsFilter(statuses=UNFINISHED)):
         why = is_dead(instance, record)
         if why is None:
             continue
-        run = record.dagster_run
+        # read again: a run that finished meanwhile keeps its own end
+        run = instance.get_run_by_id(record.dagster_run.run_id)
+        if run is None or run.status not in UNFINISHED:
+            continue
         instance.report_run_failed(run, f"Marked failed by pql: {why}.")
         done.append(f"run {run.run_id[:8]} ({run.job_name}) marked failed: {why}")
     storage = instance.event_log_storage
     if storage.supports_global_concurrency_limits:
         holding = storage.get_concurrency_run_ids()
         if holding:
+            now = dt.datetime.now(dt.timezone.utc).timestamp()
             for record in instance.get_run_records(dg.RunsFilter(run_ids=list(holding))):
-                if record.dagster_run.status in FINISHED_STATUSES:
-                    storage.free_concurrency_slots_for_run(record.dagster_run.run_id)
-                    done.append(f"freed the pool slots of run {record.dagster_run.run_id[:8]} "
-                                f"({record.dagster_run.status.value.lower()})")
+                run = record.dagster_run
+                if run.status not in FINISHED_STATUSES:
+                    continue
+                owner = run_owner(instance, record)
+                gone = owner is not None and owner.local and not process_alive(owner.pid, owner.since)
+                if gone or (record.end_time or now) <= now - FREE_AFTER_END_SECONDS:
+                    storage.free_concurrency_slots_for_run(run.run_id)
+                    done.append(f"freed the pool slots of run {run.run_id[:8]} ({run.status.value.lower()})")
     for line in done:
         if log is not None:
             log(line)
@@ -171,7 +198,7 @@ def pool_holders(instance: dg.DagsterInstance, pool: str, exclude_run: str | Non
             continue
         record = next(iter(instance.get_run_records(dg.RunsFilter(run_ids=[slot.run_id]), limit=1)), None)
         run = record.dagster_run if record else None
-        owner = run_owner(instance, run) if run else None
+        owner = run_owner(instance, record) if record else None
         started = next((p.assigned_timestamp or p.enqueued_timestamp for p in info.pending_steps
                         if p.run_id == slot.run_id and p.step_key == slot.step_key), None)
         out.append(Holder(slot.run_id, run.job_name if run else "?", slot.step_key, started,

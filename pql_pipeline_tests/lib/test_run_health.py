@@ -49,8 +49,10 @@ def other_process():
 def holding_run(instance, pid: int, step: str = "crm_sync") -> str:
     """A STARTED run owned by ``pid`` on this host, holding the pool's only slot."""
     run_id = str(uuid.uuid4())
+    tag = run_health.owner_tags(run_id)[run_health.OWNER_TAG].split("|")
+    tag[1] = str(pid)
     run = instance.add_run(dg.DagsterRun(job_name="daily_pql", run_id=run_id, status=dg.DagsterRunStatus.STARTED,
-                                         tags={run_health.PID_TAG: str(pid), run_health.HOST_TAG: socket.gethostname()}))
+                                         tags={run_health.OWNER_TAG: "|".join(tag)}))
     instance.handle_run_event(run.run_id, dg.DagsterEvent(
         event_type_value=dg.DagsterEventType.RUN_START.value, job_name=run.job_name, message="started"))
     storage = instance.event_log_storage
@@ -86,10 +88,51 @@ def test_a_reused_pid_does_not_keep_a_dead_run_alive(instance, other_process):
     assert not run_health.process_alive(other_process.pid, since=record.start_time - 3600)
 
 
-def test_a_cancelled_run_s_slot_is_freed(instance):
-    run_id = holding_run(instance, os.getppid())
+def test_a_copied_owner_tag_never_makes_a_live_run_dead(instance):
+    """A re-execution copies its parent's tags: the dead parent's pid is not the new run's."""
+    parent = str(uuid.uuid4())
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    tag = run_health.owner_tags(parent)[run_health.OWNER_TAG].split("|")
+    tag[1] = str(dead.pid)
+    child = instance.add_run(dg.DagsterRun(job_name="daily_pql", run_id=str(uuid.uuid4()),
+                                           status=dg.DagsterRunStatus.STARTED,
+                                           tags={run_health.OWNER_TAG: "|".join(tag)}))
+    assert run_health.reap_dead_runs(instance) == []
+    assert instance.get_run_by_id(child.run_id).status == dg.DagsterRunStatus.STARTED
+
+
+def test_a_run_worker_that_started_after_its_run_was_queued_is_alive(instance, monkeypatch):
+    """A queued run's worker starts long after the run was created: its pid event, not the
+    run's creation, says since when the process exists."""
+    from dagster._core.events import EngineEventData
+
+    monkeypatch.setattr(run_health, "START_SLACK_SECONDS", 0.0)     # "long after", without waiting long
+    run = instance.add_run(dg.DagsterRun(job_name="daily_pql", run_id=str(uuid.uuid4()),
+                                         status=dg.DagsterRunStatus.STARTING))
+    time.sleep(2.0)          # /proc tells a process's start to within about a second
+    late = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.3)
+        instance.report_engine_event(f"Started process for run (pid: {late.pid}).", run,
+                                     EngineEventData.in_process(late.pid))
+        record = instance.get_run_records(dg.RunsFilter(run_ids=[run.run_id]))[0]
+        # judged from the run's creation, the worker would look like a reused pid
+        assert not run_health.process_alive(late.pid, since=record.create_timestamp.timestamp())
+        assert run_health.reap_dead_runs(instance) == []
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTING
+    finally:
+        late.kill()
+        late.wait()
+
+
+def test_a_cancelled_run_s_slot_is_freed_once_its_process_is_gone(instance, other_process):
+    run_id = holding_run(instance, other_process.pid)
     instance.report_run_canceled(instance.get_run_by_id(run_id), message="cancelled in the UI")
-    assert not run_health.pool_free(instance, POOL)             # Dagster keeps the slot
+    # its process may still be writing: the slot stays (Dagster frees it 60 s after the end)
+    assert run_health.reap_dead_runs(instance) == [] and not run_health.pool_free(instance, POOL)
+    other_process.kill()
+    other_process.wait()
     assert any("freed the pool slots" in line for line in run_health.reap_dead_runs(instance))
     assert run_health.pool_free(instance, POOL)
 
@@ -257,7 +300,7 @@ def test_a_run_killed_mid_sync_is_reaped_by_the_next_run_which_completes_it(tmp_
         assert "marked failed: its process" in err and f"pid {a.pid}" in err
     with dg.DagsterInstance.from_config(str(home)) as inst:
         runs = {r.run_id: r for r in inst.get_runs()}
-        dead = [r for r in runs.values() if r.tags.get(run_health.PID_TAG) == str(a.pid)]
+        dead = [r for r in runs.values() if f"|{a.pid}|" in r.tags.get(run_health.OWNER_TAG, "")]
         assert len(dead) == 1 and dead[0].status == dg.DagsterRunStatus.FAILURE
         assert run_health.pool_free(inst, POOL)
     # nothing lost, nothing sent twice beyond the batch in flight when A died

@@ -154,8 +154,9 @@ class Transport:
         return None, f"gave up after {self.max_attempts} attempts: {last_error}"
 
     def message(self, r: requests.Response) -> str:
-        """The server's message, redacted (an error body may quote the request's headers)."""
-        return redact(_message(r), self.secrets)
+        """The server's message, redacted (an error body may quote the request's headers),
+        then shortened (a secret cut in two would no longer be recognised)."""
+        return redact(_message(r), self.secrets)[:MESSAGE_CHARS]
 
     def _wait(self, seconds: float) -> None:
         with self.lock:
@@ -228,15 +229,24 @@ class HubSpotClient:
     def _isolate(self, object_type: str, id_property: str, records: list[tuple[str, str, dict]],
                  refusal: str) -> list[Outcome]:
         """The outcomes of a refused batch's records: its halves are sent on their own,
-        recursively. A refusal both halves repeat word for word is the batch's (a property
-        that does not exist), not a record's: every record is rejected with it, at once."""
+        recursively, until each refusal is pinned on single records. When both halves repeat
+        the refusal word for word, one record of each half is sent alone: if both are refused
+        with those words too, the fault is the batch's (a property that does not exist), and
+        every record is rejected with it at once instead of one call per record."""
         if len(records) == 1:
             return [Outcome(records[0][0], "rejected", error=refusal)]
         halves = [records[: len(records) // 2], records[len(records) // 2:]]
         tries = [self._attempt(object_type, id_property, half) for half in halves]
-        if all(again == refusal for _, again in tries):
-            return [Outcome(k, "rejected", error=refusal) for k, _, _ in records]
-        out: list[Outcome] = []
+        if len(records) > 2 and all(again == refusal for _, again in tries):
+            probes = [self._attempt(object_type, id_property, half[:1]) for half in halves]
+            if all(again == refusal for _, again in probes):
+                return [Outcome(k, "rejected", error=refusal) for k, _, _ in records]
+            out: list[Outcome] = []
+            for half, (outcomes, again) in zip(halves, probes):
+                out += outcomes if again is None else [Outcome(half[0][0], "rejected", error=again)]
+                out += self.upsert(object_type, id_property, half[1:]) if len(half) > 1 else []
+            return out
+        out = []
         for half, (outcomes, again) in zip(halves, tries):
             out += outcomes if again is None else self._isolate(object_type, id_property, half, again)
         return out
@@ -282,7 +292,7 @@ def match_outcomes(status: int, data: dict, records: list[tuple[str, str, dict]]
         if not isinstance(err, dict):
             continue
         category = str(err.get("category") or "error")
-        msg = redact(f"{category}: {err.get('message') or 'rejected'}", secrets)
+        msg = redact(f"{category}: {err.get('message') or 'rejected'}", secrets)[:MESSAGE_CHARS]
         context = err.get("context") if isinstance(err.get("context"), dict) else {}
         matched = key_of(context.get("objectWriteTraceId") or [], context.get(id_property) or [])
         if not matched:
@@ -328,11 +338,16 @@ def _retry_after(r: requests.Response) -> float | None:
         return None
 
 
+MESSAGE_CHARS = 300
+
+
 def _message(r: requests.Response) -> str:
+    """The answer's ``message``, else its body, whole: redact before shortening it."""
     try:
-        return str(r.json().get("message") or r.text[:300])
+        data = r.json()
+        return str((data.get("message") if isinstance(data, dict) else None) or r.text)
     except ValueError:
-        return r.text[:300]
+        return r.text
 
 
 def outbox_request(client: HubSpotClient, object_type: str, id_property: str,

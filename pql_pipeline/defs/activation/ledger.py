@@ -123,10 +123,13 @@ def plan(conn, destination: str, object_type: str, records: pd.DataFrame, code_v
         pd.to_datetime(j["ledger_snapshot"]) > pd.to_datetime(j["snapshot_date"]))
     unchanged = in_desired & synced & (j["ledger_hash"] == j["payload_hash"])
     stale = in_desired & ~unchanged & newer_sent & synced
-    # refused before, and neither the record nor the sending code changed since: the same answer again
+    # refused before, and neither the record nor the sending code changed since: the same answer again.
+    # That covers a record no longer wanted, and one wanted with an older snapshot's values (both would
+    # send the ledger's refused payload again), besides one wanted unchanged
     same_code = j["ledger_code"].fillna("") == (code_version or "")
     refused = (j["ledger_status"] == "rejected") & same_code
-    held = known & refused & (~in_desired | (j["ledger_hash"] == j["payload_hash"]))
+    held = refused & ((j["_merge"] == "right_only") | (known & (j["ledger_hash"] == j["payload_hash"]))
+                      | (known & newer_sent))
     kind = pd.Series(None, index=j.index, dtype=object)
     kind[in_desired & ~known] = "new"
     kind[in_desired & known & synced & ~unchanged & ~stale] = "changed"
@@ -289,17 +292,19 @@ def begin_run(conn, *, run_id: str, destination: str, object_type: str, dry_run:
                  [row[n] for n in names])
 
 
-def close_interrupted(conn, destination: str, object_type: str, ledger_destination_: str) -> list[str]:
+def close_interrupted(conn, destination: str, object_type: str) -> list[str]:
     """Close the ``running`` rows of ``destination``'s earlier runs of ``object_type``: their
     process died mid-sync (one sync of a destination runs at a time: the warehouse pool and
     DuckDB's single writer). Their outcomes are read from the ledger rows they wrote last:
     accepted ones as created (first accepted then) or updated, refused ones as rejected, and
     undelivered or unconfirmed (``pending``: sent again by the next run) ones as failed.
     Returns the run ids closed."""
-    runs = [r[0] for r in conn.execute(
-        f"SELECT run_id FROM {RUNS} WHERE destination = ? AND object_type = ? AND status = 'running'",
-        [destination, object_type]).fetchall()]
-    for run_id in runs:
+    runs = conn.execute(
+        f"SELECT run_id, dry_run FROM {RUNS} WHERE destination = ? AND object_type = ? AND status = 'running'",
+        [destination, object_type]).fetchall()
+    for run_id, dry_run in runs:
+        # the interrupted run's own ledger (a dry run keeps its own)
+        ledger_destination_ = ledger_destination(destination, bool(dry_run))
         created, updated, rejected, failed, pending, last = conn.execute(f"""
             SELECT count(*) FILTER (WHERE status = 'synced' AND first_synced_at = last_synced_at),
                    count(*) FILTER (WHERE status = 'synced' AND first_synced_at <> last_synced_at),
@@ -317,7 +322,7 @@ def close_interrupted(conn, destination: str, object_type: str, ledger_destinati
                       f"interrupted: the sync's process ended before the run finished; {pending} record(s) left "
                       "pending (not sent yet, or sent without a confirmed answer) are sent again by the next run",
                       run_id, destination, object_type])
-    return runs
+    return [r[0] for r in runs]
 
 
 def record_run(conn, *, run_id: str, destination: str, object_type: str, dry_run: bool, snapshot_date,
@@ -335,8 +340,9 @@ def record_run(conn, *, run_id: str, destination: str, object_type: str, dry_run
         "full_resync": full_resync, "status": "completed", "error": None,
     }
     names = [n for n, _ in RUN_COLUMNS]
-    conn.execute(f"DELETE FROM {RUNS} WHERE run_id = ? AND destination = ? AND object_type = ?",
-                 [run_id, destination, object_type])
-    conn.execute(f"INSERT INTO {RUNS} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})",
-                 [row.get(n) for n in names])
+    with transaction(conn):     # a kill between the two must not lose the run's row
+        conn.execute(f"DELETE FROM {RUNS} WHERE run_id = ? AND destination = ? AND object_type = ?",
+                     [run_id, destination, object_type])
+        conn.execute(f"INSERT INTO {RUNS} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})",
+                     [row.get(n) for n in names])
     return row

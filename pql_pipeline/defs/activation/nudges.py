@@ -83,8 +83,9 @@ class NudgeChannel:
             return L.Outcome(key, "synced", created=True)
         message = self.transport.message(r)
         if r.status_code in (401, 403):
-            raise DestinationError(f"{self.name} answered {r.status_code} to {self.url}: check its token or secret "
-                                   f"({message})")
+            # a webhook URL can itself be a credential: only its origin is shown
+            raise DestinationError(f"{self.name} answered {r.status_code} to {_origin(self.url)}: check its token or "
+                                   f"secret ({message})")
         if r.status_code in TRANSIENT_STATUSES:
             return L.Outcome(key, "failed", error=f"{r.status_code}: {message}")
         # any other 4xx refuses this body: sent again only once the nudge or the code changes
@@ -108,6 +109,13 @@ class WebhookChannel(NudgeChannel):
         ts = str(int(time.time()))
         sig = hmac.new((self.secret or "").encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
         return body, {"Content-Type": "application/json", "X-PQL-Timestamp": ts, "X-PQL-Signature": f"sha256={sig}"}
+
+
+def _origin(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
 
 
 def verify_webhook(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
@@ -163,7 +171,7 @@ def send_nudges(conn, channel: NudgeChannel, day: dt.date, event_name: str, cap_
     L.ensure_tables(conn)
     dest = L.ledger_destination(channel.name, channel.dry_run)
     started, t0 = dt.datetime.now(dt.timezone.utc), time.monotonic()
-    L.close_interrupted(conn, channel.name, "nudges", dest)
+    L.close_interrupted(conn, channel.name, "nudges")
     if full_resync:
         L.reset(conn, dest, "nudges")
     # a day older than one already nudged (a late file re-ran it) nudges nobody: later days' verdicts

@@ -68,7 +68,7 @@ def sync_records(conn, client: HubSpotClient, destination: str, object_type: str
     L.ensure_tables(conn)
     dest = L.ledger_destination(destination, client.dry_run)
     started, t0 = dt.datetime.now(dt.timezone.utc), time.monotonic()
-    L.close_interrupted(conn, destination, object_type, dest)
+    L.close_interrupted(conn, destination, object_type)
     if full_resync:
         L.reset(conn, dest, object_type)
     frame = records.copy()

@@ -89,17 +89,19 @@ def test_a_permanent_refusal_is_recorded_once_and_not_sent_again(conn, hub):
     hub.refuse = "Property pql_tier does not exist"
     c = client(hub.url)
     first = sync(conn, c, companies(36))
-    # the batch, then its two halves: both refused with the same words, so the batch's fault, not a record's
-    assert (first["sent"], first["rejected"], first["failed"], first["calls"]) == (36, 36, 0, 3)
+    # the batch, its two halves and one record of each: all refused with the same words, so the batch's
+    # fault, not a record's
+    assert (first["sent"], first["rejected"], first["failed"], first["calls"]) == (36, 36, 0, 5)
     assert conn.execute(f"SELECT DISTINCT error FROM {L.REJECTIONS}").fetchall() == [
         ("400: Property pql_tier does not exist",)]
     second = sync(conn, c, companies(36))
-    assert (second["sent"], second["held"], second["calls"]) == (0, 36, 0) and len(hub.calls()) == 3
+    assert (second["sent"], second["held"], second["calls"]) == (0, 36, 0) and len(hub.calls()) == 5
     # a sync where nothing was accepted does not reconcile
-    verdict = {"run_id": "r", "sent": 36, "accepted": 0, "rejected": 36, "failed": 0,
+    verdict = {"run_id": "r", "sent": 36, "accepted": 0, "rejected": 36, "failed": 0, "calls": 3,
                "unreconciled_object_types": 0, "unfinished_object_types": 0, "pending": 0}
     assert not reconciles(verdict)[0] and "none of the 36" in reconciles(verdict)[1]
     assert reconciles({**verdict, "accepted": 1, "rejected": 35})[0]
+    assert reconciles({**verdict, "sent": 1, "rejected": 1, "calls": 0})[0]     # refused locally (no e-mail)
     # once the records change, they are sent again
     hub.refuse = None
     fixed = sync(conn, c, companies(36, tier="warm"))
@@ -121,6 +123,27 @@ def test_a_batch_refused_for_one_invalid_record_is_split_until_that_record_is_fo
     assert (again["held"], again["unchanged"], again["calls"]) == (2, 34, 0)
 
 
+def test_the_same_refusal_from_two_invalid_records_does_not_reject_the_valid_ones(conn, hub):
+    """HubSpot's words do not name the record: both halves can repeat them for different records."""
+    hub.refuse_batch = lambda t, inp: ("hot was not one of the allowed options"
+                                       if inp["id"] in ("acc_1", "acc_6") else None)
+    row = sync(conn, client(hub.url), companies(8))
+    assert (row["created"], row["rejected"]) == (6, 2)
+    assert {k for (k,) in conn.execute(f"SELECT record_key FROM {L.REJECTIONS}").fetchall()} == {"acc_1", "acc_6"}
+
+
+def test_a_refused_record_stays_held_when_it_is_no_longer_wanted_or_an_older_day_is_synced(conn, hub):
+    hub.refuse_batch = lambda t, inp: "invalid" if inp["id"] == "acc_0" else None
+    c = client(hub.url)
+    sync(conn, c, companies(2))
+    calls = len(hub.calls())
+    gone = sync(conn, c, companies(2).iloc[1:])                     # acc_0 no longer wanted
+    before = DAY - dt.timedelta(days=3)                             # a backfill of an older day
+    older = sync_records(conn, c, "hubspot", "companies", "pql_account_id",
+                         companies(2, tier="warm").assign(snapshot_date=before), before, "backfill")
+    assert gone["sent"] == older["sent"] == 0 and len(hub.calls()) == calls
+
+
 def test_a_wrong_endpoint_stops_the_sync_with_what_to_check(conn, hub):
     c = client(hub.url + "/wrong-prefix")
     with pytest.raises(DestinationError, match="404 .*check activation.crm.base_url"):
@@ -132,7 +155,7 @@ def test_transient_failures_of_every_record_do_not_reconcile(conn, hub):
     hub.faults.extend(["500"] * 3)
     row = sync(conn, client(hub.url, max_attempts=3), companies(36))
     assert (row["sent"], row["failed"], row["calls"]) == (36, 36, 3)
-    ok, why = reconciles({"run_id": "r", "sent": 36, "accepted": 0, "rejected": 0, "failed": 36,
+    ok, why = reconciles({"run_id": "r", "sent": 36, "accepted": 0, "rejected": 0, "failed": 36, "calls": 3,
                           "unreconciled_object_types": 0, "unfinished_object_types": 0, "pending": 0})
     assert not ok and "36 failed" in why
     nxt = sync(conn, client(hub.url), companies(36))      # a transient failure is retried by the next run
@@ -174,4 +197,8 @@ def test_a_server_quoting_the_token_back_leaves_it_nowhere(conn, hub, caplog):
     for text in (stored, str(e.value), caplog.text):
         assert TOKEN not in text and "ECHOED-TOKEN" not in text
     assert "ECHOED" not in redact(json.dumps({"m": f"Bearer {TOKEN}"}), [TOKEN])
+    # redacted before it is shortened: a token cut at the limit would not be recognised
+    long = {"message": "x" * 280 + f" {TOKEN}"}
+    answer = type("Answer", (), {"json": lambda self: long, "text": json.dumps(long)})()
+    assert "pat-na1" not in c.transport.message(answer)
     assert redact("signed sha256=" + "ab" * 32) == "signed sha256=[redacted]"
