@@ -103,6 +103,14 @@ def execute(defs: dg.Definitions, job_name: str, tags: dict, instance: dg.Dagste
     if interrupted:
         raise PipelineInterrupted(f"stopped by {interrupted[0]}: run {run_id[:8]} of {job_name} was canceled at a "
                                   "step boundary (the steps before it completed; run again to continue)")
+    # an interrupt inside a step: Dagster fails the step (its uncommitted writes are rolled back)
+    stopped_in = [e.step_key for e in result.all_events if e.is_step_failure and e.step_key
+                  and getattr(getattr(e.event_specific_data, "error", None), "cls_name", "")
+                  == "DagsterExecutionInterruptedError"]
+    if stopped_in:
+        raise PipelineInterrupted(f"stopped by an interrupt (Ctrl-C or SIGTERM) during step {stopped_in[0]} of run "
+                                  f"{run_id[:8]} ({job_name}): that step failed, its uncommitted writes rolled back; "
+                                  "the steps before it completed; run again to continue")
     report.succeeded &= result.success
     for ev in result.get_asset_check_evaluations():
         spec = graph.get_check_spec(dg.AssetCheckKey(ev.asset_key, ev.check_name))

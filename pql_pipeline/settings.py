@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,9 +25,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-MEMORY_SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*(b|bytes|kb|mb|gb|tb|kib|mib|gib|tib|%)\s*$", re.IGNORECASE)
-
-
 class WarehouseSettings(_Strict):
     path: str = "warehouse/pql.duckdb"
     memory_limit: str = "2.75GB"
@@ -37,8 +33,15 @@ class WarehouseSettings(_Strict):
     @field_validator("memory_limit")
     @classmethod
     def _memory(cls, v: str) -> str:
-        if not MEMORY_SIZE.match(str(v)):
-            raise ValueError(f"{v!r} is not a memory size; write a number and a unit, e.g. 2.75GB, 512MiB or 60%")
+        """Whatever DuckDB accepts (it parses the value when a connection opens)."""
+        import duckdb
+
+        with duckdb.connect(":memory:") as probe:
+            try:
+                probe.execute(f"SET memory_limit = '{str(v).replace(chr(39), '')}'")
+            except duckdb.Error:
+                raise ValueError(f"{v!r} is not a memory size DuckDB accepts; write a number and a unit, e.g. "
+                                 "2.75GB, 512MiB or 60%") from None
         return v
 
 

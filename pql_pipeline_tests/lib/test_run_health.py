@@ -192,6 +192,28 @@ def test_the_reaper_sensor_finds_a_dead_run_worker_launched_by_the_daemon(instan
     assert run_health.pool_free(instance, POOL)
 
 
+def test_an_interrupt_inside_a_step_stops_the_cli_run_with_what_happened(instance):
+    from pql_pipeline.runner import PipelineInterrupted, RunReport, execute
+
+    @dg.op
+    def long_step():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+
+    @dg.op
+    def after(_x):
+        raise AssertionError("must not run")
+
+    @dg.job
+    def job():
+        after(long_step())
+
+    report = RunReport(partitions=[])
+    with pytest.raises(PipelineInterrupted, match="during step long_step of run .*: that step failed"):
+        execute(dg.Definitions(jobs=[job]), "job", {}, instance, report)
+    assert instance.get_run_by_id(report.run_ids[0]).status == dg.DagsterRunStatus.FAILURE
+
+
 class _short_say:
     """Say what a wait is for every half second instead of every 30 s."""
 

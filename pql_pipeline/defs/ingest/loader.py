@@ -36,6 +36,7 @@ RAW_SCHEMA = pa.schema(
 )
 
 CHUNK_BYTES = 64 * 1024 * 1024
+KEEP_PARTIAL_BYTES = 64 * 1024     # of the bytes read after a file's last whole line before a fault
 
 
 @dataclass(frozen=True)
@@ -76,20 +77,24 @@ def _chunks(path: Path, size: int):
                     done += len(block)
                     yield block
                 return
-            inflate, fed, pending, fault = zlib.decompressobj(wbits=47), False, b"", None
+            inflate, fed, members, pending, fault = zlib.decompressobj(wbits=47), False, 0, b"", None
             while fault is None and (raw := fh.read(READ_BYTES)):
                 while raw:
-                    if not fed and not raw.strip(b"\0"):
-                        raw = b""              # zero padding after the last member, as gzip allows
-                        break
+                    if not fed and members:
+                        raw = raw.lstrip(b"\0")   # zero padding after a member, as gzip allows
+                        if not raw:
+                            break
+                    before = inflate.copy()
                     try:
                         pending += inflate.decompress(raw)
                     except zlib.error as e:
+                        # keep what the piece holds before the fault: inflate it again in small slices
+                        pending += _salvage(before, raw)
                         fault = f"corrupt compressed data ({e})"
                         break
                     fed, raw = True, b""
                     if inflate.eof:            # a member ended: the next one starts in unused_data
-                        raw, inflate, fed = inflate.unused_data, zlib.decompressobj(wbits=47), False
+                        raw, inflate, fed, members = inflate.unused_data, zlib.decompressobj(wbits=47), False, members + 1
                 if len(pending) >= size:
                     done += len(pending)
                     yield pending
@@ -98,6 +103,8 @@ def _chunks(path: Path, size: int):
                 pending += inflate.flush()
                 fault = ("compressed file ended before the end-of-stream marker was reached (truncated: the rest of "
                          "the file is missing)")
+            if fault is None and not members and fh.tell() > 0:
+                fault = "no gzip data in the file (not a gzip stream)"
             if pending:
                 done += len(pending)
                 yield pending
@@ -139,6 +146,17 @@ def _decode_block(data: bytes) -> tuple[list[str], list[int], list[int]]:
             start = line_end + 1
 
 
+def _salvage(inflate, raw: bytes, step: int = 512) -> bytes:
+    """What ``inflate`` yields from ``raw`` before the corrupt byte, ``step`` bytes at a time."""
+    out = b""
+    for i in range(0, len(raw), step):
+        try:
+            out += inflate.decompress(raw[i:i + step])
+        except zlib.error:
+            break
+    return out
+
+
 def read_jsonl(file: SourceFile, chunk_bytes: int = CHUNK_BYTES) -> Iterator[pa.RecordBatch]:
     """Yield record batches of RAW_SCHEMA for every physical line of a JSON-lines file, and
     one row for an unreadable rest (see the module's docstring)."""
@@ -162,17 +180,20 @@ def read_jsonl(file: SourceFile, chunk_bytes: int = CHUNK_BYTES) -> Iterator[pa.
             yield batch
     except UnreadableRest as e:
         where = f"from byte {offset:,} of its content" + (" (inflated)" if file.path.suffix == ".gz" else "")
+        kept = carry[:KEEP_PARTIAL_BYTES]
         note = (f"file {file.relative} unreadable {where}: {e.reason}; its {line_no:,} whole line(s) before that "
-                "point were loaded" + (f", and the {len(carry):,} byte(s) of a partial line after them are kept "
-                                       "here" if carry else ""))
-        yield _batch(file, carry, line_no, read_error=note)
+                "point were loaded" + (f", and the {len(carry):,} byte(s) read after them (no whole line) are kept "
+                                       "here" + (f", the first {len(kept):,}" if len(kept) < len(carry) else "")
+                                       if carry else ""))
+        yield _batch(file, kept, line_no, read_error=note, nbytes=len(carry))
         return
     if carry:
         # last line without a trailing newline
         yield _batch(file, carry, line_no)
 
 
-def _batch(file: SourceFile, block: bytes, first: int, read_error: str | None = None) -> pa.RecordBatch:
+def _batch(file: SourceFile, block: bytes, first: int, read_error: str | None = None,
+           nbytes: int | None = None) -> pa.RecordBatch:
     if read_error is not None:
         lines, bad, bad_bytes = [block.decode("utf-8", errors="backslashreplace")], [], []
         if block.decode("utf-8", errors="replace") != lines[0]:
@@ -185,11 +206,13 @@ def _batch(file: SourceFile, block: bytes, first: int, read_error: str | None = 
         lines = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
     text = pa.array(lines, pa.string())
     # byte length: UTF-8 length of the text, except for the re-rendered non-UTF-8 lines
-    nbytes = pc.binary_length(text).to_numpy(zero_copy_only=False).astype(np.int64)
+    given, nbytes = nbytes, pc.binary_length(text).to_numpy(zero_copy_only=False).astype(np.int64)
     valid = np.ones(n, dtype=bool)
     if bad:
         valid[bad] = False
         nbytes[bad] = bad_bytes
+    if given is not None:
+        nbytes[:] = given
     return pa.RecordBatch.from_arrays(
         [
             pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([file.relative])),

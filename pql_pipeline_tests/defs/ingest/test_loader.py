@@ -2,7 +2,7 @@ import gzip
 
 import duckdb
 
-from pql_pipeline.defs.ingest.loader import available_partitions, partition_files, read_jsonl
+from pql_pipeline.defs.ingest.loader import RAW_SCHEMA, available_partitions, partition_files, read_jsonl
 from pql_pipeline.defs.ingest.raw import load_partition
 
 
@@ -79,3 +79,42 @@ def test_root_with_glob_characters(tmp_path):
     (root / "dt=2026-01-02" / "e.jsonl").write_text("{}\n")
     assert available_partitions(root, "dt={date}/*.jsonl*") == ["2026-01-02"]
     assert [f.relative for f in partition_files(root, "dt={date}/*.jsonl*", "2026-01-02")] == ["dt=2026-01-02/e.jsonl"]
+
+
+def _lines_of(path, name):
+    import pyarrow as pa
+
+    from pql_pipeline.defs.ingest.loader import SourceFile, read_jsonl
+
+    t = pa.Table.from_batches(list(read_jsonl(SourceFile(path, name, path.stat().st_size), chunk_bytes=1 << 20)),
+                              schema=RAW_SCHEMA)
+    return t.column("raw_line").to_pylist(), [e for e in t.column("read_error").to_pylist() if e]
+
+
+def test_gzip_members_padding_truncation_and_corruption(tmp_path):
+    """Every readable line is kept; an unreadable rest is one row saying where and why."""
+    import gzip
+    import json
+
+    lines = [json.dumps({"messageId": f"m{i}", "n": i * 7919 % 100003}) for i in range(30000)]
+    data = ("\n".join(lines) + "\n").encode()
+    half = len(data) // 2
+    whole = gzip.compress(data)
+    cases = {
+        "members-padded.jsonl.gz": gzip.compress(data[:half]) + b"\0" * 1000 + gzip.compress(data[half:]) + b"\0" * 8,
+        "truncated.jsonl.gz": whole[: len(whole) // 2],
+        "zeros.jsonl.gz": b"\0" * 4096,
+        "corrupt.jsonl.gz": whole[:2000] + b"\xff" * 64 + whole[2064:],
+    }
+    got = {}
+    for name, blob in cases.items():
+        (tmp_path / name).write_bytes(blob)
+        got[name] = _lines_of(tmp_path / name, name)
+    assert got["members-padded.jsonl.gz"] == (lines, [])
+    read, [why] = got["truncated.jsonl.gz"]
+    assert 10000 < len(read) - 1 < 30000 and read[:-1] == lines[: len(read) - 1]
+    assert why.startswith("file truncated.jsonl.gz unreadable from byte ") and "end-of-stream marker" in why
+    assert f"its {len(read) - 1:,} whole line(s) before that point were loaded" in why
+    assert got["zeros.jsonl.gz"][0] == [""] and "zeros.jsonl.gz unreadable from byte 0" in got["zeros.jsonl.gz"][1][0]
+    read, [why] = got["corrupt.jsonl.gz"]
+    assert read[:100] == lines[:100] and "corrupt compressed data" in why     # the lines before the fault are kept
