@@ -139,13 +139,19 @@ def test_a_sync_killed_halfway_resumes_without_losing_or_doubling_records(conn, 
         run(conn, c, contacts(500))
     status = dict(conn.execute(f"SELECT status, count(*) FROM {L.LEDGER} GROUP BY 1").fetchall())
     assert status == {"synced": 200, "pending": 300}
+    assert conn.execute(f"SELECT status FROM {L.RUNS}").fetchall() == [("running",)]   # the dead run's row
+    # a dry run next closes it from the dead run's own (real) ledger
+    run(conn, client(None, token=None), contacts(500))
+    closed = conn.execute(f"SELECT status, sent, created, updated, failed FROM {L.RUNS} WHERE NOT dry_run").fetchall()
+    assert closed == [("interrupted", 500, 200, 0, 300)]
     c2 = client(hub)
     row = run(conn, c2, contacts(500))
     assert (row["retried"], row["unchanged"], row["sent"], row["calls"]) == (300, 200, 300, 3)
     assert len(hub.objects) == 500
     # the batch whose answer was lost went twice (an upsert: same effect); nothing else did
     assert sorted(set(hub.upserts.values())) == [1, 2] and sum(hub.upserts.values()) == 600
-    assert conn.execute(f"SELECT count(*) FROM {L.LEDGER} WHERE status = 'synced'").fetchall()[0][0] == 500
+    assert conn.execute(f"SELECT count(*) FROM {L.LEDGER} WHERE status = 'synced' AND destination = 'hubspot'"
+                        ).fetchall()[0][0] == 500
 
 
 def test_dry_run_writes_the_exact_requests_and_never_the_token(conn, hub):
