@@ -7,7 +7,7 @@ Before each run, runs whose process died are marked failed and their pool slots 
 (``lib/run_health.py``); a run that must wait for the ``duckdb_warehouse`` pool says on the
 console which run holds it and since when, and Ctrl-C or SIGTERM stops it cleanly: before
 it starts, or at the next step boundary (the run is then recorded as canceled, its claims
-released).
+released); inside a step, Dagster fails the step and the CLI names it.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class PipelineRunError(RuntimeError):
 
 
 class PipelineInterrupted(PipelineRunError):
-    """Ctrl-C or SIGTERM stopped the pipeline (while waiting for the pool, or between steps)."""
+    """Ctrl-C or SIGTERM stopped the pipeline (waiting for the pool, between steps, or inside one)."""
 
 
 def _stderr(line: str) -> None:
