@@ -47,6 +47,8 @@ class RunReport:
     succeeded: bool = True
     checks: list[dict] = field(default_factory=list)
     failed_steps: list[str] = field(default_factory=list)
+    seconds: float = 0.0          # wall time of the runs
+    cpu_seconds: float = 0.0      # CPU time of this process meanwhile (the runs execute in it, DuckDB's threads too)
 
 
 def materialize_all(settings: Settings, instance: dg.DagsterInstance, partitions: list[str] | None = None,
@@ -70,10 +72,22 @@ def materialize_all(settings: Settings, instance: dg.DagsterInstance, partitions
     tags = range_tags(parts)
     # the events-to-features graph, the (unpartitioned) model trained on it, then the scores
     jobs = [(PIPELINE_JOB, tags), (MODEL_JOB, {}), (SCORING_JOB, tags)]
-    for job_name, tags in jobs:
-        if not execute(defs, job_name, tags, instance, report, log_level, progress=progress, echo=echo):
-            break
+    with timed(report):
+        for job_name, tags in jobs:
+            if not execute(defs, job_name, tags, instance, report, log_level, progress=progress, echo=echo):
+                break
     return report
+
+
+@contextlib.contextmanager
+def timed(report: RunReport):
+    """Add the block's wall and CPU seconds to ``report`` (also when it raises)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    try:
+        yield
+    finally:
+        report.seconds += time.perf_counter() - wall
+        report.cpu_seconds += time.process_time() - cpu
 
 
 def range_tags(days: list[str]) -> dict[str, str]:
@@ -330,12 +344,13 @@ def backfill(settings: Settings, instance: dg.DagsterInstance, job_name: str, st
                                "(partitions.start_date; the newest is yesterday, UTC)")
     report = RunReport(partitions=days)
     batches = [[d] for d in days] if per_partition else [days]
-    for i, batch in enumerate(batches, start=1):
-        ok = execute(defs, job_name, range_tags(batch), instance, report, progress=progress, echo=echo or _stderr)
-        if echo is not None and per_partition:
-            echo(f"[{i}/{len(batches)}] {batch[0]}: {'ok' if ok else 'FAILED'}")
-        if not ok:
-            break
+    with timed(report):
+        for i, batch in enumerate(batches, start=1):
+            ok = execute(defs, job_name, range_tags(batch), instance, report, progress=progress, echo=echo or _stderr)
+            if echo is not None and per_partition:
+                echo(f"[{i}/{len(batches)}] {batch[0]}: {'ok' if ok else 'FAILED'}")
+            if not ok:
+                break
     return report
 
 
@@ -494,6 +509,9 @@ def format_summary(settings: Settings, report: RunReport) -> str:
     report_file = report_path(settings)
     lines.append(f"PQL report      {report_file} (open it in a browser)" if report_file.exists() else
                  "PQL report      not written (nothing was scored)")
+    if report.seconds:
+        lines.append(f"time            {report.seconds:.1f} s wall, {report.cpu_seconds:.1f} CPU-s "
+                     f"({len(report.run_ids)} run(s))")
     lines.append("result          " + ("success" if report.succeeded else
                                        "FAILED at " + ", ".join(sorted(set(report.failed_steps)))))
     return "\n".join(lines)

@@ -1,5 +1,7 @@
 """`pql demo` and `pql materialize` end to end (what `make run` does), on a tiny demo."""
 
+import re
+
 import pytest
 from click.testing import CliRunner
 
@@ -31,6 +33,9 @@ def test_demo_runs_and_reruns_idempotently(env):
     assert "rows ingested" in first.output and "reconciles      yes" in first.output
     assert "result          success" in first.output
     assert "validated_events.reconciliation" in first.output
+    # what the run cost, measured: wall and CPU seconds of the 3 runs
+    took = re.search(r"time +(\d+\.\d) s wall, (\d+\.\d) CPU-s \(3 run\(s\)\)", first.output)
+    assert took and float(took.group(1)) > 0 and float(took.group(2)) > 0
     before = _tables(env / "wh" / "pql.duckdb")
     assert before["validated_events"] and before["users"]
 
