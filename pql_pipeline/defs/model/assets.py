@@ -64,6 +64,34 @@ def oracle_roc_auc(settings: Settings, holdout) -> float | None:
     return round(float(roc_auc_score(holdout["label"].astype(int), holdout["user_id"].map(truth))), 5)
 
 
+def training_fingerprint(conn, settings: Settings, table: str = "training_set") -> str:
+    """What a training's outcome depends on: the training set's rows (an order-free hash of
+    every row), the model settings, the proposed rule, the signals' definitions, the training
+    contract and the training code. Training is deterministic (seeded), so the same
+    fingerprint trains the same model to the same verdict."""
+    import hashlib
+    import json
+
+    rows, row_hash = conn.execute(f"SELECT count(*), CAST(sum(hash(t)) AS VARCHAR) FROM {table} AS t").fetchall()[0]
+    contract = training_contract(settings)
+    model = settings.model.model_dump(mode="json", exclude={"pinned_version", "keep_rejected_models"})
+    parts = {"rows": rows, "row_hash": row_hash, "model": model, "rule": load_proposed_rule(settings),
+             "signals": signal_set(settings).definition_hash, "contract": f"{contract.id}@{contract.version}",
+             "code": MODEL_LOGIC_VERSION}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def unchanged_since(conn, fingerprint: str) -> dict | None:
+    """The last training's registry row (the last one recorded, whatever its trained_at says),
+    if it was trained on exactly this fingerprint."""
+    R.ensure_registry(conn)
+    newest = conn.execute(f"SELECT version, status, training_fingerprint FROM {R.REGISTRY} "
+                          "ORDER BY rowid DESC LIMIT 1").fetchall()
+    if newest and newest[0][2] == fingerprint:
+        return {"version": newest[0][0], "status": newest[0][1]}
+    return None
+
+
 def train_and_register(conn, settings: Settings, trained_at: dt.datetime | None = None,
                        spec: ModelSpec | None = None, table: str = "training_set") -> dict:
     """Train a candidate, compare it with the champion on the candidate's holdout, record it
@@ -71,6 +99,7 @@ def train_and_register(conn, settings: Settings, trained_at: dt.datetime | None 
     spec = spec or model_spec(settings)
     sigs = signal_set(settings)
     contract = training_contract(settings)
+    fingerprint = training_fingerprint(conn, settings, table)
     result = train(conn, spec, load_proposed_rule(settings), table)
     oracle = oracle_roc_auc(settings, result.split.holdout)
     if oracle is not None:
@@ -123,6 +152,7 @@ def train_and_register(conn, settings: Settings, trained_at: dt.datetime | None 
         "gates": gate, "champion_compared": current["version"] if current else None,
         "seconds": result.seconds,   # shown in the asset's metadata, not kept in the registry
         "champion_roc_auc_same_holdout": champ_auc, "artifact": artifact, "artifact_sha256": digest,
+        "training_fingerprint": fingerprint,
         "reference": _json_safe(reference_values(prepare(split.train, result.numeric, result.categorical),
                                                  result.numeric, result.categorical)),
     }
@@ -179,10 +209,20 @@ def build_model_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         """Retrains the conversion model on training_set with a time split, compares gradient boosting and
         logistic regression with the classic and the proposed rule on the holdout, and promotes the new model to
         champion only if it passes every gate and beats the champion on the same holdout by the margin; otherwise
-        the champion stays and the candidate is recorded as rejected with the reason."""
+        the champion stays and the candidate is recorded as rejected with the reason. When nothing the
+        training depends on changed since the last training (training_fingerprint), it is not repeated."""
         with warehouse.get_connection() as conn:
             if not table_exists(conn, "training_set"):
                 raise TrainingError("training_set does not exist yet: materialize the features stage first")
+            same = unchanged_since(conn, training_fingerprint(conn, settings))
+            if same is not None:
+                scoring = R.scoring_model(conn, settings.model.pinned_version)
+                reason = (f"not retrained: the training set, model settings, proposed rule, signals and code are "
+                          f"unchanged since {same['version']} ({same['status']}), which a new training would repeat")
+                context.log.info(reason)
+                return dg.MaterializeResult(metadata={
+                    "status": "not retrained", "reason": reason, "same_as": same["version"],
+                    "scoring_version": scoring["version"] if scoring else "none"})
             try:
                 row = train_and_register(conn, settings)
             except TrainingError as e:

@@ -33,7 +33,7 @@ COLUMNS = [
     ("roc_auc", "DOUBLE"),
     ("metrics", "JSON"), ("baselines", "JSON"), ("candidates", "JSON"), ("importance", "JSON"), ("gates", "JSON"),
     ("champion_compared", "VARCHAR"), ("champion_roc_auc_same_holdout", "DOUBLE"), ("artifact", "VARCHAR"),
-    ("artifact_sha256", "VARCHAR"),
+    ("artifact_sha256", "VARCHAR"), ("training_fingerprint", "VARCHAR"),
     # typical input values of the training rows (the baseline of the per-lead reasons)
     ("reference", "JSON"),
 ]

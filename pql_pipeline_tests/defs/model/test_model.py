@@ -316,6 +316,29 @@ def test_tightened_gates_block_the_scoring_model(trained, monkeypatch):
     assert row["status"] == "rejected" and "auc_floor" in row["reason"]
 
 
+@pytest.mark.slow
+def test_an_unchanged_training_is_not_repeated_and_a_change_retrains(trained):
+    """Same training set, settings, rule, signals and code: the same (seeded) training would
+    give the same model and verdict, so the model job records nothing new."""
+    p, _, _ = trained
+    defs = build_definitions(quick(p.settings))
+    first = defs.resolve_job_def(MODEL_JOB).execute_in_process(instance=p.instance, raise_on_error=False)
+    before = registry_rows(p)
+    again = defs.resolve_job_def(MODEL_JOB).execute_in_process(instance=p.instance, raise_on_error=False)
+    [mat] = again.asset_materializations_for_node("conversion_model")
+    assert mat.metadata["status"].value == "not retrained"
+    [trained_first] = first.asset_materializations_for_node("conversion_model")
+    last = (trained_first.metadata.get("version") or trained_first.metadata["same_as"]).value
+    assert mat.metadata["same_as"].value == last and registry_rows(p) == before
+    assert p.checks(again)["conversion_model:auc_floor"].passed == p.checks(first)["conversion_model:auc_floor"].passed
+    # a changed model setting trains again (tightened gates: the candidate is rejected, the champion stays)
+    strict = quick(p.settings, gates=p.settings.model.gates.model_copy(update={"min_auc": 0.99}))
+    changed = build_definitions(strict).resolve_job_def(MODEL_JOB).execute_in_process(
+        instance=p.instance, raise_on_error=False)
+    [mat] = changed.asset_materializations_for_node("conversion_model")
+    assert mat.metadata["status"].value == "rejected" and len(registry_rows(p)) == len(before) + 1
+
+
 def test_gate_results_name_each_bound():
     g = R.Gates(min_auc=0.7, min_auc_over_rules=0.05, max_calibration_error=0.1, max_top_feature_share=0.5)
     res = R.gate_results({"roc_auc": 0.74, "calibration_error": 0.2}, {"rule": {"roc_auc": 0.7}}, 0.8, g)
