@@ -109,8 +109,8 @@ def build_activation_assets(settings: Settings, daily: dg.PartitionsDefinition,
                 rows.append(row)
                 context.log.info(
                     f"{object_type}: {row['considered']} considered, {row['new']} new, {row['changed']} changed, "
-                    f"{row['unchanged']} unchanged, {row['retried']} retried, {row['held']} held (rejected before); sent {row['sent']} in "
-                    f"{row['calls']} calls: {row['created']} created, {row['updated']} updated, "
+                    f"{row['unchanged']} unchanged, {row['retried']} retried, {row['held']} held (rejected before); "
+                    f"sent {row['sent']} in {row['calls']} calls: {row['created']} created, {row['updated']} updated, "
                     f"{row['rejected']} rejected, {row['failed']} failed" + (" (dry run)" if client.dry_run else ""))
             outbox = conn.execute(f"SELECT count(*) FROM {L.OUTBOX} WHERE run_id = ?", [run_id]).fetchall()[0][0]
         shown = ("object_type", "considered", "new", "changed", "unchanged", "retried", "held", "skipped_stale", "sent",

@@ -277,9 +277,10 @@ class Tally:
 
 
 def begin_run(conn, *, run_id: str, destination: str, object_type: str, dry_run: bool, snapshot_date,
-              started: dt.datetime, plan_: Plan, full_resync: bool) -> None:
-    """The run's row of sync_runs, ``running``, before any record is sent: a run that dies
-    leaves it (closed as ``interrupted`` by the next run, see ``close_interrupted``)."""
+              started: dt.datetime, plan_: Plan, full_resync: bool) -> dict:
+    """Write the run's row of sync_runs, ``running``, before any record is sent, and return
+    it for ``record_run``: a run that dies leaves it (closed as ``interrupted`` by the next
+    run, see ``close_interrupted``)."""
     c = plan_.counts
     row = {"run_id": run_id, "destination": destination, "object_type": object_type, "dry_run": dry_run,
            "snapshot_date": snapshot_date, "started_at": started, "considered": plan_.considered,
@@ -287,9 +288,8 @@ def begin_run(conn, *, run_id: str, destination: str, object_type: str, dry_run:
            "retried": c.get("retry", 0), "skipped_stale": plan_.skipped_stale, "held": plan_.held,
            "sent": len(plan_.to_send), "created": 0, "updated": 0, "rejected": 0, "failed": 0, "calls": 0,
            "full_resync": full_resync, "status": "running"}
-    names = list(row)
-    conn.execute(f"INSERT INTO {RUNS} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})",
-                 [row[n] for n in names])
+    _write_run(conn, row)
+    return row
 
 
 def close_interrupted(conn, destination: str, object_type: str) -> list[str]:
@@ -325,24 +325,22 @@ def close_interrupted(conn, destination: str, object_type: str) -> list[str]:
     return [r[0] for r in runs]
 
 
-def record_run(conn, *, run_id: str, destination: str, object_type: str, dry_run: bool, snapshot_date,
-               started: dt.datetime, seconds: float, considered: int, plan_: Plan, tally: Tally, calls: int,
-               full_resync: bool) -> dict:
-    """Complete the run's row of sync_runs (written by ``begin_run``) and return it."""
-    c = plan_.counts
-    row = {
-        "run_id": run_id, "destination": destination, "object_type": object_type, "dry_run": dry_run,
-        "snapshot_date": snapshot_date, "started_at": started, "finished_at": dt.datetime.now(dt.timezone.utc),
-        "considered": considered, "new": c.get("new", 0), "changed": c.get("changed", 0),
-        "unchanged": plan_.unchanged, "retried": c.get("retry", 0), "skipped_stale": plan_.skipped_stale,
-        "held": plan_.held, "sent": len(plan_.to_send), "created": tally.created, "updated": tally.updated,
-        "rejected": tally.rejected, "failed": tally.failed, "calls": calls, "seconds": round(seconds, 3),
-        "full_resync": full_resync, "status": "completed", "error": None,
-    }
+def record_run(conn, run: dict, *, seconds: float, considered: int, tally: Tally, calls: int) -> dict:
+    """Complete the run's row of sync_runs (``run``, from ``begin_run``) with its outcomes and
+    return it."""
+    row = {**run, "finished_at": dt.datetime.now(dt.timezone.utc), "considered": considered,
+           "created": tally.created, "updated": tally.updated, "rejected": tally.rejected, "failed": tally.failed,
+           "calls": calls, "seconds": round(seconds, 3), "status": "completed", "error": None}
+    _write_run(conn, row)
+    return row
+
+
+def _write_run(conn, row: dict) -> None:
+    """Replace a run's row of sync_runs, in one transaction (a kill between the delete and
+    the insert must not lose it)."""
     names = [n for n, _ in RUN_COLUMNS]
-    with transaction(conn):     # a kill between the two must not lose the run's row
+    with transaction(conn):
         conn.execute(f"DELETE FROM {RUNS} WHERE run_id = ? AND destination = ? AND object_type = ?",
-                     [run_id, destination, object_type])
+                     [row["run_id"], row["destination"], row["object_type"]])
         conn.execute(f"INSERT INTO {RUNS} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})",
                      [row.get(n) for n in names])
-    return row

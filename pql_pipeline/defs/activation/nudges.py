@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from pql_pipeline.defs.activation import ledger as L
-from pql_pipeline.defs.activation.hubspot import TRANSIENT_STATUSES, DestinationError, Transport
+from pql_pipeline.defs.activation.hubspot import DestinationError, Transport
 from pql_pipeline.lib.engine import sql_literal
 from pql_pipeline.lib.warehouse import table_exists
 
@@ -86,8 +86,6 @@ class NudgeChannel:
             # a webhook URL can itself be a credential: only its origin is shown
             raise DestinationError(f"{self.name} answered {r.status_code} to {_origin(self.url)}: check its token or "
                                    f"secret ({message})")
-        if r.status_code in TRANSIENT_STATUSES:
-            return L.Outcome(key, "failed", error=f"{r.status_code}: {message}")
         # any other 4xx refuses this body: sent again only once the nudge or the code changes
         return L.Outcome(key, "rejected", error=f"{r.status_code}: {message}")
 
@@ -200,8 +198,8 @@ def send_nudges(conn, channel: NudgeChannel, day: dt.date, event_name: str, cap_
     todo = p.to_send
     calls_before = channel.transport.stats.calls
     tally = L.Tally()
-    L.begin_run(conn, run_id=run_id, destination=channel.name, object_type="nudges", dry_run=channel.dry_run,
-                snapshot_date=day, started=started, plan_=p, full_resync=full_resync)
+    run = L.begin_run(conn, run_id=run_id, destination=channel.name, object_type="nudges", dry_run=channel.dry_run,
+                      snapshot_date=day, started=started, plan_=p, full_resync=full_resync)
     if len(todo):
         L.mark_pending(conn, dest, "nudges", todo, run_id, code_version=BODY_VERSION)
         payloads = dict(zip(todo["record_key"], todo["payload"]))
@@ -218,10 +216,8 @@ def send_nudges(conn, channel: NudgeChannel, day: dt.date, event_name: str, cap_
                 outcome = channel.send(key, nudge)
             L.record_outcomes(conn, dest, "nudges", run_id, [outcome], payloads)
             tally.add([outcome])
-    row = L.record_run(conn, run_id=run_id, destination=channel.name, object_type="nudges",
-                       dry_run=channel.dry_run, snapshot_date=day, started=started, seconds=time.monotonic() - t0,
-                       considered=considered, plan_=p, tally=tally,
-                       calls=channel.transport.stats.calls - calls_before, full_resync=full_resync)
+    row = L.record_run(conn, run, seconds=time.monotonic() - t0, considered=considered, tally=tally,
+                       calls=channel.transport.stats.calls - calls_before)
     row["capped"] = int(cand["user_id"].isin(capped).sum())
     if stale:
         row["skipped_stale"] = considered

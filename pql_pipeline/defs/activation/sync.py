@@ -84,8 +84,8 @@ def sync_records(conn, client: HubSpotClient, destination: str, object_type: str
     todo = p.to_send
     calls_before = client.stats.calls
     tally = L.Tally()
-    L.begin_run(conn, run_id=run_id, destination=destination, object_type=object_type, dry_run=client.dry_run,
-                snapshot_date=snapshot_date, started=started, plan_=p, full_resync=full_resync)
+    run = L.begin_run(conn, run_id=run_id, destination=destination, object_type=object_type, dry_run=client.dry_run,
+                      snapshot_date=snapshot_date, started=started, plan_=p, full_resync=full_resync)
     if len(todo):
         L.mark_pending(conn, dest, object_type, todo, run_id, code_version=BODY_VERSION)
         payloads = dict(zip(todo["record_key"], todo["payload"]))
@@ -113,8 +113,5 @@ def sync_records(conn, client: HubSpotClient, destination: str, object_type: str
             # each batch's outcome is committed as soon as it is known (the resume point)
             L.record_outcomes(conn, dest, object_type, run_id, outcomes, payloads)
             tally.add(outcomes)
-    row = L.record_run(conn, run_id=run_id, destination=destination, object_type=object_type,
-                       dry_run=client.dry_run, snapshot_date=snapshot_date, started=started,
-                       seconds=time.monotonic() - t0, considered=p.considered, plan_=p, tally=tally,
-                       calls=client.stats.calls - calls_before, full_resync=full_resync)
-    return row
+    return L.record_run(conn, run, seconds=time.monotonic() - t0, considered=p.considered, tally=tally,
+                        calls=client.stats.calls - calls_before)

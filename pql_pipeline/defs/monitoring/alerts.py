@@ -10,8 +10,6 @@ values: known secrets and bearer tokens are redacted from any text that goes out
 
 from __future__ import annotations
 
-import os
-import re
 import time
 from dataclasses import dataclass, field
 
