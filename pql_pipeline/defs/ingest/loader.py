@@ -194,12 +194,9 @@ def read_jsonl(file: SourceFile, chunk_bytes: int = CHUNK_BYTES) -> Iterator[pa.
 
 def _batch(file: SourceFile, block: bytes, first: int, read_error: str | None = None,
            nbytes: int | None = None) -> pa.RecordBatch:
-    if read_error is not None:
-        lines, bad, bad_bytes = [block.decode("utf-8", errors="backslashreplace")], [], []
-        if block.decode("utf-8", errors="replace") != lines[0]:
-            bad, bad_bytes = [0], [len(block)]
-    else:
-        lines, bad, bad_bytes = _decode_block(block)
+    """The rows of ``block``'s lines; with ``read_error``, ``block`` is the part of a line read
+    before a fault (one row, ``nbytes`` long as read, whatever of it is kept)."""
+    lines, bad, bad_bytes = _decode_block(block)
     n = len(lines)
     # Windows line endings: one trailing \r is not part of the JSON value
     if b"\r" in block:
@@ -220,7 +217,7 @@ def _batch(file: SourceFile, block: bytes, first: int, read_error: str | None = 
             text,
             pa.array(nbytes),
             pa.array(valid),
-            pa.array([read_error] * n, pa.string()),
+            pa.array([read_error] * n, pa.string()) if read_error is not None else pa.nulls(n, pa.string()),
         ],
         schema=RAW_SCHEMA,
     )

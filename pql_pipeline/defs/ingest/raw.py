@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pql_pipeline.defs.ingest.loader import RAW_SCHEMA, SourceFile, partition_files, read_jsonl
+from pql_pipeline.lib.warehouse import ensure_tables
 
 
 RAW_COLUMNS = "partition_date, source_file, line_no, raw_line, line_bytes, utf8_valid, read_error"
@@ -18,8 +19,6 @@ RAW_COLUMNS = "partition_date, source_file, line_no, raw_line, line_bytes, utf8_
 def ensure_raw_events(conn: duckdb.DuckDBPyConnection, contract) -> None:
     """raw_events as its contract has it; a table an earlier version created gets the
     ``read_error`` column (NULL for the lines it holds)."""
-    from pql_pipeline.lib.warehouse import ensure_tables
-
     ensure_tables(conn, contract, "raw_events")
     conn.execute("ALTER TABLE raw_events ADD COLUMN IF NOT EXISTS read_error VARCHAR")
 
@@ -67,7 +66,9 @@ def load_partitions(conn: duckdb.DuckDBPyConnection, root: Path, pattern: str, f
                         _insert_batch(conn, batch, pdate)
                         r.rows += batch.num_rows
                         r.invalid_utf8 += batch.num_rows - (pc.sum(batch.column("utf8_valid")).as_py() or 0)
-                        r.unreadable += [e for e in batch.column("read_error").to_pylist() if e]
+                        errors = batch.column("read_error")
+                        if errors.null_count < batch.num_rows:     # only the row of a file's unreadable rest
+                            r.unreadable += pc.drop_null(errors).to_pylist()
             results.append(r)
             pending += r.rows
             if pending >= commit_rows:
