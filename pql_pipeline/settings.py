@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pql_pipeline.lib.yaml_config import ConfigError, load_model  # noqa: F401 (ConfigError is re-exported)
+from pql_pipeline.lib.yaml_config import ConfigError, read_yaml, validate_model  # noqa: F401 (ConfigError is re-exported)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = PACKAGE_DIR / "config" / "pipeline.yaml"
@@ -551,28 +551,22 @@ def contracts_dir() -> Path:
 PROJECT_CONTRACTS = ("raw_events", "validated_events", "users", "accounts", "features", "training_set")
 
 
-def check_files(settings: Settings, path: Path) -> None:
-    """Every file the configuration names exists and loads (a contract, the signals), so a
-    run never starts writing before it finds out; ConfigError lists each problem on a line
-    naming the configuration file, line and key."""
-    from pql_pipeline.defs.features.signals import load_signals
+def check_files(settings: Settings, path: Path, lines: dict[tuple, int]) -> None:
+    """Every file the configuration (``path``, its key lines ``lines``) names exists and loads
+    (a contract, the signals), so a run never starts writing before it finds out; ConfigError
+    lists each problem on a line naming the configuration file, line and key."""
+    from pql_pipeline.defs.features.signals import signals_at
     from pql_pipeline.lib.contracts import ContractError, load_contract
-    from pql_pipeline.lib.yaml_config import read_yaml
+    from pql_pipeline.lib.yaml_config import locate
 
-    _, lines = read_yaml(path)
     problems = []
-
-    def where(key: str) -> str:
-        keys = tuple(key.split("."))
-        line = next((lines[keys[:n]] for n in range(len(keys), 0, -1) if keys[:n] in lines), None)
-        return f"{path}{f' line {line}' if line else ''} ({key})"
-
     named = [("validation.contract", settings.contract_path, load_contract),
-             ("features.signals", settings.signals_path, load_signals)]
+             ("features.signals", settings.signals_path, signals_at)]
     named += [(f"data_contracts/{n}.odcs.yaml", contracts_dir() / f"{n}.odcs.yaml", load_contract)
               for n in PROJECT_CONTRACTS]
     for key, file, load in named:
-        here = where(key) if not key.startswith("data_contracts/") else f"{file} (shipped with the project)"
+        here = (locate(path, lines, tuple(key.split(".")), shallowest=1) if not key.startswith("data_contracts/")
+                else f"{file} (shipped with the project)")
         if not file.is_file():
             problems.append(f"{here}: file {file} does not exist")
             continue
@@ -588,7 +582,8 @@ def load_settings(path: str | os.PathLike | None = None, check: bool = True) -> 
     """Load and validate the configuration; raises ConfigError naming the bad key and line.
     ``check``: also load every file it names (contracts, signals)."""
     path = Path(path or os.environ.get("PQL_CONFIG") or DEFAULT_CONFIG)
-    settings = load_model(path, Settings)
+    data, lines = read_yaml(path)
+    settings = validate_model(path, data, lines, Settings)
     # environment overrides are read once, here, so a Settings object never changes under its user
     if os.environ.get("PQL_WAREHOUSE"):
         settings = settings.model_copy(update={
@@ -597,7 +592,7 @@ def load_settings(path: str | os.PathLike | None = None, check: bool = True) -> 
         settings = settings.model_copy(update={
             "source": settings.source.model_copy(update={"root": os.environ["PQL_EVENTS_DIR"]})})
     if check:
-        check_files(settings, path)
+        check_files(settings, path, lines)
     return settings
 
 

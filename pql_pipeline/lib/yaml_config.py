@@ -80,16 +80,25 @@ def describe_errors(path: Path, error: ValidationError, lines: dict[tuple, int])
         named = re.search(r"does not use ([A-Za-z_]+)|give either ([A-Za-z_]+)", msg)
         if named and loc + (named.group(1) or named.group(2),) in lines:
             loc = loc + (named.group(1) or named.group(2),)
-        # the deepest key of the error's path that exists in the file (a missing key -> its parent)
-        line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
-        key = _key_path(loc)
-        problems.append(f"{path}{f' line {line}' if line else ''} ({key}): {msg}")
+        problems.append(f"{locate(path, lines, loc)}: {msg}")
     return "\n".join(problems)
+
+
+def locate(path: Path, lines: dict[tuple, int], loc: tuple, shallowest: int = 0) -> str:
+    """``<file> line <n> (<key path>)``: the line of the deepest key of ``loc`` (no shallower
+    than ``shallowest`` keys) that exists in the file (a missing key -> its parent)."""
+    line = next((lines[loc[:n]] for n in range(len(loc), shallowest - 1, -1) if loc[:n] in lines), None)
+    return f"{path}{f' line {line}' if line else ''} ({_key_path(loc)})"
 
 
 def load_model(path: Path, model: type[M], transform=None) -> M:
     """Read ``path`` and validate it as ``model``; ``transform`` may adjust the raw data first."""
     data, lines = read_yaml(path)
+    return validate_model(path, data, lines, model, transform)
+
+
+def validate_model(path: Path, data, lines: dict[tuple, int], model: type[M], transform=None) -> M:
+    """``data`` read from ``path`` (``read_yaml``) validated as ``model``."""
     data = {} if data is None else data
     if transform is not None:
         data = transform(data)

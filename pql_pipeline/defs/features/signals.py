@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -217,3 +217,13 @@ class SignalSet(BaseModel):
 def load_signals(path: Path) -> SignalSet:
     """Load and validate a signals file; ``ConfigError`` names the line of each problem."""
     return load_model(Path(path), SignalSet)
+
+
+@lru_cache(maxsize=8)
+def _signals(path: str, _mtime: int) -> SignalSet:
+    return load_signals(Path(path))
+
+
+def signals_at(path: Path) -> SignalSet:
+    """The signals file at ``path``, loaded once per version of the file."""
+    return _signals(str(path), path.stat().st_mtime_ns if path.exists() else 0)

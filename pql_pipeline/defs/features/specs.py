@@ -3,12 +3,10 @@ and the contracts of the feature tables extended with one column per configured 
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from pql_pipeline.defs.features.features import FeatureSpec
 from pql_pipeline.defs.features.labels import LabelSpec
 from pql_pipeline.defs.features.milestones import MilestoneSpec
-from pql_pipeline.defs.features.signals import Signal, SignalSet, load_signals, rollup_column
+from pql_pipeline.defs.features.signals import Signal, SignalSet, rollup_column, signals_at
 from pql_pipeline.lib.contracts import Contract, load_contract, with_columns
 from pql_pipeline.settings import Settings, contracts_dir
 
@@ -16,16 +14,8 @@ from pql_pipeline.settings import Settings, contracts_dir
 FEATURES_LOGIC_VERSION = "1"
 
 
-@lru_cache(maxsize=8)
-def _signals(path: str, _mtime: int) -> SignalSet:
-    from pathlib import Path
-
-    return load_signals(Path(path))
-
-
 def signal_set(settings: Settings) -> SignalSet:
-    p = settings.signals_path
-    return _signals(str(p), p.stat().st_mtime_ns if p.exists() else 0)
+    return signals_at(settings.signals_path)
 
 
 def feature_spec(settings: Settings) -> FeatureSpec:
