@@ -141,8 +141,7 @@ SAY_EVERY_SECONDS = 30.0      # how often a waiting run repeats what it waits fo
 def wait_for_pool(instance: dg.DagsterInstance, pool: str, echo: Callable[[str], None], poll: float = 1.0) -> None:
     """Reap dead runs, then wait (saying for what, and since when) until ``pool`` has a free
     slot. Ctrl-C or SIGTERM while waiting raises PipelineInterrupted; nothing has run."""
-    for line in run_health.reap_dead_runs(instance):
-        echo(f"pql: {line}")
+    _reap(instance, echo)
     since, said = None, 0.0
     try:
         with _sigterm_as_interrupt():
@@ -155,10 +154,15 @@ def wait_for_pool(instance: dg.DagsterInstance, pool: str, echo: Callable[[str],
                          f"{run_health.describe(run_health.pool_holders(instance, pool), pool)} (Ctrl-C stops)")
                     said = now
                 time.sleep(poll)
-                for line in run_health.reap_dead_runs(instance):
-                    echo(f"pql: {line}")
+                _reap(instance, echo)
     except KeyboardInterrupt:
         raise PipelineInterrupted(f"stopped while waiting for a slot of pool {pool}; nothing was run") from None
+
+
+def _reap(instance: dg.DagsterInstance, echo: Callable[[str], None]) -> None:
+    """Reap dead runs (``run_health.reap_dead_runs``), saying what was done."""
+    for line in run_health.reap_dead_runs(instance):
+        echo(f"pql: {line}")
 
 
 @contextlib.contextmanager
@@ -253,8 +257,7 @@ class PoolWatch:
                 since = self._waiting_since()
                 if since is None or time.time() - since.timestamp() < self.quiet_seconds:
                     continue
-                for line in run_health.reap_dead_runs(self.instance):
-                    self.echo(f"pql: {line}")
+                _reap(self.instance, self.echo)
                 if time.monotonic() - said >= SAY_EVERY_SECONDS:
                     holders = run_health.pool_holders(self.instance, self.pool, exclude_run=self.run_id)
                     self.echo(f"pql: run {self.run_id[:8]} waits since {since:%H:%M:%S} UTC for a slot: "

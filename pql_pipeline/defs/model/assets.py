@@ -93,13 +93,15 @@ def unchanged_since(conn, fingerprint: str) -> dict | None:
 
 
 def train_and_register(conn, settings: Settings, trained_at: dt.datetime | None = None,
-                       spec: ModelSpec | None = None, table: str = "training_set") -> dict:
+                       spec: ModelSpec | None = None, table: str = "training_set",
+                       fingerprint: str | None = None) -> dict:
     """Train a candidate, compare it with the champion on the candidate's holdout, record it
-    (promoted or rejected, with the reason) and return its registry row."""
+    (promoted or rejected, with the reason) and return its registry row. ``fingerprint``:
+    the ``training_fingerprint`` when the caller has it already."""
     spec = spec or model_spec(settings)
     sigs = signal_set(settings)
     contract = training_contract(settings)
-    fingerprint = training_fingerprint(conn, settings, table)
+    fingerprint = fingerprint or training_fingerprint(conn, settings, table)
     result = train(conn, spec, load_proposed_rule(settings), table)
     oracle = oracle_roc_auc(settings, result.split.holdout)
     if oracle is not None:
@@ -214,7 +216,8 @@ def build_model_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         with warehouse.get_connection() as conn:
             if not table_exists(conn, "training_set"):
                 raise TrainingError("training_set does not exist yet: materialize the features stage first")
-            same = unchanged_since(conn, training_fingerprint(conn, settings))
+            fingerprint = training_fingerprint(conn, settings)
+            same = unchanged_since(conn, fingerprint)
             if same is not None:
                 scoring = R.scoring_model(conn, settings.model.pinned_version)
                 reason = (f"not retrained: the training set, model settings, proposed rule, signals and code are "
@@ -224,7 +227,7 @@ def build_model_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                     "status": "not retrained", "reason": reason, "same_as": same["version"],
                     "scoring_version": scoring["version"] if scoring else "none"})
             try:
-                row = train_and_register(conn, settings)
+                row = train_and_register(conn, settings, fingerprint=fingerprint)
             except TrainingError as e:
                 # not enough history yet: nothing is trained, the champion (if any) keeps scoring and
                 # the gates say whether anything may score
