@@ -34,6 +34,7 @@ Writes benchmarks/results/e2e.json (e2e-quick.json with --quick) and prints a ta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import math
@@ -151,8 +152,7 @@ def worker_pipeline(events_dir: Path, work: Path) -> dict:
     report = RunReport(partitions=parts)
     jobs = {}
     t_all = time.perf_counter()
-    (work / "dagster_home").mkdir()
-    with dg.instance_for_test(temp_dir=str(work / "dagster_home")) as instance:
+    with project_instance(work / "dagster_home") as instance:
         for name, job_tags in ((PIPELINE_JOB, tags), (MODEL_JOB, {}), (SCORING_JOB, tags)):
             t = time.perf_counter()
             ok = execute(defs, name, job_tags, instance, report)
@@ -184,6 +184,19 @@ def worker_pipeline(events_dir: Path, work: Path) -> dict:
     return {"partitions": len(parts), "seconds": round(total, 2), "jobs": jobs, "steps": steps,
             "failed_steps": report.failed_steps, "blocking_checks_failed": blocked,
             "events_per_s": round(counts["raw_lines"] / total), "peak_rss_mib": round(peak_rss_mib()), **counts}
+
+
+@contextlib.contextmanager
+def project_instance(home: Path):
+    """A fresh Dagster instance in ``home`` configured by the project's dagster.yaml (what
+    ``make run`` uses; ``PQL_BENCH_DAGSTER_YAML`` names another file, for A/B runs)."""
+    import dagster as dg
+
+    home.mkdir(parents=True)
+    shutil.copy(os.environ.get("PQL_BENCH_DAGSTER_YAML") or HERE.parent / "dagster.yaml", home / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(home)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        yield instance
 
 
 def step_seconds(instance, run_ids: list[str]) -> dict[str, float]:
