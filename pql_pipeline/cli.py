@@ -154,7 +154,10 @@ def _settings():
 @click.option("--dirty-fraction", type=float, default=0.01, show_default=True, callback=_dirty_fraction)
 @click.option("--regenerate", is_flag=True, help="Write new demo events even if the same demo is already there.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def demo(accounts: int, days: int, seed: int, dirty_fraction: float, regenerate: bool, progress: bool) -> None:
+@click.option("--full", is_flag=True,
+              help="Recompute every day and asset, even those whose files and definitions did not change.")
+def demo(accounts: int, days: int, seed: int, dirty_fraction: float, regenerate: bool, progress: bool,
+         full: bool) -> None:
     """Generate demo events (once), materialize every asset, print a summary."""
     from pql_pipeline.demo import run_demo
     from pql_pipeline.runner import PipelineInterrupted, PipelineRunError
@@ -162,7 +165,7 @@ def demo(accounts: int, days: int, seed: int, dirty_fraction: float, regenerate:
     settings = _settings()
     try:
         report = run_demo(settings, _instance(), accounts, days, seed, dirty_fraction, regenerate, progress,
-                          echo=click.echo)
+                          echo=click.echo, full=full)
     except PipelineInterrupted as exc:
         _interrupted(exc)
     except (PipelineRunError, ValueError, FileExistsError) as exc:
@@ -177,8 +180,13 @@ def demo(accounts: int, days: int, seed: int, dirty_fraction: float, regenerate:
 @click.option("--end", callback=_optional_date, help="Last partition (YYYY-MM-DD); default: the last day with event files.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar over each run's steps on stderr (on a terminal).")
-def materialize(start: str | None, end: str | None, progress: bool) -> None:
-    """Materialize the pipeline for the days that have event files (one single-run backfill)."""
+@click.option("--full", is_flag=True,
+              help="Recompute every day and asset, even those whose files and definitions did not change.")
+def materialize(start: str | None, end: str | None, progress: bool, full: bool) -> None:
+    """Materialize the pipeline for the days that have event files (single-run ranges).
+
+    Only what changed since the last successful run is computed: new or changed days of
+    files from the first such day on, assets whose definition changed over every day."""
     from pql_pipeline.defs.ingest.loader import available_partitions
     from pql_pipeline.runner import PipelineInterrupted, PipelineRunError, format_summary, materialize_all
 
@@ -187,7 +195,7 @@ def materialize(start: str | None, end: str | None, progress: bool) -> None:
     parts = [p for p in parts if (start is None or p >= start) and (end is None or p <= end)]
     try:
         report = materialize_all(settings, _instance(), parts, progress=progress,
-                                 echo=lambda line: click.echo(line, err=True))
+                                 echo=lambda line: click.echo(line, err=True), full=full)
     except PipelineInterrupted as exc:
         _interrupted(exc)
     except PipelineRunError as exc:

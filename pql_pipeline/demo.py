@@ -55,10 +55,10 @@ def ensure_demo_data(settings: Settings, accounts: int, days: int, seed: int, di
 
 def run_demo(settings: Settings, instance: dg.DagsterInstance, accounts: int, days: int, seed: int = 42,
              dirty_fraction: float = 0.01, regenerate: bool = False, progress: bool = True,
-             echo=print) -> RunReport:
+             echo=print, full: bool = False) -> RunReport:
     ensure_demo_data(settings, accounts, days, seed, dirty_fraction, regenerate, progress, echo)
     echo("materializing the asset graph ...")
-    report = materialize_all(settings, instance, progress=progress)
+    report = materialize_all(settings, instance, progress=progress, full=full)
     echo(format_summary(settings, report))
     return report
 

@@ -47,14 +47,18 @@ class RunReport:
     succeeded: bool = True
     checks: list[dict] = field(default_factory=list)
     failed_steps: list[str] = field(default_factory=list)
+    plans: list = field(default_factory=list)   # run_plan.Plan of each planned job (run or skipped)
     seconds: float = 0.0          # wall time of the runs
     cpu_seconds: float = 0.0      # CPU time of this process meanwhile (the runs execute in it, DuckDB's threads too)
 
 
 def materialize_all(settings: Settings, instance: dg.DagsterInstance, partitions: list[str] | None = None,
                     defs: dg.Definitions | None = None, log_level: str = "WARNING",
-                    progress: bool = False, echo: Callable[[str], None] = _stderr) -> RunReport:
-    """Run the whole graph over every partition that has files, as one single-run range."""
+                    progress: bool = False, echo: Callable[[str], None] = _stderr, full: bool = False) -> RunReport:
+    """Run the whole graph over every partition that has files, as single-run ranges: the
+    events-to-training-sets job, the model, the scores. Each partitioned job computes only
+    what changed since it last succeeded (``run_plan``); ``full`` recomputes everything."""
+    from pql_pipeline import run_plan as rp
     from pql_pipeline.definitions import MODEL_JOB, PIPELINE_JOB, SCORING_JOB, build_definitions
 
     defs = defs or build_definitions(settings)
@@ -69,14 +73,89 @@ def materialize_all(settings: Settings, instance: dg.DagsterInstance, partitions
         raise PipelineRunError(
             f"no event files match {settings.source.pattern!r} under {settings.events_root}; "
             "run `pql generate` or point source.root at your Segment export")
-    tags = range_tags(parts)
-    # the events-to-features graph, the (unpartitioned) model trained on it, then the scores
-    jobs = [(PIPELINE_JOB, tags), (MODEL_JOB, {}), (SCORING_JOB, tags)]
+    warehouse = Warehouse(database=str(settings.warehouse_path))
+    if full:
+        rp.forget_state(warehouse)
+    days = all_days(parts[0], parts[-1])
     with timed(report):
-        for job_name, tags in jobs:
-            if not execute(defs, job_name, tags, instance, report, log_level, progress=progress, echo=echo):
-                break
+        inputs = {d: rp.files_digest(settings.events_root, settings.source.pattern, d) for d in days}
+        # the events-to-features graph
+        pipeline = _plan(defs, instance, warehouse, PIPELINE_JOB, lambda st, cur, ch, every: rp.plan_pipeline(
+            PIPELINE_JOB, days, inputs, st, ch, every))
+        if not _run_planned(defs, instance, warehouse, pipeline, report, inputs, log_level, progress, echo):
+            return report
+        # the (unpartitioned) model trained on it: it skips its own training when its inputs are unchanged
+        if not execute(defs, MODEL_JOB, {}, instance, report, log_level, progress=progress, echo=echo):
+            return report
+        model = scoring_model_version(settings, warehouse)
+        retry = outputs_to_retry(warehouse)
+        scoring = _plan(defs, instance, warehouse, SCORING_JOB, lambda st, cur, ch, every: rp.plan_scoring(
+            SCORING_JOB, days, st, ch, every, model, pipeline.days[0] if pipeline.days else None, retry))
+        _run_planned(defs, instance, warehouse, scoring, report, {}, log_level, progress, echo, model=model)
     return report
+
+
+def all_days(first: str, last: str) -> list[str]:
+    """Every calendar day from ``first`` to ``last`` (a range run covers days without files too)."""
+    import datetime as dt
+
+    a, b = dt.date.fromisoformat(first), dt.date.fromisoformat(last)
+    return [(a + dt.timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]
+
+
+def _plan(defs, instance, warehouse, job_name, decide):
+    from pql_pipeline import run_plan as rp
+
+    graph = defs.resolve_asset_graph()
+    keys = sorted(defs.resolve_job_def(job_name).asset_layer.selected_asset_keys)
+    names = [k.to_user_string() for k in keys]
+    current = rp.definitions(defs, keys)
+    downstream = {k.to_user_string(): {c.to_user_string() for c in graph.get(k).child_keys} for k in keys}
+    siblings = {k.to_user_string(): {s.to_user_string() for s in defs.resolve_assets_def(k).keys} for k in keys}
+    state = rp.read_state(warehouse, job_name)
+    changed = rp.changed_assets(state, current, rp.latest_runs(instance, names), downstream, siblings)
+    plan = decide(state, current, changed, set(names))
+    plan.current = current
+    return plan
+
+
+def _run_planned(defs, instance, warehouse, plan, report: RunReport, inputs: dict, log_level, progress, echo,
+                 model: str | None = None) -> bool:
+    """Run ``plan`` (or say why it is skipped) and record what it computed."""
+    from pql_pipeline import run_plan as rp
+
+    report.plans.append(plan)
+    if plan.skip:
+        return True
+    selection = [dg.AssetKey(a) for a in plan.assets] if plan.assets is not None else None
+    ok = execute(defs, plan.job, range_tags(plan.days), instance, report, log_level, progress=progress, echo=echo,
+                 asset_selection=selection)
+    if ok:
+        rp.record_state(warehouse, plan.job, report.run_ids[-1], plan, plan.current, inputs, model)
+    return ok
+
+
+def scoring_model_version(settings: Settings, warehouse: Warehouse) -> str | None:
+    """The model version that scores leads (the pinned one, else the champion)."""
+    from pql_pipeline.defs.model import registry
+
+    with warehouse.get_connection() as conn:
+        if not table_exists(conn, registry.REGISTRY):
+            return None
+        row = registry.scoring_model(conn, settings.model.pinned_version)
+    return row["version"] if row else None
+
+
+def outputs_to_retry(warehouse: Warehouse) -> bool:
+    """Whether an output destination holds records not yet delivered (failed, or pending
+    from a run that died): they are retried even when nothing else changed."""
+    from pql_pipeline.defs.activation import ledger
+
+    with warehouse.get_connection() as conn:
+        if not table_exists(conn, ledger.LEDGER):
+            return False
+        return bool(conn.execute(
+            f"SELECT count(*) FROM {ledger.LEDGER} WHERE status IN ('failed', 'pending')").fetchall()[0][0])
 
 
 @contextlib.contextmanager
@@ -97,7 +176,8 @@ def range_tags(days: list[str]) -> dict[str, str]:
 
 
 def execute(defs: dg.Definitions, job_name: str, tags: dict, instance: dg.DagsterInstance, report: RunReport,
-            log_level: str = "WARNING", progress: bool = False, echo: Callable[[str], None] = _stderr) -> bool:
+            log_level: str = "WARNING", progress: bool = False, echo: Callable[[str], None] = _stderr,
+            asset_selection: list[dg.AssetKey] | None = None) -> bool:
     """Run ``job_name`` in this process and add its run, checks and failed steps to ``report``.
     With ``progress``, a bar on stderr follows the run's steps (on a terminal only). Dead runs
     are reaped and the pool awaited first; see the module's docstring."""
@@ -112,6 +192,7 @@ def execute(defs: dg.Definitions, job_name: str, tags: dict, instance: dg.Dagste
             PoolWatch(instance, run_id, POOL, echo), interruptible(instance, run_id) as interrupted:
         result = job.execute_in_process(
             instance=instance, tags={**tags, **run_health.owner_tags(run_id)}, raise_on_error=False, run_id=run_id,
+            asset_selection=asset_selection,
             run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
     report.run_ids.append(result.run_id)
     if interrupted:
@@ -438,6 +519,7 @@ def format_summary(settings: Settings, report: RunReport) -> str:
     lines = [
         f"partitions      {report.partitions[0]} .. {report.partitions[-1]} ({len(report.partitions)} days)"
         if report.partitions else "partitions      none",
+        *[f"{'computed' if i == 0 else '':<16}{p.job}: {p.describe()}" for i, p in enumerate(report.plans)],
         f"rows ingested   {raw:,}",
         f"validated       {s['validated_events']:,}",
         f"duplicates      {s['duplicate_events']:,}",

@@ -42,6 +42,9 @@ def test_demo_runs_and_reruns_idempotently(env):
     again = runner.invoke(main, ["demo", "--accounts", "12", "--days", "10", "--no-progress"])
     assert again.exit_code == 0, again.output
     assert "already in" in again.output
+    # nothing changed: nothing recomputed (the model job runs and skips its training)
+    assert "pql_pipeline: skipped: nothing changed" in again.output
+    assert "score_leads: skipped: nothing changed" in again.output and "(1 run(s))" in again.output
     assert _tables(env / "wh" / "pql.duckdb") == before
     # the runs were recorded in the Dagster instance the UI reads
     assert any((env / "dagster_home").rglob("*.db"))
