@@ -15,8 +15,8 @@ nothing open) and sets ``synchronous=NORMAL``, SQLite's recommended setting in W
 which Dagster's shards use: a power loss can lose the last transactions, never corrupt the
 file. Same files, same schema, same locks: an instance home written by Dagster's own class
 is read by this one and the reverse. ``dagster.yaml`` selects it; its files are under
-``$DAGSTER_HOME/history/runs`` (where Dagster's default puts them) unless ``base_dir`` is
-set. On Postgres (the production choice) it is not used.
+the instance's folder, ``history/runs`` (where Dagster's default puts them), unless
+``base_dir`` is set. On Postgres (the production choice) it is not used.
 """
 
 from __future__ import annotations
@@ -39,11 +39,10 @@ KEEP_RUN_ENGINES = 4
 EVENT_BATCH_SIZE = "1000"
 
 
-def default_base_dir() -> str:
+def home_base_dir() -> str | None:
     home = os.environ.get("DAGSTER_HOME")
-    if not home:
-        raise RuntimeError("pql_pipeline.lib.instance_storage: set DAGSTER_HOME or the storage's base_dir")
-    return os.path.join(home, "history", "runs", "")   # where Dagster's default SQLite storage keeps event logs
+    # where Dagster's default SQLite storage keeps event logs
+    return os.path.join(home, "history", "runs", "") if home else None
 
 
 class SqliteEventLogStorage(base.SqliteEventLogStorage):
@@ -54,7 +53,18 @@ class SqliteEventLogStorage(base.SqliteEventLogStorage):
         # every process that writes events through this storage (the CLI, the webserver creating
         # runs, a run worker) builds it first; a value the user set is kept
         os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", EVENT_BATCH_SIZE)
-        super().__init__(base_dir or default_base_dir(), inst_data=inst_data)
+        base_dir = base_dir or home_base_dir()
+        if base_dir is None:
+            # DagsterInstance.from_config(folder) without DAGSTER_HOME: the folder is known once
+            # the instance registers itself, before any event is read or written
+            self._inst_data, self._instance_weakref = inst_data, None
+            return
+        super().__init__(base_dir, inst_data=inst_data)
+
+    def register_instance(self, instance) -> None:
+        if not hasattr(self, "_base_dir"):
+            super().__init__(os.path.join(instance.root_directory, "history", "runs", ""), inst_data=self._inst_data)
+        super().register_instance(instance)
 
     @classmethod
     def config_type(cls):

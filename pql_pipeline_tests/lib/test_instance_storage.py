@@ -135,3 +135,19 @@ def test_engines_are_reused_and_bounded(tmp_path, monkeypatch):
         # an evicted run's shard is still read (a new engine is made for it)
         first = inst.get_runs()[-1]
         assert any(r.dagster_event and r.dagster_event.is_step_materialization for r in inst.all_logs(first.run_id))
+
+
+def test_an_instance_opened_by_its_folder_keeps_its_events_there(tmp_path, monkeypatch):
+    """``DagsterInstance.from_config(folder)`` without DAGSTER_HOME (scripts, notebooks)."""
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    home = tmp_path / "elsewhere"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(home)) as inst:
+        assert isinstance(inst.event_log_storage, instance_storage.SqliteEventLogStorage)
+        result = DEFS.resolve_job_def("days").execute_in_process(
+            instance=inst, raise_on_error=False, tags={"dagster/partition": "2026-01-01"})
+        assert result.success
+    assert (home / "history" / "runs" / f"{result.run_id}.db").exists()
+    with dg.DagsterInstance.from_config(str(home)) as inst:
+        assert inst.get_materialized_partitions(dg.AssetKey("upstream")) == {"2026-01-01"}

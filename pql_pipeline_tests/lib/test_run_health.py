@@ -277,7 +277,7 @@ def scored_accounts(warehouse: Path, n: int) -> None:
 
 
 @pytest.mark.slow
-def test_a_run_killed_mid_sync_is_reaped_by_the_next_run_which_completes_it(tmp_path, monkeypatch):
+def test_a_run_killed_mid_sync_is_reaped_by_the_next_run_which_completes_it(tmp_path):
     from pql_pipeline_tests.defs.activation.fake_hubspot import FakeHubSpot
 
     home = tmp_path / "dagster_home"
@@ -320,7 +320,6 @@ def test_a_run_killed_mid_sync_is_reaped_by_the_next_run_which_completes_it(tmp_
         out, err = c.communicate(timeout=300)
         assert c.returncode == 0 and "RESULT success" in out, err[-3000:]
         assert "marked failed: its process" in err and f"pid {a.pid}" in err
-    monkeypatch.setenv("DAGSTER_HOME", str(home))    # the project's event log storage lives under it
     with dg.DagsterInstance.from_config(str(home)) as inst:
         runs = {r.run_id: r for r in inst.get_runs()}
         dead = [r for r in runs.values() if f"|{a.pid}|" in r.tags.get(run_health.OWNER_TAG, "")]
