@@ -62,9 +62,10 @@ def scoring_spec(settings: Settings) -> ScoringSpec:
         max_nudges_per_account=r.max_nudges_per_account, suppress_days=r.suppress_days)
 
 
-def candidates_sql(settings: Settings, day: dt.date) -> str:
-    """The free users with a feature row on ``day`` (paying users and users of paying
-    accounts are excluded, as in training), with their account's features as acct_*."""
+def candidates_sql(settings: Settings, day: dt.date, last: dt.date | None = None) -> str:
+    """The free users with a feature row on ``day`` (through ``last``: by day, then user;
+    paying users and users of paying accounts are excluded, as in training), with their
+    account's features as acct_*."""
     sigs = signal_set(settings)
     ucols = [c for c, _ in user_table_columns(sigs)]
     acols = [c for c, _ in account_table_columns(sigs) if c not in ("snapshot_date", "account_id", "definition_hash")]
@@ -75,8 +76,19 @@ FROM user_features AS u
 JOIN conversion_labels AS l
   ON l.entity_type = 'user' AND l.entity_id = u.user_id AND l.snapshot_date = u.snapshot_date
 LEFT JOIN account_features AS a ON a.account_id = u.account_id AND a.snapshot_date = u.snapshot_date
-WHERE u.snapshot_date = DATE '{day.isoformat()}' AND l.label_status <> 'excluded_paying'
-ORDER BY u.user_id"""
+WHERE u.snapshot_date BETWEEN DATE '{day.isoformat()}' AND DATE '{(last or day).isoformat()}'
+  AND l.label_status <> 'excluded_paying'
+ORDER BY u.snapshot_date, u.user_id"""
+
+
+def by_day(frame: pd.DataFrame, days: list[dt.date]) -> dict[dt.date, pd.DataFrame]:
+    """A frame of several days (ordered by day, then user) cut into one frame per day of ``days``."""
+    dates = pd.to_datetime(frame["snapshot_date"]).dt.date.to_numpy() if len(frame) else np.array([])
+    out = {}
+    for d in days:
+        part = frame[dates == d] if len(frame) else frame
+        out[d] = part.reset_index(drop=True)
+    return out
 
 
 def rule_hits(conn, settings: Settings, frames: dict[dt.date, pd.DataFrame]) -> dict[dt.date, tuple]:
@@ -96,6 +108,39 @@ def rule_hits(conn, settings: Settings, frames: dict[dt.date, pd.DataFrame]) -> 
     return out
 
 
+class SalesWorked:
+    """The accounts routed to sales per day, for the suppression window of a run's days:
+    the days before the run as written, the run's days as scored (their rows are written a
+    group of days at a time, after they are routed)."""
+
+    def __init__(self, conn, days: list[dt.date], suppress_days: int):
+        self.suppress_days, self.by_day = suppress_days, {}
+        if not suppress_days or not days:
+            return
+        run = set(days)
+        for table in ("pql_scores", "pql_account_scores"):
+            if table_exists(conn, table):
+                for day, account in conn.execute(
+                        f"SELECT DISTINCT snapshot_date, account_id FROM {table} WHERE route = 'sales' "
+                        "AND account_id IS NOT NULL AND snapshot_date >= ? AND snapshot_date < ?",
+                        [days[0] - dt.timedelta(days=suppress_days), days[-1]]).fetchall():
+                    if day not in run:
+                        self.by_day.setdefault(day, set()).add(account)
+
+    def add(self, day: dt.date, users: pd.DataFrame, accounts: pd.DataFrame) -> None:
+        found = set()
+        for frame in (users, accounts):
+            found |= set(frame.loc[(frame["route"] == "sales") & frame["account_id"].notna(), "account_id"])
+        self.by_day[day] = found
+
+    def before(self, day: dt.date) -> set[str]:
+        """As ``worked_by_sales(conn, day, suppress_days)`` once the days before are written."""
+        if not self.suppress_days:
+            return set()
+        lo = day - dt.timedelta(days=self.suppress_days)
+        return set().union(*(a for d, a in self.by_day.items() if lo <= d < day))
+
+
 def worked_by_sales(conn, day: dt.date, suppress_days: int) -> set[str]:
     """Accounts routed to sales (on their own score or through a user) in the
     ``suppress_days`` before ``day``."""
@@ -112,11 +157,14 @@ def worked_by_sales(conn, day: dt.date, suppress_days: int) -> set[str]:
 
 
 def routed(conn, spec: ScoringSpec, day: dt.date, users: pd.DataFrame,
-           accounts: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+           accounts: pd.DataFrame, worked: set[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Users and accounts of a day with their routes (sales accounts and their contacts first,
-    then nudges with suppression by the accounts sales works and the per-account cap)."""
+    then nudges with suppression by the accounts sales works, ``worked`` or read from the days
+    written before, and the per-account cap)."""
     sales, contacts = account_routes(accounts, users, spec)
-    users = route(users, spec, worked_by_sales(conn, day, spec.suppress_days), contacts)
+    if worked is None:
+        worked = worked_by_sales(conn, day, spec.suppress_days)
+    users = route(users, spec, worked, contacts)
     return users, finish_account_routes(accounts, users, sales)
 
 
@@ -174,11 +222,13 @@ def model_outputs(settings: Settings, row: dict, model, reference: dict,
 
 def score_day(conn, settings: Settings, day: dt.date, row: dict, model, reference: dict,
               frame: pd.DataFrame | None = None, rule: tuple | None = None,
-              predicted: tuple[np.ndarray, list[list[dict]]] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+              predicted: tuple[np.ndarray, list[list[dict]]] | None = None,
+              worked: set[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score the day's candidates (``frame``, else read) with ``rule``'s verdicts (else
     evaluated) and the model's ``predicted`` probabilities and reasons for them (else
-    predicted); returns the user rows and the account rows. Routing reads the days before
-    from pql_scores: score and write days in date order."""
+    predicted); returns the user rows and the account rows. Routing suppresses the accounts
+    sales worked in the days before (``worked``, else read from pql_scores: then score and
+    write days in date order)."""
     spec = scoring_spec(settings)
     frame = conn.execute(candidates_sql(settings, day)).df() if frame is None else frame
     if frame.empty:
@@ -202,7 +252,7 @@ def score_day(conn, settings: Settings, day: dt.date, row: dict, model, referenc
     out["segment"] = segment_of(frame.get("acct_employees", pd.Series(np.nan, index=frame.index)),
                                 spec.segments).to_numpy()
     accounts = account_scores(out, reasons, spec)
-    out, accounts = routed(conn, spec, day, out, accounts)
+    out, accounts = routed(conn, spec, day, out, accounts, worked)
     now = dt.datetime.now(dt.timezone.utc)
     out["scored_at"] = now
     accounts = accounts.assign(snapshot_date=day, model_version=row["version"], scored_at=now,
@@ -210,21 +260,22 @@ def score_day(conn, settings: Settings, day: dt.date, row: dict, model, referenc
     return out[[c for c, _ in SCORE_COLUMNS]], accounts[[c for c, _ in ACCOUNT_COLUMNS]]
 
 
-def _replace_day(conn, table: str, columns: list, frame: pd.DataFrame, day: dt.date) -> None:
-    with registered(conn, "fx_scored", frame):
-        replace_rows(conn, table, [c for c, _ in columns], "fx_scored", "snapshot_date = ?", [day])
+def _write_days(conn, days: list[dt.date], scored: dict[dt.date, tuple[pd.DataFrame, pd.DataFrame]]) -> None:
+    """Replace the rows of ``days`` (consecutive) with their scored users and accounts, one
+    statement pair per table (a day without candidates loses its old rows)."""
+    for table, columns, i in (("pql_scores", SCORE_COLUMNS, 0), ("pql_account_scores", ACCOUNT_COLUMNS, 1)):
+        frames = [scored[d][i] for d in days if len(scored[d][i])]
+        frame = pd.concat(frames, ignore_index=True) if frames else scored[days[0]][i]
+        with registered(conn, "fx_scored", frame):
+            replace_rows(conn, table, [c for c, _ in columns], "fx_scored", "snapshot_date BETWEEN ? AND ?",
+                         [days[0], days[-1]])
 
 
-def _write_day(conn, settings: Settings, day: dt.date, row: dict, model, reference: dict, frame: pd.DataFrame,
-               rule: tuple | None, predicted: tuple | None, per_day: list[dict]) -> tuple[int, int]:
-    users, accounts = score_day(conn, settings, day, row, model, reference, frame, rule, predicted)
-    _replace_day(conn, "pql_scores", SCORE_COLUMNS, users, day)
-    _replace_day(conn, "pql_account_scores", ACCOUNT_COLUMNS, accounts, day)
-    per_day.append({"snapshot": str(day), "users scored": len(users), "PQL users": int(users["is_pql"].sum()),
-                    "accounts": len(accounts), "PQL accounts": int(accounts["is_pql"].sum()),
-                    "accounts to sales": int((accounts["route"] == "sales").sum()),
-                    "users nudged": int((users["route"] == "in_app").sum())})
-    return len(users), len(accounts)
+def _day_summary(day: dt.date, users: pd.DataFrame, accounts: pd.DataFrame) -> dict:
+    return {"snapshot": str(day), "users scored": len(users), "PQL users": int(users["is_pql"].sum()),
+            "accounts": len(accounts), "PQL accounts": int(accounts["is_pql"].sum()),
+            "accounts to sales": int((accounts["route"] == "sales").sum()),
+            "users nudged": int((users["route"] == "in_app").sum())}
 
 
 def reroute_following(conn, spec: ScoringSpec, last_day: dt.date) -> int:
@@ -311,30 +362,33 @@ def build_scoring_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
             reference = training_reference(conn, row)
             users = accounts = 0
             step = settings.features.snapshot_batch_days
+            spec = scoring_spec(settings)
+            worked = SalesWorked(conn, days, spec.suppress_days)
             for batch in (days[i:i + step] for i in range(0, len(days), step)):
-                # the rule's verdicts for the whole batch in one pass over the events; then each day's
-                # candidates are read, scored and written on their own (one day's frame in memory)
-                keys = {d: conn.execute(f"SELECT user_id, signup_date FROM ({candidates_sql(settings, d)}) "
-                                        "ORDER BY user_id").df() for d in batch}
-                rules = rule_hits(conn, settings, keys)
+                # the batch's candidate keys in one query and the rule's verdicts in one pass over the events
+                keys = by_day(conn.execute(f"SELECT snapshot_date, user_id, signup_date FROM "
+                                           f"({candidates_sql(settings, batch[0], batch[-1])})").df(), batch)
+                rules = rule_hits(conn, settings, {d: k.drop(columns="snapshot_date") for d, k in keys.items()})
                 release_memory(conn)
-                # consecutive days whose candidates fit scoring.batch_rows go through the model together;
-                # each day is then finished, routed (against the days written before it) and written
+                # consecutive days whose candidates fit scoring.batch_rows are read in one query and go
+                # through the model together; each day is then finished and routed in date order (against
+                # the days before it), and the group is written at once
                 for group in row_groups(batch, {d: len(k) for d, k in keys.items()}, settings.scoring.batch_rows):
-                    frames = {}
+                    frames = by_day(conn.execute(candidates_sql(settings, group[0], group[-1])).df(), group)
                     for day in group:
-                        frame = conn.execute(candidates_sql(settings, day)).df()
-                        if not frame["user_id"].reset_index(drop=True).equals(
-                                keys[day]["user_id"].reset_index(drop=True)):
+                        if not frames[day]["user_id"].equals(keys[day]["user_id"]):
                             raise RuntimeError(f"the candidates of {day} changed while scoring; run again")
-                        frames[day] = frame
                     scored = [d for d in group if not frames[d].empty]
                     predicted = dict(zip(scored, model_outputs(settings, row, model, reference,
                                                                [frames[d] for d in scored]))) if scored else {}
+                    out = {}
                     for day in group:
-                        n_users, n_accounts = _write_day(conn, settings, day, row, model, reference, frames.pop(day),
-                                                         rules.get(day), predicted.pop(day, None), per_day)
-                        users, accounts = users + n_users, accounts + n_accounts
+                        out[day] = score_day(conn, settings, day, row, model, reference, frames.pop(day),
+                                             rules.get(day), predicted.pop(day, None), worked.before(day))
+                        worked.add(day, *out[day])
+                        per_day.append(_day_summary(day, *out[day]))
+                        users, accounts = users + len(out[day][0]), accounts + len(out[day][1])
+                    _write_days(conn, group, out)
             rerouted = reroute_following(conn, scoring_spec(settings), days[-1])
             if rerouted:
                 context.log.info(f"{rerouted} routes of days scored after {days[-1]} changed with this run's "

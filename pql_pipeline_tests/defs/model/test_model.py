@@ -194,6 +194,32 @@ def png_size(png: bytes) -> tuple[int, int]:
 
 
 @pytest.mark.slow
+def test_a_scored_range_equals_its_days_scored_one_by_one(trained):
+    """A range is scored a group of days at a time (read, predicted, routed in date order
+    against the accounts sales worked the days before, written at once); one run per day
+    reads those routes back from the warehouse. Both give the same rows."""
+    p, _, _ = trained
+    days = [r[0].isoformat() for r in p.query(
+        "SELECT DISTINCT snapshot_date FROM user_features ORDER BY 1 DESC LIMIT 4")][::-1]
+    assert p.settings.scoring.routing.suppress_days > 0
+    cols = "* EXCLUDE (scored_at)"
+
+    def scored():
+        return {t: p.query(f"SELECT {cols} FROM {t} WHERE snapshot_date >= DATE '{days[0]}' ORDER BY ALL")
+                for t in ("pql_scores", "pql_account_scores")}
+
+    assert p.run(days[0], days[-1], job=SCORING_JOB).success
+    ranged = scored()
+    for day in days:
+        assert p.run(day, job=SCORING_JOB).success
+    assert scored() == ranged
+    assert len({r[0] for r in ranged["pql_scores"]}) == len(days)
+    # the days before each day of the range had sales accounts to suppress nudges for (that the
+    # memory and the warehouse agree on them is test_the_sales_worked_in_memory_equal_...)
+    assert p.query(f"""SELECT count(DISTINCT snapshot_date) FROM pql_account_scores
+                       WHERE snapshot_date >= DATE '{days[0]}' AND route = 'sales'""")[0][0] == len(days)
+
+
 def test_the_ui_metadata_and_the_pql_report_show_charts(trained):
     """After scoring the newest day (the test above): every chart of the metadata is a real
     image beside its numbers, and the PQL report of the day is a page with its PQLs, reasons,

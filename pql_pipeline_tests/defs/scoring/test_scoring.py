@@ -297,3 +297,43 @@ def test_days_scored_together_get_what_each_day_gets_alone():
     assert row_groups(d, rows, 150) == [[d[0], d[1]], [d[2]], [d[3], d[4], d[5]]]
     assert row_groups(d, rows, 1) == [[x] for x in d]
     assert row_groups(d, rows, 10_000) == [d]
+
+
+def test_the_sales_worked_in_memory_equal_what_the_written_days_say(conn):
+    """A range's days are routed before they are written: the accounts sales worked in the
+    window come from the warehouse for the days before the range and from memory for the
+    range's days, and equal what worked_by_sales reads once those days are written."""
+    import datetime as dt
+
+    from pql_pipeline.defs.scoring.assets import SCORE_COLUMNS, SalesWorked, by_day, worked_by_sales
+    from pql_pipeline.defs.scoring.scoring import ACCOUNT_COLUMNS
+    from pql_pipeline.lib.warehouse import ensure_columns
+
+    ensure_columns(conn, "pql_scores", SCORE_COLUMNS)
+    ensure_columns(conn, "pql_account_scores", ACCOUNT_COLUMNS)
+    d = [dt.date(2026, 3, i) for i in range(1, 8)]
+    written = {d[0]: ["acme"], d[1]: ["beta"], d[3]: ["stale"]}      # d[3] is re-scored by the run below
+    for day, accounts in written.items():
+        for a in accounts:
+            conn.execute("INSERT INTO pql_scores (snapshot_date, user_id, account_id, route) VALUES (?, ?, ?, 'sales')",
+                         [day, f"u_{a}", a])
+    conn.execute("INSERT INTO pql_account_scores (snapshot_date, account_id, route) VALUES (?, 'gamma', 'sales')",
+                 [d[2]])
+    run = d[3:]
+    worked = SalesWorked(conn, run, suppress_days=3)
+    routes = {d[3]: ("delta", "sales"), d[4]: ("eps", "in_app"), d[5]: ("zeta", "sales"), d[6]: ("eta", "none")}
+    for day in run:
+        assert worked.before(day) == worked_by_sales(conn, day, 3)      # the days before are written
+        account, r = routes[day]
+        users = pd.DataFrame({"user_id": [f"u_{account}"], "account_id": [account], "route": [r]})
+        worked.add(day, users, users.iloc[:0])
+        conn.execute("DELETE FROM pql_scores WHERE snapshot_date = ?", [day])
+        conn.execute("INSERT INTO pql_scores (snapshot_date, user_id, account_id, route) VALUES (?, ?, ?, ?)",
+                     [day, f"u_{account}", account, r])
+    assert worked.before(d[4]) == {"beta", "gamma", "delta"}           # not 'stale': its day was re-scored
+    assert worked.before(d[6]) == {"delta", "zeta"}
+    assert SalesWorked(conn, run, suppress_days=0).before(d[5]) == set()
+    # a frame of several days cut per day, days without rows included
+    frame = pd.DataFrame({"snapshot_date": [d[0], d[0], d[2]], "user_id": ["a", "b", "c"]})
+    parts = by_day(frame, d[:3])
+    assert [len(parts[x]) for x in d[:3]] == [2, 0, 1] and list(parts[d[2]].index) == [0]
