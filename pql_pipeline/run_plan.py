@@ -100,6 +100,10 @@ class Plan:
     assets: list[str] | None = None
     reason: str = ""
     current: dict[str, str] = field(default_factory=dict)   # the job's asset definitions now
+    # whether the days cover every day computed before: only then do the assets' definitions
+    # (and the model) hold for all their rows (``pql materialize --start/--end`` runs a part)
+    complete: bool = True
+    previous: dict[str, str] = field(default_factory=dict)  # the definitions recorded before
 
     @property
     def skip(self) -> bool:
@@ -193,14 +197,20 @@ def read_state(warehouse: Warehouse, job: str) -> JobState:
 
 
 def record_state(warehouse: Warehouse, job: str, run_id: str, plan: Plan, current: dict[str, str],
-                 inputs: dict[str, str], model: str | None = None) -> None:
-    """After a successful run of ``plan``: its assets, days and model are up to date."""
+                 inputs: dict[str, str], model: str | None = None, done: set[str] | None = None) -> None:
+    """After a run of ``plan``: the assets it materialized (``done``, default all) are up to
+    date over its days; the others (a failed step, a blocking check that stopped them) are
+    recorded as not computed, so the next run computes them and what reads them."""
     assets = plan.assets if plan.assets is not None else list(current)
+    done = set(assets) if done is None else done
     now = dt.datetime.now(dt.timezone.utc)
-    rows = [(job, "asset", a, current[a], run_id, now) for a in assets]
+    # this run is the assets' latest; after a part of the days, they keep the definitions recorded
+    # before, so the next run over every day computes the other days with a changed one
+    rows = [(job, "asset", a, (current[a] if plan.complete else plan.previous.get(a, "")) if a in done else "",
+             run_id, now) for a in assets]
     if plan.assets is None or not inputs:
         rows += [(job, "day", d, inputs.get(d, ""), run_id, now) for d in plan.days]
-    if model is not None and plan.assets is None:
+    if model is not None and plan.assets is None and plan.complete:
         rows.append((job, "model", "", model, run_id, now))
     with warehouse.get_connection() as conn:
         conn.execute(f"""CREATE TABLE IF NOT EXISTS {STATE_TABLE} (job VARCHAR, kind VARCHAR, key VARCHAR,

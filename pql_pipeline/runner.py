@@ -116,6 +116,7 @@ def _plan(defs, instance, warehouse, job_name, decide):
     changed = rp.changed_assets(state, current, rp.latest_runs(instance, names), downstream, siblings)
     plan = decide(state, current, changed, set(names))
     plan.current = current
+    plan.complete, plan.previous = set(state.days) <= set(plan.days), state.definitions
     return plan
 
 
@@ -130,8 +131,10 @@ def _run_planned(defs, instance, warehouse, plan, report: RunReport, inputs: dic
     selection = [dg.AssetKey(a) for a in plan.assets] if plan.assets is not None else None
     ok = execute(defs, plan.job, range_tags(plan.days), instance, report, log_level, progress=progress, echo=echo,
                  asset_selection=selection)
-    if ok:
-        rp.record_state(warehouse, plan.job, report.run_ids[-1], plan, plan.current, inputs, model)
+    run_id = report.run_ids[-1]
+    done = {r.dagster_event.asset_key.to_user_string()
+            for r in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)}
+    rp.record_state(warehouse, plan.job, run_id, plan, plan.current, inputs, model, done)
     return ok
 
 

@@ -86,6 +86,29 @@ def test_scoring_follows_the_model_the_features_and_the_outputs_retries():
     assert retry.days == DAYS[-1:] and retry.assets == ["crm_sync", "in_app_nudges"]
 
 
+def test_what_a_run_did_not_materialize_is_computed_next_time(tmp_path):
+    """The state in a real warehouse file: a failed step (or one a blocking check stopped)
+    counts as changed; a run over a part of the days keeps the definitions recorded before."""
+    wh = Warehouse(database=str(tmp_path / "wh.duckdb"))
+    current = {"raw_events": "r1", "validated_events": "v1", "user_features": "f1"}
+    plan = rp.Plan("p", DAYS)
+    rp.record_state(wh, "p", "run-1", plan, current, INPUTS, done={"raw_events", "validated_events"})
+    st = rp.read_state(wh, "p")
+    assert st.days == INPUTS and st.definitions == {**current, "user_features": ""}
+    runs = {a: "run-1" for a in current}
+    downstream = {"raw_events": {"validated_events"}, "validated_events": {"user_features"}}
+    assert rp.changed_assets(st, current, runs, downstream) == {"user_features"}
+    # the next run completes it; then a part of the days with a changed definition
+    rp.record_state(wh, "p", "run-2", rp.Plan("p", DAYS, ["user_features"]), current, INPUTS)
+    assert rp.changed_assets(rp.read_state(wh, "p"), current, {**runs, "user_features": "run-2"}, downstream) == set()
+    part = rp.Plan("p", DAYS[-2:], ["user_features"], complete=False, previous=rp.read_state(wh, "p").definitions)
+    rp.record_state(wh, "p", "run-3", part, {**current, "user_features": "f2"}, INPUTS)
+    st = rp.read_state(wh, "p")
+    assert st.definitions["user_features"] == "f1" and st.runs["user_features"] == "run-3"
+    assert rp.changed_assets(st, {**current, "user_features": "f2"}, {**runs, "user_features": "run-3"},
+                             downstream) == {"user_features"}
+
+
 # --- real runs --------------------------------------------------------------------------------
 
 PIPELINE_TABLES = ("raw_events", "validated_events", "quarantined_events", "duplicate_events", "users", "accounts",
