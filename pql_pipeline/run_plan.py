@@ -9,6 +9,8 @@ what defines the job's tables with what they were last computed from:
   definitions of the assets it reads;
 - each day's **input files**: name, size and modification time of the day's event files;
 - for the scores, the **model** that scores them (the champion, or the pinned version);
+- for the outputs, whether their secrets are set: setting ``HUBSPOT_ACCESS_TOKEN`` after a
+  dry run sends the newest day for real on the next run;
 - whether another run (the UI, a schedule, a backfill) materialized an asset since: its
   tables may hold what that run wrote, so the asset counts as changed.
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -43,7 +46,9 @@ from pql_pipeline.lib.warehouse import Warehouse, table_exists, transaction
 
 STATE_TABLE = "pipeline_state"
 PACKAGE = Path(__file__).resolve().parent
-ACTIVATION_ASSETS = ("crm_sync", "in_app_nudges")
+# the outputs and the secrets that make them send for real instead of to the dry-run outbox
+ACTIVATION_ASSETS = {"crm_sync": ("HUBSPOT_ACCESS_TOKEN",),
+                     "in_app_nudges": ("INTERCOM_ACCESS_TOKEN", "PQL_WEBHOOK_SECRET")}
 
 
 def _digest(value) -> str:
@@ -67,16 +72,24 @@ def files_digest(root: Path, pattern: str, day: str) -> str:
     return _digest([(f.relative, f.size, f.path.stat().st_mtime_ns) for f in partition_files(root, pattern, day)])
 
 
-def definitions(defs: dg.Definitions, keys: Iterable[dg.AssetKey]) -> dict[str, str]:
-    """Each asset's definition digest: its code version, the package source, and the
-    definitions of everything upstream of it."""
+def output_modes() -> dict[str, str]:
+    """Per output asset, whether its secrets are set (a dry run becomes a real send, or the
+    reverse: the outputs run again). Only whether each is set; never a value."""
+    return {a: _digest({n: bool((os.environ.get(n) or "").strip()) for n in names})
+            for a, names in ACTIVATION_ASSETS.items()}
+
+
+def definitions(defs: dg.Definitions, keys: Iterable[dg.AssetKey], modes: dict[str, str] | None = None) -> dict[str, str]:
+    """Each asset's definition digest: its code version, the package source, how it runs
+    (``modes``, e.g. an output's dry run) and the definitions of everything upstream of it."""
     graph = defs.resolve_asset_graph()
     memo: dict[dg.AssetKey, str] = {}
 
     def of(key: dg.AssetKey) -> str:
         if key not in memo:
             node = graph.get(key)
-            memo[key] = _digest([key.to_user_string(), node.code_version, source_digest(),
+            name = key.to_user_string()
+            memo[key] = _digest([name, node.code_version, source_digest(), (modes or {}).get(name),
                                  sorted(of(p) for p in node.parent_keys if graph.has(p))])
         return memo[key]
 
@@ -173,7 +186,7 @@ def plan_scoring(job: str, days: list[str], state: JobState, changed: set[str], 
         return Plan(job, days, sorted(changed) if changed != all_assets else None,
                     reason=f"changed: {', '.join(sorted(changed))}")
     if retry_outputs:
-        return Plan(job, days[-1:], [a for a in ACTIVATION_ASSETS if a in all_assets],
+        return Plan(job, days[-1:], sorted(a for a in ACTIVATION_ASSETS if a in all_assets),
                     reason="outputs left records to retry")
     return Plan(job, [], reason="nothing changed")
 

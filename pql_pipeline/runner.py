@@ -109,7 +109,7 @@ def _plan(defs, instance, warehouse, job_name, decide):
     graph = defs.resolve_asset_graph()
     keys = sorted(defs.resolve_job_def(job_name).asset_layer.selected_asset_keys)
     names = [k.to_user_string() for k in keys]
-    current = rp.definitions(defs, keys)
+    current = rp.definitions(defs, keys, rp.output_modes())
     downstream = {k.to_user_string(): {c.to_user_string() for c in graph.get(k).child_keys} for k in keys}
     siblings = {k.to_user_string(): {s.to_user_string() for s in defs.resolve_assets_def(k).keys} for k in keys}
     state = rp.read_state(warehouse, job_name)

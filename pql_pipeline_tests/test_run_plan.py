@@ -7,6 +7,7 @@ day, a changed signal recomputes what it defines and not the ingest, a run from 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 from pathlib import Path
 
@@ -107,6 +108,21 @@ def test_what_a_run_did_not_materialize_is_computed_next_time(tmp_path):
     assert st.definitions["user_features"] == "f1" and st.runs["user_features"] == "run-3"
     assert rp.changed_assets(st, {**current, "user_features": "f2"}, {**runs, "user_features": "run-3"},
                              downstream) == {"user_features"}
+
+
+def test_setting_a_token_after_a_dry_run_makes_the_outputs_run_again(monkeypatch):
+    """Only whether a secret is set counts (never its value), and only for its output."""
+    for name in ("HUBSPOT_ACCESS_TOKEN", "INTERCOM_ACCESS_TOKEN", "PQL_WEBHOOK_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    defs = build_definitions(load_settings())
+    keys = sorted(defs.resolve_job_def(SCORING_JOB).asset_layer.selected_asset_keys)
+    dry = rp.definitions(defs, keys, rp.output_modes())
+    monkeypatch.setenv("HUBSPOT_ACCESS_TOKEN", "pat-1")
+    live = rp.definitions(defs, keys, rp.output_modes())
+    assert {a for a in dry if dry[a] != live[a]} == {"crm_sync"}
+    monkeypatch.setenv("HUBSPOT_ACCESS_TOKEN", "pat-2")      # another token: the same mode
+    assert rp.definitions(defs, keys, rp.output_modes()) == live
+    assert "pat" not in json.dumps(rp.output_modes())
 
 
 # --- real runs --------------------------------------------------------------------------------
