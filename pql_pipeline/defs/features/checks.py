@@ -20,12 +20,15 @@ from pql_pipeline.lib.warehouse import Warehouse, table_exists
 from pql_pipeline.settings import Settings
 
 
-def null_rates(conn, table: str, columns: list[str], day: str) -> dict[str, float | None]:
-    """Share of NULLs per column in one snapshot (None if the snapshot has no rows)."""
+def null_rates(conn, table: str, columns: list[str], days: list[str]) -> dict[str, dict[str, float | None]]:
+    """Share of NULLs per column in each snapshot of ``days``, in one query (None for every
+    column of a snapshot without rows)."""
     exprs = ", ".join(f'avg(CASE WHEN "{c}" IS NULL THEN 1.0 ELSE 0.0 END)' for c in columns)
-    row = conn.execute(f"SELECT count(*), {exprs} FROM {table} WHERE snapshot_date = CAST(? AS DATE)",
-                       [day]).fetchall()[0]
-    return {c: (None if row[0] == 0 else float(v)) for c, v in zip(columns, row[1:])}
+    found = {str(r[0]): r[1:] for r in conn.execute(
+        f"SELECT snapshot_date, {exprs} FROM {table} WHERE snapshot_date IN (SELECT CAST(unnest(?) AS DATE)) "
+        "GROUP BY snapshot_date", [list(days)]).fetchall()}
+    return {d: {c: (float(v) if d in found else None) for c, v in zip(columns, found.get(d, [None] * len(columns)))}
+            for d in days}
 
 
 def build_feature_checks(settings: Settings, daily: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:
@@ -42,9 +45,11 @@ def build_feature_checks(settings: Settings, daily: dg.PartitionsDefinition) -> 
         def _check(context: dg.AssetCheckExecutionContext, warehouse: Warehouse) -> dg.AssetCheckResult:
             rows, worst = [], 0.0
             with warehouse.get_connection() as conn:
-                for key in run_partitions(context, conn, asset, "snapshot_date"):
-                    prev = (dt.date.fromisoformat(key) - dt.timedelta(days=1)).isoformat()
-                    now, before = null_rates(conn, asset, columns, key), null_rates(conn, asset, columns, prev)
+                keys = run_partitions(context, conn, asset, "snapshot_date")
+                previous = {k: (dt.date.fromisoformat(k) - dt.timedelta(days=1)).isoformat() for k in keys}
+                rates = null_rates(conn, asset, columns, sorted(set(keys) | set(previous.values())))
+                for key in keys:
+                    now, before = rates[key], rates[previous[key]]
                     for c in columns:
                         if now[c] is None or before[c] is None:
                             continue
