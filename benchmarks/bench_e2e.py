@@ -296,12 +296,12 @@ LONG_HISTORIES = [(19, 270), (80, 550)]
 LONG_CPU_TARGET = 60.0
 
 
-def long_histories(seed: int) -> list[dict]:
+def long_histories(seed: int, shapes: list[tuple[int, int]]) -> list[dict]:
     """Few events a day over many days: the run's cost must follow the events, not the days.
     No broken lines (a quarantine rate on days of a few dozen lines is a check's business,
     not this benchmark's); the model may not pass its gates on so little data."""
     out = []
-    for accounts, days in LONG_HISTORIES:
+    for accounts, days in shapes:
         events_dir, _ = ensure_events(accounts, days, seed, dirty_fraction=0.0)
         work = DATA / "e2e-work" / events_dir.name
         print(f"long history: {accounts} accounts, {days} days ...", flush=True)
@@ -331,7 +331,8 @@ def main() -> None:
     ap.add_argument("--worker-out", type=Path)
     ap.add_argument("--allow-unscored", action="store_true")
     ap.add_argument("--long", action="store_true",
-                    help="only the small, long histories (few events a day over 270 and 550 days)")
+                    help="only the small, long histories (few events a day over 270 and 550 days; "
+                         "with --quick the first)")
     args = ap.parse_args()
 
     if args.worker:
@@ -343,9 +344,9 @@ def main() -> None:
         return
 
     if args.long:
-        out = args.out or HERE / "results" / "e2e-long.json"
+        out = args.out or HERE / "results" / ("e2e-long-quick.json" if args.quick else "e2e-long.json")
         result = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
-                  "long_history": long_histories(args.seed)}
+                  "long_history": long_histories(args.seed, LONG_HISTORIES[:1] if args.quick else LONG_HISTORIES)}
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2))
         print(json.dumps(result["long_history"], indent=2))

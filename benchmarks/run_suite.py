@@ -101,6 +101,10 @@ def headline_e2e(r: dict) -> list[tuple[str, str]]:
             ("targets <= 120 s at 100 M / <= 4 GiB / >= 5x",
              " / ".join("met" if t.get(k) else "not met"
                         for k in ("seconds_le_120_at_100m", "peak_rss_le_4gib", "speedup_ge_5x")))]
+    if "cpu_seconds" in big:
+        rows.append(("CPU / repeat with nothing changed",
+                     f"{big['cpu_seconds']} CPU-s / {_get(big, 'repeat', 'seconds')} s "
+                     f"({_get(big, 'repeat', 'runs')} run(s))"))
     if landed:
         base = _get(r, "baseline", "validate_lines_per_s")
         rows.append(("raw -> validated (loading and validation steps)",
@@ -114,6 +118,12 @@ def headline_e2e(r: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def headline_long(r: dict) -> list[tuple[str, str]]:
+    return [(f"{x['raw_lines']:,} lines over {x['days']} days (target <= {x['cpu_target']:.0f} CPU-s)",
+             f"{x['seconds']} s, {x['cpu_seconds']} CPU-s, {'met' if x['meets_cpu_target'] else 'not met'}; "
+             f"repeat {_get(x, 'repeat', 'seconds')} s") for x in r.get("long_history", [])]
+
+
 # name -> (script, full args, quick args, result file, quick result file, headline)
 BENCHES = {
     "validate": ("bench_validate.py", [], ["--accounts", "200", "--days", "10", "--baseline-lines", "20000",
@@ -125,6 +135,8 @@ BENCHES = {
     "sync": ("bench_sync.py", [], ["--quick"], "sync.json", "sync-quick.json", headline_sync),
     "backfill": ("bench_backfill.py", [], ["--quick"], "backfill.json", "backfill-quick.json", headline_backfill),
     "e2e": ("bench_e2e.py", [], ["--quick"], "e2e.json", "e2e-quick.json", headline_e2e),
+    "long": ("bench_e2e.py", ["--long"], ["--long", "--quick"], "e2e-long.json", "e2e-long-quick.json",
+             headline_long),
 }
 
 
@@ -132,7 +144,7 @@ BENCHES = {
 # the features benchmark; validate and model measure one stage each at the size their issues named and
 # run with --all or --only (the end-to-end run loads, validates, trains and scores at 10 M events too).
 # The quick suite (CI) runs every benchmark at smoke sizes.
-SUITE = ("features", "sync", "backfill", "e2e")
+SUITE = ("features", "sync", "backfill", "e2e", "long")
 
 
 def markdown(report: dict) -> str:
