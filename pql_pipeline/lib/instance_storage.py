@@ -39,12 +39,6 @@ KEEP_RUN_ENGINES = 4
 EVENT_BATCH_SIZE = "1000"
 
 
-def home_base_dir() -> str | None:
-    home = os.environ.get("DAGSTER_HOME")
-    # where Dagster's default SQLite storage keeps event logs
-    return os.path.join(home, "history", "runs", "") if home else None
-
-
 class SqliteEventLogStorage(base.SqliteEventLogStorage):
     """``dagster._core.storage.event_log.SqliteEventLogStorage`` with one engine per shard."""
 
@@ -53,16 +47,16 @@ class SqliteEventLogStorage(base.SqliteEventLogStorage):
         # every process that writes events through this storage (the CLI, the webserver creating
         # runs, a run worker) builds it first; a value the user set is kept
         os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", EVENT_BATCH_SIZE)
-        base_dir = base_dir or home_base_dir()
         if base_dir is None:
-            # DagsterInstance.from_config(folder) without DAGSTER_HOME: the folder is known once
-            # the instance registers itself, before any event is read or written
+            # the instance's folder (DAGSTER_HOME, or the folder DagsterInstance.from_config was
+            # given) is known once the instance registers itself, before any event is read or written
             self._inst_data, self._instance_weakref = inst_data, None
             return
         super().__init__(base_dir, inst_data=inst_data)
 
     def register_instance(self, instance) -> None:
         if not hasattr(self, "_base_dir"):
+            # where Dagster's default SQLite storage keeps event logs
             super().__init__(os.path.join(instance.root_directory, "history", "runs", ""), inst_data=self._inst_data)
         super().register_instance(instance)
 

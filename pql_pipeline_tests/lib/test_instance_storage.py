@@ -137,9 +137,14 @@ def test_engines_are_reused_and_bounded(tmp_path, monkeypatch):
         assert any(r.dagster_event and r.dagster_event.is_step_materialization for r in inst.all_logs(first.run_id))
 
 
-def test_an_instance_opened_by_its_folder_keeps_its_events_there(tmp_path, monkeypatch):
-    """``DagsterInstance.from_config(folder)`` without DAGSTER_HOME (scripts, notebooks)."""
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+@pytest.mark.parametrize("dagster_home", [None, "another"])
+def test_an_instance_opened_by_its_folder_keeps_its_events_there(tmp_path, monkeypatch, dagster_home):
+    """``DagsterInstance.from_config(folder)`` (scripts, notebooks, tests): the folder, whether
+    DAGSTER_HOME is unset or names another instance."""
+    if dagster_home:
+        monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / dagster_home))
+    else:
+        monkeypatch.delenv("DAGSTER_HOME", raising=False)
     home = tmp_path / "elsewhere"
     home.mkdir()
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
@@ -149,5 +154,6 @@ def test_an_instance_opened_by_its_folder_keeps_its_events_there(tmp_path, monke
             instance=inst, raise_on_error=False, tags={"dagster/partition": "2026-01-01"})
         assert result.success
     assert (home / "history" / "runs" / f"{result.run_id}.db").exists()
+    assert not (tmp_path / "another").exists()
     with dg.DagsterInstance.from_config(str(home)) as inst:
         assert inst.get_materialized_partitions(dg.AssetKey("upstream")) == {"2026-01-01"}
