@@ -4,14 +4,14 @@ Dagster's ``SqliteEventLogStorage`` builds a new SQLAlchemy engine for every eve
 writes (an engine's compiled-statement cache dies with it, so every INSERT is compiled
 again) and commits with ``synchronous=FULL``. A range run over N days writes one
 materialization event per partitioned asset and day, so on a long history those writes
-were most of a run's time (profile in docs/operations.md).
+were most of a run's time (profile in docs/performance.md).
 
 This subclass writes the batches Dagster forms (a run's planned materializations, a step's
-per-partition materializations; it sets ``DAGSTER_EVENT_BATCH_SIZE`` unless the user did) in one transaction per shard instead of two per event: the same rows, per partition,
-so partition status, in-progress and failed partitions stay what Dagster shows. It keeps
-one engine per shard (the index and the few newest runs; still
-``NullPool``, so no connection outlives its transaction and a forked process inherits
-nothing open) and sets ``synchronous=NORMAL``, SQLite's recommended setting in WAL mode,
+per-partition materializations; it sets ``DAGSTER_EVENT_BATCH_SIZE`` unless the user did)
+in one transaction per shard instead of two per event: the same rows, per partition, so
+partition status, in-progress and failed partitions stay what Dagster shows. It keeps one
+engine per shard (the index and the few newest runs; still ``NullPool``, so no connection
+outlives its transaction and a forked process inherits nothing open) and sets ``synchronous=NORMAL``, SQLite's recommended setting in WAL mode,
 which Dagster's shards use: a power loss can lose the last transactions, never corrupt the
 file. Same files, same schema, same locks: an instance home written by Dagster's own class
 is read by this one and the reverse. ``dagster.yaml`` selects it; its files are under
