@@ -367,7 +367,8 @@ def build_scoring_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
             for batch in (days[i:i + step] for i in range(0, len(days), step)):
                 # the batch's candidate keys in one query and the rule's verdicts in one pass over the events
                 keys = by_day(conn.execute(f"SELECT snapshot_date, user_id, signup_date FROM "
-                                           f"({candidates_sql(settings, batch[0], batch[-1])})").df(), batch)
+                                           f"({candidates_sql(settings, batch[0], batch[-1])}) "
+                                           "ORDER BY snapshot_date, user_id").df(), batch)
                 rules = rule_hits(conn, settings, {d: k.drop(columns="snapshot_date") for d, k in keys.items()})
                 release_memory(conn)
                 # consecutive days whose candidates fit scoring.batch_rows are read in one query and go
