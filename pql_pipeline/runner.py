@@ -80,7 +80,7 @@ def materialize_all(settings: Settings, instance: dg.DagsterInstance, partitions
     with timed(report):
         inputs = {d: rp.files_digest(settings.events_root, settings.source.pattern, d) for d in days}
         # the events-to-features graph
-        pipeline = _plan(defs, instance, warehouse, PIPELINE_JOB, lambda st, cur, ch, every: rp.plan_pipeline(
+        pipeline = _plan(defs, instance, warehouse, PIPELINE_JOB, lambda st, ch, every: rp.plan_pipeline(
             PIPELINE_JOB, days, inputs, st, ch, every))
         if not _run_planned(defs, instance, warehouse, pipeline, report, inputs, log_level, progress, echo):
             return report
@@ -89,7 +89,7 @@ def materialize_all(settings: Settings, instance: dg.DagsterInstance, partitions
             return report
         model = scoring_model_version(settings, warehouse)
         retry = outputs_to_retry(warehouse)
-        scoring = _plan(defs, instance, warehouse, SCORING_JOB, lambda st, cur, ch, every: rp.plan_scoring(
+        scoring = _plan(defs, instance, warehouse, SCORING_JOB, lambda st, ch, every: rp.plan_scoring(
             SCORING_JOB, days, st, ch, every, model, pipeline.days[0] if pipeline.days else None, retry))
         _run_planned(defs, instance, warehouse, scoring, report, {}, log_level, progress, echo, model=model)
     return report
@@ -104,6 +104,8 @@ def all_days(first: str, last: str) -> list[str]:
 
 
 def _plan(defs, instance, warehouse, job_name, decide):
+    """``decide(state, changed assets, all assets)``'s plan for ``job_name``, with what
+    ``run_plan.record_state`` needs after the run."""
     from pql_pipeline import run_plan as rp
 
     graph = defs.resolve_asset_graph()
@@ -114,7 +116,7 @@ def _plan(defs, instance, warehouse, job_name, decide):
     siblings = {k.to_user_string(): {s.to_user_string() for s in defs.resolve_assets_def(k).keys} for k in keys}
     state = rp.read_state(warehouse, job_name)
     changed = rp.changed_assets(state, current, rp.latest_runs(instance, names), downstream, siblings)
-    plan = decide(state, current, changed, set(names))
+    plan = decide(state, changed, set(names))
     plan.current = current
     plan.complete, plan.previous = set(state.days) <= set(plan.days), state.definitions
     return plan
@@ -188,6 +190,8 @@ def execute(defs: dg.Definitions, job_name: str, tags: dict, instance: dg.Dagste
 
     graph = defs.resolve_asset_graph()
     job = defs.resolve_job_def(job_name)
+    if asset_selection is not None:     # the selected assets and their checks
+        job = job.get_subset(asset_selection=set(asset_selection))
     run_id = str(uuid.uuid4())      # known before the run starts, so the progress bar can follow it
     wait_for_pool(instance, POOL, echo)
     # the full event log is in the Dagster instance (and the UI); the console shows warnings and errors
@@ -195,7 +199,6 @@ def execute(defs: dg.Definitions, job_name: str, tags: dict, instance: dg.Dagste
             PoolWatch(instance, run_id, POOL, echo), interruptible(instance, run_id) as interrupted:
         result = job.execute_in_process(
             instance=instance, tags={**tags, **run_health.owner_tags(run_id)}, raise_on_error=False, run_id=run_id,
-            asset_selection=asset_selection,
             run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
     report.run_ids.append(result.run_id)
     if interrupted:

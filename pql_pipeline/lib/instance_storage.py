@@ -25,6 +25,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import groupby
 
 import sqlalchemy as db
 from dagster import Field, StringSource
@@ -94,16 +95,12 @@ class SqliteEventLogStorage(base.SqliteEventLogStorage):
 
     def store_event_batch(self, events) -> None:
         """Consecutive asset events of one run in one transaction per shard; others one by one."""
-        group: list = []
-        for event in events:
-            if _asset_event(event) and (not group or group[0].run_id == event.run_id):
-                group.append(event)
-                continue
-            self._store_asset_events(group)
-            group = [event] if _asset_event(event) else []
-            if not group:
-                self.store_event(event)
-        self._store_asset_events(group)
+        for run_id, group in groupby(events, key=lambda e: e.run_id if _asset_event(e) else None):
+            if run_id is None:
+                for event in group:
+                    self.store_event(event)
+            else:
+                self._store_asset_events(list(group))
 
     def _store_asset_events(self, events: list) -> None:
         """What ``store_event`` does for each asset event, in two transactions for all of them."""

@@ -143,17 +143,8 @@ class SalesWorked:
 
 def worked_by_sales(conn, day: dt.date, suppress_days: int) -> set[str]:
     """Accounts routed to sales (on their own score or through a user) in the
-    ``suppress_days`` before ``day``."""
-    if not suppress_days:
-        return set()
-    lo = day - dt.timedelta(days=suppress_days)
-    found: set[str] = set()
-    for table in ("pql_scores", "pql_account_scores"):
-        if table_exists(conn, table):
-            found |= {r[0] for r in conn.execute(
-                f"SELECT DISTINCT account_id FROM {table} WHERE route = 'sales' AND account_id IS NOT NULL "
-                "AND snapshot_date < ? AND snapshot_date >= ?", [day, lo]).fetchall()}
-    return found
+    ``suppress_days`` before ``day``, as written."""
+    return SalesWorked(conn, [day], suppress_days).before(day)
 
 
 def routed(conn, spec: ScoringSpec, day: dt.date, users: pd.DataFrame,
@@ -390,7 +381,7 @@ def build_scoring_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
                         per_day.append(_day_summary(day, *out[day]))
                         users, accounts = users + len(out[day][0]), accounts + len(out[day][1])
                     _write_days(conn, group, out)
-            rerouted = reroute_following(conn, scoring_spec(settings), days[-1])
+            rerouted = reroute_following(conn, spec, days[-1])
             if rerouted:
                 context.log.info(f"{rerouted} routes of days scored after {days[-1]} changed with this run's "
                                  "sales accounts (suppression window)")
@@ -404,7 +395,6 @@ def build_scoring_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
                                         [days[-1]]).df()
             probabilities = day_probabilities(conn, days[-1])
             pql_days, pql_routes = pqls_by_day(conn, days[-1])
-        spec = scoring_spec(settings)
         distribution = chart_md(lambda: score_distribution_chart(probabilities, dict(spec.tiers), str(days[-1])),
                                 "score distribution", log=context.log)
         per_day_chart = chart_md(lambda: pqls_per_day_chart(pql_days, pql_routes), "PQLs per day", log=context.log)
