@@ -21,8 +21,10 @@ from pql_pipeline.defs.scoring.scoring import (
     account_scores,
     explainable,
     finish_account_routes,
+    percentile,
     reference_values,
     route,
+    sales_rows,
     segment_of,
     tell,
     tier_of,
@@ -133,6 +135,26 @@ class SalesWorked:
             found |= set(frame.loc[(frame["route"] == "sales") & frame["account_id"].notna(), "account_id"])
         self.by_day[day] = found
 
+    def record(self, days: list[dt.date], sales: pd.DataFrame) -> None:
+        """The accounts of ``sales`` (snapshot_date, account_id) are the ones sales works on
+        each of ``days`` (a day without a row: none)."""
+        found = {d: set() for d in days}
+        for day, account in zip(sales["snapshot_date"], sales["account_id"]):
+            if account is not None and account == account:
+                found[day].add(account)
+        self.by_day.update(found)
+
+    def mask(self, days: pd.Series, accounts: pd.Series) -> np.ndarray:
+        """Per row: was its account worked by sales in the window before the row's day."""
+        out = np.zeros(len(days), dtype=bool)
+        if not self.suppress_days or not len(days):
+            return out
+        for day, rows in pd.Series(np.arange(len(days))).groupby(days.to_numpy()).indices.items():
+            worked = self.before(day)
+            if worked:
+                out[rows] = accounts.iloc[rows].isin(worked).to_numpy()
+        return out
+
     def before(self, day: dt.date) -> set[str]:
         """As ``worked_by_sales(conn, day, suppress_days)`` once the days before are written."""
         if not self.suppress_days:
@@ -147,13 +169,20 @@ def worked_by_sales(conn, day: dt.date, suppress_days: int) -> set[str]:
     return SalesWorked(conn, [day], suppress_days).before(day)
 
 
-def routed(conn, spec: ScoringSpec, day: dt.date, users: pd.DataFrame,
-           accounts: pd.DataFrame, worked: set[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Users and accounts of a day with their routes (sales accounts and their contacts first,
-    then nudges with suppression by the accounts sales works, ``worked`` or read from the days
-    written before, and the per-account cap)."""
+def routed(conn, spec: ScoringSpec, day: dt.date | None, users: pd.DataFrame,
+           accounts: pd.DataFrame, worked: "set[str] | SalesWorked | None" = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Users and accounts with their routes (sales accounts and their contacts first, then
+    nudges with suppression by the accounts sales works, and the per-account cap). ``worked``:
+    the accounts sales worked in the days before ``day`` (else read from the days written
+    before), or, for rows of several days (snapshot_date), a SalesWorked that learns each
+    day's sales accounts here, before the nudges of the days after it are suppressed."""
     sales, contacts = account_routes(accounts, users, spec)
-    if worked is None:
+    if isinstance(worked, SalesWorked):
+        keys = ["snapshot_date", "account_id"]
+        worked.record(sorted(set(users["snapshot_date"])),
+                      pd.concat([users.loc[sales_rows(users, spec, contacts), keys], accounts.loc[sales, keys]]))
+        worked = worked.mask(users["snapshot_date"], users["account_id"])
+    elif worked is None:
         worked = worked_by_sales(conn, day, spec.suppress_days)
     users = route(users, spec, worked, contacts)
     return users, finish_account_routes(accounts, users, sales)
@@ -174,63 +203,49 @@ def row_groups(days: list[dt.date], rows: dict[dt.date, int], batch_rows: int) -
 
 
 def model_outputs(settings: Settings, row: dict, model, reference: dict,
-                  frames: list[pd.DataFrame]) -> list[tuple[np.ndarray, list[list[dict]]]]:
-    """Per candidates frame (each a day's, non-empty): the probabilities and each row's reasons.
-    The model is called on the rows of all frames together (a prediction call costs far more
-    than a row, and a day of a small product has few rows); each row's reasons are told from
-    its own day's frame, so its values read exactly as if the day had been scored alone."""
+                  frame: pd.DataFrame) -> tuple[np.ndarray, list[list[dict]]]:
+    """The candidates' probabilities and each row's reasons (a row's reasons read only its own
+    values, so the rows of many days go through the model together: a prediction call costs
+    far more than a row, and a day of a small product has few rows)."""
     spec, sigs = scoring_spec(settings), signal_set(settings)
     numeric, categorical = row["features"]["numeric"], row["features"]["categorical"]
-    for frame in frames:
-        missing = [c for c in numeric + categorical if c not in frame.columns]
-        if missing:
-            raise ValueError(f"model {row['version']} uses features that user_features no longer has: {missing}; "
-                             "retrain (materialize conversion_model) or pin a model trained on the current signals")
-    both = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-    x = prepare(both.reset_index(drop=True), numeric, categorical)
+    missing = [c for c in numeric + categorical if c not in frame.columns]
+    if missing:
+        raise ValueError(f"model {row['version']} uses features that user_features no longer has: {missing}; "
+                         "retrain (materialize conversion_model) or pin a model trained on the current signals")
+    x = prepare(frame.reset_index(drop=True), numeric, categorical)
     p = model.predict_proba(x)[:, 1]
     # reasons are worked out for the leads anyone acts on (a tier above cold, or a PQL): they cost
     # one prediction per signal
     floor = min([t for _, t in spec.tiers] + [spec.pql_threshold])
     act = np.flatnonzero(p >= floor)
     cols = explainable(list(sigs.signals), list(sigs.account_signals), x.columns)
-    mat = ablation_matrix(model, x.iloc[act], p[act], [c for c, _, _ in cols], reference) if len(act) and cols \
-        else np.zeros((0, len(cols)))
-    out, at = [], 0
-    for frame in frames:
-        n = len(frame)
-        lo, hi = np.searchsorted(act, [at, at + n])
-        rows = act[lo:hi] - at
-        reasons: list[list[dict]] = [[] for _ in range(n)]
-        if len(rows) and cols:
-            told = tell(mat[lo:hi], frame.iloc[rows], cols, spec.reasons, spec.min_contribution)
-            for i, r in zip(rows, told):
-                reasons[i] = r
-        out.append((p[at:at + n], reasons))
-        at += n
-    return out
+    reasons: list[list[dict]] = [[] for _ in range(len(frame))]
+    if len(act) and cols:
+        mat = ablation_matrix(model, x.iloc[act], p[act], [c for c, _, _ in cols], reference)
+        for i, r in zip(act, tell(mat, frame.iloc[act], cols, spec.reasons, spec.min_contribution)):
+            reasons[i] = r
+    return p, reasons
 
 
-def score_day(conn, settings: Settings, day: dt.date, row: dict, model, reference: dict,
-              frame: pd.DataFrame | None = None, rule: tuple | None = None,
-              predicted: tuple[np.ndarray, list[list[dict]]] | None = None,
-              worked: set[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Score the day's candidates (``frame``, else read) with ``rule``'s verdicts (else
-    evaluated) and the model's ``predicted`` probabilities and reasons for them (else
-    predicted); returns the user rows and the account rows. Routing suppresses the accounts
-    sales worked in the days before (``worked``, else read from pql_scores: then score and
-    write days in date order)."""
+def score_frame(conn, settings: Settings, frame: pd.DataFrame, row: dict, rule: tuple,
+                predicted: tuple[np.ndarray, list[list[dict]]],
+                worked: "set[str] | SalesWorked | None" = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score the candidates of one or more days (``frame``: snapshot_date, then user, as
+    candidates_sql orders them) with ``rule``'s verdicts and the model's ``predicted``
+    probabilities and reasons for them; returns the user rows and the account rows. Each day
+    is ranked, scored and routed on its own (see ``routed`` for ``worked``)."""
     spec = scoring_spec(settings)
-    frame = conn.execute(candidates_sql(settings, day)).df() if frame is None else frame
     if frame.empty:
         return pd.DataFrame(columns=[c for c, _ in SCORE_COLUMNS]), pd.DataFrame(columns=[c for c, _ in ACCOUNT_COLUMNS])
-    p, reasons = predicted if predicted is not None else model_outputs(settings, row, model, reference, [frame])[0]
-    out = pd.DataFrame({"snapshot_date": day, "user_id": frame["user_id"], "account_id": frame["account_id"],
-                        "probability": np.round(p, 6)})
-    out["percentile"] = np.round(out["probability"].rank(pct=True, method="max").to_numpy(), 6)
+    p, reasons = predicted
+    days = pd.to_datetime(frame["snapshot_date"]).dt.date
+    out = pd.DataFrame({"snapshot_date": days.to_numpy(), "user_id": frame["user_id"].to_numpy(),
+                        "account_id": frame["account_id"].to_numpy(), "probability": np.round(p, 6)})
+    out["percentile"] = np.round(percentile(out, ["snapshot_date"]), 6)
     out["tier"] = tier_of(p, spec.tiers)
     out["is_pql"] = p >= spec.pql_threshold
-    fired, hits = rule if rule is not None else rule_hits(conn, settings, {day: frame})[day]
+    fired, hits = rule
     out["rule_fired"] = fired > 0
     out["milestones_hit"] = ["; ".join(h) or None for h in hits]
     out["reasons"] = [json.dumps(r) for r in reasons]
@@ -243,30 +258,52 @@ def score_day(conn, settings: Settings, day: dt.date, row: dict, model, referenc
     out["segment"] = segment_of(frame.get("acct_employees", pd.Series(np.nan, index=frame.index)),
                                 spec.segments).to_numpy()
     accounts = account_scores(out, reasons, spec)
-    out, accounts = routed(conn, spec, day, out, accounts, worked)
+    out, accounts = routed(conn, spec, days.iloc[0] if days.nunique() == 1 else None, out, accounts, worked)
     now = dt.datetime.now(dt.timezone.utc)
     out["scored_at"] = now
-    accounts = accounts.assign(snapshot_date=day, model_version=row["version"], scored_at=now,
+    accounts = accounts.assign(model_version=row["version"], scored_at=now,
                                reasons=[json.dumps(r) for r in accounts["reasons"]])
     return out[[c for c, _ in SCORE_COLUMNS]], accounts[[c for c, _ in ACCOUNT_COLUMNS]]
 
 
-def _write_days(conn, days: list[dt.date], scored: dict[dt.date, tuple[pd.DataFrame, pd.DataFrame]]) -> None:
+def score_day(conn, settings: Settings, day: dt.date, row: dict, model, reference: dict,
+              frame: pd.DataFrame | None = None, rule: tuple | None = None,
+              worked: set[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score one day's candidates (``frame``, else read) with ``rule``'s verdicts (else
+    evaluated); routing suppresses the accounts sales worked in the days before (``worked``,
+    else read from pql_scores: then score and write days in date order)."""
+    frame = conn.execute(candidates_sql(settings, day)).df() if frame is None else frame
+    if frame.empty:
+        return score_frame(conn, settings, frame, row, (), ())
+    frame = frame.assign(snapshot_date=day)
+    rule = rule if rule is not None else rule_hits(conn, settings, {day: frame})[day]
+    return score_frame(conn, settings, frame, row, rule, model_outputs(settings, row, model, reference, frame),
+                       worked)
+
+
+def _write_days(conn, days: list[dt.date], users: pd.DataFrame, accounts: pd.DataFrame) -> None:
     """Replace the rows of ``days`` (consecutive) with their scored users and accounts, one
     statement pair per table (a day without candidates loses its old rows)."""
-    for table, columns, i in (("pql_scores", SCORE_COLUMNS, 0), ("pql_account_scores", ACCOUNT_COLUMNS, 1)):
-        frames = [scored[d][i] for d in days if len(scored[d][i])]
-        frame = pd.concat(frames, ignore_index=True) if frames else scored[days[0]][i]
+    for table, columns, frame in (("pql_scores", SCORE_COLUMNS, users), ("pql_account_scores", ACCOUNT_COLUMNS,
+                                                                          accounts)):
         with registered(conn, "fx_scored", frame):
             replace_rows(conn, table, [c for c, _ in columns], "fx_scored", "snapshot_date BETWEEN ? AND ?",
                          [days[0], days[-1]])
 
 
-def _day_summary(day: dt.date, users: pd.DataFrame, accounts: pd.DataFrame) -> dict:
-    return {"snapshot": str(day), "users scored": len(users), "PQL users": int(users["is_pql"].sum()),
-            "accounts": len(accounts), "PQL accounts": int(accounts["is_pql"].sum()),
-            "accounts to sales": int((accounts["route"] == "sales").sum()),
-            "users nudged": int((users["route"] == "in_app").sum())}
+def _day_summaries(days: list[dt.date], users: pd.DataFrame, accounts: pd.DataFrame) -> list[dict]:
+    """One summary row per day of ``days`` (zeros for a day without candidates)."""
+    u = users.assign(n=1, pql=users["is_pql"].astype(int), nudged=(users["route"] == "in_app").astype(int)) \
+        .groupby("snapshot_date")[["n", "pql", "nudged"]].sum()
+    a = accounts.assign(n=1, pql=accounts["is_pql"].astype(int), sales=(accounts["route"] == "sales").astype(int)) \
+        .groupby("snapshot_date")[["n", "pql", "sales"]].sum()
+    out = []
+    for day in days:
+        nu, pu, nudged = (int(v) for v in u.loc[day]) if day in u.index else (0, 0, 0)
+        na, pa, sales = (int(v) for v in a.loc[day]) if day in a.index else (0, 0, 0)
+        out.append({"snapshot": str(day), "users scored": nu, "PQL users": pu, "accounts": na, "PQL accounts": pa,
+                    "accounts to sales": sales, "users nudged": nudged})
+    return out
 
 
 def reroute_following(conn, spec: ScoringSpec, last_day: dt.date) -> int:
@@ -362,25 +399,23 @@ def build_scoring_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
                                            "ORDER BY snapshot_date, user_id").df(), batch)
                 rules = rule_hits(conn, settings, {d: k.drop(columns="snapshot_date") for d, k in keys.items()})
                 release_memory(conn)
-                # consecutive days whose candidates fit scoring.batch_rows are read in one query and go
-                # through the model together; each day is then finished and routed in date order (against
-                # the days before it), and the group is written at once
+                # consecutive days whose candidates fit scoring.batch_rows are read in one query, go
+                # through the model together, are finished and routed together (each day against the
+                # accounts sales worked the days before it) and written at once
                 for group in row_groups(batch, {d: len(k) for d, k in keys.items()}, settings.scoring.batch_rows):
-                    frames = by_day(conn.execute(candidates_sql(settings, group[0], group[-1])).df(), group)
-                    for day in group:
-                        if not frames[day]["user_id"].equals(keys[day]["user_id"]):
-                            raise RuntimeError(f"the candidates of {day} changed while scoring; run again")
-                    scored = [d for d in group if not frames[d].empty]
-                    predicted = dict(zip(scored, model_outputs(settings, row, model, reference,
-                                                               [frames[d] for d in scored]))) if scored else {}
-                    out = {}
-                    for day in group:
-                        out[day] = score_day(conn, settings, day, row, model, reference, frames.pop(day),
-                                             rules.get(day), predicted.pop(day, None), worked.before(day))
-                        worked.add(day, *out[day])
-                        per_day.append(_day_summary(day, *out[day]))
-                        users, accounts = users + len(out[day][0]), accounts + len(out[day][1])
-                    _write_days(conn, group, out)
+                    frame = conn.execute(candidates_sql(settings, group[0], group[-1])).df()
+                    expected = pd.concat([keys[d] for d in group], ignore_index=True)
+                    if not frame["user_id"].equals(expected["user_id"]):
+                        raise RuntimeError(f"the candidates of {group[0]}..{group[-1]} changed while scoring; "
+                                           "run again")
+                    scored = [d for d in group if len(keys[d])]
+                    rule = (np.concatenate([rules[d][0] for d in scored]),
+                            [h for d in scored for h in rules[d][1]]) if scored else ((), ())
+                    predicted = model_outputs(settings, row, model, reference, frame) if len(frame) else ()
+                    out_users, out_accounts = score_frame(conn, settings, frame, row, rule, predicted, worked)
+                    per_day += _day_summaries(group, out_users, out_accounts)
+                    users, accounts = users + len(out_users), accounts + len(out_accounts)
+                    _write_days(conn, group, out_users, out_accounts)
             rerouted = reroute_following(conn, spec, days[-1])
             if rerouted:
                 context.log.info(f"{rerouted} routes of days scored after {days[-1]} changed with this run's "

@@ -288,23 +288,60 @@ def tell(mat: np.ndarray, raw: pd.DataFrame, cols: list[tuple[str, Signal, str]]
     return reasons
 
 
-def route(scores: pd.DataFrame, spec: ScoringSpec, worked_by_sales: set[str] | None = None,
-          sales_contacts: set[str] | None = None) -> pd.DataFrame:
+def _days(frame: pd.DataFrame) -> list[str]:
+    """The day column of a frame of several days (``snapshot_date``), else none: routing,
+    account scores and percentiles are per day."""
+    return ["snapshot_date"] if "snapshot_date" in frame.columns else []
+
+
+def _rows_mask(arg, values: pd.Series) -> np.ndarray:
+    """A per-row mask from None (no row), a boolean mask aligned with the rows, or a set of
+    values that ``values`` is tested against."""
+    if arg is None:
+        return np.zeros(len(values), dtype=bool)
+    if isinstance(arg, (np.ndarray, pd.Series)) and np.asarray(arg).dtype == bool:
+        return np.asarray(arg, dtype=bool)
+    return values.isin(arg).to_numpy()
+
+
+def _pairs_in(frame: pd.DataFrame, keys: list[str], pairs: pd.DataFrame) -> np.ndarray:
+    """Per row of ``frame``: are its ``keys`` among the rows of ``pairs`` (missing keys never are)."""
+    if pairs.empty or frame.empty:
+        return np.zeros(len(frame), dtype=bool)
+    found = frame[keys].merge(pairs[keys].drop_duplicates().assign(_in=True), on=keys, how="left")["_in"]
+    return found.notna().to_numpy() & frame[keys].notna().all(axis=1).to_numpy()
+
+
+def sales_rows(scores: pd.DataFrame, spec: ScoringSpec, sales_contacts=None) -> np.ndarray:
+    """The users routed to sales: in a sales segment with a sales tier, or a contact of an
+    account that goes to sales on its own score (``account_routes``). Suppression and the
+    nudge cap never touch them, so a day's sales accounts are known before its nudges."""
+    sales = scores["segment"].isin(spec.sales_segments) & scores["tier"].isin(spec.sales_tiers)
+    return sales.to_numpy() | _rows_mask(sales_contacts, scores["user_id"])
+
+
+def route(scores: pd.DataFrame, spec: ScoringSpec, worked_by_sales=None, sales_contacts=None) -> pd.DataFrame:
     """Adds ``route`` (sales | in_app | none) and ``route_note`` (why not, if suppressed or
-    capped) to rows with user_id, account_id, segment, tier and probability.
-    ``sales_contacts``: users routed to sales as the contact of an account that goes to
-    sales on its own score (``account_routes``)."""
+    capped) to rows with user_id, account_id, segment, tier and probability (and
+    snapshot_date, when the rows are of several days: each day is routed on its own).
+    ``worked_by_sales``: the accounts sales worked in the days before, as a set of account
+    ids or a per-row mask. ``sales_contacts``: users routed to sales as the contact of an
+    account that goes to sales on its own score (``account_routes``), a set of user ids or
+    a per-row mask."""
     out = scores.copy()
-    sales = out["segment"].isin(spec.sales_segments) & out["tier"].isin(spec.sales_tiers)
-    sales |= out["user_id"].isin(sales_contacts or set())
+    sales = sales_rows(out, spec, sales_contacts)
     nudge = ~out["segment"].isin(spec.sales_segments) & out["tier"].isin(spec.nudge_tiers)
     out["route"] = np.where(sales, "sales", np.where(nudge, "in_app", "none"))
     out["route_note"] = None
-    worked = set(worked_by_sales or set()) | set(out.loc[sales & out["account_id"].notna(), "account_id"])
-    suppressed = (out["route"] == "in_app") & out["account_id"].isin(worked)
+    days = _days(out)
+    keys = days + ["account_id"]
+    # worked by sales: in the days before (given) or the same day (this day's sales rows)
+    worked = _rows_mask(worked_by_sales, out["account_id"]) | _pairs_in(out, keys, out.loc[sales, keys])
+    suppressed = (out["route"] == "in_app").to_numpy() & worked
     out.loc[suppressed, ["route", "route_note"]] = ["none", "suppressed: the account is worked by sales"]
     nudges = out[out["route"] == "in_app"].sort_values(["probability", "user_id"], ascending=[False, True])
-    rank = nudges.groupby(nudges["account_id"].fillna(nudges["user_id"])).cumcount()   # no account: per user
+    rank = nudges.groupby([nudges[c] for c in days] +
+                          [nudges["account_id"].fillna(nudges["user_id"])]).cumcount()   # no account: per user
     capped = rank[rank >= spec.max_nudges_per_account].index
     out.loc[capped, ["route", "route_note"]] = [
         "none", f"capped: at most {spec.max_nudges_per_account} nudges per account and day"]
@@ -328,43 +365,48 @@ def account_probability(users: pd.DataFrame, keys) -> pd.Series:
 
 
 def account_scores(users: pd.DataFrame, reasons: list[list[dict]], spec: ScoringSpec) -> pd.DataFrame:
-    """One row per account from its scored users (rows with account_id, user_id, probability,
-    is_pql, segment; ``reasons`` aligned with them): the account's probability, percentile,
-    tier and PQL flag, how many users were scored and are PQLs, its most likely user, and the
-    reasons of its most likely users (up to ``spec.reasons`` sentences, one per signal)."""
+    """One row per account (and day, for rows of several days) from its scored users (rows
+    with account_id, user_id, probability, is_pql, segment; ``reasons`` aligned with them):
+    the account's probability, percentile, tier and PQL flag, how many users were scored and
+    are PQLs, its most likely user, and the reasons of its most likely users (up to
+    ``spec.reasons`` sentences, one per signal)."""
+    days = _days(users)
+    keys = days + ["account_id"]
     keep = users["account_id"].notna().to_numpy()
     rows = users[keep].reset_index(drop=True)
     if rows.empty:
-        return pd.DataFrame(columns=[c for c, _ in ACCOUNT_COLUMNS if c not in ("route", "route_note", "scored_at")])
+        return pd.DataFrame(columns=days + [c for c, _ in ACCOUNT_COLUMNS
+                                            if c not in days + ["route", "route_note", "scored_at"]])
     told_of = [r for r, k in zip(reasons, keep) if k]
     rows["_row"] = np.arange(len(rows))
-    rows = rows.sort_values(["account_id", "probability", "user_id"], ascending=[True, False, True])
-    g = rows.groupby("account_id", sort=True)
+    rows = rows.sort_values(keys + ["probability", "user_id"], ascending=[True] * len(keys) + [False, True])
+    g = rows.groupby(keys, sort=True)
     acc = pd.DataFrame({
-        "probability": np.round(account_probability(rows, "account_id"), 6),
+        "probability": np.round(account_probability(rows, keys), 6),
         "users_scored": g.size(), "pql_users": g["is_pql"].sum().astype(int),
         "top_user_id": g["user_id"].first(), "top_user_probability": np.round(g["probability"].first(), 6),
         "segment": g["segment"].first()}).reset_index()
     # the reasons of each account's most likely users (only users with reasons are looked at)
-    told: dict[str, dict] = {}
+    told: dict[tuple, dict] = {}
     with_reasons = rows[[bool(told_of[i]) for i in rows["_row"]]]
-    for account, uid, prob, i in zip(with_reasons["account_id"], with_reasons["user_id"],
-                                     with_reasons["probability"], with_reasons["_row"]):
-        a = told.setdefault(account, {"users": [], "positive": [], "negative": [], "signals": set()})
+    for key, uid, prob, i in zip(zip(*(with_reasons[k] for k in keys)), with_reasons["user_id"],
+                                 with_reasons["probability"], with_reasons["_row"]):
+        a = told.setdefault(key, {"users": [], "positive": [], "negative": [], "signals": set()})
         if len(a["users"]) >= spec.reasons:
             continue
         a["users"].append({"user_id": uid, "probability": round(float(prob), 6), "reasons": told_of[i]})
         for r in told_of[i]:
             # one sentence per signal: the most likely user's ("invited 20 teammates", not also
             # another user's "invited 2 teammates")
-            key = r["signal"].removeprefix("acct_best_")
-            if key not in a["signals"]:
-                a["signals"].add(key)
+            signal = r["signal"].removeprefix("acct_best_")
+            if signal not in a["signals"]:
+                a["signals"].add(signal)
                 a["positive" if r["polarity"] == "positive" else "negative"].append(r["text"])
     none = {"users": [], "positive": [], "negative": []}
+    account_keys = list(zip(*(acc[k] for k in keys)))
     reason_text, caveat_text = [], []
-    for account, n_pql, n, p in zip(acc["account_id"], acc["pql_users"], acc["users_scored"], acc["probability"]):
-        a = told.get(account, none)
+    for key, n_pql, n, p in zip(account_keys, acc["pql_users"], acc["users_scored"], acc["probability"]):
+        a = told.get(key, none)
         t = a["positive"][:spec.reasons]
         if n_pql > 1:
             t = [f"{n_pql} of its users qualify as PQLs"] + t
@@ -372,38 +414,47 @@ def account_scores(users: pd.DataFrame, reasons: list[list[dict]], spec: Scoring
             t = [f"{n} users together make a purchase likely; none stands out alone"]
         reason_text.append("; ".join(t) or None)
         caveat_text.append("; ".join(a["negative"][:spec.reasons]) or None)
-    acc["reasons"] = [told.get(a, none)["users"] for a in acc["account_id"]]
+    acc["reasons"] = [told.get(key, none)["users"] for key in account_keys]
     acc["reason_text"], acc["caveat_text"] = reason_text, caveat_text
-    acc["percentile"] = np.round(acc["probability"].rank(pct=True, method="max").to_numpy(), 6)
+    acc["percentile"] = np.round(percentile(acc, days), 6)
     acc["tier"] = tier_of(acc["probability"].to_numpy(), spec.tiers)
     acc["is_pql"] = acc["probability"] >= spec.pql_threshold
     return acc
 
 
-def account_routes(accounts: pd.DataFrame, users: pd.DataFrame, spec: ScoringSpec) -> tuple[pd.Series, set[str]]:
-    """Which accounts go to sales on their own score (sales segment, sales tier) and the users
-    who are their contacts: those whose own tier is a sales tier, else the most likely one."""
+def percentile(frame: pd.DataFrame, days: list[str]) -> np.ndarray:
+    """Each row's ``probability`` as its percentile among the rows of its day (the highest rank of ties)."""
+    probability = frame.groupby(days)["probability"] if days else frame["probability"]
+    return probability.rank(pct=True, method="max").to_numpy()
+
+
+def account_routes(accounts: pd.DataFrame, users: pd.DataFrame, spec: ScoringSpec) -> tuple[pd.Series, np.ndarray]:
+    """Which accounts go to sales on their own score (sales segment, sales tier), and a mask
+    over ``users`` of their contacts: those whose own tier is a sales tier, else the
+    account's most likely user (per day, for rows of several days)."""
+    days = _days(users)
+    keys = days + ["account_id"]
     sales = accounts["segment"].isin(spec.sales_segments) & accounts["tier"].isin(spec.sales_tiers)
-    going = set(accounts.loc[sales, "account_id"])
-    members = users[users["account_id"].isin(going)]
-    hot = members[members["tier"].isin(spec.sales_tiers)]
-    contacts = set(hot["user_id"])
-    # an account going to sales without a user of a sales tier: its most likely user (one
-    # lookup for all of them: a comparison per account is quadratic in accounts)
-    quiet = going - set(hot["account_id"])
-    contacts |= set(accounts.loc[accounts["account_id"].isin(quiet), "top_user_id"])
-    return sales, contacts
+    going = accounts.loc[sales, keys + ["top_user_id"]]
+    hot = _pairs_in(users, keys, going) & users["tier"].isin(spec.sales_tiers).to_numpy()
+    # an account going to sales without a user of a sales tier: its most likely user
+    quiet = going[~_pairs_in(going, keys, users.loc[hot, keys])]
+    top = quiet[days + ["top_user_id"]].rename(columns={"top_user_id": "user_id"})
+    return sales, hot | _pairs_in(users, days + ["user_id"], top)
 
 
 def finish_account_routes(accounts: pd.DataFrame, users: pd.DataFrame, sales: pd.Series) -> pd.DataFrame:
     """The account's route: sales (its own verdict), in_app when any of its users is nudged,
     else none; route_note counts the users behind it."""
     out = accounts.copy()
-    nudged = users[users["route"] == "in_app"].groupby("account_id").size()
-    n = out["account_id"].map(nudged).fillna(0).astype(int)
+    keys = _days(users) + ["account_id"]
+
+    def count(route: str) -> np.ndarray:
+        per = users[users["route"] == route].groupby(keys).size().rename("_n").reset_index()
+        return out[keys].merge(per, on=keys, how="left")["_n"].fillna(0).astype(int).to_numpy()
+
+    n, c = count("in_app"), count("sales")
     out["route"] = np.where(sales, "sales", np.where(n > 0, "in_app", "none"))
-    contacts = users[users["route"] == "sales"].groupby("account_id").size()
-    c = out["account_id"].map(contacts).fillna(0).astype(int)
-    out["route_note"] = np.where(sales, c.astype(str) + " contact(s)",
-                                 np.where(n > 0, n.astype(str) + " user(s) nudged", None))
+    out["route_note"] = np.where(sales, pd.Series(c).astype(str).to_numpy() + " contact(s)",
+                                 np.where(n > 0, pd.Series(n).astype(str).to_numpy() + " user(s) nudged", None))
     return out

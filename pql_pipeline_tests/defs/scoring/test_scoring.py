@@ -195,13 +195,61 @@ def test_an_account_hot_as_a_whole_goes_to_sales_with_its_most_likely_user():
     acc = account_scores(users, told, spec)
     sales, contacts = account_routes(acc, users, spec)
     assert set(acc.loc[sales, "account_id"]) == {"ent", "hotco"}
-    assert contacts == {"e1", "h1", "h2"}          # ent: its most likely user; hotco: its hot users
+    assert set(users.loc[contacts, "user_id"]) == {"e1", "h1", "h2"}   # ent: its most likely user; hotco: its hot users
     routed_users = route(users, spec, set(), contacts).set_index("user_id")["route"].to_dict()
     assert routed_users == {"e1": "sales", "e2": "none", "h1": "sales", "h2": "sales", "h3": "none",
                             "s1": "in_app", "s2": "in_app"}
     out = finish_account_routes(acc, route(users, spec, set(), contacts), sales).set_index("account_id")
     assert out["route"].to_dict() == {"ent": "sales", "hotco": "sales", "small": "in_app"}
     assert out["route_note"].to_dict() == {"ent": "1 contact(s)", "hotco": "2 contact(s)", "small": "2 user(s) nudged"}
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    """Rows as plain values (a column's dtype depends on the other rows it was built with)."""
+    return [{k: (None if not isinstance(v, (list, dict)) and pd.isna(v) else v) for k, v in r.items()}
+            for r in frame.astype(object).to_dict("records")]
+
+
+def test_days_routed_together_get_what_each_day_gets_alone():
+    """Rows of several days (snapshot_date) are ranked, scored per account and routed day by
+    day: the same user, account or tie on two days never meet."""
+    import datetime as dt
+
+    from pql_pipeline.defs.scoring.scoring import account_routes, account_scores, finish_account_routes, percentile
+
+    one = [("e1", "ent", 0.2, "enterprise", ["invited 2 teammates"]), ("e2", "ent", 0.2, "enterprise", []),
+           ("h1", "hotco", 0.6, "mid_market", ["connected Slack"]), ("h2", "hotco", 0.5, "mid_market", []),
+           ("s1", "small", 0.2, "smb", []), ("s2", "small", 0.25, "smb", []), ("s3", "small", 0.3, "smb", []),
+           ("n1", None, 0.4, "unknown", [])]
+    two = [("e1", "ent", 0.05, "enterprise", []), ("h1", "hotco", 0.35, "mid_market", ["-opened 4 tickets"]),
+           ("s1", "small", 0.6, "enterprise", ["created 5 projects"]), ("s2", "small", 0.2, "enterprise", []),
+           ("n1", None, 0.4, "unknown", [])]
+    days = [dt.date(2026, 3, 1), dt.date(2026, 3, 2)]
+
+    def finished(users, told, spec):
+        acc = account_scores(users, told, spec)
+        sales, contacts = account_routes(acc, users, spec)
+        routed_users = route(users, spec, None, contacts)
+        return routed_users, finish_account_routes(acc, routed_users, sales)
+
+    alone = []
+    for day, rows in zip(days, (one, two)):
+        users, told, spec = _scored(rows)
+        users["percentile"] = percentile(users, [])
+        alone.append(finished(users, told, spec))
+    frames = [_scored(rows) for rows in (one, two)]
+    users = pd.concat([f[0].assign(snapshot_date=day) for f, day in zip(frames, days)], ignore_index=True)
+    users["percentile"] = percentile(users, ["snapshot_date"])
+    got_users, got_accounts = finished(users, frames[0][1] + frames[1][1], frames[0][2])
+    for day, (want_users, want_accounts) in zip(days, alone):
+        u = got_users[got_users["snapshot_date"] == day].drop(columns="snapshot_date").reset_index(drop=True)
+        a = got_accounts[got_accounts["snapshot_date"] == day].drop(columns="snapshot_date").reset_index(drop=True)
+        assert _records(u) == _records(want_users)
+        assert _records(a[want_accounts.columns]) == _records(want_accounts)
+    # the days differ: small is nudged (capped) on the first day and goes to sales on the second
+    assert got_accounts.set_index(["snapshot_date", "account_id"])["route"].to_dict() == {
+        (days[0], "ent"): "sales", (days[0], "hotco"): "sales", (days[0], "small"): "in_app",
+        (days[1], "ent"): "none", (days[1], "hotco"): "sales", (days[1], "small"): "sales"}
 
 
 def test_rescoring_a_past_day_re_derives_the_suppression_of_the_days_after_it(conn):
@@ -244,9 +292,9 @@ def test_rescoring_a_past_day_re_derives_the_suppression_of_the_days_after_it(co
 
 
 def test_days_scored_together_get_what_each_day_gets_alone():
-    """A range's consecutive days go through the model together; each day's probabilities and
-    reasons must be what scoring the day alone gives, down to how its values read (a count
-    without missing values that day is an integer; with missing values it is a float)."""
+    """A range's consecutive days go through the model together, in one frame; each row's
+    probability and reasons must be what scoring its day's rows alone gives, and a count
+    without missing values reads as an integer."""
     import json
     import datetime as dt
 
@@ -281,17 +329,21 @@ def test_days_scored_together_get_what_each_day_gets_alone():
         return f
 
     frames = [day(400, 1, False), day(250, 2, True), day(1, 3, False), day(600, 4, True)]
-    together = model_outputs(settings, row, model, ref, frames)
-    alone = [model_outputs(settings, row, model, ref, [f])[0] for f in frames]
-    told = 0
-    for (p1, r1), (p2, r2) in zip(together, alone):
-        np.testing.assert_array_equal(p1, p2)
-        assert json.dumps(r1) == json.dumps(r2)
+    # the days of a range come in one frame (one query): each row's reasons read only its own values
+    both = pd.concat(frames, ignore_index=True)
+    p_all, r_all = model_outputs(settings, row, model, ref, both)
+    told, at = 0, 0
+    for f in frames:
+        p1, r1 = model_outputs(settings, row, model, ref, both.iloc[at:at + len(f)])
+        np.testing.assert_array_equal(p_all[at:at + len(f)], p1)
+        assert json.dumps(r_all[at:at + len(f)]) == json.dumps(r1)
         told += sum(1 for r in r1 if r)
+        at += len(f)
     assert told > 300   # leads above cold got reasons
-    first_day = [r for rs in together[0][1] for r in rs if r["signal"] == "teammates_invited"]
+    first_day = [r for rs in model_outputs(settings, row, model, ref, frames[0])[1] for r in rs
+                 if r["signal"] == "teammates_invited"]
     assert first_day and all(isinstance(r["value"], int) for r in first_day)
-    assert any(r["text"] == "connected an integration (HubSpot)" for rs in together[0][1] for r in rs)
+    assert any(r["text"] == "connected an integration (HubSpot)" for rs in r_all[:400] for r in rs)
 
     d = [dt.date(2026, 3, i) for i in range(1, 7)]
     rows = dict(zip(d, [100, 50, 300, 10, 10, 0]))
