@@ -16,7 +16,7 @@ import statistics
 
 import dagster as dg
 
-from pql_pipeline.defs.ingest.validation import partition_counts, reconcile_partition
+from pql_pipeline.defs.ingest.validation import partitions_counts, reconcile_partitions
 from pql_pipeline.lib.dagster_helpers import POOL, contract, contract_check, md_table, run_partitions
 from pql_pipeline.lib.warehouse import Warehouse
 from pql_pipeline.settings import Settings
@@ -34,8 +34,7 @@ def build_ingest_checks(settings: Settings, daily: dg.PartitionsDefinition) -> l
     def reconciliation(context: dg.AssetCheckExecutionContext, warehouse: Warehouse) -> dg.AssetCheckResult:
         rows, ok = [], True
         with warehouse.get_connection() as conn:
-            for key in run_partitions(context, conn, "raw_events"):
-                r = reconcile_partition(conn, key)
+            for r in reconcile_partitions(conn, run_partitions(context, conn, "raw_events")):
                 ok &= r["ok"]
                 rows.append({**r, "ok": "yes" if r["ok"] else "**NO**"})
         return dg.AssetCheckResult(passed=ok, severity=dg.AssetCheckSeverity.ERROR, metadata={
@@ -52,16 +51,21 @@ def build_ingest_checks(settings: Settings, daily: dg.PartitionsDefinition) -> l
         rows, worst = [], 0.0
         with warehouse.get_connection() as conn:
             keys = run_partitions(context, conn, "raw_events")
-            for key in keys:
-                c = partition_counts(conn, key)
+            in_keys = ", ".join(f"DATE '{k}'" for k in keys) or "NULL"
+            tops: dict[str, list] = {}
+            for key, rule, n in conn.execute(f"""
+                    SELECT CAST(partition_date AS VARCHAR), rule_id, n FROM (
+                        SELECT partition_date, rule_id, count(*) AS n FROM quarantined_events
+                        WHERE partition_date IN ({in_keys}) GROUP BY ALL)
+                    QUALIFY row_number() OVER (PARTITION BY partition_date ORDER BY n DESC, rule_id) <= 3
+                    ORDER BY 1, 3 DESC, 2""").fetchall():
+                tops.setdefault(key, []).append((rule, n))
+            for c in partitions_counts(conn, keys):
                 rate = c.quarantined / c.raw if c.raw else 0.0
                 worst = max(worst, rate)
-                top = conn.execute(f"""
-                    SELECT rule_id, count(*) FROM quarantined_events WHERE partition_date = DATE '{key}'
-                    GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 3""").fetchall()
-                rows.append({"partition": key, "raw": c.raw, "quarantined": c.quarantined, "rate": f"{rate:.3%}",
-                             "top_rules": ", ".join(f"{r} ({n})" for r, n in top) or "-"})
-            in_keys = ", ".join(f"DATE '{k}'" for k in keys) or "NULL"
+                rows.append({"partition": c.partition, "raw": c.raw, "quarantined": c.quarantined,
+                             "rate": f"{rate:.3%}",
+                             "top_rules": ", ".join(f"{r} ({n})" for r, n in tops.get(c.partition, [])) or "-"})
             samples = conn.execute(f"""
                 SELECT partition_date::VARCHAR, source_file, line_no, rule_id, reasons[1], left(raw_line, 200)
                 FROM quarantined_events WHERE partition_date IN ({in_keys})

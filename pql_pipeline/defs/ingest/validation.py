@@ -23,6 +23,7 @@ and is checked independently.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import dataclass
 
@@ -354,26 +355,45 @@ def validate_partitions(
         conn.execute("BEGIN TRANSACTION")
         try:
             conn.execute(_checked_sql(compiled, group))
+            # what does not depend on the days before is done for the group at once
+            in_group = _dates_in(group)
+            for table in PARTITION_TABLES:
+                conn.execute(f"DELETE FROM {table} WHERE partition_date IN ({in_group})")
+            conn.execute(f"""
+                INSERT INTO quarantined_events
+                SELECT partition_date, source_file, line_no, message_id, rule_ids[1], rule_ids, reasons, raw_line,
+                       {_lit(contract.id)}, {_lit(contract.version)}
+                FROM _checked WHERE len(rule_ids) > 0
+            """)
             for key in group:
-                _validate_one(conn, contract, key, dedup_lookback_days)
-                _record_version(conn, key)
+                _validate_one(conn, key, dedup_lookback_days)
+            _record_versions(conn, group)
         except Exception:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
         conn.execute("DROP TABLE IF EXISTS _checked")
-    return [partition_counts(conn, key) for key in partitions]
+    return partitions_counts(conn, partitions)
 
 
-def _record_version(conn: duckdb.DuckDBPyConnection, key: str) -> None:
-    """A new version id for a rebuilt partition: derived tables (the feature cache) that
+def _dates_in(partitions: list[str]) -> str:
+    """SQL list of the partitions' dates (NULL for none: matches nothing)."""
+    return ", ".join(f"DATE '{dt.date.fromisoformat(k).isoformat()}'" for k in partitions) or "NULL"
+
+
+def _record_versions(conn: duckdb.DuckDBPyConnection, partitions: list[str]) -> None:
+    """A new version id for each rebuilt partition: derived tables (the feature cache) that
     were built from another version of it know they are stale."""
     conn.execute("CREATE TABLE IF NOT EXISTS validated_partitions "
                  "(partition_date DATE, version VARCHAR, validated_at TIMESTAMPTZ, validated_rows BIGINT)")
-    conn.execute(f"DELETE FROM validated_partitions WHERE partition_date = DATE '{key}'")
-    conn.execute(f"""INSERT INTO validated_partitions
-                     SELECT DATE '{key}', CAST(uuid() AS VARCHAR), now(),
-                            (SELECT count(*) FROM validated_events WHERE partition_date = DATE '{key}')""")
+    keys = _dates_in(partitions)
+    conn.execute(f"DELETE FROM validated_partitions WHERE partition_date IN ({keys})")
+    conn.execute(f"""
+        INSERT INTO validated_partitions
+        SELECT k.partition_date, CAST(uuid() AS VARCHAR), now(), coalesce(v.n, 0)
+        FROM (SELECT unnest([{keys}]) AS partition_date) AS k
+        LEFT JOIN (SELECT partition_date, count(*) AS n FROM validated_events
+                   WHERE partition_date IN ({keys}) GROUP BY 1) AS v USING (partition_date)""")
 
 
 def _dependent_partitions(conn: duckdb.DuckDBPyConnection, partitions: list[str], lookback: int) -> list[str]:
@@ -395,16 +415,10 @@ def _dependent_partitions(conn: duckdb.DuckDBPyConnection, partitions: list[str]
     return [r[0] for r in rows if r[0] not in set(partitions)]
 
 
-def _validate_one(conn: duckdb.DuckDBPyConnection, contract: Contract, partition: str, lookback: int) -> None:
+def _validate_one(conn: duckdb.DuckDBPyConnection, partition: str, lookback: int) -> None:
+    """Deduplicate and resolve identities of one partition of ``_checked`` (its rows of the
+    days before are final): duplicates, identity links, memberships and validated events."""
     pdate = f"DATE '{partition}'"
-    for table in PARTITION_TABLES:
-        conn.execute(f"DELETE FROM {table} WHERE partition_date = {pdate}")
-    conn.execute(f"""
-        INSERT INTO quarantined_events
-        SELECT {pdate}, source_file, line_no, message_id, rule_ids[1], rule_ids, reasons, raw_line,
-               {_lit(contract.id)}, {_lit(contract.version)}
-        FROM _checked WHERE partition_date = {pdate} AND len(rule_ids) > 0
-    """)
     # first wins: earlier line in this partition, or validated in the lookback window.
     # Only narrow key columns travel through these steps; the wide JSON columns are
     # read once, from _checked, by the final insert.
@@ -513,31 +527,51 @@ def _resolve_identities(conn: duckdb.DuckDBPyConnection, pdate: str) -> None:
 
 
 def partition_counts(conn: duckdb.DuckDBPyConnection, partition: str) -> PartitionCounts:
-    pdate = f"DATE '{partition}'"
-    raw, val, dup, qua = conn.execute(f"""
-        SELECT (SELECT count(*) FROM raw_events WHERE partition_date = {pdate}),
-               (SELECT count(*) FROM validated_events WHERE partition_date = {pdate}),
-               (SELECT count(*) FROM duplicate_events WHERE partition_date = {pdate}),
-               (SELECT count(*) FROM quarantined_events WHERE partition_date = {pdate})
-    """).fetchall()[0]
-    return PartitionCounts(partition, raw, val, dup, qua)
+    return partitions_counts(conn, [partition])[0]
+
+
+def partitions_counts(conn: duckdb.DuckDBPyConnection, partitions: list[str]) -> list[PartitionCounts]:
+    """Raw, validated, duplicate and quarantined rows of each partition (in the order given), in one query."""
+    if not partitions:
+        return []
+    keys = _dates_in(partitions)
+    per = {k: [0, 0, 0, 0] for k in partitions}
+    for i, table in enumerate(("raw_events", "validated_events", "duplicate_events", "quarantined_events")):
+        for key, n in conn.execute(f"SELECT CAST(partition_date AS VARCHAR), count(*) FROM {table} "
+                                   f"WHERE partition_date IN ({keys}) GROUP BY 1").fetchall():
+            per[key][i] = n
+    return [PartitionCounts(k, *per[k]) for k in partitions]
 
 
 def reconcile_partition(conn: duckdb.DuckDBPyConnection, partition: str) -> dict:
     """Line-by-line accounting of one partition: every raw line is in exactly one output table."""
-    c = partition_counts(conn, partition)
-    p = f"DATE '{partition}'"
-    missing, extra, multi = conn.execute(f"""
+    return reconcile_partitions(conn, [partition])[0]
+
+
+def reconcile_partitions(conn: duckdb.DuckDBPyConnection, partitions: list[str]) -> list[dict]:
+    """``reconcile_partition`` of each partition, in one pass over the tables."""
+    keys = _dates_in(partitions)
+    found = {r[0]: r[1:] for r in conn.execute(f"""
         WITH acc AS (
-            SELECT source_file, line_no FROM validated_events WHERE partition_date = {p}
-            UNION ALL SELECT source_file, line_no FROM duplicate_events WHERE partition_date = {p}
-            UNION ALL SELECT source_file, line_no FROM quarantined_events WHERE partition_date = {p}
-        ), raw AS (SELECT source_file, line_no FROM raw_events WHERE partition_date = {p})
-        SELECT (SELECT count(*) FROM raw ANTI JOIN acc USING (source_file, line_no)),
-               (SELECT count(*) FROM acc ANTI JOIN raw USING (source_file, line_no)),
-               (SELECT count(*) FROM (SELECT source_file, line_no FROM acc GROUP BY ALL HAVING count(*) > 1))
-    """).fetchall()[0]
-    ok = c.reconciles and missing == 0 and extra == 0 and multi == 0
-    return {"partition": partition, "raw": c.raw, "validated": c.validated, "duplicates": c.duplicates,
-            "quarantined": c.quarantined, "unaccounted_lines": missing, "unknown_lines": extra,
-            "counted_twice": multi, "ok": ok}
+            SELECT partition_date, source_file, line_no FROM validated_events WHERE partition_date IN ({keys})
+            UNION ALL SELECT partition_date, source_file, line_no FROM duplicate_events WHERE partition_date IN ({keys})
+            UNION ALL SELECT partition_date, source_file, line_no FROM quarantined_events WHERE partition_date IN ({keys})
+        ), raw AS (SELECT partition_date, source_file, line_no FROM raw_events WHERE partition_date IN ({keys})),
+        missing AS (SELECT partition_date, count(*) AS n FROM raw ANTI JOIN acc USING (partition_date, source_file, line_no)
+                    GROUP BY 1),
+        extra AS (SELECT partition_date, count(*) AS n FROM acc ANTI JOIN raw USING (partition_date, source_file, line_no)
+                  GROUP BY 1),
+        multi AS (SELECT partition_date, count(*) AS n FROM (SELECT partition_date, source_file, line_no FROM acc
+                                                             GROUP BY ALL HAVING count(*) > 1) GROUP BY 1)
+        SELECT CAST(k.partition_date AS VARCHAR), coalesce(missing.n, 0), coalesce(extra.n, 0), coalesce(multi.n, 0)
+        FROM (SELECT unnest([{keys}]) AS partition_date) AS k
+        LEFT JOIN missing USING (partition_date) LEFT JOIN extra USING (partition_date)
+        LEFT JOIN multi USING (partition_date)""").fetchall()}
+    out = []
+    for c in partitions_counts(conn, partitions):
+        missing, extra, multi = found.get(c.partition, (0, 0, 0))
+        ok = c.reconciles and missing == 0 and extra == 0 and multi == 0
+        out.append({"partition": c.partition, "raw": c.raw, "validated": c.validated, "duplicates": c.duplicates,
+                    "quarantined": c.quarantined, "unaccounted_lines": missing, "unknown_lines": extra,
+                    "counted_twice": multi, "ok": ok})
+    return out

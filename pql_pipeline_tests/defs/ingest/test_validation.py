@@ -266,3 +266,21 @@ def test_reconciliation_detects_lost_moved_and_double_counted_lines(tmp_path, co
     r = reconcile_partition(conn, DAY)  # counts balance again, but one line is counted twice
     assert r["raw"] == r["validated"] + r["duplicates"] + r["quarantined"]
     assert not r["ok"] and r["counted_twice"] == 1
+
+
+def test_a_range_is_reconciled_and_counted_per_partition(tmp_path, conn, segment_contract):
+    """The checks reconcile and count a range's partitions in one query each: a fault in one
+    day is reported for that day only, and a day without lines counts zeros."""
+    from pql_pipeline.defs.ingest.validation import partitions_counts, reconcile_partitions
+
+    days = ["2026-01-02", "2026-01-03", "2026-01-04"]
+    for i, day in enumerate(days[:2]):
+        write_lines(tmp_path / f"dt={day}" / "a.jsonl", [
+            track(f"m{i}{j}", "Feature Used", f"{day}T10:00:00Z", feature="x") for j in range(3 + i)] + ["junk"])
+        ingest(conn, tmp_path, segment_contract, day)
+    conn.execute("DELETE FROM validated_events WHERE message_id = 'm11'")   # a line of the second day lost
+    got = {r["partition"]: r for r in reconcile_partitions(conn, days)}
+    assert [got[d]["ok"] for d in days] == [True, False, True]
+    assert (got[days[1]]["unaccounted_lines"], got[days[0]]["unaccounted_lines"]) == (1, 0)
+    assert [(c.partition, c.raw, c.validated, c.quarantined) for c in partitions_counts(conn, days)] == [
+        (days[0], 4, 3, 1), (days[1], 5, 3, 1), (days[2], 0, 0, 0)]
