@@ -305,8 +305,9 @@ def build_monitoring_assets(settings: Settings, daily: dg.PartitionsDefinition) 
                 model = R.scoring_model(conn, settings.model.pinned_version)
             stream = []
             if table_exists(conn, "validated_events"):
-                counts = M.stream_counts(conn, days[0], newest, bounds)     # one scan for the whole range
-                stream = [r for d in days for r in M.stream_drift(conn, d, bounds, counts)]
+                # one scan and one pivot for the whole range
+                tables = M.StreamTables.of(M.stream_counts(conn, days[0], newest, bounds))
+                stream = [r for d in days for r in M.stream_drift(conn, d, bounds, tables=tables)]
             rows = (feature_part(conn, settings, newest, model) + prediction_part(conn, settings, newest, model)
                     + performance_part(conn, settings, newest, model))
             write_history(conn, stream, days, ("stream",))

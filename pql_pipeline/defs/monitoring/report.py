@@ -73,23 +73,38 @@ def stream_counts(conn, first: dt.date, last: dt.date, b: StreamBounds = StreamB
     return counts
 
 
-def stream_drift(conn, day: dt.date, b: StreamBounds = StreamBounds(), counts: pd.DataFrame | None = None
-                 ) -> list[dict]:
-    """Event-stream health of ``day`` (from ``counts`` of ``stream_counts``, else one scan of
-    validated_events over the day and its reference days).
+@dataclass(frozen=True)
+class StreamTables:
+    """``stream_counts`` summed per day (``per_day``: n, identified, mapped) and per day and
+    event name (``names``), once for every day of a range."""
+    per_day: pd.DataFrame
+    names: pd.DataFrame
+
+    @classmethod
+    def of(cls, counts: pd.DataFrame) -> "StreamTables":
+        per_day = counts.groupby("partition_date")[["n", "identified", "mapped"]].sum()
+        names = counts.pivot_table(index="partition_date", columns="name", values="n", aggfunc="sum", fill_value=0)
+        return cls(per_day, names)
+
+
+def stream_drift(conn, day: dt.date, b: StreamBounds = StreamBounds(), counts: pd.DataFrame | None = None,
+                 tables: StreamTables | None = None) -> list[dict]:
+    """Event-stream health of ``day`` (from ``counts`` of ``stream_counts``, or their
+    ``tables`` when many days are judged, else one scan of validated_events over the day and
+    its reference days).
 
     Weekly seasonality (quiet weekends) is kept out of the comparison: the day's total is
     compared with the same weekday of the weeks before, and each event name by its **share**
     of the day's events against its median share of the days before (a weekend lowers every
     event alike; an outage lowers one)."""
-    if counts is None:
-        counts = stream_counts(conn, day, day, b)
-    counts = counts[(counts["partition_date"] <= day) & (
-        counts["partition_date"] >= day - dt.timedelta(days=max(b.lookback_days, 7 * b.lookback_weeks)))]
-    if counts.empty:
+    if tables is None:
+        tables = StreamTables.of(counts if counts is not None else stream_counts(conn, day, day, b))
+    first = day - dt.timedelta(days=max(b.lookback_days, 7 * b.lookback_weeks))
+    window = (tables.per_day.index >= first) & (tables.per_day.index <= day)
+    if not window.any():
         return [row(day, "stream", "(all events)", "-", "count_ratio", None, None, None, None,
                     "insufficient_data", 0, "no validated events on the day or the days before")]
-    per_day = counts.groupby("partition_date")[["n", "identified", "mapped"]].sum()
+    per_day = tables.per_day[window]
     recent = sorted(d for d in per_day.index if day - dt.timedelta(days=b.lookback_days) <= d < day)
     total = int(per_day.loc[day, "n"]) if day in per_day.index else 0
     if not recent:
@@ -117,15 +132,19 @@ def stream_drift(conn, day: dt.date, b: StreamBounds = StreamBounds(), counts: p
                    level, total, None if level == "ok" else
                    f"{total} events, {ratio:.2f}x the usual {usual:.0f} ({len(base_days)} {reference} day(s))")]
 
-    # each event name's share of the day against its median share of the days before
-    shares = counts.pivot_table(index="partition_date", columns="name", values="n", aggfunc="sum", fill_value=0)
-    shares = shares.div(per_day["n"], axis=0)
-    today = counts[counts["partition_date"] == day].set_index("name")["n"]
+    # each event name's share of the day against its median share of the days before (the
+    # event names seen in the window)
+    names = tables.names[window]
+    names = names.loc[:, (names > 0).any()]
+    shares = names.div(per_day["n"], axis=0)
+    today = names.loc[day] if day in names.index else pd.Series(0, index=names.columns)
+    usual_shares = shares.loc[recent].median()
+    seen_before = (shares[shares.index < day] != 0).any()
     for name in sorted(shares.columns):
         n = int(today.get(name, 0))
-        usual_share = _median([float(shares.loc[d, name]) for d in recent])
+        usual_share = float(usual_shares[name])
         expected = usual_share * total
-        if not any(shares.loc[d, name] for d in shares.index if d < day):
+        if not seen_before[name]:
             out.append(row(day, "stream", name, "previous_days", "share_ratio", None, 0, None, None,
                            "warn" if n else "ok", n, "a new event name: not in the days before" if n else None))
             continue

@@ -59,31 +59,64 @@ def update_history(conn, first_day: dt.date, scored_days: list[dt.date] = ()) ->
                                               "WHERE snapshot_date >= ?", [first_day]).fetchall()}
                   | {d for d in scored_days if d >= first_day})
     carried = [c for c, _ in COLUMNS if c not in ("valid_from", "valid_to")]
-    changed = " OR ".join(f"h.{c} IS DISTINCT FROM s.{c}" for c in VERSIONED)
-    same = "s.entity_type = h.entity_type AND s.entity_id = h.entity_id"
+    key = "entity_type, entity_id"
+    same_as = lambda a, b: " AND ".join(f"{a}.{c} IS NOT DISTINCT FROM {b}.{c}" for c in VERSIONED)  # noqa: E731
     opened = closed = 0
     conn.execute("BEGIN TRANSACTION")
     try:
         # undo what an earlier replay wrote from first_day on
         conn.execute(f"DELETE FROM {HISTORY} WHERE valid_from >= ?", [first_day])
         conn.execute(f"UPDATE {HISTORY} SET valid_to = NULL WHERE valid_to >= ?", [first_day])
-        for day in days:
+        if days:
+            # The replay in a few set-based steps. Day i of the replay (``days``) keeps an entity's
+            # open row when the entity is scored on it with the verdict of day i - 1; a stretch of
+            # such days is one row, from its first day to the replay day after its last (open if
+            # that is the last day). A row open before the replay (from an earlier run) goes on
+            # while the stretch that starts on the first day has its verdict.
+            conn.execute("CREATE OR REPLACE TEMP TABLE hx_days AS SELECT unnest(?::DATE[]) AS day, "
+                         "unnest(range(?)) AS i", [days, len(days)])
+            conn.execute(f"""
+                CREATE OR REPLACE TEMP TABLE hx_stretch AS
+                WITH s AS (
+                    SELECT s.*, d.i FROM hx_scores AS s JOIN hx_days AS d ON d.day = s.snapshot_date
+                ), marked AS (
+                    SELECT s.*, CASE
+                        WHEN lag(i) OVER w IS NULL THEN NOT (i = 0 AND EXISTS (
+                            SELECT 1 FROM {HISTORY} AS o WHERE o.valid_to IS NULL AND o.entity_type = s.entity_type
+                              AND o.entity_id = s.entity_id AND {same_as('o', 's')}))
+                        ELSE i <> lag(i) OVER w + 1 OR {' OR '.join(f'lag({c}) OVER w IS DISTINCT FROM {c}'
+                                                                    for c in VERSIONED)}
+                        END AS starts
+                    FROM s WINDOW w AS (PARTITION BY {key} ORDER BY i)
+                ), numbered AS (
+                    SELECT *, sum(CAST(starts AS INTEGER)) OVER (PARTITION BY {key} ORDER BY i
+                                                                ROWS UNBOUNDED PRECEDING) AS stretch
+                    FROM marked
+                )
+                SELECT n.*, e.day AS ends
+                FROM (SELECT *, max(i) OVER (PARTITION BY {key}, stretch) AS last_i FROM numbered) AS n
+                LEFT JOIN hx_days AS e ON e.i = n.last_i + 1
+                WHERE n.starts OR n.stretch = 0""")
+            # rows open before the replay: closed where no stretch goes on with their verdict
             closed += conn.execute(f"""
-                UPDATE {HISTORY} AS h SET valid_to = ?
-                WHERE h.valid_to IS NULL AND NOT EXISTS (
-                    SELECT 1 FROM hx_scores AS s
-                    WHERE s.snapshot_date = ? AND {same} AND NOT ({changed}))""",
-                                   [day, day]).fetchall()[0][0]
-            opened += conn.execute(f"""
+                UPDATE {HISTORY} AS h SET valid_to = coalesce(c.ends, ?)
+                FROM (SELECT DISTINCT o.entity_type, o.entity_id, s.ends, s.stretch
+                      FROM {HISTORY} AS o LEFT JOIN hx_stretch AS s
+                        ON s.entity_type = o.entity_type AND s.entity_id = o.entity_id AND s.stretch = 0
+                      WHERE o.valid_to IS NULL) AS c
+                WHERE h.valid_to IS NULL AND h.entity_type = c.entity_type AND h.entity_id = c.entity_id
+                  AND (c.stretch IS NULL OR c.ends IS NOT NULL)""", [days[0]]).fetchall()[0][0]
+            opened, ended = conn.execute("SELECT count(*), count(ends) FROM hx_stretch WHERE starts").fetchall()[0]
+            closed += ended
+            conn.execute(f"""
                 INSERT INTO {HISTORY} ({', '.join(carried)}, valid_from, valid_to)
-                SELECT {', '.join('s.' + c for c in carried)}, ?, NULL FROM hx_scores AS s
-                WHERE s.snapshot_date = ? AND NOT EXISTS (
-                    SELECT 1 FROM {HISTORY} AS h WHERE {same} AND h.valid_to IS NULL)""",
-                                   [day, day]).fetchall()[0][0]
+                SELECT {', '.join(carried)}, snapshot_date, ends FROM hx_stretch WHERE starts""")
         conn.execute("COMMIT")
     except Exception:
         conn.execute("ROLLBACK")
         raise
     finally:
         conn.execute("DROP VIEW IF EXISTS hx_scores")
+        conn.execute("DROP TABLE IF EXISTS hx_days")
+        conn.execute("DROP TABLE IF EXISTS hx_stretch")
     return {"days_replayed": len(days), "rows_opened": opened, "rows_closed": closed}

@@ -190,3 +190,19 @@ def test_events_waiting_for_a_sync_are_measured(conn):
 
 def test_no_events_at_all_is_insufficient_data(conn):
     assert [r["verdict"] for r in M.stream_drift(conn, DAY)] == ["insufficient_data"]
+
+
+def test_a_range_judged_from_one_scan_equals_each_day_judged_alone(conn):
+    """The drift report judges a range's days from one scan and one pivot of the counts
+    (StreamTables); every day's rows must equal what judging the day alone gives, including
+    an event name that is new on one day and absent from another day's window."""
+    days = history(days=60)
+    days[DAY] = {"Feature Used": 10, "Dashboard Shared": 30}              # an outage and a new name
+    days[DAY - dt.timedelta(days=50)]["Legacy Export"] = 25              # gone from the later windows
+    fill(conn, days, anonymous={DAY - dt.timedelta(days=3): 0.3})
+    judged = [DAY - dt.timedelta(days=k) for k in (58, 50, 20, 3, 0)]
+    tables = M.StreamTables.of(M.stream_counts(conn, judged[0], judged[-1]))
+    for day in judged:
+        assert M.stream_drift(conn, day, tables=tables) == M.stream_drift(conn, day)
+    items = {r["item"] for r in M.stream_drift(conn, DAY, tables=tables)}
+    assert "Dashboard Shared" in items and "Legacy Export" not in items

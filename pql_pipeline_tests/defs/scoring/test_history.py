@@ -111,3 +111,51 @@ def test_a_users_only_history_is_rebuilt_with_accounts(conn):
     update_history(conn, day(4), [day(4)])       # a daily run after the upgrade replays everything
     assert conn.execute(f"SELECT count(*) FILTER (WHERE entity_type = 'account'), count(*) FILTER (WHERE user_id = "
                         f"'stale'), count(*) FROM {HISTORY}").fetchall() == [(1, 0, 6)]
+
+
+def _replayed_day_by_day(scores: dict, days: list) -> list:
+    """The history's definition, one day at a time: a row closes on the first replay day its
+    entity is not scored with the same verdict, and opens on a day it is scored without an open row."""
+    open_rows, done = {}, []
+    for d in days:
+        today = scores.get(d, {})
+        for user, row in list(open_rows.items()):
+            if user not in today or today[user][:2] != row[2:4]:
+                done.append((user, row[1], d, *row[2:]))
+                del open_rows[user]
+        for user, (tier, rt, text) in today.items():
+            if user not in open_rows:
+                open_rows[user] = (user, d, tier, rt, text)
+    done += [(u, r[1], None, *r[2:]) for u, r in open_rows.items()]
+    return sorted(done, key=lambda r: (r[0], r[1]))
+
+
+def test_the_replay_equals_the_day_by_day_definition_on_random_histories(conn):
+    """Random verdicts, gaps and days without scores: a replay from the first day, and one
+    update a day (each carrying the rows the day before left open), give the history the
+    day-by-day definition gives."""
+    import random
+
+    rng = random.Random(11)
+    for trial in range(4):
+        conn.execute("DROP TABLE IF EXISTS pql_scores")
+        conn.execute(f"DROP TABLE IF EXISTS {HISTORY}")
+        rows, scores = [], {}
+        for i in range(12):
+            for user in ("u1", "u2", "u3", "u4"):
+                if rng.random() < 0.75:
+                    tier = rng.choice(["cold", "hot", "hot"])
+                    rt = "in_app" if tier == "hot" and rng.random() < 0.8 else "none"
+                    rows.append((i, user, tier, rt, "m1"))
+                    scores.setdefault(day(i), {})[user] = (tier, rt, f"day {i} reasons")
+        write_scores(conn, rows)
+        days = sorted(scores)
+        want = [(u, a, b, t, r, x) for u, a, b, t, r, x in _replayed_day_by_day(scores, days)]
+        update_history(conn, days[0])
+        assert history(conn) == want, trial
+        conn.execute(f"DELETE FROM {HISTORY}")
+        for d in days:
+            update_history(conn, d)
+        assert history(conn) == want, trial
+        update_history(conn, days[len(days) // 2])          # a re-run from the middle
+        assert history(conn) == want, trial
