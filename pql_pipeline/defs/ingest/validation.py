@@ -333,9 +333,10 @@ def validate_partitions(
     Validated partitions within ``dedup_lookback_days`` after the rebuilt ones are rebuilt
     too (see _dependent_partitions); the result lists every partition rebuilt.
 
-    The row rules do not depend on other rows, so they run over a group of partitions
-    at once (up to ``group_rows`` raw rows: parallel and compiled once); deduplication
-    and identity resolution then run partition by partition. Each group is one
+    The partitions are processed in groups of consecutive days (up to ``group_rows`` raw
+    rows): the row rules, deduplication and identity resolution run over a group at once, in
+    set-based statements whose every step reads only a row's own day and the days before it,
+    so a day's result is what rebuilding the days one by one gives. Each group is one
     transaction: a failure leaves every partition of the group as it was.
     """
     compiled = compile_row_rules(contract)
@@ -365,8 +366,7 @@ def validate_partitions(
                        {_lit(contract.id)}, {_lit(contract.version)}
                 FROM _checked WHERE len(rule_ids) > 0
             """)
-            for key in group:
-                _validate_one(conn, key, dedup_lookback_days)
+            _validate_group(conn, group, dedup_lookback_days)
             _record_versions(conn, group)
         except Exception:
             conn.execute("ROLLBACK")
@@ -415,50 +415,89 @@ def _dependent_partitions(conn: duckdb.DuckDBPyConnection, partitions: list[str]
     return [r[0] for r in rows if r[0] not in set(partitions)]
 
 
-def _validate_one(conn: duckdb.DuckDBPyConnection, partition: str, lookback: int) -> None:
-    """Deduplicate and resolve identities of one partition of ``_checked`` (its rows of the
-    days before are final): duplicates, identity links, memberships and validated events."""
-    pdate = f"DATE '{partition}'"
-    # first wins: earlier line in this partition, or validated in the lookback window.
-    # Only narrow key columns travel through these steps; the wide JSON columns are
+def _validate_group(conn: duckdb.DuckDBPyConnection, partitions: list[str], lookback: int) -> None:
+    """Deduplicate and resolve identities of the partitions in ``_checked`` (consecutive, the
+    days before them final): duplicates, identity links, memberships and validated events,
+    in set-based steps for the whole group. A day's result is what rebuilding the days one
+    by one in order gives: each step reads only its own day and the days before it."""
+    first = f"DATE '{partitions[0]}'"
+    # first wins: the earliest line of a day, unless a copy was validated in the lookback days
+    # before it. Only narrow key columns travel through these steps; the wide JSON columns are
     # read once, from _checked, by the final insert.
-    conn.execute(f"""
+    conn.execute("""
         CREATE OR REPLACE TEMP TABLE _ranked AS
-        SELECT source_file, line_no, message_id,
+        SELECT partition_date, source_file, line_no, message_id,
                row_number() OVER w AS copy_no, first_value(source_file) OVER w AS first_file,
                first_value(line_no) OVER w AS first_line
-        FROM _checked WHERE partition_date = {pdate} AND len(rule_ids) = 0
-        WINDOW w AS (PARTITION BY message_id ORDER BY source_file, line_no)
+        FROM _checked WHERE len(rule_ids) = 0
+        WINDOW w AS (PARTITION BY partition_date, message_id ORDER BY source_file, line_no)
     """)
     conn.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _earlier AS
-        SELECT message_id, min_by(partition_date, (partition_date, source_file, line_no)) AS partition_date,
-               min_by(source_file, (partition_date, source_file, line_no)) AS source_file,
-               min_by(line_no, (partition_date, source_file, line_no)) AS line_no
-        FROM validated_events
-        WHERE partition_date >= {pdate} - INTERVAL {int(lookback)} DAY AND partition_date < {pdate}
+        CREATE OR REPLACE TEMP TABLE _prior AS
+        SELECT message_id, partition_date, source_file, line_no FROM validated_events
+        WHERE partition_date >= {first} - INTERVAL {int(lookback)} DAY AND partition_date < {first}
           AND message_id IN (SELECT message_id FROM _ranked)
-        GROUP BY message_id
     """)
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE _heads AS
+        SELECT partition_date, source_file, line_no, message_id, count(*) OVER (PARTITION BY message_id) AS days
+        FROM _ranked WHERE copy_no = 1
+    """)
+    # a message on several days of the group: each day's first copy is kept unless the copy kept
+    # last (here or before the group) lies within the lookback: decided in order, message by message
+    kept_again = []
+    repeated = conn.execute("""
+        SELECT h.message_id, list(h.partition_date ORDER BY h.partition_date),
+               (SELECT max(p.partition_date) FROM _prior AS p WHERE p.message_id = h.message_id)
+        FROM _heads AS h WHERE h.days > 1 GROUP BY h.message_id""").fetchall()
+    for message_id, days, last in repeated:
+        for day in days:
+            if last is None or (day - last).days > lookback:
+                kept_again.append((message_id, day))
+                last = day
+    import pandas as pd
+
+    from pql_pipeline.lib.warehouse import registered
+
+    repeats = pd.DataFrame(kept_again, columns=["message_id", "partition_date"]).astype(
+        {"message_id": "object", "partition_date": "datetime64[us]"})
+    with registered(conn, "fx_kept_again", repeats):
+        conn.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _kept AS
+            SELECT h.partition_date, h.source_file, h.line_no, h.message_id FROM _heads AS h
+            WHERE h.days = 1 AND NOT EXISTS (
+                SELECT 1 FROM _prior AS p WHERE p.message_id = h.message_id
+                  AND p.partition_date >= h.partition_date - INTERVAL {int(lookback)} DAY)
+            UNION ALL
+            SELECT h.partition_date, h.source_file, h.line_no, h.message_id FROM _heads AS h
+            JOIN fx_kept_again AS k ON k.message_id = h.message_id AND CAST(k.partition_date AS DATE) = h.partition_date
+        """)
+    # a duplicate points at the earliest copy validated in its lookback, else at its day's first copy
     conn.execute(f"""
         INSERT INTO duplicate_events
-        SELECT {pdate}, r.source_file, r.line_no, r.message_id,
-               coalesce(e.partition_date, {pdate}), coalesce(e.source_file, r.first_file),
-               coalesce(e.line_no, r.first_line)
-        FROM _ranked r LEFT JOIN _earlier e USING (message_id)
-        WHERE r.copy_no > 1 OR e.message_id IS NOT NULL
+        WITH dup AS (SELECT * FROM _ranked ANTI JOIN _kept USING (partition_date, source_file, line_no)),
+        valid AS (SELECT message_id, partition_date, source_file, line_no FROM _prior
+                  UNION ALL SELECT message_id, partition_date, source_file, line_no FROM _kept),
+        earliest AS (
+            SELECT d.partition_date, d.source_file, d.line_no,
+                   min_by(v.partition_date, (v.partition_date, v.source_file, v.line_no)) AS e_date,
+                   min_by(v.source_file, (v.partition_date, v.source_file, v.line_no)) AS e_file,
+                   min_by(v.line_no, (v.partition_date, v.source_file, v.line_no)) AS e_line
+            FROM dup AS d JOIN valid AS v ON v.message_id = d.message_id AND v.partition_date < d.partition_date
+              AND v.partition_date >= d.partition_date - INTERVAL {int(lookback)} DAY
+            GROUP BY d.partition_date, d.source_file, d.line_no)
+        SELECT d.partition_date, d.source_file, d.line_no, d.message_id, coalesce(e.e_date, d.partition_date),
+               coalesce(e.e_file, d.first_file), coalesce(e.e_line, d.first_line)
+        FROM dup AS d LEFT JOIN earliest AS e USING (partition_date, source_file, line_no)
     """)
-    conn.execute(f"""
+    conn.execute("""
         CREATE OR REPLACE TEMP TABLE _valid AS
-        SELECT c.source_file, c.line_no, c.message_id, c.event_type, c.user_id, c.anonymous_id, c.previous_id,
-               c.group_id, c.event_ts
-        FROM _checked c
-        JOIN (SELECT source_file, line_no FROM _ranked r ANTI JOIN _earlier e USING (message_id)
-              WHERE r.copy_no = 1) k USING (source_file, line_no)
-        WHERE c.partition_date = {pdate}
+        SELECT c.partition_date, c.source_file, c.line_no, c.message_id, c.event_type, c.user_id, c.anonymous_id,
+               c.previous_id, c.group_id, c.event_ts
+        FROM _checked AS c JOIN _kept AS k USING (partition_date, source_file, line_no)
     """)
-    _resolve_identities(conn, pdate)
-    for t in ("_ranked", "_earlier", "_valid"):
+    _resolve_identities(conn, partitions[-1])
+    for t in ("_ranked", "_prior", "_heads", "_kept", "_valid"):
         conn.execute(f"DROP TABLE IF EXISTS {t}")
 
 
@@ -471,57 +510,80 @@ def _line_reason() -> str:
             "ELSE 'line is JSON but not an object' END")
 
 
-def _resolve_identities(conn: duckdb.DuckDBPyConnection, pdate: str) -> None:
-    # anonymousId -> userId links learned in this partition (identify / any call with both; alias)
-    conn.execute(f"""
+def _resolve_identities(conn: duckdb.DuckDBPyConnection, last: str) -> None:
+    """Identity links, memberships and validated events of the rows in ``_valid`` (of days up
+    to ``last``): each row is resolved with the links and memberships of its day and the days
+    before it."""
+    # anonymousId -> userId links learned on each day (identify / any call with both; alias)
+    conn.execute("""
         INSERT INTO identity_links
-        SELECT {pdate}, anonymous_id, user_id, min(event_ts)
+        SELECT partition_date, anonymous_id, user_id, min(event_ts)
         FROM (
-            SELECT anonymous_id, user_id, event_ts FROM _valid
+            SELECT partition_date, anonymous_id, user_id, event_ts FROM _valid
             WHERE anonymous_id IS NOT NULL AND user_id IS NOT NULL
             UNION ALL
-            SELECT previous_id, user_id, event_ts FROM _valid
+            SELECT partition_date, previous_id, user_id, event_ts FROM _valid
             WHERE event_type = 'alias' AND previous_id IS NOT NULL AND user_id IS NOT NULL
         ) GROUP BY ALL
     """)
-    conn.execute(f"""
+    conn.execute("""
         CREATE OR REPLACE TEMP TABLE _resolved AS
-        WITH links AS (
-            SELECT anonymous_id, min_by(user_id, (linked_at, user_id)) AS user_id
-            FROM identity_links WHERE partition_date <= {pdate}
-              AND anonymous_id IN (SELECT anonymous_id FROM _valid WHERE user_id IS NULL)
-            GROUP BY anonymous_id
+        WITH need AS (
+            SELECT DISTINCT partition_date, anonymous_id FROM _valid WHERE user_id IS NULL AND anonymous_id IS NOT NULL
+        ), links AS (
+            SELECT n.partition_date, n.anonymous_id, min_by(l.user_id, (l.linked_at, l.user_id)) AS user_id
+            FROM need AS n JOIN identity_links AS l
+              ON l.anonymous_id = n.anonymous_id AND l.partition_date <= n.partition_date
+            GROUP BY ALL
         )
         SELECT v.*, coalesce(v.user_id, l.user_id) AS resolved_user_id
-        FROM _valid v LEFT JOIN links l ON v.user_id IS NULL AND l.anonymous_id = v.anonymous_id
+        FROM _valid AS v LEFT JOIN links AS l
+          ON v.user_id IS NULL AND l.partition_date = v.partition_date AND l.anonymous_id = v.anonymous_id
     """)
-    conn.execute(f"""
+    conn.execute("""
         INSERT INTO account_memberships
-        SELECT {pdate}, resolved_user_id, group_id, min(event_ts)
+        SELECT partition_date, resolved_user_id, group_id, min(event_ts)
         FROM _resolved WHERE event_type = 'group' AND resolved_user_id IS NOT NULL AND group_id IS NOT NULL
         GROUP BY ALL
     """)
+    # a row without groupId: the account its user joined (as of the row's day) by the event's
+    # time, else the first it joined. A membership's join time as of a day is the earliest over
+    # the days up to it; it changes only on the days that lower it (kept as breakpoints), so a
+    # user's daily group calls do not multiply the rows each day is matched with.
     conn.execute(f"""
         INSERT INTO validated_events
-        WITH m AS (
-            SELECT user_id, account_id, min(joined_at) AS joined_at
-            FROM account_memberships WHERE partition_date <= {pdate}
-              AND user_id IN (SELECT resolved_user_id FROM _resolved WHERE group_id IS NULL)
+        WITH need AS (
+            SELECT DISTINCT partition_date, resolved_user_id AS user_id FROM _resolved
+            WHERE group_id IS NULL AND resolved_user_id IS NOT NULL
+        ), running AS (
+            SELECT user_id, account_id, partition_date,
+                   min(joined_at) OVER (PARTITION BY user_id, account_id ORDER BY partition_date
+                                        ROWS UNBOUNDED PRECEDING) AS joined_at
+            FROM account_memberships
+            WHERE partition_date <= DATE '{last}' AND user_id IN (SELECT user_id FROM need)
+        ), breaks AS (
+            SELECT user_id, account_id, partition_date, joined_at FROM (
+                SELECT *, lag(joined_at) OVER (PARTITION BY user_id, account_id ORDER BY partition_date) AS before
+                FROM running)
+            WHERE before IS NULL OR joined_at < before
+        ), m AS (
+            SELECT n.partition_date, n.user_id, b.account_id, arg_max(b.joined_at, b.partition_date) AS joined_at
+            FROM need AS n JOIN breaks AS b ON b.user_id = n.user_id AND b.partition_date <= n.partition_date
             GROUP BY ALL
         ), acct AS (
-            SELECT r.message_id,
+            SELECT r.partition_date, r.source_file, r.line_no,
                    coalesce(max_by(m.account_id, (m.joined_at, m.account_id)) FILTER (WHERE m.joined_at <= r.event_ts),
                             min_by(m.account_id, (m.joined_at, m.account_id))) AS account_id
-            FROM _resolved r JOIN m ON m.user_id = r.resolved_user_id
+            FROM _resolved AS r JOIN m ON m.partition_date = r.partition_date AND m.user_id = r.resolved_user_id
             WHERE r.group_id IS NULL
-            GROUP BY r.message_id
+            GROUP BY r.partition_date, r.source_file, r.line_no
         )
-        SELECT {pdate}, c.message_id, c.event_type, c.event_name, c.user_id, c.anonymous_id, r.resolved_user_id,
-               c.group_id, coalesce(c.group_id, a.account_id), c.event_ts, c.received_at, c.sent_at,
-               c.properties, c.traits, c.context, c.source_file, c.line_no
-        FROM _resolved r
-        JOIN _checked c ON c.partition_date = {pdate} AND c.source_file = r.source_file AND c.line_no = r.line_no
-        LEFT JOIN acct a ON r.group_id IS NULL AND a.message_id = r.message_id
+        SELECT c.partition_date, c.message_id, c.event_type, c.event_name, c.user_id, c.anonymous_id,
+               r.resolved_user_id, c.group_id, coalesce(c.group_id, a.account_id), c.event_ts, c.received_at,
+               c.sent_at, c.properties, c.traits, c.context, c.source_file, c.line_no
+        FROM _resolved AS r
+        JOIN _checked AS c USING (partition_date, source_file, line_no)
+        LEFT JOIN acct AS a USING (partition_date, source_file, line_no)
     """)
     conn.execute("DROP TABLE IF EXISTS _resolved")
 

@@ -284,3 +284,63 @@ def test_a_range_is_reconciled_and_counted_per_partition(tmp_path, conn, segment
     assert (got[days[1]]["unaccounted_lines"], got[days[0]]["unaccounted_lines"]) == (1, 0)
     assert [(c.partition, c.raw, c.validated, c.quarantined) for c in partitions_counts(conn, days)] == [
         (days[0], 4, 3, 1), (days[1], 5, 3, 1), (days[2], 0, 0, 0)]
+
+
+def test_a_group_of_days_validated_at_once_equals_the_days_one_by_one(tmp_path, conn, segment_contract):
+    """A range is deduplicated and resolved in set-based steps over a group of days; every
+    table must be what validating the days one at a time, in order, gives: a message resent
+    over the days (kept again only once the copy kept last is out of the lookback), an
+    anonymous visitor linked a day later, a user moving accounts and a late group call that
+    moves a join time earlier."""
+    from pql_pipeline.defs.ingest.validation import validate_partitions
+
+    days = [f"2026-01-{d:02d}" for d in (2, 3, 7, 12, 14, 15)]
+    m = track("m", "Feature Used", "2026-01-02T10:00:00Z", feature="x")
+    at = {d: f"{d}T10:00:00Z" for d in days}
+    group = lambda mid, acct, ts: {"messageId": mid, "type": "group", "userId": "u1", "groupId": acct,  # noqa: E731
+                                   "timestamp": ts, "traits": {"name": acct}}
+    files = {
+        days[0]: [m, m, track("a0", "Feature Used", at[days[0]], user=None, anon="anon-1", feature="f"),
+                  group("g0", "acct-1", "2026-01-02T12:00:00Z")],
+        days[1]: [dict(m, receivedAt="2026-01-03T00:10:00.000Z"),
+                  track("a1", "Feature Used", at[days[1]], user=None, anon="anon-1", feature="f"),
+                  {"messageId": "i1", "type": "identify", "userId": "u1", "anonymousId": "anon-1",
+                   "timestamp": at[days[1]]}],
+        days[2]: [track("p2", "Project Created", at[days[2]], project_id="p"), group("g2", "acct-2", at[days[2]]),
+                  track("a2", "Feature Used", at[days[2]], user=None, anon="anon-1", feature="f")],
+        days[3]: [dict(m, receivedAt="2026-01-12T00:10:00.000Z"), track("p3", "Project Created", at[days[3]],
+                                                                       project_id="q")],
+        days[4]: [dict(m, receivedAt="2026-01-14T00:10:00.000Z"), group("g4", "acct-1", "2026-01-14T09:00:00Z"),
+                  track("p4", "Project Created", "2026-01-14T08:00:00Z", project_id="r"),
+                  track("late4", "Project Created", "2026-01-01T09:00:00Z", project_id="t")],
+        # a late group call: as of this day, u1 joined acct-2 on Jan 1 (not Jan 7)
+        days[5]: [group("g5", "acct-2", "2026-01-01T08:00:00Z"), track("p5", "Project Created", at[days[5]],
+                                                                      project_id="s"),
+                  track("late5", "Project Created", "2026-01-01T09:00:00Z", project_id="t")],
+    }
+    for day, lines in files.items():
+        write_lines(tmp_path / f"dt={day}" / "a.jsonl", lines)
+        load_partition(conn, tmp_path, "dt={date}/*.jsonl*", "jsonl", day)
+    tables = ("validated_events", "duplicate_events", "quarantined_events", "identity_links", "account_memberships")
+
+    def snapshot():
+        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in tables}
+
+    for day in days:
+        validate_partition(conn, segment_contract, day, 7)
+    one_by_one = snapshot()
+    for t in tables:
+        conn.execute(f"DELETE FROM {t}")
+    counts = validate_partitions(conn, segment_contract, days, 7)
+    assert snapshot() == one_by_one
+    assert [(c.validated, c.duplicates) for c in counts][0] == (3, 1)
+    kept = conn.execute("SELECT CAST(partition_date AS VARCHAR) FROM validated_events WHERE message_id = 'm' "
+                        "ORDER BY 1").fetchall()
+    assert kept == [(days[0],), (days[3],)]     # the 3rd and 5th copies point at the 1st and 4th
+    got = {r[0]: r[1:] for r in conn.execute(
+        "SELECT message_id, resolved_user_id, account_id FROM validated_events").fetchall()}
+    assert got["a0"] == (None, None) and got["a1"][0] == "u1" and got["a2"] == ("u1", "acct-2")
+    assert got["p4"] == ("u1", "acct-2")            # acct-2 joined last before it
+    assert got["p5"] == ("u1", "acct-1")            # the late call puts acct-2's join before acct-1's
+    # before any join: the first account joined as of the day (acct-1), then acct-2 once it moved
+    assert (got["late4"], got["late5"]) == (("u1", "acct-1"), ("u1", "acct-2"))
