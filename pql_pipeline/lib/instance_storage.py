@@ -17,6 +17,13 @@ file. Same files, same schema, same locks: an instance home written by Dagster's
 is read by this one and the reverse. ``dagster.yaml`` selects it; its files are under
 the instance's folder, ``history/runs`` (where Dagster's default puts them), unless
 ``base_dir`` is set. On Postgres (the production choice) it is not used.
+
+A range run gives each partition's materialization the whole range's metadata (Dagster 1.13
+has no metadata per partition for a single-run range: dagster-io/dagster#18123), so a
+550-day range wrote its charts 550 times (about 70 KB an event for ``pql_scores``). Within
+a batch, a large entry (over ``KEEP_ONCE_CHARS`` characters) that the newest partition's
+event repeats is kept on that event only, the UI's "latest materialization"; the other
+days' events say where it is. Small entries (row counts, versions) stay on every event.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ KEEP_RUN_ENGINES = 4
 # events Dagster buffers before handing them to store_event_batch (a batch also ends with its step's
 # or run's last planned event); read by Dagster from the environment of the process writing events
 EVENT_BATCH_SIZE = "1000"
+# a range's metadata entry longer than this is kept on its newest partition's event only
+KEEP_ONCE_CHARS = 2_000
 
 
 class SqliteEventLogStorage(base.SqliteEventLogStorage):
@@ -108,6 +117,7 @@ class SqliteEventLogStorage(base.SqliteEventLogStorage):
             for event in events:
                 self.store_event(event)
             return
+        events = once_per_range(events)
         statements = [self.prepare_insert_event(event) for event in events]
         with self.run_connection(events[0].run_id) as conn:
             for statement in statements:
@@ -128,6 +138,50 @@ class SqliteEventLogStorage(base.SqliteEventLogStorage):
         while self._engines:
             self._engines.popitem()[1].dispose()
         super().dispose()
+
+
+def once_per_range(events: list) -> list:
+    """``events`` with each large metadata entry that a range run repeats on every partition's
+    materialization kept on the newest partition's event only (see the module's docstring)."""
+    from dagster import DagsterEventType, MetadataValue
+
+    ranges: dict[tuple, list[int]] = {}
+    for i, e in enumerate(events):
+        if e.dagster_event_type == DagsterEventType.ASSET_MATERIALIZATION and e.dagster_event.partition:
+            ranges.setdefault((e.run_id, e.step_key, e.dagster_event.asset_key), []).append(i)
+    out = list(events)
+    for rows in ranges.values():
+        if len(rows) < 2:
+            continue
+        newest = max(rows, key=lambda i: events[i].dagster_event.partition)
+        kept = events[newest].asset_materialization.metadata
+        large = {k for k, v in kept.items() if _chars(v) > KEEP_ONCE_CHARS}
+        if not large:
+            continue
+        where = events[newest].dagster_event.partition
+        for i in rows:
+            if i == newest:
+                continue
+            event = events[i]
+            slim = {k: MetadataValue.text(f"the range run's {k}: kept once, on partition {where}")
+                    if k in large and v == kept[k] else v
+                    for k, v in event.asset_materialization.metadata.items()}
+            data = event.dagster_event.event_specific_data
+            data = data._replace(materialization=data.materialization.with_metadata(slim))
+            out[i] = event._replace(dagster_event=event.dagster_event._replace(event_specific_data=data))
+    return out
+
+
+def _chars(value) -> int:
+    """About how long a metadata value is when stored."""
+    import json
+
+    v = getattr(value, "value", value)
+    if isinstance(v, str):
+        return len(v)
+    if isinstance(v, (dict, list)):
+        return len(json.dumps(v, default=str))
+    return 0
 
 
 def _asset_event(event) -> bool:

@@ -157,3 +157,35 @@ def test_an_instance_opened_by_its_folder_keeps_its_events_there(tmp_path, monke
     assert not (tmp_path / "another").exists()
     with dg.DagsterInstance.from_config(str(home)) as inst:
         assert inst.get_materialized_partitions(dg.AssetKey("upstream")) == {"2026-01-01"}
+
+
+CHART = "![chart](data:image/png;base64," + "A" * 5_000 + ")"
+
+
+@dg.asset(partitions_def=DAYS, backfill_policy=dg.BackfillPolicy.single_run())
+def charted(context) -> dg.MaterializeResult:
+    return dg.MaterializeResult(metadata={"rows": len(context.partition_keys), "chart": dg.MetadataValue.md(CHART),
+                                          "table": dg.MetadataValue.md("| a |\n|---|\n| 1 |")})
+
+
+def test_a_ranges_large_metadata_is_stored_once(tmp_path, monkeypatch):
+    """A range run repeats its metadata on every partition's materialization; a large entry is
+    kept on the newest partition's (the latest materialization the UI shows) and the other
+    days name it; small entries stay on every day, and a one-day run keeps everything."""
+    shutil.copy(ROOT / "dagster.yaml", tmp_path / "project.yaml")
+    defs = dg.Definitions(assets=[charted])
+    with home_with(tmp_path, "project", (tmp_path / "project.yaml").read_text(), monkeypatch) as inst:
+        job = defs.resolve_implicit_global_asset_job_def()
+        assert job.execute_in_process(instance=inst, tags={"dagster/asset_partition_range_start": "2026-01-01",
+                                                           "dagster/asset_partition_range_end": "2026-01-04"}).success
+        key = dg.AssetKey("charted")
+        latest = inst.get_latest_materialization_event(key)
+        assert latest.dagster_event.partition == "2026-01-04"
+        assert latest.asset_materialization.metadata["chart"].value == CHART
+        by_day = {r.partition_key: r.asset_materialization.metadata for r in inst.fetch_materializations(key, limit=10).records}
+        assert sorted(by_day) == ["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04"]
+        for day in ("2026-01-01", "2026-01-02", "2026-01-03"):
+            assert by_day[day]["chart"].value == "the range run's chart: kept once, on partition 2026-01-04"
+            assert by_day[day]["rows"].value == 4 and by_day[day]["table"].value == "| a |\n|---|\n| 1 |"
+        assert job.execute_in_process(instance=inst, partition_key="2026-01-02").success
+        assert inst.get_latest_materialization_event(key).asset_materialization.metadata["chart"].value == CHART
