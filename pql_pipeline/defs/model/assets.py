@@ -19,7 +19,7 @@ from pql_pipeline.settings import Settings
 GROUP = "model"
 TAGS = {"pql/stage": "model"}
 # bump when training or evaluation changes meaning (part of the asset's code_version)
-MODEL_LOGIC_VERSION = "1"
+MODEL_LOGIC_VERSION = "2"   # 2: only the chosen candidate is calibrated
 
 
 def model_spec(settings: Settings) -> ModelSpec:
@@ -179,7 +179,9 @@ def _metrics_table(row: dict) -> str:
     lines = [{"model": f"{row['algorithm']} (this version)", **_summary(row["metrics"])}]
     for name, m in row["candidates"].items():
         if name != row["algorithm"]:
-            lines.append({"model": name, **_summary(m)})
+            uncalibrated = m.get("calibrated") is False
+            lines.append({"model": name + (" (not chosen: fitted once, uncalibrated; ranking only)"
+                                           if uncalibrated else ""), **_summary(m)})
     for name, m in row["baselines"].items():
         lines.append({"model": name.replace("_", " "), **_summary(m)})
     if row["metrics"].get("accounts"):
@@ -194,7 +196,7 @@ def _summary(m: dict) -> dict:
     return {"ROC AUC": f(m.get("roc_auc")), "CV AUC, training part": f(m.get("selection_roc_auc")),
             "PR AUC": f(m.get("pr_auc")), "Brier": f(m.get("brier")),
             "calib. error": f(m.get("calibration_error")), "precision@thr": f(m.get("precision_at_threshold")),
-            "recall@thr": f(m.get("recall_at_threshold")), "flagged": m.get("flagged")}
+            "recall@thr": f(m.get("recall_at_threshold")), "flagged": "-" if m.get("flagged") is None else m["flagged"]}
 
 
 def build_model_assets(settings: Settings) -> list[dg.AssetsDefinition]:

@@ -290,6 +290,8 @@ def proposed_rule_hits(conn, rows: pd.DataFrame, rule: dict) -> tuple[np.ndarray
     return fired.astype(float), [[n for n, hit in zip(names, r) if hit] for r in both]
 
 
+# what a candidate that was not chosen reports from its single, uncalibrated fit
+RANKING_METRICS = ("roc_auc", "pr_auc", "rows", "positives", "base_rate")
 SELECTION_FOLDS = 3
 SELECTION_MAX_ROWS = 200_000   # the cross-validation that chooses the algorithm samples users beyond this
 
@@ -392,14 +394,20 @@ def train(conn, spec: ModelSpec, proposed_rule: dict | None = None, table: str =
     chosen_by = (selection_scores(spec, x_train, y_train, split.train["user_id"], numeric, categorical)
                  if len(spec.candidates) > 1 else {spec.candidates[0]: None})
     clock.lap("choose algorithm (cross-validation)")
+    best = max(spec.candidates, key=lambda n: (chosen_by[n] or 0, -spec.candidates.index(n)))
     fitted, scores, probs = {}, {}, {}
     for name in spec.candidates:
-        model = build_model(name, numeric, categorical, spec.calibration, spec.seed)
+        # only the chosen candidate is calibrated (cv=3: four fits); the others are fitted once, for
+        # their holdout ranking beside it (calibration keeps the ranking, not the probabilities)
+        model = build_model(name, numeric, categorical, spec.calibration if name == best else "none", spec.seed)
         model.fit(x_train, y_train)
         fitted[name] = model
         clock.lap(f"fit {name}")
         probs[name] = model.predict_proba(x_hold)[:, 1]
         scores[name] = evaluate(y_hold, probs[name], spec.pql_threshold, snaps)
+        if name != best:
+            scores[name] = {k: scores[name][k] for k in RANKING_METRICS if k in scores[name]}
+            scores[name]["calibrated"] = False
         scores[name]["selection_roc_auc"] = chosen_by[name]
         clock.lap(f"evaluate {name}")
     baselines = {}
@@ -409,7 +417,6 @@ def train(conn, spec: ModelSpec, proposed_rule: dict | None = None, table: str =
     if proposed_rule and proposed_rule.get("conditions"):
         baselines["proposed_rule"] = evaluate(
             y_hold, proposed_rule_scores(conn, split.holdout, proposed_rule), 0.5, snaps)
-    best = max(spec.candidates, key=lambda n: (chosen_by[n] or 0, -spec.candidates.index(n)))
     accounts = account_metrics(conn, split.holdout, probs[best], spec.pql_threshold)
     if accounts is not None:
         scores[best]["accounts"] = accounts

@@ -73,6 +73,10 @@ def test_the_model_trains_passes_its_gates_and_beats_the_rules(trained):
     sel = {name: c["selection_roc_auc"] for name, c in row["candidates"].items()}
     assert set(sel) == {"gradient_boosting", "logistic_regression"} and all(0.5 < v < 1 for v in sel.values())
     assert row["algorithm"] == max(sel, key=sel.get)
+    # only the chosen candidate is calibrated; the other reports its ranking beside it
+    [other] = [c for name, c in row["candidates"].items() if name != row["algorithm"]]
+    assert other["calibrated"] is False and 0.5 < other["roc_auc"] < 1 and "brier" not in other
+    assert "brier" in row["candidates"][row["algorithm"]]
     # accounts scored from their users rank the holdout's account labels well
     acc = m["accounts"]
     assert acc["roc_auc"] >= 0.85 and acc["rows"] > 1000 and acc["accounts_without_scored_users"] < acc["rows"] / 20
