@@ -112,8 +112,8 @@ def rule_hits(conn, settings: Settings, frames: dict[dt.date, pd.DataFrame]) -> 
 
 class SalesWorked:
     """The accounts routed to sales per day, for the suppression window of a run's days:
-    the days before the run as written, the run's days as scored (their rows are written a
-    group of days at a time, after they are routed)."""
+    the days before the run as written, the run's days as ``record``-ed while a group of
+    days is routed (before its rows are written)."""
 
     def __init__(self, conn, days: list[dt.date], suppress_days: int):
         self.suppress_days, self.by_day = suppress_days, {}
@@ -128,12 +128,6 @@ class SalesWorked:
                         [days[0] - dt.timedelta(days=suppress_days), days[-1]]).fetchall():
                     if day not in run:
                         self.by_day.setdefault(day, set()).add(account)
-
-    def add(self, day: dt.date, users: pd.DataFrame, accounts: pd.DataFrame) -> None:
-        found = set()
-        for frame in (users, accounts):
-            found |= set(frame.loc[(frame["route"] == "sales") & frame["account_id"].notna(), "account_id"])
-        self.by_day[day] = found
 
     def record(self, days: list[dt.date], sales: pd.DataFrame) -> None:
         """The accounts of ``sales`` (snapshot_date, account_id) are the ones sales works on

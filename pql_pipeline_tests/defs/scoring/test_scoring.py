@@ -378,8 +378,8 @@ def test_the_sales_worked_in_memory_equal_what_the_written_days_say(conn):
     for day in run:
         assert worked.before(day) == worked_by_sales(conn, day, 3)      # the days before are written
         account, r = routes[day]
-        users = pd.DataFrame({"user_id": [f"u_{account}"], "account_id": [account], "route": [r]})
-        worked.add(day, users, users.iloc[:0])
+        users = pd.DataFrame({"snapshot_date": [day], "account_id": [account], "route": [r]})
+        worked.record([day], users[users["route"] == "sales"])
         conn.execute("DELETE FROM pql_scores WHERE snapshot_date = ?", [day])
         conn.execute("INSERT INTO pql_scores (snapshot_date, user_id, account_id, route) VALUES (?, ?, ?, ?)",
                      [day, f"u_{account}", account, r])
