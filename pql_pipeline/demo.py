@@ -66,11 +66,11 @@ def run_demo(settings: Settings, instance: dg.DagsterInstance, accounts: int, da
 def prune_warehouse(settings: Settings, keep: list[str]) -> None:
     """Drop partitions of an earlier demo window so the warehouse mirrors the new demo data."""
     from pql_pipeline.defs.ingest.validation import PARTITION_TABLES
-    from pql_pipeline.lib.warehouse import Warehouse, table_exists
+    from pql_pipeline.lib.warehouse import Warehouse, dates_sql, table_exists
 
     if not settings.warehouse_path.exists():
         return
-    keys = ", ".join(f"DATE '{k}'" for k in keep) or "NULL"
+    keys = dates_sql(keep)
     with Warehouse(database=str(settings.warehouse_path)).get_connection() as conn:
         for t in ("raw_events", *PARTITION_TABLES):
             if table_exists(conn, t):

@@ -14,7 +14,7 @@ from typing import Any
 import duckdb
 
 from pql_pipeline.lib.contracts import Contract, TableRule, schema_columns, table_rules
-from pql_pipeline.lib.warehouse import describe, normalize_type
+from pql_pipeline.lib.warehouse import dates_sql, describe, normalize_type
 
 
 @dataclass
@@ -65,7 +65,7 @@ def evaluate(
     table = contract.object(object_name).physicalName or object_name
     base_where = where
     if partitions is not None:
-        keys = ", ".join(f"DATE '{k}'" for k in partitions) or "NULL"
+        keys = dates_sql(partitions)
         where = f"({where}) AND {partition_column} IN ({keys})"
     relation = f"(SELECT * FROM {table} WHERE {where})"
     rules = table_rules(contract, object_name)

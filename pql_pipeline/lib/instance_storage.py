@@ -28,6 +28,7 @@ days' events say where it is. Small entries (row counts, versions) stay on every
 
 from __future__ import annotations
 
+import json
 import os
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ from contextlib import contextmanager
 from itertools import groupby
 
 import sqlalchemy as db
-from dagster import Field, StringSource
+from dagster import DagsterEventType, Field, MetadataValue, StringSource
 from dagster._core.storage.event_log.sqlite import sqlite_event_log as base
 from dagster._core.storage.sqlalchemy_compat import db_result
 from dagster._serdes import ConfigurableClassData
@@ -143,8 +144,6 @@ class SqliteEventLogStorage(base.SqliteEventLogStorage):
 def once_per_range(events: list) -> list:
     """``events`` with each large metadata entry that a range run repeats on every partition's
     materialization kept on the newest partition's event only (see the module's docstring)."""
-    from dagster import DagsterEventType, MetadataValue
-
     ranges: dict[tuple, list[int]] = {}
     for i, e in enumerate(events):
         if e.dagster_event_type == DagsterEventType.ASSET_MATERIALIZATION and e.dagster_event.partition:
@@ -174,8 +173,6 @@ def once_per_range(events: list) -> list:
 
 def _chars(value) -> int:
     """About how long a metadata value is when stored."""
-    import json
-
     v = getattr(value, "value", value)
     if isinstance(v, str):
         return len(v)

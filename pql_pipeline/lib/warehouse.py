@@ -50,6 +50,14 @@ class Warehouse(DuckDBResource):
             conn.close()
 
 
+def dates_sql(keys) -> str:
+    """SQL list of the dates of partition keys (``YYYY-MM-DD``; each parsed, so a key is never
+    SQL), for ``partition_date IN (...)``; NULL for none: matches nothing."""
+    import datetime as dt
+
+    return ", ".join(f"DATE '{dt.date.fromisoformat(str(k)).isoformat()}'" for k in keys) or "NULL"
+
+
 def release_memory(conn: duckdb.DuckDBPyConnection) -> None:
     """Hand the memory DuckDB keeps cached after a large scan back to the operating system
     (a short drop of memory_limit evicts its unpinned buffers), so that pandas work that

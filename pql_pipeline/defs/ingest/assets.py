@@ -13,7 +13,7 @@ from pql_pipeline.lib.charts import chart_md, quarantine_chart
 from pql_pipeline.lib.contracts import load_contract
 from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, contract, md_table, table_schema
 from pql_pipeline.lib.trends import quarantine_by_day
-from pql_pipeline.lib.warehouse import Warehouse, ensure_tables
+from pql_pipeline.lib.warehouse import Warehouse, dates_sql, ensure_tables
 from pql_pipeline.settings import Settings
 
 
@@ -107,7 +107,7 @@ def build_ingest_assets(settings: Settings, daily: dg.PartitionsDefinition) -> l
                 for k, v in (("raw", c.raw), ("validated", c.validated), ("duplicates", c.duplicates),
                              ("quarantined", c.quarantined)):
                     totals[k] += v
-            keys = ", ".join(f"DATE '{k}'" for k in context.partition_keys)
+            keys = dates_sql(context.partition_keys)
             by_rule = conn.execute(f"""
                 SELECT rule_id, count(*) AS n FROM quarantined_events
                 WHERE partition_date IN ({keys}) GROUP BY rule_id ORDER BY n DESC, rule_id

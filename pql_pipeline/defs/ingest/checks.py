@@ -18,7 +18,7 @@ import dagster as dg
 
 from pql_pipeline.defs.ingest.validation import partitions_counts, reconcile_partitions
 from pql_pipeline.lib.dagster_helpers import POOL, contract, contract_check, md_table, run_partitions
-from pql_pipeline.lib.warehouse import Warehouse
+from pql_pipeline.lib.warehouse import Warehouse, dates_sql
 from pql_pipeline.settings import Settings
 
 
@@ -51,7 +51,7 @@ def build_ingest_checks(settings: Settings, daily: dg.PartitionsDefinition) -> l
         rows, worst = [], 0.0
         with warehouse.get_connection() as conn:
             keys = run_partitions(context, conn, "raw_events")
-            in_keys = ", ".join(f"DATE '{k}'" for k in keys) or "NULL"
+            in_keys = dates_sql(keys)
             tops: dict[str, list] = {}
             for key, rule, n in conn.execute(f"""
                     SELECT CAST(partition_date AS VARCHAR), rule_id, n FROM (

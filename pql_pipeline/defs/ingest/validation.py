@@ -23,13 +23,14 @@ and is checked independently.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from dataclasses import dataclass
 
 import duckdb
+import pandas as pd
 
 from pql_pipeline.lib.contracts import Contract, ContractError
+from pql_pipeline.lib.warehouse import dates_sql, registered
 
 # JSON type names (duckdb json_type) accepted for each ODCS logicalType
 JSON_TYPES = {
@@ -256,7 +257,7 @@ def _checked_sql(compiled: CompiledRules, partitions: list[str]) -> str:
                         WHEN NOT (starts_with(raw_line, '{{') OR regexp_matches(raw_line, '^\\s*[{{]'))
                              THEN 'line.json_object'
                    END AS line_rule
-            FROM raw_events WHERE partition_date IN ({", ".join(f"DATE '{k}'" for k in partitions)})
+            FROM raw_events WHERE partition_date IN ({dates_sql(partitions)})
         ), parsed AS (
             SELECT partition_date, source_file, line_no, raw_line, json_type(raw_line, {paths}) AS jt,
                    json_transform(raw_line, {structure}) AS s
@@ -341,7 +342,7 @@ def validate_partitions(
     """
     compiled = compile_row_rules(contract)
     partitions = sorted(set(partitions) | set(_dependent_partitions(conn, partitions, dedup_lookback_days)))
-    keys = ", ".join(f"DATE '{k}'" for k in partitions) or "NULL"
+    keys = dates_sql(partitions)
     sizes = dict(conn.execute(f"""SELECT CAST(partition_date AS VARCHAR), count(*) FROM raw_events
                                   WHERE partition_date IN ({keys}) GROUP BY 1""").fetchall())
     groups: list[list[str]] = []
@@ -357,7 +358,7 @@ def validate_partitions(
         try:
             conn.execute(_checked_sql(compiled, group))
             # what does not depend on the days before is done for the group at once
-            in_group = _dates_in(group)
+            in_group = dates_sql(group)
             for table in PARTITION_TABLES:
                 conn.execute(f"DELETE FROM {table} WHERE partition_date IN ({in_group})")
             conn.execute(f"""
@@ -376,17 +377,12 @@ def validate_partitions(
     return partitions_counts(conn, partitions)
 
 
-def _dates_in(partitions: list[str]) -> str:
-    """SQL list of the partitions' dates (NULL for none: matches nothing)."""
-    return ", ".join(f"DATE '{dt.date.fromisoformat(k).isoformat()}'" for k in partitions) or "NULL"
-
-
 def _record_versions(conn: duckdb.DuckDBPyConnection, partitions: list[str]) -> None:
     """A new version id for each rebuilt partition: derived tables (the feature cache) that
     were built from another version of it know they are stale."""
     conn.execute("CREATE TABLE IF NOT EXISTS validated_partitions "
                  "(partition_date DATE, version VARCHAR, validated_at TIMESTAMPTZ, validated_rows BIGINT)")
-    keys = _dates_in(partitions)
+    keys = dates_sql(partitions)
     conn.execute(f"DELETE FROM validated_partitions WHERE partition_date IN ({keys})")
     conn.execute(f"""
         INSERT INTO validated_partitions
@@ -455,10 +451,6 @@ def _validate_group(conn: duckdb.DuckDBPyConnection, partitions: list[str], look
             if last is None or (day - last).days > lookback:
                 kept_again.append((message_id, day))
                 last = day
-    import pandas as pd
-
-    from pql_pipeline.lib.warehouse import registered
-
     repeats = pd.DataFrame(kept_again, columns=["message_id", "partition_date"]).astype(
         {"message_id": "object", "partition_date": "datetime64[us]"})
     with registered(conn, "fx_kept_again", repeats):
@@ -593,10 +585,11 @@ def partition_counts(conn: duckdb.DuckDBPyConnection, partition: str) -> Partiti
 
 
 def partitions_counts(conn: duckdb.DuckDBPyConnection, partitions: list[str]) -> list[PartitionCounts]:
-    """Raw, validated, duplicate and quarantined rows of each partition (in the order given), in one query."""
+    """Raw, validated, duplicate and quarantined rows of each partition (in the order given), one
+    query per table."""
     if not partitions:
         return []
-    keys = _dates_in(partitions)
+    keys = dates_sql(partitions)
     per = {k: [0, 0, 0, 0] for k in partitions}
     for i, table in enumerate(("raw_events", "validated_events", "duplicate_events", "quarantined_events")):
         for key, n in conn.execute(f"SELECT CAST(partition_date AS VARCHAR), count(*) FROM {table} "
@@ -612,7 +605,7 @@ def reconcile_partition(conn: duckdb.DuckDBPyConnection, partition: str) -> dict
 
 def reconcile_partitions(conn: duckdb.DuckDBPyConnection, partitions: list[str]) -> list[dict]:
     """``reconcile_partition`` of each partition, in one pass over the tables."""
-    keys = _dates_in(partitions)
+    keys = dates_sql(partitions)
     found = {r[0]: r[1:] for r in conn.execute(f"""
         WITH acc AS (
             SELECT partition_date, source_file, line_no FROM validated_events WHERE partition_date IN ({keys})

@@ -87,18 +87,17 @@ class StreamTables:
         return cls(per_day, names)
 
 
-def stream_drift(conn, day: dt.date, b: StreamBounds = StreamBounds(), counts: pd.DataFrame | None = None,
-                 tables: StreamTables | None = None) -> list[dict]:
-    """Event-stream health of ``day`` (from ``counts`` of ``stream_counts``, or their
-    ``tables`` when many days are judged, else one scan of validated_events over the day and
-    its reference days).
+def stream_drift(conn, day: dt.date, b: StreamBounds = StreamBounds(), tables: StreamTables | None = None
+                 ) -> list[dict]:
+    """Event-stream health of ``day`` (from ``tables`` of ``stream_counts`` when a range's days
+    are judged, else one scan of validated_events over the day and its reference days).
 
     Weekly seasonality (quiet weekends) is kept out of the comparison: the day's total is
     compared with the same weekday of the weeks before, and each event name by its **share**
     of the day's events against its median share of the days before (a weekend lowers every
     event alike; an outage lowers one)."""
     if tables is None:
-        tables = StreamTables.of(counts if counts is not None else stream_counts(conn, day, day, b))
+        tables = StreamTables.of(stream_counts(conn, day, day, b))
     first = day - dt.timedelta(days=max(b.lookback_days, 7 * b.lookback_weeks))
     window = (tables.per_day.index >= first) & (tables.per_day.index <= day)
     if not window.any():
