@@ -16,7 +16,7 @@ from pql_pipeline.defs.scoring.history import HISTORY, update_history
 from pql_pipeline.defs.scoring.scoring import (
     ACCOUNT_COLUMNS,
     ScoringSpec,
-    ablation_matrix,
+    contribution_matrix,
     account_routes,
     account_scores,
     explainable,
@@ -43,6 +43,7 @@ from pql_pipeline.lib.warehouse import (
 from pql_pipeline.settings import Settings
 
 GROUP = "scoring"
+SCORING_LOGIC_VERSION = "2"   # 2: gradient boosting's reasons are its path attribution
 NO_SINGLE_REASON = "high overall likelihood from many signals together; no single one stands out"
 TAGS = {"pql/stage": "scoring"}
 SCORE_COLUMNS = [
@@ -209,14 +210,13 @@ def model_outputs(settings: Settings, row: dict, model, reference: dict,
                          "retrain (materialize conversion_model) or pin a model trained on the current signals")
     x = prepare(frame.reset_index(drop=True), numeric, categorical)
     p = model.predict_proba(x)[:, 1]
-    # reasons are worked out for the leads anyone acts on (a tier above cold, or a PQL): they cost
-    # one prediction per signal
+    # reasons are worked out for the leads anyone acts on (a tier above cold, or a PQL)
     floor = min([t for _, t in spec.tiers] + [spec.pql_threshold])
     act = np.flatnonzero(p >= floor)
     cols = explainable(list(sigs.signals), list(sigs.account_signals), x.columns)
     reasons: list[list[dict]] = [[] for _ in range(len(frame))]
     if len(act) and cols:
-        mat = ablation_matrix(model, x.iloc[act], p[act], [c for c, _, _ in cols], reference)
+        mat = contribution_matrix(model, x.iloc[act], p[act], [c for c, _, _ in cols], reference)
         for i, r in zip(act, tell(mat, frame.iloc[act], cols, spec.reasons, spec.min_contribution)):
             reasons[i] = r
     return p, reasons
@@ -343,7 +343,7 @@ def training_reference(conn, row: dict) -> dict:
 
 
 def build_scoring_assets(settings: Settings, daily: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
-    code_version = f"{MODEL_LOGIC_VERSION}-{signal_set(settings).definition_hash}"
+    code_version = f"{MODEL_LOGIC_VERSION}.{SCORING_LOGIC_VERSION}-{signal_set(settings).definition_hash}"
     deps = ["user_features", "account_features", "conversion_labels", "conversion_model"]
 
     @dg.multi_asset(
@@ -352,8 +352,8 @@ def build_scoring_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
                          tags=TAGS, code_version=code_version,
                          description="Every free user with a feature row on the day, scored by the scoring model "
                                      "(champion or pinned): probability, percentile, tier, PQL flag, whether the "
-                                     "proposed rule fires, the reasons to call and the caveats (ablations against the "
-                                     "training data's typical values, in the signals' own sentences), model version, "
+                                     "proposed rule fires, the reasons to call and the caveats (each signal's contribution "
+                                     "to the probability, in the signals' own sentences), model version, "
                                      "size segment and route (sales, in-app nudge or none, with why not).",
                          metadata={"partition_expr": "snapshot_date", "dagster/table_name": "pql_scores"}),
             dg.AssetSpec("pql_account_scores", deps=deps, group_name=GROUP, kinds={"sklearn", "duckdb"},

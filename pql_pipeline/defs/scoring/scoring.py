@@ -5,13 +5,19 @@ percentile among that day's users, a tier (``scoring.tiers``), whether it is a P
 (probability at or above ``model.pql_threshold``), **reasons** derived from the model for
 that lead, the model version, the account's size segment at the snapshot, and a route.
 
-Reasons are ablations: for each signal of signals.yaml that has a ``reason`` sentence, the
-user's probability minus the probability with that signal set to its typical value in the
-model's training data (median; the most common value for a category). The largest positive
-contributions of positive signals are the reasons to call ("invited 3 teammates"); the
-largest negative contributions of negative signals are the caveats ("opened 4 support
-tickets about the basics"). Each comes with its contribution in probability points, so
-sales can see how much it mattered.
+Reasons are contributions: for each signal of signals.yaml that has a ``reason`` sentence,
+the probability points it adds to the user's probability against the typical lead (every
+input at its typical value in the model's training data: median; the most common value for
+a category). For a logistic regression that is the ablation (the probability minus the
+probability with that signal set to its typical value), in closed form. For gradient
+boosting it is the path attribution: what the trees' splits on that signal add to the raw
+score along the user's path, less what they add along the typical lead's, taken out of the
+score through the calibration (for a linear model the two are the same number). Ablating a
+tree model costs a prediction per signal, far too slow for a day of 700 k users. Any other
+model is ablated by prediction. The largest positive contributions of positive signals are
+the reasons to call ("invited 3 teammates"); the largest negative contributions of
+negative signals are the caveats ("opened 4 support tickets about the basics"). Each comes
+with its contribution in probability points, so sales can see how much it mattered.
 
 Accounts are scored from their free users: P(the account converts) = 1 - prod(1 - p) over
 them (it converts when any of them does; on generated data this ranks accounts better than
@@ -113,11 +119,11 @@ def _at_reference(values: pd.Series, ref) -> np.ndarray:
     return (values == ref).fillna(False).to_numpy(dtype=bool)
 
 
-def _linear_parts(model):
-    """(column transformer, weights, intercept, calibration) of a (calibrated) logistic
-    regression pipeline as ``training.build_model`` makes it, else None."""
+def _pipeline_parts(model):
+    """(column transformer, estimator, calibration of the estimator's raw score) of a pipeline
+    as ``training.build_model`` makes it, calibrated by one sigmoid or isotonic calibrator or
+    not at all (then the raw score is a logit), else None."""
     from scipy.special import expit
-    from sklearn.linear_model import LogisticRegression
 
     calibrate = expit
     try:
@@ -128,9 +134,20 @@ def _linear_parts(model):
             if cc.method not in ("sigmoid", "isotonic") or len(cc.calibrators) != 1:
                 return None
             model, calibrate = cc.estimator, cc.calibrators[0].predict
-        pre, est = model.named_steps["prepare"], model.named_steps["model"]
+        return model.named_steps["prepare"], model.named_steps["model"], calibrate
     except (AttributeError, KeyError, TypeError):
         return None
+
+
+def _linear_parts(model):
+    """(column transformer, weights, intercept, calibration) of a (calibrated) logistic
+    regression pipeline as ``training.build_model`` makes it, else None."""
+    from sklearn.linear_model import LogisticRegression
+
+    parts = _pipeline_parts(model)
+    if parts is None:
+        return None
+    pre, est, calibrate = parts
     if not isinstance(est, LogisticRegression) or est.coef_.shape[0] != 1:
         return None
     return pre, est.coef_[0].astype(float), float(est.intercept_[0]), calibrate
@@ -157,9 +174,34 @@ def _input_columns(pre) -> list[str] | None:
     return out
 
 
+def _typical_row(x: pd.DataFrame, reference: dict) -> pd.DataFrame:
+    """One row of ``x``'s columns, each at its typical value (missing where none is known)."""
+    typical = x.iloc[:1].copy()
+    for col in x.columns:
+        typical[col] = reference.get(col, np.nan)
+    return typical
+
+
+def _taken_out(x: pd.DataFrame, p: np.ndarray, columns: list[str], reference: dict, sources: list[str],
+               raw: np.ndarray, calibrate, parts: np.ndarray) -> np.ndarray:
+    """Per row and column of ``columns``: the probability ``p`` minus the probability with the
+    column's ``parts`` (per model input, what it adds to the raw score ``raw`` against the
+    typical lead; ``sources`` names the column behind each input) taken out of the raw score,
+    through ``calibrate``. Rows already at the typical value contribute 0."""
+    src = np.array(sources)
+    mat = np.zeros((len(x), len(columns)))
+    for j, col in enumerate(columns):
+        k = np.flatnonzero(src == col)
+        rows = np.flatnonzero(~_at_reference(x[col], reference.get(col, np.nan)))
+        if len(k) and len(rows):
+            change = parts[np.ix_(rows, k)].sum(axis=1)
+            mat[rows, j] = p[rows] - np.asarray(calibrate(raw[rows] - change), dtype=float)
+    return mat
+
+
 def linear_ablation(model, x: pd.DataFrame, p: np.ndarray, columns: list[str], reference: dict,
                     check_rows: int = 64) -> np.ndarray | None:
-    """``ablation_matrix`` of a logistic regression in closed form: a column set to its typical
+    """The ablations of a logistic regression in closed form: a column set to its typical
     value changes only the transformed inputs it produces, so the ablated logit is the row's
     logit minus their weighted change, and the calibration maps it to the probability: one
     transform and one calibration call instead of one prediction per column. Checked against
@@ -173,30 +215,118 @@ def linear_ablation(model, x: pd.DataFrame, p: np.ndarray, columns: list[str], r
     if sources is None or len(sources) != len(w):
         return None
     t = np.asarray(pre.transform(x), dtype=float)
-    typical = x.iloc[:1].copy()
-    for col in x.columns:
-        typical[col] = reference.get(col, np.nan)
-    t_ref = np.asarray(pre.transform(typical), dtype=float)[0]
-    logit = t @ w + b
-    src = np.array(sources)
-    mat = np.zeros((len(x), len(columns)))
-    for j, col in enumerate(columns):
-        k = np.flatnonzero(src == col)
-        rows = np.flatnonzero(~_at_reference(x[col], reference.get(col, np.nan)))
-        if len(k) and len(rows):
-            change = (t[np.ix_(rows, k)] - t_ref[k]) @ w[k]
-            mat[rows, j] = p[rows] - np.asarray(calibrate(logit[rows] - change), dtype=float)
+    t_ref = np.asarray(pre.transform(_typical_row(x, reference)), dtype=float)[0]
+    mat = _taken_out(x, p, columns, reference, sources, t @ w + b, calibrate, (t - t_ref) * w)
     head = x.iloc[:check_rows]
     slow = _ablate(model, head, p[:check_rows], columns, reference)
     return mat if np.allclose(slow, mat[:len(head)], rtol=0, atol=1e-9) else None
 
 
-def ablation_matrix(model, x: pd.DataFrame, p: np.ndarray, columns: list[str], reference: dict,
-                    batch_rows: int = 100_000) -> np.ndarray:
-    """Per row and column: the probability minus the probability with that column set to its
-    typical value (in closed form for a logistic regression, ``linear_ablation``; else by
-    prediction, ``_ablate``). Rows already at the typical value contribute 0."""
+def _tree_expectations(nodes) -> tuple[np.ndarray, np.ndarray]:
+    """(expected raw score at each node, parent of each node) of one tree of sklearn's
+    histogram gradient boosting: a leaf's value, and for a split the mean of its children
+    weighted by the training rows that reached them (children follow their parent in the
+    node array, so one backward pass fills every node)."""
+    leaf = nodes["is_leaf"].astype(bool)
+    value = nodes["value"].astype(float)
+    count = nodes["count"].astype(float)
+    left, right = nodes["left"].astype(np.int64), nodes["right"].astype(np.int64)
+    parent = np.full(len(nodes), -1, dtype=np.int64)
+    for i in range(len(nodes) - 1, -1, -1):
+        if not leaf[i]:
+            lo, hi = left[i], right[i]
+            weight = count[lo] + count[hi]
+            if weight > 0:
+                value[i] = (count[lo] * value[lo] + count[hi] * value[hi]) / weight
+            parent[lo] = parent[hi] = i
+    return value, parent
+
+
+def path_contributions(est, t: np.ndarray) -> tuple[np.ndarray, float]:
+    """Path attribution of a fitted ``HistGradientBoostingClassifier`` (binary) on its
+    inputs ``t``: per row and input, what the splits on that input add to the raw score
+    (logit) along the row's path through every tree (each step from a node to its child
+    adds the child's expected value minus the node's), and the base every row starts from
+    (the baseline plus each tree's expected value). Per row, base + the row's sum = the raw
+    score. A tree's leaf for every row comes from sklearn's own compiled predictor, run on a
+    copy of the tree whose node values are the node numbers; a leaf's contributions are
+    summed once per tree, so the cost is one prediction plus one lookup per row, tree and
+    input the tree splits on."""
+    from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
+    from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+
+    t = np.ascontiguousarray(t, dtype=np.float64)
+    out = np.zeros((t.shape[1], len(t)))        # input-major: each lookup adds to one contiguous row
+    known, f_idx_map = est._bin_mapper.make_known_categories_bitsets()
+    threads = _openmp_effective_n_threads()
+    base = float(np.ravel(est._baseline_prediction)[0])
+    for (tree,) in est._predictors:
+        nodes = tree.nodes
+        value, parent = _tree_expectations(nodes)
+        base += value[0]
+        split_on = nodes["feature_idx"].astype(np.int64)
+        inputs = np.unique(split_on[~nodes["is_leaf"].astype(bool)])
+        slot = np.full(t.shape[1], -1, dtype=np.int64)
+        slot[inputs] = np.arange(len(inputs))
+        path = np.zeros((len(nodes), len(inputs)))      # per node: the path to it, per input
+        for i in range(1, len(nodes)):
+            up = parent[i]
+            path[i] = path[up]
+            path[i, slot[split_on[up]]] += value[i] - value[up]
+        numbered = nodes.copy()
+        numbered["value"] = np.arange(len(nodes))
+        leaf = TreePredictor(numbered, tree.binned_left_cat_bitsets, tree.raw_left_cat_bitsets).predict(
+            t, known, f_idx_map, threads).astype(np.int64)
+        for k, f in enumerate(inputs):
+            out[f] += path[leaf, k]
+    return out.T, base
+
+
+def tree_attribution(model, x: pd.DataFrame, p: np.ndarray, columns: list[str],
+                     reference: dict) -> np.ndarray | None:
+    """Per row and column of a gradient-boosting pipeline (``training.build_model``): the
+    probability minus the probability with the column's path contribution
+    (``path_contributions``, the one-hot columns of a category summed) taken out of the raw
+    score, as far as it differs from the typical lead's (the row of ``reference`` values),
+    through the calibration. This is what ``linear_ablation`` computes for a logistic
+    regression, whose path contribution is its weight times its input; rows already at the
+    typical value contribute 0, as in an ablation. None (ablate) when the model is not such
+    a pipeline or the contributions do not add up to every row's probability within 1e-9."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    parts = _pipeline_parts(model)
+    if parts is None or not len(x):
+        return None
+    pre, est, calibrate = parts
+    if (not isinstance(est, HistGradientBoostingClassifier) or getattr(est, "n_trees_per_iteration_", 0) != 1
+            or not hasattr(est, "_predictors")):
+        return None
+    sources = _input_columns(pre)
+    t = np.asarray(pre.transform(x), dtype=float)
+    if sources is None or len(sources) != t.shape[1]:
+        return None
+    try:
+        phi, base = path_contributions(est, t)
+    except (AttributeError, TypeError, ValueError):   # sklearn's private tree layout changed
+        return None
+    raw = base + phi.sum(axis=1)
+    if not np.allclose(np.asarray(calibrate(raw), dtype=float), p, rtol=0, atol=1e-9):
+        return None
+    phi_ref, _ = path_contributions(est, np.asarray(pre.transform(_typical_row(x, reference)), dtype=float))
+    return _taken_out(x, p, columns, reference, sources, raw, calibrate, phi - phi_ref)
+
+
+def contribution_matrix(model, x: pd.DataFrame, p: np.ndarray, columns: list[str], reference: dict,
+                        batch_rows: int = 100_000) -> np.ndarray:
+    """Per row and column: the probability points the column adds to the row's probability.
+    A logistic regression's is its ablation in closed form (``linear_ablation``: the
+    probability minus the probability with the column at its typical value); gradient
+    boosting's is its path attribution against the typical lead's (``tree_attribution``);
+    any other model's is its ablation by prediction (``_ablate``). Rows already at the
+    typical value contribute 0."""
     fast = linear_ablation(model, x, p, columns, reference)
+    if fast is None:
+        fast = tree_attribution(model, x, p, columns, reference)
     return fast if fast is not None else _ablate(model, x, p, columns, reference, batch_rows)
 
 
@@ -247,7 +377,7 @@ def explain(model, x: pd.DataFrame, raw: pd.DataFrame, signals: list[Signal], re
     cols = explainable(signals, account_signals or [], x.columns)
     if not cols:
         return p, [[] for _ in range(len(x))]
-    mat = ablation_matrix(model, x, p, [c for c, _, _ in cols], reference)
+    mat = contribution_matrix(model, x, p, [c for c, _, _ in cols], reference)
     return p, tell(mat, raw, cols, top, min_contribution)
 
 
@@ -262,28 +392,42 @@ def tell(mat: np.ndarray, raw: pd.DataFrame, cols: list[tuple[str, Signal, str]]
     values = {col: raw[col].to_numpy(dtype=object) for col, _, _ in cols}
     details = {s.name: raw[f"{s.name}_detail"].to_numpy(dtype=object)
                for _, s, prefix in cols if not prefix and f"{s.name}_detail" in raw.columns}
-    reasons: list[list[dict]] = []
     # contributions are ranked and cut at 1e-9: two ways of computing one (closed form,
     # prediction) differ by ~1e-13 and must choose alike; equal ones rank as before (the
     # later-listed signal first among positives, the earlier among caveats)
     ranked = np.round(mat, 9)
-    for i in range(len(raw)):
-        m = ranked[i]
-        pos = [(m[j], j) for j in np.flatnonzero(positive & (m > 0))]
-        neg = [(m[j], j) for j in np.flatnonzero(negative & (m <= -min_contribution))]
-        pos.sort(reverse=True)
-        chosen = [t for t in pos if t[0] >= min_contribution][:top] or pos[:1]
+    column = np.broadcast_to(np.arange(ranked.shape[1]), ranked.shape)
+    ups = np.where(positive & (ranked > 0), ranked, -np.inf)
+    up_order = np.lexsort((-column, -ups), axis=-1)[:, :top]            # largest first
+    up_value = np.take_along_axis(ups, up_order, axis=-1)
+    # the strong ones (a prefix of the order), else the largest positive one
+    up_kept = (up_value >= min_contribution) | ((np.arange(up_order.shape[1]) == 0) & (up_value > -np.inf)
+                                                 & ~(up_value[:, :1] >= min_contribution))
+    downs = np.where(negative & (ranked <= -min_contribution), ranked, np.inf)
+    down_order = np.lexsort((column, downs), axis=-1)[:, :top]           # most negative first
+    down_kept = np.take_along_axis(downs, down_order, axis=-1) < np.inf
+    picks = np.concatenate([up_order, down_order], axis=1)
+    kept = np.concatenate([up_kept, down_kept], axis=1)
+    texts: dict[tuple, str] = {}      # a sentence per (column, value, detail): values repeat a lot
+    reasons: list[list[dict]] = []
+    for i, (row_picks, row_kept) in enumerate(zip(picks.tolist(), kept.tolist())):
         row, told = [], set()
-        for _, j in chosen + sorted(neg)[:top]:
+        for j, keep in zip(row_picks, row_kept):
+            if not keep:
+                continue
             col, s, prefix = cols[j]
             if s.name in told:   # the user's own value and the account's best: tell it once
                 continue
             told.add(s.name)
-            value = values[col][i]
+            given = values[col][i]
+            value = None if pd.isna(given) else (given.item() if hasattr(given, "item") else given)
             detail = details[s.name][i] if not prefix and s.name in details else None
-            row.append({"signal": col, "polarity": s.polarity,
-                        "value": None if pd.isna(value) else (value.item() if hasattr(value, "item") else value),
-                        "contribution": round(float(mat[i, j]), 4), "text": prefix + _text(s, value, detail)})
+            key = (j, value, detail)
+            text = texts.get(key)
+            if text is None:
+                text = texts[key] = prefix + _text(s, given, detail)
+            row.append({"signal": col, "polarity": s.polarity, "value": value,
+                        "contribution": round(float(mat[i, j]), 4), "text": text})
         reasons.append(row)
     return reasons
 
@@ -388,12 +532,11 @@ def account_scores(users: pd.DataFrame, reasons: list[list[dict]], spec: Scoring
         "segment": g["segment"].first()}).reset_index()
     # the reasons of each account's most likely users (only users with reasons are looked at)
     told: dict[tuple, dict] = {}
-    with_reasons = rows[[bool(told_of[i]) for i in rows["_row"]]]
-    for key, uid, prob, i in zip(zip(*(with_reasons[k] for k in keys)), with_reasons["user_id"],
-                                 with_reasons["probability"], with_reasons["_row"]):
+    with_reasons = rows[np.fromiter((bool(told_of[i]) for i in rows["_row"].tolist()), bool, len(rows))]
+    with_reasons = with_reasons[with_reasons.groupby(keys, sort=False).cumcount().to_numpy() < spec.reasons]
+    for key, uid, prob, i in zip(zip(*(with_reasons[k].tolist() for k in keys)), with_reasons["user_id"].tolist(),
+                                 with_reasons["probability"].tolist(), with_reasons["_row"].tolist()):
         a = told.setdefault(key, {"users": [], "positive": [], "negative": [], "signals": set()})
-        if len(a["users"]) >= spec.reasons:
-            continue
         a["users"].append({"user_id": uid, "probability": round(float(prob), 6), "reasons": told_of[i]})
         for r in told_of[i]:
             # one sentence per signal: the most likely user's ("invited 20 teammates", not also
@@ -403,9 +546,10 @@ def account_scores(users: pd.DataFrame, reasons: list[list[dict]], spec: Scoring
                 a["signals"].add(signal)
                 a["positive" if r["polarity"] == "positive" else "negative"].append(r["text"])
     none = {"users": [], "positive": [], "negative": []}
-    account_keys = list(zip(*(acc[k] for k in keys)))
+    account_keys = list(zip(*(acc[k].tolist() for k in keys)))
     reason_text, caveat_text = [], []
-    for key, n_pql, n, p in zip(account_keys, acc["pql_users"], acc["users_scored"], acc["probability"]):
+    for key, n_pql, n, p in zip(account_keys, acc["pql_users"].tolist(), acc["users_scored"].tolist(),
+                                acc["probability"].tolist()):
         a = told.get(key, none)
         t = a["positive"][:spec.reasons]
         if n_pql > 1:
