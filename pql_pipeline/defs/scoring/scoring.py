@@ -532,11 +532,14 @@ def account_scores(users: pd.DataFrame, reasons: list[list[dict]], spec: Scoring
         "segment": g["segment"].first()}).reset_index()
     # the reasons of each account's most likely users (only users with reasons are looked at)
     told: dict[tuple, dict] = {}
-    with_reasons = rows[np.fromiter((bool(told_of[i]) for i in rows["_row"].tolist()), bool, len(rows))]
+    with_reasons = rows[keys + ["user_id", "probability", "_row"]]
+    with_reasons = with_reasons[np.fromiter((bool(told_of[i]) for i in rows["_row"].tolist()), bool, len(rows))]
     with_reasons = with_reasons[with_reasons.groupby(keys, sort=False).cumcount().to_numpy() < spec.reasons]
     for key, uid, prob, i in zip(zip(*(with_reasons[k].tolist() for k in keys)), with_reasons["user_id"].tolist(),
                                  with_reasons["probability"].tolist(), with_reasons["_row"].tolist()):
-        a = told.setdefault(key, {"users": [], "positive": [], "negative": [], "signals": set()})
+        a = told.get(key)
+        if a is None:
+            a = told[key] = {"users": [], "positive": [], "negative": [], "signals": set()}
         a["users"].append({"user_id": uid, "probability": round(float(prob), 6), "reasons": told_of[i]})
         for r in told_of[i]:
             # one sentence per signal: the most likely user's ("invited 20 teammates", not also
