@@ -530,17 +530,20 @@ def account_scores(users: pd.DataFrame, reasons: list[list[dict]], spec: Scoring
         "users_scored": g.size(), "pql_users": g["is_pql"].sum().astype(int),
         "top_user_id": g["user_id"].first(), "top_user_probability": np.round(g["probability"].first(), 6),
         "segment": g["segment"].first()}).reset_index()
-    # the reasons of each account's most likely users (only users with reasons are looked at)
-    told: dict[tuple, dict] = {}
-    with_reasons = rows[keys + ["user_id", "probability", "_row"]]
-    with_reasons = with_reasons[np.fromiter((bool(told_of[i]) for i in rows["_row"].tolist()), bool, len(rows))]
-    with_reasons = with_reasons[with_reasons.groupby(keys, sort=False).cumcount().to_numpy() < spec.reasons]
-    for key, uid, prob, i in zip(zip(*(with_reasons[k].tolist() for k in keys)), with_reasons["user_id"].tolist(),
-                                 with_reasons["probability"].tolist(), with_reasons["_row"].tolist()):
-        a = told.get(key)
+    # the reasons of each account's most likely users (only users with reasons are looked at);
+    # accounts by number: a row's group number is its account's row in ``acc``
+    group = g.ngroup().to_numpy()
+    told: list[dict | None] = [None] * len(acc)
+    has = np.flatnonzero(np.fromiter((bool(told_of[i]) for i in rows["_row"].tolist()), bool, len(rows)))
+    first = has[pd.Series(group[has]).groupby(group[has]).cumcount().to_numpy() < spec.reasons]
+    user_ids, probabilities, at = rows["user_id"].tolist(), rows["probability"].tolist(), rows["_row"].tolist()
+    for k in first.tolist():
+        a = told[group[k]]
         if a is None:
-            a = told[key] = {"users": [], "positive": [], "negative": [], "signals": set()}
-        a["users"].append({"user_id": uid, "probability": round(float(prob), 6), "reasons": told_of[i]})
+            a = told[group[k]] = {"users": [], "positive": [], "negative": [], "signals": set()}
+        i = at[k]
+        a["users"].append({"user_id": user_ids[k], "probability": round(float(probabilities[k]), 6),
+                           "reasons": told_of[i]})
         for r in told_of[i]:
             # one sentence per signal: the most likely user's ("invited 20 teammates", not also
             # another user's "invited 2 teammates")
@@ -549,11 +552,10 @@ def account_scores(users: pd.DataFrame, reasons: list[list[dict]], spec: Scoring
                 a["signals"].add(signal)
                 a["positive" if r["polarity"] == "positive" else "negative"].append(r["text"])
     none = {"users": [], "positive": [], "negative": []}
-    account_keys = list(zip(*(acc[k].tolist() for k in keys)))
+    told = [a or none for a in told]
     reason_text, caveat_text = [], []
-    for key, n_pql, n, p in zip(account_keys, acc["pql_users"].tolist(), acc["users_scored"].tolist(),
-                                acc["probability"].tolist()):
-        a = told.get(key, none)
+    for a, n_pql, n, p in zip(told, acc["pql_users"].tolist(), acc["users_scored"].tolist(),
+                              acc["probability"].tolist()):
         t = a["positive"][:spec.reasons]
         if n_pql > 1:
             t = [f"{n_pql} of its users qualify as PQLs"] + t
@@ -561,7 +563,7 @@ def account_scores(users: pd.DataFrame, reasons: list[list[dict]], spec: Scoring
             t = [f"{n} users together make a purchase likely; none stands out alone"]
         reason_text.append("; ".join(t) or None)
         caveat_text.append("; ".join(a["negative"][:spec.reasons]) or None)
-    acc["reasons"] = [told.get(key, none)["users"] for key in account_keys]
+    acc["reasons"] = [a["users"] for a in told]
     acc["reason_text"], acc["caveat_text"] = reason_text, caveat_text
     acc["percentile"] = np.round(percentile(acc, days), 6)
     acc["tier"] = tier_of(acc["probability"].to_numpy(), spec.tiers)
