@@ -242,7 +242,7 @@ def score_frame(conn, settings: Settings, frame: pd.DataFrame, row: dict, rule: 
     fired, hits = rule
     out["rule_fired"] = fired > 0
     out["milestones_hit"] = ["; ".join(h) or None for h in hits]
-    out["reasons"] = [json.dumps(r) for r in reasons]
+    out["reasons"] = [json.dumps(r) if r else "[]" for r in reasons]
     out["reason_text"] = ["; ".join(x["text"] for x in r if x["polarity"] == "positive") or None for r in reasons]
     # a PQL whose probability rests on no single signal (values at their typical level, many small
     # effects) still tells sales why it is on the list
@@ -256,7 +256,7 @@ def score_frame(conn, settings: Settings, frame: pd.DataFrame, row: dict, rule: 
     now = dt.datetime.now(dt.timezone.utc)
     out["scored_at"] = now
     accounts = accounts.assign(model_version=row["version"], scored_at=now,
-                               reasons=[json.dumps(r) for r in accounts["reasons"]])
+                               reasons=[json.dumps(r) if r else "[]" for r in accounts["reasons"]])
     return out[[c for c, _ in SCORE_COLUMNS]], accounts[[c for c, _ in ACCOUNT_COLUMNS]]
 
 

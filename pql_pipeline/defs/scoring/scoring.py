@@ -65,15 +65,16 @@ def tier_of(p: np.ndarray, tiers) -> np.ndarray:
 
 
 def segment_of(employees: pd.Series, segments) -> pd.Series:
-    """The size segment of each account by employee count (unknown if missing)."""
-    def one(e):
-        if e is None or (isinstance(e, float) and np.isnan(e)):
-            return "unknown"
-        for name, bound in segments:
-            if bound is None or e <= bound:
-                return name
-        return "unknown"
-    return pd.to_numeric(employees, errors="coerce").map(one)
+    """The size segment of each account by employee count (unknown if missing): the first
+    segment whose bound the count does not exceed (a segment without a bound takes any)."""
+    e = pd.to_numeric(employees, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    out = np.full(len(e), "unknown", dtype=object)
+    left = ~np.isnan(e)
+    for name, bound in segments:
+        hit = left & (True if bound is None else e <= bound)
+        out[hit] = name
+        left &= ~hit
+    return pd.Series(out, index=employees.index)
 
 
 def reference_values(frame: pd.DataFrame, numeric: list[str], categorical: list[str]) -> dict:

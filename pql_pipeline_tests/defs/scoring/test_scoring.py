@@ -66,6 +66,10 @@ def test_tiers_and_segments():
     segs = (("solo", 1), ("smb", 50), ("mid_market", 1000), ("enterprise", None))
     assert list(segment_of(pd.Series([1, 2, 50, 51, 5000, None]), segs)) == [
         "solo", "smb", "smb", "mid_market", "enterprise", "unknown"]
+    # nullable integers, text and counts past the last bound
+    assert list(segment_of(pd.Series([1, None, 51], dtype="Int64"), segs)) == ["solo", "unknown", "mid_market"]
+    assert list(segment_of(pd.Series(["7", "many", None]), segs)) == ["smb", "unknown", "unknown"]
+    assert list(segment_of(pd.Series([5.0, 2000.0]), (("small", 10), ("mid", 1000)))) == ["small", "unknown"]
 
 
 def _leads(rows):
