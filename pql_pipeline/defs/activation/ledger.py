@@ -76,6 +76,17 @@ OUTBOX_COLUMNS = [
 ]
 
 
+def write_outbox(conn, rows: list[tuple]) -> None:
+    """Append dry-run requests to the outbox in one statement: each row holds the values of
+    OUTBOX_COLUMNS in order."""
+    if not rows:
+        return
+    frame = pd.DataFrame(rows, columns=[c for c, _ in OUTBOX_COLUMNS])
+    with registered(conn, "sx_outbox", frame):
+        conn.execute(f"INSERT INTO {OUTBOX} ({', '.join(c for c, _ in OUTBOX_COLUMNS)}) "
+                     f"SELECT {', '.join(c for c, _ in OUTBOX_COLUMNS)} FROM sx_outbox")
+
+
 def ensure_tables(conn) -> None:
     from pql_pipeline.lib.warehouse import ensure_columns
 

@@ -203,19 +203,23 @@ def send_nudges(conn, channel: NudgeChannel, day: dt.date, event_name: str, cap_
     if len(todo):
         L.mark_pending(conn, dest, "nudges", todo, run_id, code_version=BODY_VERSION)
         payloads = dict(zip(todo["record_key"], todo["payload"]))
-        for seq, (key, nudge) in enumerate(payloads.items(), start=1):
-            if channel.dry_run:
+        if channel.dry_run:
+            # nothing leaves the machine: every request goes to the outbox, and every outcome to
+            # the ledger, in one statement each
+            now, requests = dt.datetime.now(dt.timezone.utc), []
+            for seq, nudge in enumerate(payloads.values(), start=1):
                 body, headers = channel.request(nudge)
-                conn.execute(
-                    f"INSERT INTO {L.OUTBOX} (run_id, destination, object_type, seq, method, url, headers, body, "
-                    "records, created_at) VALUES (?, ?, 'nudges', ?, 'POST', ?, ?, ?, 1, ?)",
-                    [run_id, channel.name, seq, channel.url, json.dumps(channel.redacted_headers(headers)),
-                     body.decode(), dt.datetime.now(dt.timezone.utc)])
-                outcome = L.Outcome(key, "synced", created=True)
-            else:
-                outcome = channel.send(key, nudge)
-            L.record_outcomes(conn, dest, "nudges", run_id, [outcome], payloads)
-            tally.add([outcome])
+                requests.append((run_id, channel.name, "nudges", seq, "POST", channel.url,
+                                 json.dumps(channel.redacted_headers(headers)), body.decode(), 1, now))
+            outcomes = [L.Outcome(key, "synced", created=True) for key in payloads]
+            L.write_outbox(conn, requests)
+            L.record_outcomes(conn, dest, "nudges", run_id, outcomes, payloads)
+            tally.add(outcomes)
+        else:
+            for key, nudge in payloads.items():
+                outcome = channel.send(key, nudge)       # recorded one by one: an interruption loses none
+                L.record_outcomes(conn, dest, "nudges", run_id, [outcome], payloads)
+                tally.add([outcome])
     row = L.record_run(conn, run, seconds=time.monotonic() - t0, considered=considered, tally=tally,
                        calls=channel.transport.stats.calls - calls_before)
     row["capped"] = int(cand["user_id"].isin(capped).sum())

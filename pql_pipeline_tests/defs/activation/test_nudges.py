@@ -129,15 +129,21 @@ def test_faults_are_retried_and_intercom_sees_each_event_once(conn, intercom):
 
 def test_dry_run_keeps_the_requests_and_no_secret(conn, intercom):
     ch = IntercomChannel("intercom", intercom.url, None, fast())
-    scored(conn, D0, [("a", 0.5, "in_app")])
+    scored(conn, D0, [("a", 0.5, "in_app"), ("b", 0.7, "in_app"), ("c", 0.6, "in_app")])
     row = send_nudges(conn, ch, D0, "pql-nudge", 7, "r1")
-    assert row["dry_run"] and row["sent"] == 1 and intercom.requests == []
-    url, headers, body = conn.execute(f"SELECT url, headers, body FROM {L.OUTBOX}").fetchall()[0]
-    assert url == intercom.url and json.loads(headers)["Authorization"] == "<redacted>"
-    assert json.loads(body)["user_id"] == "a"
-    # the real channel later still sends it
+    assert row["dry_run"] and row["sent"] == row["created"] == 3 and intercom.requests == []
+    # one request per nudge, numbered, each recorded as delivered to the dry run
+    out = conn.execute(f"SELECT seq, object_type, url, headers, body, records FROM {L.OUTBOX} ORDER BY seq").fetchall()
+    assert [q for q, *_ in out] == [1, 2, 3] and sorted(json.loads(b)["user_id"] for *_, b, _ in out) == ["a", "b", "c"]
+    assert all(t == "nudges" and u == intercom.url and n == 1 for _, t, u, _, _, n in out)
+    assert all(json.loads(h)["Authorization"] == "<redacted>" for _, _, _, h, _, _ in out)
+    assert all(problems(INTERCOM, "create_data_event_request", json.loads(b)) == [] for *_, b, _ in out)
+    assert conn.execute(f"SELECT count(*) FROM {L.LEDGER} WHERE object_type = 'nudges' AND status = 'synced' "
+                        "AND last_run_id = 'r1'").fetchall()[0][0] == 3
+    assert send_nudges(conn, ch, D0, "pql-nudge", 7, "r1b")["sent"] == 0     # the dry run does not repeat them
+    # the real channel later still sends them
     real = send_nudges(conn, IntercomChannel("intercom", intercom.url, TOKEN, fast()), D0, "pql-nudge", 7, "r2")
-    assert real["sent"] == 1 and len(intercom.events) == 1
+    assert real["sent"] == 3 and len(intercom.events) == 3
     dump = " ".join(str(v) for t in (L.LEDGER, L.OUTBOX, L.RUNS) for r in conn.execute(f"SELECT * FROM {t}").fetchall()
                     for v in r)
     assert TOKEN not in dump
