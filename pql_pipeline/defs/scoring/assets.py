@@ -16,9 +16,9 @@ from pql_pipeline.defs.scoring.history import HISTORY, update_history
 from pql_pipeline.defs.scoring.scoring import (
     ACCOUNT_COLUMNS,
     ScoringSpec,
-    contribution_matrix,
     account_routes,
     account_scores,
+    contribution_matrix,
     explainable,
     finish_account_routes,
     percentile,

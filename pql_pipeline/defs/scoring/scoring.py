@@ -308,7 +308,7 @@ def tree_attribution(model, x: pd.DataFrame, p: np.ndarray, columns: list[str],
         return None
     try:
         phi, base = path_contributions(est, t)
-    except (AttributeError, TypeError, ValueError):   # sklearn's private tree layout changed
+    except (AttributeError, ImportError, TypeError, ValueError):   # sklearn's private tree layout changed
         return None
     raw = base + phi.sum(axis=1)
     if not np.allclose(np.asarray(calibrate(raw), dtype=float), p, rtol=0, atol=1e-9):
@@ -384,7 +384,7 @@ def explain(model, x: pd.DataFrame, raw: pd.DataFrame, signals: list[Signal], re
 
 def tell(mat: np.ndarray, raw: pd.DataFrame, cols: list[tuple[str, Signal, str]], top: int = 3,
          min_contribution: float = 0.005) -> list[list[dict]]:
-    """The reasons of each row of ``raw`` from its row of the ablation matrix ``mat`` (one column
+    """The reasons of each row of ``raw`` from its row of the contribution matrix ``mat`` (one column
     per entry of ``cols``, as ``explainable`` lists them): the ``top`` positive contributors
     (at least the largest one) and the ``top`` negative ones, in the signals' own sentences
     with the row's values."""
