@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,8 +54,6 @@ class Warehouse(DuckDBResource):
 def dates_sql(keys) -> str:
     """SQL list of the dates of partition keys (``YYYY-MM-DD``; each parsed, so a key is never
     SQL), for ``partition_date IN (...)``; NULL for none: matches nothing."""
-    import datetime as dt
-
     return ", ".join(f"DATE '{dt.date.fromisoformat(str(k)).isoformat()}'" for k in keys) or "NULL"
 
 

@@ -22,11 +22,8 @@ def _deliver(conn, client: HubSpotClient, destination: str, object_type: str, id
     if client.dry_run:
         for seq, batch in enumerate(batches, start=1):
             req = outbox_request(client, object_type, id_property, batch)
-            conn.execute(
-                f"INSERT INTO {L.OUTBOX} (run_id, destination, object_type, seq, method, url, headers, body, "
-                "records, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [run_id, destination, object_type, seq, req["method"], req["url"], req["headers"], req["body"],
-                 len(batch), dt.datetime.now(dt.timezone.utc)])
+            L.write_outbox(conn, [(run_id, destination, object_type, seq, req["method"], req["url"], req["headers"],
+                                   req["body"], len(batch), dt.datetime.now(dt.timezone.utc))])
             yield [L.Outcome(k, "synced", created=kinds[k] == "new") for k, _, _ in batch]
         return
     if client.concurrency <= 1:

@@ -535,9 +535,9 @@ def account_scores(users: pd.DataFrame, reasons: list[list[dict]], spec: Scoring
     # accounts by number: a row's group number is its account's row in ``acc``
     group = g.ngroup().to_numpy()
     told: list[dict | None] = [None] * len(acc)
-    has = np.flatnonzero(np.fromiter((bool(told_of[i]) for i in rows["_row"].tolist()), bool, len(rows)))
-    first = has[pd.Series(group[has]).groupby(group[has]).cumcount().to_numpy() < spec.reasons]
     user_ids, probabilities, at = rows["user_id"].tolist(), rows["probability"].tolist(), rows["_row"].tolist()
+    has = np.flatnonzero(np.fromiter((bool(told_of[i]) for i in at), bool, len(rows)))
+    first = has[pd.Series(group[has]).groupby(group[has]).cumcount().to_numpy() < spec.reasons]
     for k in first.tolist():
         a = told[group[k]]
         if a is None:
