@@ -217,7 +217,7 @@ def main() -> None:
         ensure_tables(conn, load_contract(CONTRACTS / "validated_events.odcs.yaml"), "validated_events",
                       "quarantined_events", "duplicate_events", "identity_links", "account_memberships")
         c0, t0 = cpu_seconds(), time.perf_counter()
-        rows = sum(r.rows for r in load_partitions(conn, args.data, PATTERN, "jsonl", parts))
+        rows = sum(r.rows for r in load_partitions(conn, args.data, PATTERN, "jsonl", parts, seg))
         t1 = time.perf_counter()
         counts = validate_partitions(conn, seg, parts)
         t2, c2 = time.perf_counter(), cpu_seconds()

@@ -21,7 +21,7 @@ from pql_pipeline.settings import Settings, contracts_dir
 
 # asset -> (configuration keys, contracts) that define its rows
 DEFINITIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "raw_events": (("source.pattern", "source.format"), ("raw_events",)),
+    "raw_events": (("source.pattern", "source.format", "validation.contract"), ("raw_events", "segment_events")),
     "validated_events": (("validation",), ("segment_events", "validated_events")),
     "quarantined_events": (("validation",), ("segment_events", "validated_events")),
     "duplicate_events": (("validation",), ("segment_events", "validated_events")),

@@ -16,6 +16,9 @@ from pql_pipeline.lib.trends import quarantine_by_day
 from pql_pipeline.lib.warehouse import Warehouse, dates_sql, ensure_tables
 from pql_pipeline.settings import Settings
 
+# 2: a line is judged and parsed as it is loaded; only a line that broke a rule keeps its text
+RAW_LOGIC_VERSION = "2"
+
 
 def build_ingest_assets(settings: Settings, daily: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     raw_c, val_c = contract("raw_events"), contract("validated_events")
@@ -29,21 +32,25 @@ def build_ingest_assets(settings: Settings, daily: dg.PartitionsDefinition) -> l
         partitions_def=daily,
         backfill_policy=dg.BackfillPolicy.single_run(),
         pool=POOL,
+        code_version=RAW_LOGIC_VERSION,
         metadata={"partition_expr": "partition_date", "contract": raw_c.id,
                   "dagster/table_name": "raw_events", "dagster/column_schema": table_schema(raw_c, "raw_events")},
         tags={"pql/stage": "ingest"},
     )
     def raw_events(context: dg.AssetExecutionContext, warehouse: Warehouse, event_source: EventSource):
-        """Every line of the partition's event files, verbatim, with file and line number.
+        """Every line of the partition's event files, with file and line number, judged by the
+        inbound contract's row rules and parsed once: a good line as its typed envelope, a
+        line that broke a rule verbatim, with its rules and reasons.
 
-        Nothing is parsed or dropped here; re-running a partition replaces it.
+        Nothing is dropped here; re-running a partition replaces it.
         """
         per_partition, unreadable = [], []
         total = files = nbytes = bad = 0
+        seg = load_contract(settings.contract_path)
         with warehouse.get_connection() as conn:
-            ensure_raw_events(conn, raw_c)
+            ensure_raw_events(conn, raw_c, seg)
             loads = load_partitions(conn, Path(event_source.root), event_source.pattern, event_source.format,
-                                    sorted(context.partition_keys))
+                                    sorted(context.partition_keys), seg)
             for r in loads:
                 key = r.partition
                 if not r.files:
@@ -96,7 +103,7 @@ def build_ingest_assets(settings: Settings, daily: dg.PartitionsDefinition) -> l
         rows = []
         totals = {"raw": 0, "validated": 0, "duplicates": 0, "quarantined": 0}
         with warehouse.get_connection() as conn:
-            ensure_raw_events(conn, raw_c)
+            ensure_raw_events(conn, raw_c, seg)
             ensure_tables(conn, val_c, *PARTITION_TABLES)
             for c in validate_partitions(conn, seg, sorted(context.partition_keys),
                                          settings.validation.dedup_lookback_days):

@@ -1,6 +1,8 @@
-"""raw_events -> validated_events / quarantined_events / duplicate_events, in SQL.
+"""Event lines -> raw_events -> validated_events / quarantined_events / duplicate_events, in SQL.
 
-Row-level rules are compiled from the inbound contract (``segment_events.odcs.yaml``):
+Row-level rules are compiled from the inbound contract (``segment_events.odcs.yaml``) and
+applied while the lines are loaded (``parse_sql``): each line is parsed once, and
+raw_events keeps its typed envelope, or, for a line that broke a rule, its verbatim text.
 
 * line rules (always): not UTF-8, longer than ``maxEventBytes``, not JSON, not a JSON object;
 * per envelope property: ``required`` -> ``<field>.required``, ``logicalType`` ->
@@ -203,27 +205,37 @@ def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _checked_sql(compiled: CompiledRules, partitions: list[str]) -> str:
-    """One pass over a raw partition.
+def parse_sql(compiled: CompiledRules, source: str) -> str:
+    """A SELECT giving the raw_events row of each line of ``source``: the line judged and parsed.
 
-    Each valid line is parsed a handful of times in total, whatever the number of rules:
-    one ``json_valid``, one ``json_type`` over every envelope path, one ``json_transform``
-    for the scalar fields, one ``json_type`` over every tracking-plan property, one
-    ``json_extract`` of the nested objects. Rule flags are computed once per row; reason
-    sentences only for rows that broke a rule.
+    ``source`` is a relation with the loader's columns (partition_date, source_file, line_no,
+    raw_line, line_bytes, utf8_valid, read_error). A line that breaks a rule keeps its verbatim
+    text (``raw_line``) and gets every rule id and a sentence per rule; any other line is kept
+    as typed envelope columns and its JSON objects, and its text is dropped (the event file
+    holds it).
+
+    Each line is parsed four times in total, whatever the number of rules: one
+    ``json_valid``, one ``json_type`` over every envelope path, ``context.groupId`` and
+    every tracking-plan property, one ``json_transform`` for the scalar fields, and, for a
+    good line, one ``json_extract`` of the nested objects. Rule flags are computed once per
+    row; reason sentences only for rows that broke a rule.
     """
     fields, rules = compiled.fields, compiled.rules
-    paths = "[" + ", ".join(_path(x) for x in fields) + "]"
+    # context.groupId and the tracking plan's properties are typed by the same parse as the
+    # envelope: one list of paths, the envelope's fields first
+    ctx = "context" in fields
+    props = compiled.plan_properties
+    extra = ([_path("context", "groupId")] if ctx else []) + [_path("properties", x) for x in props]
+    paths = "[" + ", ".join([_path(x) for x in fields] + extra) + "]"
+    first_prop = len(fields) + (2 if ctx else 1)
     scalar = [x for x in fields if x not in ("properties", "traits", "context")]
-    structure = _lit(json.dumps({x: "VARCHAR" for x in scalar}))
+    structure = _lit(json.dumps({**{x: "VARCHAR" for x in scalar}, **({"context": {"groupId": "VARCHAR"}} if ctx else {})}))
     jts = ", ".join(f"jt[{i + 1}] AS {_jt(x)}" for i, x in enumerate(fields))
     svs = ", ".join(f"CASE WHEN jt[{fields.index(x) + 1}] = 'VARCHAR' THEN NULLIF(trim(s.{_quote_ident(x)}), '') END "
                     f"AS {_sv(x)}" for x in scalar)
     tss = ", ".join(f"TRY_CAST({_sv(x)} AS TIMESTAMPTZ) AS {_quote_ident('ts__' + x)}"
                     for x in scalar if x in ("timestamp", "receivedAt", "sentAt"))
-    props = compiled.plan_properties
-    ppaths = "[" + ", ".join(_path("properties", x) for x in props) + "]"
-    pts = ", ".join(f"pjt[{i + 1}] AS {_pt(x)}" for i, x in enumerate(props)) or "NULL AS _no_plan"
+    pts = ", ".join(f"jt[{first_prop + i}] AS {_pt(x)}" for i, x in enumerate(props)) or "NULL AS _no_plan"
     flags = ", ".join(f"coalesce({r.condition}, FALSE) AS r{i}" for i, r in enumerate(rules))
     any_bad = " OR ".join(f"r{i}" for i in range(len(rules))) or "FALSE"
     ids = "[" + ", ".join(f"CASE WHEN r{i} THEN {_lit(r.id)} END" for i, r in enumerate(rules)) + "]"
@@ -242,13 +254,12 @@ def _checked_sql(compiled: CompiledRules, partitions: list[str]) -> str:
             return f"NULL::JSON AS {x}"
         return f"CASE WHEN {_jt(x)} = 'OBJECT' THEN objs[{objects.index(x) + 1}] END AS {x}"
 
-    ctx_group = (f"CASE WHEN {_jt('context')} = 'OBJECT' AND json_type(raw_line, '$.context.groupId') = 'VARCHAR' "
-                 f"THEN NULLIF(trim(json_extract_string(raw_line, '$.context.groupId')), '') END"
-                 if "context" in fields else "NULL")
+    ctx_group = (f"CASE WHEN {_jt('context')} = 'OBJECT' AND ctx_group_type = 'VARCHAR' "
+                 f"THEN NULLIF(trim(ctx_group_value), '') END" if ctx else "NULL")
+    ctx_cols = f", jt[{len(fields) + 1}] AS ctx_group_type, s.context.groupId AS ctx_group_value" if ctx else ""
     return f"""
-        CREATE OR REPLACE TEMP TABLE _checked AS
         WITH lines AS (
-            SELECT partition_date, source_file, line_no, raw_line, line_bytes, read_error,
+            SELECT partition_date, source_file, line_no, raw_line, line_bytes, utf8_valid, read_error,
                    CASE WHEN read_error IS NOT NULL THEN 'file.unreadable'
                         WHEN NOT utf8_valid THEN 'line.utf8'
                         WHEN line_bytes > {compiled.max_bytes} THEN 'line.max_bytes'
@@ -257,23 +268,23 @@ def _checked_sql(compiled: CompiledRules, partitions: list[str]) -> str:
                         WHEN NOT (starts_with(raw_line, '{{') OR regexp_matches(raw_line, '^\\s*[{{]'))
                              THEN 'line.json_object'
                    END AS line_rule
-            FROM raw_events WHERE partition_date IN ({dates_sql(partitions)})
+            FROM {source}
         ), parsed AS (
-            SELECT partition_date, source_file, line_no, raw_line, json_type(raw_line, {paths}) AS jt,
+            SELECT partition_date, source_file, line_no, raw_line, line_bytes, utf8_valid, read_error,
+                   json_type(raw_line, {paths}) AS jt,
                    json_transform(raw_line, {structure}) AS s
             FROM lines WHERE line_rule IS NULL
-        ), d1 AS (SELECT partition_date, source_file, line_no, raw_line, {jts}, {svs} FROM parsed
+        ), d1 AS (SELECT partition_date, source_file, line_no, raw_line, line_bytes, utf8_valid, read_error, {jts},
+                         {svs}{ctx_cols}, {pts} FROM parsed
         ), d2 AS (
             SELECT *, {tss},
                    {sv('messageId')} AS message_id, {sv('type')} AS event_type,
                    CASE WHEN {sv('type')} = 'track' THEN {sv('event')}
                         WHEN {sv('type')} IN ('page', 'screen') THEN {sv('name')} END AS event_name,
-                   {sv('userId')} AS user_id, {sv('anonymousId')} AS anonymous_id, {sv('previousId')} AS previous_id,
-                   CASE WHEN {_jt('properties') if 'properties' in fields else 'NULL'} = 'OBJECT'
-                        THEN json_type(raw_line, {ppaths}) END AS pjt
+                   {sv('userId')} AS user_id, {sv('anonymousId')} AS anonymous_id, {sv('previousId')} AS previous_id
             FROM d1
         ), d3 AS (
-            SELECT *, {pts}, coalesce({sv('groupId')}, {ctx_group}) AS group_id,
+            SELECT *, coalesce({sv('groupId')}, {ctx_group}) AS group_id,
                    {ts('timestamp')} AS event_ts, {ts('receivedAt')} AS received_at, {ts('sentAt')} AS sent_at,
                    CAST(partition_date AS TIMESTAMPTZ) AS partition_start,
                    CAST(partition_date AS TIMESTAMPTZ) + INTERVAL 1 DAY AS partition_end
@@ -284,14 +295,14 @@ def _checked_sql(compiled: CompiledRules, partitions: list[str]) -> str:
                    CASE WHEN NOT ({any_bad}) THEN json_extract(raw_line, {opaths}) END AS objs
             FROM flagged
         )
-        SELECT partition_date, source_file, line_no, CASE WHEN bad THEN raw_line END AS raw_line,
-               message_id, event_type, event_name, user_id, anonymous_id, previous_id, group_id, event_ts, received_at, sent_at, {", ".join(obj(x) for x in ("properties", "traits", "context"))},
+        SELECT partition_date, source_file, line_no, line_bytes, utf8_valid, read_error,
+               CASE WHEN bad THEN raw_line END AS raw_line, message_id, event_type, event_name, user_id, anonymous_id, previous_id, group_id, event_ts, received_at, sent_at, {", ".join(obj(x) for x in ("properties", "traits", "context"))},
                CASE WHEN bad THEN list_filter({ids}, lambda x: x IS NOT NULL) ELSE [] END AS rule_ids,
                CASE WHEN bad THEN list_filter({reasons}, lambda x: x IS NOT NULL) ELSE [] END AS reasons
         FROM judged
         UNION ALL
-        SELECT partition_date, source_file, line_no, raw_line, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-               NULL, NULL, NULL, NULL, NULL, [line_rule], [{_line_reason()}]
+        SELECT partition_date, source_file, line_no, line_bytes, utf8_valid, read_error, raw_line, NULL, NULL, NULL,
+               NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, [line_rule], [{_line_reason()}]
         FROM lines WHERE line_rule IS NOT NULL
     """
 
@@ -340,7 +351,6 @@ def validate_partitions(
     so a day's result is what rebuilding the days one by one gives. Each group is one
     transaction: a failure leaves every partition of the group as it was.
     """
-    compiled = compile_row_rules(contract)
     partitions = sorted(set(partitions) | set(_dependent_partitions(conn, partitions, dedup_lookback_days)))
     keys = dates_sql(partitions)
     sizes = dict(conn.execute(f"""SELECT CAST(partition_date AS VARCHAR), count(*) FROM raw_events
@@ -356,9 +366,11 @@ def validate_partitions(
     for group in groups:
         conn.execute("BEGIN TRANSACTION")
         try:
-            conn.execute(_checked_sql(compiled, group))
-            # what does not depend on the days before is done for the group at once
+            # the group's lines as the load judged and parsed them
             in_group = dates_sql(group)
+            conn.execute(f"CREATE OR REPLACE TEMP VIEW _checked AS SELECT * FROM raw_events "
+                         f"WHERE partition_date IN ({in_group})")
+            # what does not depend on the days before is done for the group at once
             for table in PARTITION_TABLES:
                 conn.execute(f"DELETE FROM {table} WHERE partition_date IN ({in_group})")
             conn.execute(f"""
@@ -373,7 +385,7 @@ def validate_partitions(
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-        conn.execute("DROP TABLE IF EXISTS _checked")
+    conn.execute("DROP VIEW IF EXISTS _checked")
     return partitions_counts(conn, partitions)
 
 

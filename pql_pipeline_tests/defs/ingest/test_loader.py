@@ -49,26 +49,30 @@ def test_available_partitions(tmp_path):
     assert available_partitions(tmp_path / "missing", "dt={date}/*.jsonl*") == []
 
 
-def test_parquet_rows_become_json_lines(tmp_path, conn):
+def test_parquet_rows_become_json_lines(tmp_path, conn, segment_contract):
     d = tmp_path / "dt=2026-01-02"
     d.mkdir()
-    duckdb.sql(f"""COPY (SELECT 'm' || i AS messageId, 'track' AS type, 'Feature Used' AS event, 'u1' AS userId,
-                      '2026-01-02T10:00:00Z' AS timestamp, {{'feature': 'x'}} AS properties FROM range(3) t(i))
+    duckdb.sql(f"""COPY (SELECT 'm' || i AS messageId, CASE WHEN i = 2 THEN 'bogus' ELSE 'track' END AS type,
+                             'Feature Used' AS event, 'u1' AS userId, '2026-01-02T10:00:00Z' AS timestamp,
+                             {{'feature': 'x'}} AS properties FROM range(3) t(i))
                    TO '{d / "part-0.parquet"}' (FORMAT parquet)""")
-    r = load_partition(conn, tmp_path, "dt={date}/*.parquet", "parquet", "2026-01-02")
+    r = load_partition(conn, tmp_path, "dt={date}/*.parquet", "parquet", "2026-01-02", segment_contract)
     assert r.rows == 3
-    lines = conn.execute("SELECT line_no, raw_line FROM raw_events ORDER BY line_no").fetchall()
-    assert lines[0][0] == 1
-    assert '"messageId":"m0"' in lines[0][1] and '"properties":{"feature":"x"}' in lines[0][1]
+    lines = conn.execute("SELECT line_no, message_id, CAST(properties AS VARCHAR), rule_ids, raw_line "
+                         "FROM raw_events ORDER BY line_no").fetchall()
+    # a good row is parsed (its text is not kept); a bad one keeps its text as a JSON line
+    assert lines[0][:4] == (1, "m0", '{"feature":"x"}', []) and lines[0][4] is None
+    assert lines[2][3][0] == "type.allowed"
+    assert '"messageId":"m2"' in lines[2][4] and '"properties":{"feature":"x"}' in lines[2][4]
 
 
-def test_reload_replaces_the_partition(tmp_path, conn):
+def test_reload_replaces_the_partition(tmp_path, conn, segment_contract):
     d = tmp_path / "dt=2026-01-02"
     d.mkdir()
     (d / "a.jsonl").write_text("{}\n{}\n")
-    load_partition(conn, tmp_path, "dt={date}/*.jsonl", "jsonl", "2026-01-02")
+    load_partition(conn, tmp_path, "dt={date}/*.jsonl", "jsonl", "2026-01-02", segment_contract)
     (d / "a.jsonl").write_text("{}\n")
-    r = load_partition(conn, tmp_path, "dt={date}/*.jsonl", "jsonl", "2026-01-02")
+    r = load_partition(conn, tmp_path, "dt={date}/*.jsonl", "jsonl", "2026-01-02", segment_contract)
     assert r.rows == 1
     assert conn.execute("SELECT count(*) FROM raw_events").fetchall()[0][0] == 1
 

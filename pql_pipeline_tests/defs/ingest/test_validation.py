@@ -15,7 +15,7 @@ DAY = "2026-01-02"
 def ingest(conn, root, contract, *days, lookback=7):
     out = []
     for d in days:
-        load_partition(conn, root, "dt={date}/*.jsonl*", "jsonl", d)
+        load_partition(conn, root, "dt={date}/*.jsonl*", "jsonl", d, contract)
         out.append(validate_partition(conn, contract, d, lookback))
     return out
 
@@ -92,6 +92,38 @@ def test_every_kind_of_bad_line_is_quarantined_with_its_rule(tmp_path, conn, seg
     assert "\\xff\\xfe" in raw
     reason = conn.execute("SELECT reasons[1] FROM quarantined_events WHERE message_id = 'b2'").fetchall()[0][0]
     assert reason == 'Session Ended: property duration_seconds must be number, got varchar: "12s"'
+
+
+def test_a_raw_table_of_verbatim_lines_is_converted_in_place(tmp_path, conn, segment_contract):
+    """A warehouse an earlier version wrote holds every line's text in raw_events: its lines
+    are judged and parsed where they lie, and validating them then gives what loading the
+    files gives, with the good lines' text dropped and the bad lines' text kept."""
+    from pql_pipeline.defs.ingest.loader import SourceFile, read_jsonl
+    from pql_pipeline.defs.ingest.raw import ensure_raw_events
+    from pql_pipeline_tests.conftest import CONTRACTS
+    from pql_pipeline.lib.contracts import load_contract
+
+    good = [track("g1", "Feature Used", "2026-01-02T10:00:00Z", feature="x"),
+            track("g1", "Feature Used", "2026-01-02T11:00:00Z", feature="x")]
+    path = write_lines(tmp_path / f"dt={DAY}" / "events.jsonl", good + [line for line, _ in BAD_LINES])
+    (counts,) = ingest(conn, tmp_path, segment_contract, DAY)
+    tables = ("raw_events", "validated_events", "quarantined_events", "duplicate_events")
+    loaded = {t: conn.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in tables}
+    assert conn.execute("SELECT count(*) FROM raw_events WHERE raw_line IS NULL").fetchall() == [(2,)]
+
+    # the same lines as the earlier layout held them
+    conn.execute("DROP TABLE raw_events")
+    conn.execute("CREATE TABLE raw_events (partition_date DATE, source_file VARCHAR, line_no BIGINT, "
+                 "raw_line VARCHAR, line_bytes BIGINT, utf8_valid BOOLEAN)")
+    lines = next(read_jsonl(SourceFile(path, f"dt={DAY}/events.jsonl", path.stat().st_size)))  # noqa: F841
+    conn.execute(f"INSERT INTO raw_events SELECT DATE '{DAY}', CAST(source_file AS VARCHAR), line_no, raw_line, "
+                 f"line_bytes, utf8_valid FROM lines")
+    for t in tables[1:]:
+        conn.execute(f"DELETE FROM {t}")
+    ensure_raw_events(conn, load_contract(CONTRACTS / "raw_events.odcs.yaml"), segment_contract)
+    assert validate_partition(conn, segment_contract, DAY) == counts
+    assert {t: conn.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in tables} == loaded
+    assert counts.raw == len(good) + len(BAD_LINES) and counts.duplicates == 1
 
 
 def test_timestamps_normalised_to_utc(tmp_path, conn, segment_contract):
@@ -320,7 +352,7 @@ def test_a_group_of_days_validated_at_once_equals_the_days_one_by_one(tmp_path, 
     }
     for day, lines in files.items():
         write_lines(tmp_path / f"dt={day}" / "a.jsonl", lines)
-        load_partition(conn, tmp_path, "dt={date}/*.jsonl*", "jsonl", day)
+        load_partition(conn, tmp_path, "dt={date}/*.jsonl*", "jsonl", day, segment_contract)
     tables = ("validated_events", "duplicate_events", "quarantined_events", "identity_links", "account_memberships")
 
     def snapshot():
