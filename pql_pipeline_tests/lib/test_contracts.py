@@ -101,6 +101,22 @@ def test_ge_and_sql_engines_agree(tmp_path, conn):
     assert sql["kind.allowed"].sample and sql["kind.allowed"].sample[0]["kind"] == "z"
 
 
+def test_rules_on_list_columns_run_in_sql_beside_great_expectations(tmp_path, conn):
+    """A list column's rules are judged by DuckDB (Great Expectations walks a pandas array per
+    row slowly); the other rules of the same table stay with Great Expectations."""
+    p = _contract(tmp_path, [
+        {"name": "id", "logicalType": "string", "physicalType": "VARCHAR", "required": True},
+        {"name": "tags", "logicalType": "array", "physicalType": "VARCHAR[]", "required": True},
+    ])
+    conn.execute("CREATE TABLE t (id VARCHAR, tags VARCHAR[])")
+    conn.execute("INSERT INTO t VALUES ('1', []), ('2', ['a']), (NULL, NULL), ('4', NULL)")
+    out = {o.rule_id: o for o in evaluate(conn, load_contract(p), "t", ge_max_rows=100)}
+    assert (out["id.not_null"].engine, out["id.not_null"].passed, out["id.not_null"].observed) == (
+        "great_expectations", False, 1)
+    assert (out["tags.not_null"].engine, out["tags.not_null"].passed, out["tags.not_null"].observed) == (
+        "duckdb", False, 2)
+
+
 def test_schema_check_reports_missing_and_mistyped_columns(tmp_path, conn):
     p = _contract(tmp_path, [{"name": "id", "logicalType": "string", "physicalType": "VARCHAR"},
                              {"name": "n", "logicalType": "integer", "physicalType": "BIGINT"}])
