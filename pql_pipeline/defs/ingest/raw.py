@@ -27,7 +27,6 @@ LINES_SCHEMA = pa.schema([("partition_date", pa.date32()), ("source_file", pa.st
                           *[RAW_SCHEMA.field(i) for i in range(1, len(RAW_SCHEMA))]])
 
 
-
 def ensure_raw_events(conn: duckdb.DuckDBPyConnection, contract: Contract, segment: Contract) -> None:
     """raw_events as its contract has it.
 
@@ -79,7 +78,8 @@ def load_partitions(conn: duckdb.DuckDBPyConnection, root: Path, pattern: str, f
     pending = 0
     conn.execute("BEGIN TRANSACTION")
     try:
-        for partition in partitions:
+        # each day once: its lines may still be held for parsing when a repeat would delete them
+        for partition in dict.fromkeys(partitions):
             files = partition_files(root, pattern, partition)
             r = RawLoad(partition=partition, files=files, bytes=sum(f.size for f in files))
             pdate = f"DATE '{partition}'"

@@ -77,6 +77,34 @@ def test_reload_replaces_the_partition(tmp_path, conn, segment_contract):
     assert conn.execute("SELECT count(*) FROM raw_events").fetchall()[0][0] == 1
 
 
+def test_a_range_loads_what_its_days_load_one_by_one(tmp_path, conn, segment_contract):
+    """Lines held for parsing across files, days and commits (and a day listed twice) end up
+    as loading each day alone leaves them."""
+    from pql_pipeline.defs.ingest.raw import load_partitions
+    from pql_pipeline_tests.conftest import track, write_lines
+
+    days = ["2026-01-02", "2026-01-03", "2026-01-04"]
+    for i, day in enumerate(days):
+        write_lines(tmp_path / f"dt={day}" / "a.jsonl",
+                    [track(f"m{i}{j}", "Feature Used", f"{day}T10:0{j}:00Z", feature="x") for j in range(3)] + ["{"])
+        write_lines(tmp_path / f"dt={day}" / "b.jsonl", [track(f"n{i}", "Feature Used", f"{day}T11:00:00Z")])
+    pattern = "dt={date}/*.jsonl"
+    for day in days:
+        load_partition(conn, tmp_path, pattern, "jsonl", day, segment_contract)
+    alone = conn.execute("SELECT * FROM raw_events ORDER BY ALL").fetchall()
+    loads = load_partitions(conn, tmp_path, pattern, "jsonl", days + days[:1], segment_contract,
+                            commit_rows=5, parse_rows=2)
+    assert [r.rows for r in loads] == [5, 5, 5]
+    assert conn.execute("SELECT * FROM raw_events ORDER BY ALL").fetchall() == alone
+    # every line held until the end: the repeated day is not loaded twice
+    load_partitions(conn, tmp_path, pattern, "jsonl", days + days[:1], segment_contract)
+    assert conn.execute("SELECT * FROM raw_events ORDER BY ALL").fetchall() == alone
+    assert len(alone) == 15
+    # a bad line keeps its text, a good one does not (b.jsonl lacks the required feature property)
+    assert conn.execute("SELECT count(*) FILTER (WHERE raw_line IS NOT NULL), count(*) FILTER (WHERE len(rule_ids) > 0), "
+                        "count(*) FILTER (WHERE raw_line = '{') FROM raw_events").fetchall() == [(6, 6, 3)]
+
+
 def test_root_with_glob_characters(tmp_path):
     root = tmp_path / "exports [prod]"
     (root / "dt=2026-01-02").mkdir(parents=True)
