@@ -588,6 +588,9 @@ def _resolve_identities(conn: duckdb.DuckDBPyConnection, last: str) -> None:
         FROM _resolved AS r
         JOIN _checked AS c USING (partition_date, source_file, line_no)
         LEFT JOIN acct AS a USING (partition_date, source_file, line_no)
+        -- in the files' order: the joins scatter the rows, and a JSON column whose neighbouring
+        -- rows differ compresses about four times worse
+        ORDER BY c.partition_date, c.source_file, c.line_no
     """)
     conn.execute("DROP TABLE IF EXISTS _resolved")
 
