@@ -150,3 +150,28 @@ def test_gzip_members_padding_truncation_and_corruption(tmp_path):
     assert got["zeros.jsonl.gz"][0] == [""] and "zeros.jsonl.gz unreadable from byte 0" in got["zeros.jsonl.gz"][1][0]
     read, [why] = got["corrupt.jsonl.gz"]
     assert read[:100] == lines[:100] and "corrupt compressed data" in why     # the lines before the fault are kept
+
+
+def test_the_fast_split_gives_what_the_careful_one_gives():
+    """Blocks of random bytes (newlines, ASCII, valid and broken UTF-8 sequences): the lines,
+    the indexes of the lines that are not UTF-8 and their byte lengths are the same whichever
+    path splits them."""
+    import random
+
+    import pyarrow as pa
+
+    from pql_pipeline.defs.ingest.loader import _decode_block, _split_fast
+
+    rng = random.Random(7)
+    alphabet = [0x61, 0x0A, 0x7B, 0xC3, 0xA9, 0xFF, 0x80, 0xE2, 0x82, 0xAC, 0xF0, 0x9F, 0x98, 0xED, 0xB2]
+    blocks = [b"", b"\n", b"\n\n", b"\xff\n", b"\n\xff", "é\nü".encode(), b"\xed\xb2\x80\nok"]
+    blocks += [b"\n".join(bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 6)))
+                          for _ in range(rng.randint(0, 8))) for _ in range(500)]
+    broken = 0
+    for block in blocks:
+        lines, bad, bad_bytes = _decode_block(block)
+        fast, fast_bad, fast_bytes = _split_fast(block)
+        assert (fast.to_pylist(), fast_bad, fast_bytes) == (pa.array(lines, pa.string()).to_pylist(), bad, bad_bytes)
+        broken += len(bad)
+    assert broken > 100
+    assert _split_fast(b"a\r\nb") is None      # a carriage return takes the careful path
