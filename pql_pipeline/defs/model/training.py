@@ -256,8 +256,10 @@ def proposed_rule_hits(conn, rows: pd.DataFrame, rule: dict) -> tuple[np.ndarray
     last = max(keys["snapshot_date"])
     # one pass: only the events a condition counts, of the rows' users, joined to the rows and
     # counted per condition (an event counts if known by the row's snapshot, on or after the
-    # signup day and within the condition's days)
-    picks, cols = [], []
+    # signup day and within the condition's days). Each event's conditions are judged once; the
+    # join keeps only the pairs inside the longest window, so a row meets the events of its
+    # user's first days, not of the user's whole history.
+    flags, cols = [], []
     for i, c in enumerate(conds + unless):
         if c.get("event") in (None, ACTIVE_DAYS) and c.get("milestone") == ACTIVE_DAYS:
             cond = "e.event_type IN ('track', 'page', 'screen')"
@@ -270,15 +272,22 @@ def proposed_rule_hits(conn, rows: pd.DataFrame, rule: dict) -> tuple[np.ndarray
         d = int(c["within_days_of_signup"])
         window = (f"{visible('e', 'r.snapshot_date')} AND e.day >= r.signup_date "
                   f"AND DATE_DIFF('day', r.signup_date, e.day) < {d}")
-        picks.append(f"({cond})")
-        cols.append(f"{count.format(cond=cond, window=window)} >= {int(c['threshold'])} AS c{i}")
+        flags.append(f"coalesce({cond}, FALSE) AS f{i}")
+        cols.append(f"{count.format(cond=f'e.f{i}', window=window)} >= {int(c['threshold'])} AS c{i}")
+    longest = max(int(c["within_days_of_signup"]) for c in conds + unless)
+    any_flag = " OR ".join(f"f{i}" for i in range(len(flags)))
     with registered(conn, "ml_rule_rows", keys):
         hits = conn.execute(f"""
             WITH e AS (
-                SELECT * FROM ({events_sql(last)}) AS e
-                WHERE ({' OR '.join(picks)}) AND e.user_id IN (SELECT user_id FROM ml_rule_rows))
+                SELECT * FROM (
+                    SELECT e.user_id, e.day, e.avail_day, e.until_day, {', '.join(flags)}
+                    FROM ({events_sql(last)}) AS e
+                    WHERE e.user_id IN (SELECT user_id FROM ml_rule_rows))
+                WHERE {any_flag})
             SELECT r.row, {', '.join(cols)}
-            FROM ml_rule_rows AS r LEFT JOIN e ON e.user_id = r.user_id
+            FROM ml_rule_rows AS r LEFT JOIN e ON e.user_id = r.user_id AND e.day >= r.signup_date
+                 AND e.day < r.signup_date + INTERVAL {longest} DAY AND e.day <= r.snapshot_date
+                 AND e.avail_day <= r.snapshot_date
             GROUP BY r.row ORDER BY r.row""").df()
     pos = hits[[f"c{i}" for i in range(len(conds))]].fillna(False).to_numpy(dtype=bool)
     neg = hits[[f"c{i}" for i in range(len(conds), len(conds) + len(unless))]].fillna(False).to_numpy(dtype=bool)
