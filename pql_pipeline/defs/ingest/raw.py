@@ -145,8 +145,8 @@ def _insert_parquet(conn: duckdb.DuckDBPyConnection, compiled, f: SourceFile, pd
     rel = f.relative.replace("'", "''")
     cols = [r[0] for r in conn.execute(f"DESCRIBE SELECT * FROM read_parquet('{path}')").fetchall()]
     struct = "{" + ", ".join("'" + c.replace("'", "''") + "': \"" + c.replace('"', '""') + "\"" for c in cols) + "}"
-    source = f"""(SELECT {pdate} AS partition_date, '{rel}' AS source_file, file_row_number + 1 AS line_no, line AS raw_line,
-                         strlen(line) AS line_bytes, TRUE AS utf8_valid, NULL::VARCHAR AS read_error
+    source = f"""(SELECT {pdate} AS partition_date, '{rel}' AS source_file, file_row_number + 1 AS line_no,
+                         line AS raw_line, strlen(line) AS line_bytes, TRUE AS utf8_valid, NULL::VARCHAR AS read_error
                   FROM (SELECT file_row_number, CAST(to_json({struct}) AS VARCHAR) AS line
                         FROM read_parquet('{path}', file_row_number = true)))"""
     n = conn.execute(f"INSERT INTO raw_events BY NAME {parse_sql(compiled, source)}").fetchall()[0][0]

@@ -229,7 +229,8 @@ def parse_sql(compiled: CompiledRules, source: str) -> str:
     paths = "[" + ", ".join([_path(x) for x in fields] + extra) + "]"
     first_prop = len(fields) + (2 if ctx else 1)
     scalar = [x for x in fields if x not in ("properties", "traits", "context")]
-    structure = _lit(json.dumps({**{x: "VARCHAR" for x in scalar}, **({"context": {"groupId": "VARCHAR"}} if ctx else {})}))
+    shapes = {**{x: "VARCHAR" for x in scalar}, **({"context": {"groupId": "VARCHAR"}} if ctx else {})}
+    structure = _lit(json.dumps(shapes))
     jts = ", ".join(f"jt[{i + 1}] AS {_jt(x)}" for i, x in enumerate(fields))
     svs = ", ".join(f"CASE WHEN jt[{fields.index(x) + 1}] = 'VARCHAR' THEN NULLIF(trim(s.{_quote_ident(x)}), '') END "
                     f"AS {_sv(x)}" for x in scalar)
@@ -296,7 +297,9 @@ def parse_sql(compiled: CompiledRules, source: str) -> str:
             FROM flagged
         )
         SELECT partition_date, source_file, line_no, line_bytes, utf8_valid, read_error,
-               CASE WHEN bad THEN raw_line END AS raw_line, message_id, event_type, event_name, user_id, anonymous_id, previous_id, group_id, event_ts, received_at, sent_at, {", ".join(obj(x) for x in ("properties", "traits", "context"))},
+               CASE WHEN bad THEN raw_line END AS raw_line, message_id, event_type, event_name, user_id,
+               anonymous_id, previous_id, group_id, event_ts, received_at, sent_at,
+               {", ".join(obj(x) for x in ("properties", "traits", "context"))},
                CASE WHEN bad THEN list_filter({ids}, lambda x: x IS NOT NULL) ELSE [] END AS rule_ids,
                CASE WHEN bad THEN list_filter({reasons}, lambda x: x IS NOT NULL) ELSE [] END AS reasons
         FROM judged

@@ -101,8 +101,9 @@ def test_a_range_loads_what_its_days_load_one_by_one(tmp_path, conn, segment_con
     assert conn.execute("SELECT * FROM raw_events ORDER BY ALL").fetchall() == alone
     assert len(alone) == 15
     # a bad line keeps its text, a good one does not (b.jsonl lacks the required feature property)
-    assert conn.execute("SELECT count(*) FILTER (WHERE raw_line IS NOT NULL), count(*) FILTER (WHERE len(rule_ids) > 0), "
-                        "count(*) FILTER (WHERE raw_line = '{') FROM raw_events").fetchall() == [(6, 6, 3)]
+    assert conn.execute("SELECT count(*) FILTER (WHERE raw_line IS NOT NULL), "
+                        "count(*) FILTER (WHERE len(rule_ids) > 0), count(*) FILTER (WHERE raw_line = '{') "
+                        "FROM raw_events").fetchall() == [(6, 6, 3)]
 
 
 def test_root_with_glob_characters(tmp_path):
