@@ -195,7 +195,8 @@ def evaluate(y: np.ndarray, p: np.ndarray, threshold: float, snapshots: pd.Serie
         "precision_at_threshold": round(float(y[flagged].mean()), 5) if flagged.any() else None,
         "recall_at_threshold": round(float(y[flagged].sum() / max(y.sum(), 1)), 5),
     }
-    # deciles by score (ties kept together by ranking first)
+    # deciles by score; tied scores are ranked in the rows' order, so callers pass rows in a
+    # fixed order (by snapshot and entity), never a table's storage order
     order = pd.Series(p).rank(method="first", ascending=False).to_numpy()
     dec = np.ceil(order / max(len(p), 1) * 10).astype(int)
     out["deciles"] = [
@@ -345,7 +346,7 @@ def account_metrics(conn, holdout: pd.DataFrame, p: np.ndarray, threshold: float
     snaps = sorted(holdout["snapshot_date"].unique())
     labels = conn.execute(
         f"SELECT snapshot_date, account_id, label FROM {table} WHERE label IS NOT NULL AND snapshot_date IN "
-        f"({', '.join('?' for _ in snaps)})", list(snaps)).df()
+        f"({', '.join('?' for _ in snaps)}) ORDER BY snapshot_date, account_id", list(snaps)).df()
     if labels.empty:
         return None
     labels["snapshot_date"] = pd.to_datetime(labels["snapshot_date"]).dt.date

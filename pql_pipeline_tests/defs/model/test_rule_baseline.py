@@ -74,3 +74,23 @@ def test_active_days_unless_late_events_and_linked_anonymous_events(world, fconn
         ("u2", "2026-03-09"): (True, [active, invites]),             # arrived: counts on its own day 3
         ("u3", "2026-03-09"): (False, [active, invites, errors]),    # linked now; still vetoed by errors
     }
+
+
+def test_account_deciles_do_not_depend_on_the_tables_storage_order(conn):
+    """Accounts with tied scores fall into deciles by row order: the model card reads the
+    account labels in a fixed order, so rewriting the table in another order changes nothing."""
+    import numpy as np
+
+    from pql_pipeline.defs.model.training import account_metrics
+
+    day = D("2026-03-01")
+    holdout = pd.DataFrame({"snapshot_date": [day] * 20, "account_id": [f"a{i:02d}" for i in range(20)]})
+    p = np.full(20, 0.5)
+    labels = [(day, f"a{i:02d}", int(i < 4)) for i in range(20)]
+    got = []
+    for rows in (labels, labels[::-1]):
+        conn.execute("CREATE OR REPLACE TABLE account_training_set (snapshot_date DATE, account_id VARCHAR, label INT)")
+        conn.executemany("INSERT INTO account_training_set VALUES (?, ?, ?)", rows)
+        got.append(account_metrics(conn, holdout, p, 0.5)["deciles"])
+    assert got[0] == got[1]
+    assert [d["conversion_rate"] for d in got[0]][:2] == [1.0, 1.0]     # a00..a03 (converted) rank first
