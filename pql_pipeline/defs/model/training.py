@@ -258,8 +258,8 @@ def proposed_rule_hits(conn, rows: pd.DataFrame, rule: dict) -> tuple[np.ndarray
     # one pass: only the events a condition counts, of the rows' users, joined to the rows and
     # counted per condition (an event counts if known by the row's snapshot, on or after the
     # signup day and within the condition's days). Each event's conditions are judged once; the
-    # join keeps only the pairs inside the longest window, so a row meets the events of its
-    # user's first days, not of the user's whole history.
+    # join keeps only the events known by the row's snapshot and inside the longest window, so
+    # a row meets the events of its user's first days, not of the user's whole history.
     flags, cols = [], []
     for i, c in enumerate(conds + unless):
         if c.get("event") in (None, ACTIVE_DAYS) and c.get("milestone") == ACTIVE_DAYS:
@@ -270,9 +270,8 @@ def proposed_rule_hits(conn, rows: pd.DataFrame, rule: dict) -> tuple[np.ndarray
             cond = event_condition(Signal(name="milestone", kind="count", event=c["event"],
                                           where=c.get("where") or None))
             count = "COUNT(*) FILTER (WHERE {cond} AND {window})"
-        d = int(c["within_days_of_signup"])
-        window = (f"{visible('e', 'r.snapshot_date')} AND e.day >= r.signup_date "
-                  f"AND DATE_DIFF('day', r.signup_date, e.day) < {d}")
+        # the join below keeps only events known by the row's snapshot, on or after its signup day
+        window = f"DATE_DIFF('day', r.signup_date, e.day) < {int(c['within_days_of_signup'])}"
         flags.append(f"coalesce({cond}, FALSE) AS f{i}")
         cols.append(f"{count.format(cond=f'e.f{i}', window=window)} >= {int(c['threshold'])} AS c{i}")
     longest = max(int(c["within_days_of_signup"]) for c in conds + unless)
@@ -286,9 +285,8 @@ def proposed_rule_hits(conn, rows: pd.DataFrame, rule: dict) -> tuple[np.ndarray
                     WHERE e.user_id IN (SELECT user_id FROM ml_rule_rows))
                 WHERE {any_flag})
             SELECT r.row, {', '.join(cols)}
-            FROM ml_rule_rows AS r LEFT JOIN e ON e.user_id = r.user_id AND e.day >= r.signup_date
-                 AND e.day < r.signup_date + INTERVAL {longest} DAY AND e.day <= r.snapshot_date
-                 AND e.avail_day <= r.snapshot_date
+            FROM ml_rule_rows AS r LEFT JOIN e ON e.user_id = r.user_id AND {visible('e', 'r.snapshot_date')}
+                 AND e.day >= r.signup_date AND e.day < r.signup_date + INTERVAL {longest} DAY
             GROUP BY r.row ORDER BY r.row""").df()
     pos = hits[[f"c{i}" for i in range(len(conds))]].fillna(False).to_numpy(dtype=bool)
     neg = hits[[f"c{i}" for i in range(len(conds), len(conds) + len(unless))]].fillna(False).to_numpy(dtype=bool)
