@@ -25,6 +25,7 @@ and is checked independently.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import dataclass
 
@@ -412,18 +413,43 @@ def _dependent_partitions(conn: duckdb.DuckDBPyConnection, partitions: list[str]
 
     A partition's deduplication looks back ``lookback`` days (and its identities at every
     earlier day), so rebuilding day D can change days D+1 .. D+lookback: a messageId that
-    is new on D makes its copy on D+3 a duplicate. Rebuilding those days too, in order,
-    makes the result independent of the order partitions were run in. The daily run on
-    the newest day has none.
+    is new on D makes its copy on D+3 a duplicate. Those days are rebuilt too, and so,
+    in turn, is a later day holding a copy of a message of a rebuilt day within its
+    lookback (a message resent on D, D+7 and D+10: rebuilding D changes D+7, which changes
+    D+10), with every validated day before it, so the days rebuilt stay consecutive.
+    Rebuilding them in order makes the result independent of the order partitions were run
+    in. The daily run on the newest day has none.
     """
     if not partitions or lookback <= 0:
         return []
+    lookback = int(lookback)
     lo, hi = min(partitions), max(partitions)
-    rows = conn.execute(f"""
+    rebuilt = set(partitions) | {r[0] for r in conn.execute(f"""
         SELECT DISTINCT CAST(partition_date AS VARCHAR) FROM validated_events
-        WHERE partition_date > DATE '{lo}' AND partition_date <= DATE '{hi}' + INTERVAL {int(lookback)} DAY
-        ORDER BY 1""").fetchall()
-    return [r[0] for r in rows if r[0] not in set(partitions)]
+        WHERE partition_date > DATE '{lo}' AND partition_date <= DATE '{hi}' + INTERVAL {lookback} DAY""").fetchall()}
+    while True:
+        top = max(rebuilt)
+        recent = dates_sql(sorted(d for d in rebuilt if d > str(dt.date.fromisoformat(top)
+                                                                   - dt.timedelta(days=lookback))))
+        # the first later day with a copy of a message of a rebuilt day inside its lookback
+        (nxt,) = conn.execute(f"""
+            WITH later AS (
+                SELECT partition_date, message_id FROM validated_events
+                WHERE partition_date > DATE '{top}' AND partition_date <= DATE '{top}' + INTERVAL {lookback} DAY
+                UNION ALL
+                SELECT partition_date, message_id FROM duplicate_events
+                WHERE partition_date > DATE '{top}' AND partition_date <= DATE '{top}' + INTERVAL {lookback} DAY)
+            SELECT CAST(min(l.partition_date) AS VARCHAR) FROM later AS l
+            JOIN (SELECT partition_date, message_id FROM raw_events
+                  WHERE partition_date IN ({recent}) AND len(rule_ids) = 0) AS e
+              ON e.message_id = l.message_id AND e.partition_date >= l.partition_date - INTERVAL {lookback} DAY
+        """).fetchone()
+        if nxt is None:
+            break
+        rebuilt |= {r[0] for r in conn.execute(f"""
+            SELECT DISTINCT CAST(partition_date AS VARCHAR) FROM validated_events
+            WHERE partition_date > DATE '{top}' AND partition_date <= DATE '{nxt}'""").fetchall()}
+    return sorted(rebuilt - set(partitions))
 
 
 def _validate_group(conn: duckdb.DuckDBPyConnection, partitions: list[str], lookback: int) -> None:
@@ -622,7 +648,11 @@ def reconcile_partition(conn: duckdb.DuckDBPyConnection, partition: str) -> dict
 
 
 def reconcile_partitions(conn: duckdb.DuckDBPyConnection, partitions: list[str]) -> list[dict]:
-    """``reconcile_partition`` of each partition, in one pass over the tables."""
+    """``reconcile_partition`` of each partition, in one pass over the tables. A partition
+    reconciles when each of its raw lines is stored once (``raw_lines_twice``), is in an
+    output table (``unaccounted_lines``) and in only one (``counted_twice``), and every output
+    line is a raw line (``unknown_lines``). Each condition can fail alone; together they
+    imply the counts: raw = validated + duplicates + quarantined."""
     keys = dates_sql(partitions)
     found = {r[0]: r[1:] for r in conn.execute(f"""
         WITH acc AS (
@@ -635,16 +665,19 @@ def reconcile_partitions(conn: duckdb.DuckDBPyConnection, partitions: list[str])
         extra AS (SELECT partition_date, count(*) AS n FROM acc ANTI JOIN raw USING (partition_date, source_file, line_no)
                   GROUP BY 1),
         multi AS (SELECT partition_date, count(*) AS n FROM (SELECT partition_date, source_file, line_no FROM acc
-                                                             GROUP BY ALL HAVING count(*) > 1) GROUP BY 1)
-        SELECT CAST(k.partition_date AS VARCHAR), coalesce(missing.n, 0), coalesce(extra.n, 0), coalesce(multi.n, 0)
+                                                             GROUP BY ALL HAVING count(*) > 1) GROUP BY 1),
+        raw_twice AS (SELECT partition_date, count(*) AS n FROM (SELECT partition_date, source_file, line_no FROM raw
+                                                                 GROUP BY ALL HAVING count(*) > 1) GROUP BY 1)
+        SELECT CAST(k.partition_date AS VARCHAR), coalesce(missing.n, 0), coalesce(extra.n, 0), coalesce(multi.n, 0),
+               coalesce(raw_twice.n, 0)
         FROM (SELECT unnest([{keys}]) AS partition_date) AS k
         LEFT JOIN missing USING (partition_date) LEFT JOIN extra USING (partition_date)
-        LEFT JOIN multi USING (partition_date)""").fetchall()}
+        LEFT JOIN multi USING (partition_date) LEFT JOIN raw_twice USING (partition_date)""").fetchall()}
     out = []
     for c in partitions_counts(conn, partitions):
-        missing, extra, multi = found.get(c.partition, (0, 0, 0))
-        ok = c.reconciles and missing == 0 and extra == 0 and multi == 0
+        missing, extra, multi, raw_twice = found.get(c.partition, (0, 0, 0, 0))
+        ok = missing == 0 and extra == 0 and multi == 0 and raw_twice == 0
         out.append({"partition": c.partition, "raw": c.raw, "validated": c.validated, "duplicates": c.duplicates,
                     "quarantined": c.quarantined, "unaccounted_lines": missing, "unknown_lines": extra,
-                    "counted_twice": multi, "ok": ok})
+                    "counted_twice": multi, "raw_lines_twice": raw_twice, "ok": ok})
     return out

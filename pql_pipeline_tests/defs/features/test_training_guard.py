@@ -201,3 +201,26 @@ def test_the_guard_reads_days_in_utc_whatever_the_session_zone(built):
     conn.execute("SET TimeZone = 'Asia/Tokyo'")
     rep = leakage_guard(conn, FSPEC, [])
     assert set(rep.bookkeeping_violations.values()) == {0}, rep.bookkeeping_violations
+
+
+def test_bookkeeping_violations_of_the_account_training_set_fail_the_guard(built):
+    """The account training set has its own bookkeeping (every rule that does not read the
+    account columns of user rows): a tampered account row fails the guard by itself."""
+    conn = built
+    build_training_sets(conn, FSPEC, START, every_days=2, lookback_days=30, label_hash=LSPEC.definition_hash)
+    account_rules = [name for name, cond in BOOKKEEPING.items() if "acct_" not in cond]
+    tried = 0
+    for update, violated in TAMPERED:
+        if "acct_" in update:
+            continue
+        tried += 1
+        conn.execute("BEGIN TRANSACTION")
+        conn.execute(f"UPDATE account_training_set SET {update} "
+                     "WHERE snapshot_date = DATE '2026-03-03' AND account_id = 'A'")
+        rep = leakage_guard(conn, FSPEC, [])
+        conn.execute("ROLLBACK")
+        assert {k: v for k, v in rep.bookkeeping_violations.items() if k.startswith("account set: ")} == {
+            "account set: " + name: int(name in violated) for name in account_rules}, update
+        assert not any(v for k, v in rep.bookkeeping_violations.items() if not k.startswith("account set: ")), update
+        assert rep.passed is (not violated), update
+    assert tried == 7

@@ -300,6 +300,40 @@ def test_reconciliation_detects_lost_moved_and_double_counted_lines(tmp_path, co
     assert not r["ok"] and r["counted_twice"] == 1
 
 
+FAULTS = [  # (a fault that breaks exactly one reconciliation condition, the figure that names it)
+    (["INSERT INTO raw_events SELECT * FROM raw_events WHERE line_no = 1"], "raw_lines_twice"),
+    (["DELETE FROM validated_events WHERE message_id = 'm1'"], "unaccounted_lines"),
+    (["INSERT INTO validated_events SELECT * REPLACE (line_no + 100 AS line_no) FROM validated_events "
+      "WHERE message_id = 'm2'"], "unknown_lines"),
+    (["INSERT INTO duplicate_events SELECT partition_date, source_file, line_no, message_id, "
+      "partition_date, source_file, line_no FROM validated_events WHERE message_id = 'm3'"], "counted_twice"),
+]
+
+
+def test_each_reconciliation_condition_fails_a_partition_alone(tmp_path, conn, segment_contract):
+    """Every condition of the line-by-line reconciliation is needed: each fault below breaks
+    only one of them, and that alone fails the day (the counts cannot tell a line counted
+    twice from a line lost, which the test above shows)."""
+    from pql_pipeline.defs.ingest.validation import reconcile_partition
+
+    write_lines(tmp_path / f"dt={DAY}" / "a.jsonl", [
+        track(f"m{i}", "Feature Used", "2026-01-02T10:00:00Z", feature="x") for i in range(5)] + ["junk"])
+    ingest(conn, tmp_path, segment_contract, DAY)
+    figures = ("raw_lines_twice", "unaccounted_lines", "unknown_lines", "counted_twice")
+    assert reconcile_partition(conn, DAY)["ok"]
+    for statements, broken in FAULTS:
+        conn.execute("BEGIN TRANSACTION")
+        for sql in statements:
+            conn.execute(sql)
+        r = reconcile_partition(conn, DAY)
+        conn.execute("ROLLBACK")
+        expected = {f: 0 for f in figures}
+        expected[broken] = 1
+        assert {f: r[f] for f in figures} == expected, broken
+        assert r["ok"] is False, broken
+    assert reconcile_partition(conn, DAY)["ok"]
+
+
 def test_a_range_is_reconciled_and_counted_per_partition(tmp_path, conn, segment_contract):
     """The checks reconcile and count a range's partitions in one query each: a fault in one
     day is reported for that day only, and a day without lines counts zeros."""
@@ -316,6 +350,48 @@ def test_a_range_is_reconciled_and_counted_per_partition(tmp_path, conn, segment
     assert (got[days[1]]["unaccounted_lines"], got[days[0]]["unaccounted_lines"]) == (1, 0)
     assert [(c.partition, c.raw, c.validated, c.quarantined) for c in partitions_counts(conn, days)] == [
         (days[0], 4, 3, 1), (days[1], 5, 3, 1), (days[2], 0, 0, 0)]
+
+
+def test_the_dedup_lookback_includes_its_last_day_in_any_run_order(tmp_path, conn, segment_contract):
+    """A message validated on Jan 2 makes its copy on Jan 9 (7 days later, the lookback's last
+    day) a duplicate, and a copy on Jan 10 new; a message sent on Jan 2, 9 and 16 is kept on
+    Jan 2 and 16. The same whether the days run one by one in order, as one range, or newest
+    first (rebuilding a day then rebuilds the later days whose duplicates it decides, in a
+    chain: Jan 2 decides Jan 9, which decides Jan 16)."""
+    from pql_pipeline.defs.ingest.validation import validate_partitions
+
+    sent = {"m": ["2026-01-02", "2026-01-09", "2026-01-10"], "k": ["2026-01-02", "2026-01-09", "2026-01-16"]}
+    days = sorted({d for ds in sent.values() for d in ds})
+    for i, day in enumerate(days):
+        write_lines(tmp_path / f"dt={day}" / "a.jsonl", [
+            track(m, "Feature Used", "2026-01-02T10:00:00Z", feature="x") for m in sent if day in sent[m]]
+            + [track(f"o{i}", "Feature Used", f"{day}T10:00:00Z", feature="y")])
+        load_partition(conn, tmp_path, "dt={date}/*.jsonl*", "jsonl", day, segment_contract)
+
+    def outcome():
+        kept = conn.execute("SELECT message_id, CAST(partition_date AS VARCHAR) FROM validated_events "
+                            "WHERE message_id IN ('m', 'k') ORDER BY ALL").fetchall()
+        dups = conn.execute("SELECT message_id, CAST(partition_date AS VARCHAR), CAST(first_partition_date AS VARCHAR) "
+                            "FROM duplicate_events ORDER BY ALL").fetchall()
+        for t in ("validated_events", "duplicate_events", "quarantined_events", "identity_links",
+                  "account_memberships"):
+            conn.execute(f"DELETE FROM {t}")
+        return kept, dups
+
+    expected = ([("k", "2026-01-02"), ("k", "2026-01-16"), ("m", "2026-01-02"), ("m", "2026-01-10")],
+                [("k", "2026-01-09", "2026-01-02"), ("m", "2026-01-09", "2026-01-02")])
+    for day in days:
+        validate_partition(conn, segment_contract, day, 7)
+    assert outcome() == expected
+    validate_partitions(conn, segment_contract, days, 7)
+    assert outcome() == expected
+    for day in reversed(days):
+        validate_partition(conn, segment_contract, day, 7)
+    assert outcome() == expected
+    # one day less of lookback: the copies on Jan 9 are new, Jan 10's is their duplicate
+    validate_partitions(conn, segment_contract, days, 6)
+    assert outcome() == ([("k", "2026-01-02"), ("k", "2026-01-09"), ("k", "2026-01-16"), ("m", "2026-01-02"),
+                          ("m", "2026-01-09")], [("m", "2026-01-10", "2026-01-09")])
 
 
 def test_a_group_of_days_validated_at_once_equals_the_days_one_by_one(tmp_path, conn, segment_contract):
