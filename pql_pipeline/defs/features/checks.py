@@ -67,7 +67,7 @@ def build_feature_checks(settings: Settings, daily: dg.PartitionsDefinition) -> 
     def current_definition_check(asset: str):
         @dg.asset_check(asset=asset, name=f"{asset}_definition_current", blocking=False, pool=POOL,
                         description="Rows computed with an older signals.yaml: backfill those snapshots to "
-                                    "recompute them (see README, backfills).")
+                                    "recompute them (see docs/operations.md, backfills).")
         def _check(warehouse: Warehouse) -> dg.AssetCheckResult:
             with warehouse.get_connection() as conn:
                 if not table_exists(conn, asset):
