@@ -127,8 +127,7 @@ def ensure_training_set(conn, rows: int, seed: int) -> dict:
 def worker_train(db: Path, rows: int, seed: int) -> dict:
     import joblib
 
-    from pql_pipeline.defs.model.training import ModelSpec, prepare, train
-    from pql_pipeline.defs.scoring.scoring import reference_values
+    from pql_pipeline.defs.model.training import ModelSpec, prepare, reference_values, train
 
     conn = connect(db)
     prep = ensure_training_set(conn, rows, seed)
@@ -200,7 +199,7 @@ def worker_score(db: Path, baseline_rows: int) -> dict:
 
     from pql_pipeline.defs.features.specs import signal_set
     from pql_pipeline.defs.model.training import prepare, proposed_rule_hits
-    from pql_pipeline.defs.scoring.assets import score_day
+    from pql_pipeline.defs.scoring.batch import score_day
     from pql_pipeline.defs.scoring.scoring import explain, explainable, linear_ablation, tree_attribution
     from pql_pipeline.lib.warehouse import release_memory
     from pql_pipeline.settings import load_settings

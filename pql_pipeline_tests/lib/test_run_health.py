@@ -256,7 +256,7 @@ SCRIPT = textwrap.dedent("""
 def scored_accounts(warehouse: Path, n: int) -> None:
     import duckdb
 
-    from pql_pipeline.defs.scoring.assets import SCORE_COLUMNS
+    from pql_pipeline.defs.scoring.batch import SCORE_COLUMNS
     from pql_pipeline.defs.scoring.scoring import ACCOUNT_COLUMNS
     from pql_pipeline.lib.warehouse import ensure_columns
 

@@ -35,7 +35,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from pql_pipeline.defs.features.signals import Signal, SignalSet, rollup_column
+from pql_pipeline.signals import Signal, SignalSet, rollup_column
 from pql_pipeline.lib.engine import DuckDBEngine, json_path, sql_literal
 from pql_pipeline.lib.warehouse import ensure_columns, replace_rows, table_exists
 

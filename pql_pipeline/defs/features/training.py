@@ -37,11 +37,35 @@ LABEL_OUT = [("label", "BOOLEAN"), ("converted_at", "TIMESTAMPTZ"), ("label_wind
              ("label_window_end", "DATE")]
 
 
+ACCOUNT_KEYS = ("snapshot_date", "account_id", "definition_hash")   # account columns a user row does not repeat
+
+
+def feature_row_columns(signals) -> list[tuple[str, str]]:
+    """A user's feature row as the model sees it, in training and in scoring: the user's
+    features, then its account's at the same snapshot (``acct_*``)."""
+    return user_table_columns(signals) + [(f"acct_{c}", t) for c, t in account_table_columns(signals)
+                                          if c not in ACCOUNT_KEYS]
+
+
+def feature_rows_sql(signals, where: str, label_columns: tuple[str, ...] = ()) -> str:
+    """The one query that builds user feature rows (``feature_row_columns``, then
+    ``label_columns`` of the user's label row) for training and for scoring: each user's
+    features joined with its label row (``l``) and its account's features (``a``) of the
+    same snapshot; ``where`` chooses the rows (aliases ``u``, ``l``, ``a``)."""
+    sel = ([f"u.{q(c)}" for c, _ in user_table_columns(signals)]
+           + [f"a.{q(c)} AS {q('acct_' + c)}" for c, _ in account_table_columns(signals) if c not in ACCOUNT_KEYS]
+           + [f"l.{q(c)}" for c in label_columns])
+    return f"""
+SELECT {', '.join(sel)}
+FROM user_features AS u
+JOIN conversion_labels AS l
+  ON l.entity_type = 'user' AND l.entity_id = u.user_id AND l.snapshot_date = u.snapshot_date
+LEFT JOIN account_features AS a ON a.account_id = u.account_id AND a.snapshot_date = u.snapshot_date
+WHERE {where}"""
+
+
 def training_columns(spec: FeatureSpec) -> list[tuple[str, str]]:
-    user = user_table_columns(spec.signals)
-    acct = [(f"acct_{c}", t) for c, t in account_table_columns(spec.signals)
-            if c not in ("snapshot_date", "account_id", "definition_hash")]
-    return user + acct + LABEL_OUT
+    return feature_row_columns(spec.signals) + LABEL_OUT
 
 
 def account_training_columns(spec: FeatureSpec) -> list[tuple[str, str]]:
@@ -64,19 +88,10 @@ def build_training_sets(conn, spec: FeatureSpec, start: dt.date, every_days: int
     # rows computed with another signals.yaml / label definition are stale: left out until recomputed
     current = (f"{{alias}}.definition_hash = {sql_literal(spec.signals.definition_hash)} "
                f"AND l.definition_hash = {sql_literal(label_hash)}")
-    user_cols = [c for c, _ in user_table_columns(spec.signals)]
-    acct_cols = [c for c, _ in account_table_columns(spec.signals)
-                 if c not in ("snapshot_date", "account_id", "definition_hash")]
-    sel = ([f"u.{q(c)}" for c in user_cols] + [f"a.{q(c)} AS {q('acct_' + c)}" for c in acct_cols]
-           + ["l.label", "l.converted_at", "l.label_window_start", "l.label_window_end"])
-    user_sql = f"""
-SELECT {', '.join(sel)}
-FROM user_features AS u
-JOIN conversion_labels AS l
-  ON l.entity_type = 'user' AND l.entity_id = u.user_id AND l.snapshot_date = u.snapshot_date
-LEFT JOIN account_features AS a ON a.account_id = u.account_id AND a.snapshot_date = u.snapshot_date
-WHERE l.label IS NOT NULL AND l.horizon_complete AND {grid.format(col='u.snapshot_date')}
-  AND {window.format(col='u.snapshot_date')} AND {current.format(alias='u')}"""
+    user_sql = feature_rows_sql(
+        spec.signals, f"l.label IS NOT NULL AND l.horizon_complete AND {grid.format(col='u.snapshot_date')} "
+                      f"AND {window.format(col='u.snapshot_date')} AND {current.format(alias='u')}",
+        tuple(c for c, _ in LABEL_OUT))
     acct_all = [c for c, _ in account_table_columns(spec.signals)]
     acct_sql = f"""
 SELECT {', '.join(f'a.{q(c)}' for c in acct_all)}, l.label, l.converted_at, l.label_window_start, l.label_window_end

@@ -9,8 +9,15 @@ from pql_pipeline.defs.features.assets import proposed_rule_path
 from pql_pipeline.defs.features.specs import signal_set, training_contract
 from pql_pipeline.defs.model import performance as P
 from pql_pipeline.defs.model import registry as R
-from pql_pipeline.defs.model.training import ModelSpec, TrainingError, evaluate, prepare, top_feature_share, train
-from pql_pipeline.defs.scoring.scoring import reference_values
+from pql_pipeline.defs.model.training import (
+    ModelSpec,
+    TrainingError,
+    evaluate,
+    prepare,
+    reference_values,
+    top_feature_share,
+    train,
+)
 from pql_pipeline.lib.charts import calibration_chart, chart_md, decile_chart, lift_chart
 from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table
 from pql_pipeline.lib.warehouse import Warehouse, ensure_columns, registered, replace_rows, table_exists
@@ -112,8 +119,7 @@ def train_and_register(conn, settings: Settings, trained_at: dt.datetime | None 
     gate = R.gate_results(result.metrics, result.baselines, share, gates(settings))
     R.ensure_registry(conn)
     current = R.champion(conn)
-    champ_auc, reason, promote = None, "", False
-    failed = [k for k, v in gate.items() if not v["passed"]]
+    champ_auc, champ_error = None, None
     if current is not None:
         try:
             old = R.load_artifact(current)
@@ -121,22 +127,10 @@ def train_and_register(conn, settings: Settings, trained_at: dt.datetime | None 
             champ_auc = evaluate(result.split.holdout["label"].astype(int).to_numpy(), old.predict_proba(x)[:, 1],
                                  spec.pql_threshold)["roc_auc"]
         except (FileNotFoundError, ValueError, KeyError) as e:
-            reason = f"the champion {current['version']} could not be re-scored ({e}); "
-    auc = result.metrics["roc_auc"] or 0.0
-    margin = settings.model.champion_margin
-    if failed:
-        reason += "failed gates: " + ", ".join(
-            f"{k} ({gate[k]['value']} vs {gate[k]['bound']})" for k in failed)
-    elif current is None:
-        promote, reason = True, "first model that passes every gate"
-    elif champ_auc is None:
-        promote, reason = True, reason + "replaces it"
-    elif auc >= champ_auc + margin:
-        promote, reason = True, (f"ROC AUC {auc:.4f} beats the champion {current['version']} ({champ_auc:.4f}) on "
-                                 f"the same holdout by at least {margin}")
-    else:
-        reason = (f"ROC AUC {auc:.4f} does not beat the champion {current['version']} ({champ_auc:.4f}) on the "
-                  f"same holdout by {margin}")
+            champ_error = str(e)
+    decision = R.decide_promotion(gate, result.metrics["roc_auc"], current["version"] if current else None,
+                                  champ_auc, settings.model.champion_margin, champ_error)
+    promote, reason = decision.promote, decision.reason
     artifact, digest = R.save_artifact(result.model, settings.models_dir, version)
     split = result.split
     row = {

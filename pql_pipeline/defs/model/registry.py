@@ -65,6 +65,35 @@ def gate_results(metrics: dict, baselines: dict, top_share: float | None, gates:
     }
 
 
+@dataclass(frozen=True)
+class Promotion:
+    promote: bool
+    reason: str
+
+
+def decide_promotion(gates: dict[str, dict], candidate_auc: float | None, champion: str | None,
+                     champion_auc: float | None, margin: float, champion_error: str | None = None) -> Promotion:
+    """Champion or rejected, and why: a candidate is promoted only if it passes every gate
+    (``gate_results``) and, when there is a champion (its version, ``champion``), beats the
+    champion's ROC AUC on the candidate's holdout by ``margin``. A champion that could not be
+    re-scored on that holdout (``champion_error``) is replaced by a candidate that passes."""
+    reason = f"the champion {champion} could not be re-scored ({champion_error}); " if champion_error else ""
+    failed = [k for k, v in gates.items() if not v["passed"]]
+    auc = candidate_auc or 0.0
+    if failed:
+        return Promotion(False, reason + "failed gates: " + ", ".join(
+            f"{k} ({gates[k]['value']} vs {gates[k]['bound']})" for k in failed))
+    if champion is None:
+        return Promotion(True, "first model that passes every gate")
+    if champion_auc is None:
+        return Promotion(True, reason + "replaces it")
+    if auc >= champion_auc + margin:
+        return Promotion(True, f"ROC AUC {auc:.4f} beats the champion {champion} ({champion_auc:.4f}) on "
+                               f"the same holdout by at least {margin}")
+    return Promotion(False, f"ROC AUC {auc:.4f} does not beat the champion {champion} ({champion_auc:.4f}) on the "
+                            f"same holdout by {margin}")
+
+
 def ensure_registry(conn) -> None:
     from pql_pipeline.lib.warehouse import ensure_columns
 

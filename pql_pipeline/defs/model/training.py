@@ -244,7 +244,7 @@ def proposed_rule_hits(conn, rows: pd.DataFrame, rule: dict) -> tuple[np.ndarray
     row reached, named "<milestone> >= N in D d". ``rows`` carry user_id, snapshot_date and
     signup_date (the features' signup day)."""
     from pql_pipeline.defs.features.features import event_condition, events_sql, visible
-    from pql_pipeline.defs.features.signals import Signal
+    from pql_pipeline.signals import Signal
     from pql_pipeline.defs.features.milestones import ACTIVE_DAYS
     from pql_pipeline.lib.warehouse import registered
 
@@ -332,11 +332,26 @@ def selection_scores(spec: ModelSpec, x: pd.DataFrame, y: np.ndarray, users: pd.
     return out
 
 
+def account_probability(users: pd.DataFrame, keys) -> pd.Series:
+    """P(the account converts) = 1 - prod(1 - p) over its users' ``probability``, per group
+    of ``keys`` (summed in log space)."""
+    q = np.clip(users["probability"].to_numpy(dtype=float), 0.0, 1.0 - 1e-12)
+    return 1.0 - np.exp(users.assign(_log_q=np.log1p(-q)).groupby(keys)["_log_q"].sum())
+
+
+def reference_values(frame: pd.DataFrame, numeric: list[str], categorical: list[str]) -> dict:
+    """Typical value of every input in the model's training rows (ablation baseline)."""
+    ref = {c: float(frame[c].median()) if frame[c].notna().any() else np.nan for c in numeric}
+    for c in categorical:
+        mode = frame[c].mode()
+        ref[c] = mode.iloc[0] if len(mode) else "(missing)"
+    return ref
+
+
 def account_metrics(conn, holdout: pd.DataFrame, p: np.ndarray, threshold: float,
                     table: str = "account_training_set") -> dict | None:
     """The holdout's accounts scored by their users (1 - prod(1 - p), as scoring does) against
     the account labels of the same snapshots; None without account labels."""
-    from pql_pipeline.defs.scoring.scoring import account_probability
     from pql_pipeline.lib.warehouse import table_exists
 
     if not table_exists(conn, table) or holdout.empty:

@@ -6,12 +6,13 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from pql_pipeline.defs.features.specs import signal_set
 from pql_pipeline.defs.model import registry as R
 from pql_pipeline.defs.model.training import prepare
 from pql_pipeline.defs.monitoring import report as M
 from pql_pipeline.defs.monitoring.drift import Thresholds, is_incident
 from pql_pipeline.defs.monitoring.pql_report import report_path, template_version, verify_report, write_report
-from pql_pipeline.defs.scoring.assets import candidates_sql
+from pql_pipeline.defs.scoring.batch import candidates_sql
 from pql_pipeline.lib.charts import chart_md, drift_chart
 from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table
 from pql_pipeline.lib.warehouse import Warehouse, ensure_columns, registered, replace_rows, table_exists
@@ -56,7 +57,8 @@ def feature_part(conn, settings: Settings, day: dt.date, model: dict | None) -> 
     if not _days_with(conn, "user_features", [day]) or not table_exists(conn, "conversion_labels"):
         return [M.row(day, "features", "(all features)", "-", "-", None, None, None, None, "insufficient_data", 0,
                       "no features on the day", model_version=version)]
-    current = conn.execute(M.sample_sql(candidates_sql(settings, day), d.sample_rows)).df()
+    sigs = signal_set(settings)
+    current = conn.execute(M.sample_sql(candidates_sql(sigs, day), d.sample_rows)).df()
     references: dict[str, pd.DataFrame] = {}
     if model and table_exists(conn, "training_set"):
         references["training"] = conn.execute(M.sample_sql(
@@ -66,7 +68,7 @@ def feature_part(conn, settings: Settings, day: dt.date, model: dict | None) -> 
     if trailing:
         per_day = max(d.sample_rows // len(trailing), 1)
         references["trailing_weeks"] = pd.concat(
-            [conn.execute(M.sample_sql(candidates_sql(settings, t_day), per_day)).df() for t_day in trailing],
+            [conn.execute(M.sample_sql(candidates_sql(sigs, t_day), per_day)).df() for t_day in trailing],
             ignore_index=True)
     else:
         references["trailing_weeks"] = current.iloc[0:0]

@@ -39,7 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pql_pipeline.defs.features.signals import Signal
+from pql_pipeline.signals import Signal
+from pql_pipeline.defs.model.training import account_probability
 
 
 @dataclass(frozen=True)
@@ -75,15 +76,6 @@ def segment_of(employees: pd.Series, segments) -> pd.Series:
         out[hit] = name
         left &= ~hit
     return pd.Series(out, index=employees.index)
-
-
-def reference_values(frame: pd.DataFrame, numeric: list[str], categorical: list[str]) -> dict:
-    """Typical value of every input in the model's training rows (ablation baseline)."""
-    ref = {c: float(frame[c].median()) if frame[c].notna().any() else np.nan for c in numeric}
-    for c in categorical:
-        mode = frame[c].mode()
-        ref[c] = mode.iloc[0] if len(mode) else "(missing)"
-    return ref
 
 
 def _text(s: Signal, value, detail) -> str:
@@ -500,13 +492,6 @@ ACCOUNT_COLUMNS = [
     ("caveat_text", "VARCHAR"), ("model_version", "VARCHAR"), ("segment", "VARCHAR"), ("route", "VARCHAR"),
     ("route_note", "VARCHAR"), ("scored_at", "TIMESTAMPTZ"),
 ]
-
-
-def account_probability(users: pd.DataFrame, keys) -> pd.Series:
-    """P(the account converts) = 1 - prod(1 - p) over its users' ``probability``, per group
-    of ``keys`` (summed in log space)."""
-    q = np.clip(users["probability"].to_numpy(dtype=float), 0.0, 1.0 - 1e-12)
-    return 1.0 - np.exp(users.assign(_log_q=np.log1p(-q)).groupby(keys)["_log_q"].sum())
 
 
 def account_scores(users: pd.DataFrame, reasons: list[list[dict]], spec: ScoringSpec) -> pd.DataFrame:

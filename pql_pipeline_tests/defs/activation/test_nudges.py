@@ -10,7 +10,7 @@ import pytest
 from pql_pipeline.defs.activation import ledger as L
 from pql_pipeline.defs.activation.hubspot import Transport
 from pql_pipeline.defs.activation.nudges import IntercomChannel, WebhookChannel, send_nudges, verify_webhook
-from pql_pipeline.defs.scoring.assets import SCORE_COLUMNS
+from pql_pipeline.defs.scoring.batch import SCORE_COLUMNS
 from pql_pipeline.lib.warehouse import ensure_columns
 from pql_pipeline_tests.defs.activation.spec import INTERCOM, intercom_version, problems
 from pql_pipeline_tests.local_http import LocalServer, reply

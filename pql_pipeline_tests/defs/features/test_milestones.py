@@ -30,7 +30,7 @@ from pql_pipeline.defs.features.milestones import (
     discover,
     proposed_rule,
 )
-from pql_pipeline.defs.features.signals import Signal
+from pql_pipeline.signals import Signal
 from pql_pipeline.lib.contracts import load_contract
 from pql_pipeline.lib.engine import DuckDBEngine
 from pql_pipeline.lib.warehouse import Warehouse, ensure_tables

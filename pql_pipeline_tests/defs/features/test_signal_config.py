@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-from pql_pipeline.defs.features.signals import load_signals
+from pql_pipeline.signals import load_signals
 from pql_pipeline.lib.yaml_config import ConfigError
 from pql_pipeline.settings import PROJECT_ROOT
 

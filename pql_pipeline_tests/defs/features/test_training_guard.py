@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pandas as pd
 import pytest
 
 from pql_pipeline.defs.features.features import compute_features
@@ -224,3 +225,26 @@ def test_bookkeeping_violations_of_the_account_training_set_fail_the_guard(built
         assert not any(v for k, v in rep.bookkeeping_violations.items() if not k.startswith("account set: ")), update
         assert rep.passed is (not violated), update
     assert tried == 7
+
+
+def test_training_and_scoring_read_the_same_feature_rows(built):
+    """Training rows and the rows scoring reads come from one query: for every (user,
+    snapshot) of the training set, scoring's candidate row has the same columns, in the same
+    order, with the same values (no training/serving skew)."""
+    from pql_pipeline.defs.features.training import LABEL_OUT, feature_row_columns
+    from pql_pipeline.defs.scoring.batch import candidates_sql
+
+    conn = built
+    build_training_sets(conn, FSPEC, START, every_days=2, lookback_days=30, label_hash=LSPEC.definition_hash)
+    training = conn.execute("SELECT * EXCLUDE (label, converted_at, label_window_start, label_window_end) "
+                            "FROM training_set ORDER BY snapshot_date, user_id").df()
+    cols = [c for c, _ in feature_row_columns(FSPEC.signals)]
+    assert list(training.columns) == cols
+    assert [r[0] for r in conn.execute("DESCRIBE training_set").fetchall()] == cols + [c for c, _ in LABEL_OUT]
+    assert "acct_best_x" in cols and "acct_n_members" in cols
+    snaps = sorted(training["snapshot_date"].unique())
+    scored = conn.execute(candidates_sql(FSPEC.signals, snaps[0].date(), snaps[-1].date())).df()
+    assert list(scored.columns) == cols
+    same = scored.merge(training[["snapshot_date", "user_id"]], on=["snapshot_date", "user_id"])
+    assert len(same) == len(training) == 7
+    pd.testing.assert_frame_equal(same.reset_index(drop=True), training.reset_index(drop=True))

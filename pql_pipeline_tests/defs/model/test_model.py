@@ -20,6 +20,7 @@ from pql_pipeline.defs.model import registry as R
 from pql_pipeline.defs.model.assets import model_spec, train_and_register
 from pql_pipeline.defs.model.training import feature_columns, load_frame, time_split
 from pql_pipeline.defs.monitoring.pql_report import report_path
+from pql_pipeline.defs.scoring.batch import score_days, training_reference
 from pql_pipeline.lib.charts import decode_md_images
 from pql_pipeline.lib.warehouse import Warehouse
 from pql_pipeline_tests.defs.activation import spec
@@ -230,6 +231,21 @@ def test_a_scored_range_equals_its_days_scored_one_by_one(trained):
         ranged = scored()
         for day in days:
             score(day, day)
+        assert scored() == ranged
+        # the planner: the range in one group (the defaults), or every day a batch and a group of its own
+        # (one candidate row per group allowed): the same rows either way
+        s = p.settings
+        one_by_one = s.model_copy(update={"scoring": s.scoring.model_copy(update={"batch_rows": 1}),
+                                          "features": s.features.model_copy(update={"snapshot_batch_days": 1})})
+        dates = [dt.date.fromisoformat(d) for d in days]
+        with Warehouse(database=str(s.warehouse_path)).get_connection() as c:
+            model_row = R.scoring_model(c, None)
+            for settings, groups in ((s, [dates]), (one_by_one, [[d] for d in dates])):
+                done = score_days(c, settings, dates, model_row, R.load_artifact(model_row),
+                                  training_reference(c, model_row))
+                assert done.groups == groups
+                assert done.users == len(ranged["pql_scores"]) and done.accounts == len(ranged["pql_account_scores"])
+                assert [r["snapshot"] for r in done.per_day] == days
         assert scored() == ranged
         assert len({r[0] for r in ranged["pql_scores"]}) == len(days)
         # the days before each day of the range had sales accounts to suppress nudges for (that the

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from pql_pipeline.defs.monitoring.pql_report import gather, render, report_path, write_report
-from pql_pipeline.defs.scoring.assets import SCORE_COLUMNS
+from pql_pipeline.defs.scoring.batch import SCORE_COLUMNS
 from pql_pipeline.defs.scoring.scoring import ACCOUNT_COLUMNS
 from pql_pipeline.lib.warehouse import ensure_columns, registered
 from pql_pipeline.settings import load_settings

@@ -6,9 +6,10 @@ import pytest
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
-from pql_pipeline.defs.features.signals import Signal
+from pql_pipeline.signals import Signal
 from pql_pipeline.defs.scoring.assets import volume_verdict
-from pql_pipeline.defs.scoring.scoring import ScoringSpec, explain, reference_values, route, segment_of, tier_of
+from pql_pipeline.defs.model.training import reference_values
+from pql_pipeline.defs.scoring.scoring import ScoringSpec, explain, route, segment_of, tier_of
 
 INVITES = Signal(name="teammates_invited", kind="distinct_count", event="Teammate Invited", property="email",
                  polarity="positive", threshold=2, reason="invited {value} teammates")
@@ -262,7 +263,7 @@ def test_rescoring_a_past_day_re_derives_the_suppression_of_the_days_after_it(co
     sales route lifts the suppression of day 2 (and only re-derives routes)."""
     import datetime as dt
 
-    from pql_pipeline.defs.scoring.assets import SCORE_COLUMNS, reroute_following
+    from pql_pipeline.defs.scoring.batch import SCORE_COLUMNS, reroute_following
     from pql_pipeline.defs.scoring.scoring import ACCOUNT_COLUMNS
     from pql_pipeline.lib.warehouse import ensure_columns
 
@@ -304,7 +305,7 @@ def test_days_scored_together_get_what_each_day_gets_alone():
 
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    from pql_pipeline.defs.scoring.assets import model_outputs, row_groups
+    from pql_pipeline.defs.scoring.batch import model_outputs, row_groups
     from pql_pipeline.settings import load_settings
 
     settings = load_settings()
@@ -362,7 +363,7 @@ def test_the_sales_worked_in_memory_equal_what_the_written_days_say(conn):
     range's days, and equal what worked_by_sales reads once those days are written."""
     import datetime as dt
 
-    from pql_pipeline.defs.scoring.assets import SCORE_COLUMNS, SalesWorked, by_day, worked_by_sales
+    from pql_pipeline.defs.scoring.batch import SCORE_COLUMNS, SalesWorked, by_day, worked_by_sales
     from pql_pipeline.defs.scoring.scoring import ACCOUNT_COLUMNS
     from pql_pipeline.lib.warehouse import ensure_columns
 
