@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+# Under pytest-xdist the workers already keep every core busy: OpenMP threads per worker
+# (scikit-learn's gradient boosting) would oversubscribe them and spin. One thread each,
+# set before scikit-learn loads its OpenMP runtime (and inherited by the `pql` processes
+# the tests start). Measured: a training beside a busy core took 82 s and 102 CPU-s with
+# two threads, 51 s and 50 CPU-s with one.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 
