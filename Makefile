@@ -11,7 +11,7 @@ ACCOUNTS ?= 400
 DAYS ?= 110
 PYTEST_ARGS ?=
 
-.PHONY: install install-spark install-browser run test ui bench bench-quick clean dagster-home
+.PHONY: install install-spark install-browser run test lint ui bench bench-quick clean dagster-home
 
 install: $(STAMP)
 
@@ -50,8 +50,12 @@ dagster-home:
 run: install dagster-home
 	$(BIN)/pql demo --accounts $(ACCOUNTS) --days $(DAYS)
 
+## Lint with ruff (its settings in pyproject.toml); `make test` runs it first.
+lint: install
+	@$(BIN)/ruff check --quiet . && echo "ruff: clean"
+
 ## Run the test suite (slow end-to-end tests included).
-test: install install-spark install-browser
+test: install install-spark install-browser lint
 	@set +e; $(BIN)/python -m pytest -n 2 --dist loadfile --durations=15 $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi; exit $$rc
 

@@ -61,10 +61,10 @@ from pql_pipeline.defs.features.features import (  # noqa: E402
     compute_features,
     user_table_columns,
 )
-from pql_pipeline.signals import load_signals  # noqa: E402
 from pql_pipeline.lib.contracts import load_contract  # noqa: E402
 from pql_pipeline.lib.engine import json_path, sql_literal  # noqa: E402
 from pql_pipeline.settings import PROJECT_ROOT, WarehouseSettings, load_settings  # noqa: E402
+from pql_pipeline.signals import load_signals  # noqa: E402
 
 CONTRACTS = PROJECT_ROOT / "data_contracts"
 DATA = HERE / ".data"

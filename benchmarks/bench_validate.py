@@ -188,6 +188,9 @@ def baseline(root: Path, parts: list[str], max_lines: int, db: Path) -> tuple[in
                                            "raw_line"])
     d = pd.DataFrame(duplicates, columns=["partition_date", "source_file", "line_no", "message_id"])
     r = pd.DataFrame(raw_rows, columns=["partition_date", "source_file", "line_no", "raw_line"])
+    # registered explicitly (rather than left to DuckDB's lookup of Python locals by name)
+    for name, frame in (("r", r), ("v", v), ("q", q), ("d", d)):
+        con.register(name, frame)
     con.execute("CREATE OR REPLACE TABLE raw AS SELECT * FROM r")
     con.execute("CREATE OR REPLACE TABLE validated AS SELECT * FROM v")
     con.execute("CREATE OR REPLACE TABLE quarantined AS SELECT * FROM q")

@@ -94,7 +94,8 @@ def headline_e2e(r: dict) -> list[tuple[str, str]]:
     landed = steps.get("raw_events", 0) + steps.get("validate_events", 0)
     floor = r.get("input_floor_100m", {})
     rows = [(f"raw files -> scored PQLs, {big.get('raw_lines', 0):,} events",
-             f"{big.get('seconds', '?')} s, {big.get('events_per_s', 0):,} events/s, peak {big.get('peak_rss_mib', '?')} MiB"),
+             f"{big.get('seconds', '?')} s, {big.get('events_per_s', 0):,} events/s, "
+             f"peak {big.get('peak_rss_mib', '?')} MiB"),
             ("vs straightforward Python/pandas (scaled)", f"{big.get('speedup', '?')}x (target 5x)"),
             ("scaling curve (s per M events by size)",
              f"{r.get('seconds_per_million_events', '?')}, exponent {r.get('scaling_exponent', '?')} (<= 1: linear)"),

@@ -176,7 +176,8 @@ def demo(accounts: int, days: int, seed: int, dirty_fraction: float, regenerate:
 
 
 @main.command()
-@click.option("--start", callback=_optional_date, help="First partition (YYYY-MM-DD); default: the first day with event files.")
+@click.option("--start", callback=_optional_date,
+              help="First partition (YYYY-MM-DD); default: the first day with event files.")
 @click.option("--end", callback=_optional_date, help="Last partition (YYYY-MM-DD); default: the last day with event files.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar over each run's steps on stderr (on a terminal).")
@@ -221,7 +222,8 @@ def backfill(start: str, end: str, job: str, per_partition: bool, progress: bool
     Writes are idempotent per partition: a range gives the same tables as its days one by one."""
     import time
 
-    from pql_pipeline.runner import PipelineInterrupted, PipelineRunError, backfill as run_backfill, format_summary
+    from pql_pipeline.runner import PipelineInterrupted, PipelineRunError, format_summary
+    from pql_pipeline.runner import backfill as run_backfill
 
     settings = _settings()
     t0 = time.monotonic()

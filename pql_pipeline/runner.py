@@ -530,7 +530,8 @@ def format_summary(settings: Settings, report: RunReport) -> str:
         f"validated       {s['validated_events']:,}",
         f"duplicates      {s['duplicate_events']:,}",
         f"quarantined     {s['quarantined_events']:,} ({(s['quarantined_events'] / raw if raw else 0):.2%})",
-        f"reconciles      {'yes' if raw == s['validated_events'] + s['duplicate_events'] + s['quarantined_events'] else 'NO'}",
+        "reconciles      "
+        f"{'yes' if raw == s['validated_events'] + s['duplicate_events'] + s['quarantined_events'] else 'NO'}",
         f"users           {s['users']:,}",
         f"accounts        {s['accounts']:,}",
     ]

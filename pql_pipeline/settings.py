@@ -555,9 +555,9 @@ def check_files(settings: Settings, path: Path, lines: dict[tuple, int]) -> None
     """Every file the configuration (``path``, its key lines ``lines``) names exists and loads
     (a contract, the signals), so a run never starts writing before it finds out; ConfigError
     lists each problem on a line naming the configuration file, line and key."""
-    from pql_pipeline.signals import signals_at
     from pql_pipeline.lib.contracts import ContractError, load_contract
     from pql_pipeline.lib.yaml_config import locate
+    from pql_pipeline.signals import signals_at
 
     problems = []
     named = [("validation.contract", settings.contract_path, load_contract),

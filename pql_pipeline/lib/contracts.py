@@ -31,7 +31,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
 from open_data_contract_standard.model import DataQuality, OpenDataContractStandard, SchemaObject
 from pydantic import ValidationError
 

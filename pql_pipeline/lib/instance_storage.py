@@ -11,12 +11,13 @@ per-partition materializations; it sets ``DAGSTER_EVENT_BATCH_SIZE`` unless the 
 in one transaction per shard instead of two per event: the same rows, per partition, so
 partition status, in-progress and failed partitions stay what Dagster shows. It keeps one
 engine per shard (the index and the few newest runs; still ``NullPool``, so no connection
-outlives its transaction and a forked process inherits nothing open) and sets ``synchronous=NORMAL``, SQLite's recommended setting in WAL mode,
-which Dagster's shards use: a power loss can lose the last transactions, never corrupt the
-file. Same files, same schema, same locks: an instance home written by Dagster's own class
-is read by this one and the reverse. ``dagster.yaml`` selects it; its files are under
-the instance's folder, ``history/runs`` (where Dagster's default puts them), unless
-``base_dir`` is set. On Postgres (the production choice) it is not used.
+outlives its transaction and a forked process inherits nothing open) and sets
+``synchronous=NORMAL``, SQLite's recommended setting in WAL mode, which Dagster's shards
+use: a power loss can lose the last transactions, never corrupt the file. Same files,
+same schema, same locks: an instance home written by Dagster's own class is read by this
+one and the reverse. ``dagster.yaml`` selects it; its files are under the instance's
+folder, ``history/runs`` (where Dagster's default puts them), unless ``base_dir`` is set.
+On Postgres (the production choice) it is not used.
 
 A range run gives each partition's materialization the whole range's metadata (Dagster 1.13
 has no metadata per partition for a single-run range: dagster-io/dagster#18123), so a

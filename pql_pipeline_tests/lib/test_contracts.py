@@ -30,7 +30,8 @@ def test_every_contract_is_valid_odcs():
 
 def _contract(tmp_path, schema: list, quality=None) -> Path:
     doc = {"apiVersion": "v3.1.0", "kind": "DataContract", "id": "t", "version": "1.0.0", "status": "active",
-           "schema": [{"name": "t", "physicalType": "table", "properties": schema, **({"quality": quality} if quality else {})}]}
+           "schema": [{"name": "t", "physicalType": "table", "properties": schema,
+                       **({"quality": quality} if quality else {})}]}
     p = tmp_path / "t.odcs.yaml"
     p.write_text(yaml.safe_dump(doc))
     return p
@@ -42,7 +43,8 @@ def test_rules_compiled_from_properties_and_quality(tmp_path):
         {"name": "kind", "logicalType": "string", "physicalType": "VARCHAR",
          "quality": [{"id": "kind.allowed", "type": "library", "metric": "invalidValues",
                       "arguments": {"validValues": ["a", "b"]}, "mustBe": 0, "severity": "warning"}]},
-        {"name": "n", "logicalType": "integer", "physicalType": "BIGINT", "logicalTypeOptions": {"minimum": 0, "maximum": 10}},
+        {"name": "n", "logicalType": "integer", "physicalType": "BIGINT",
+         "logicalTypeOptions": {"minimum": 0, "maximum": 10}},
         {"name": "code", "logicalType": "string", "physicalType": "VARCHAR", "logicalTypeOptions": {"pattern": "[A-Z]{2}"}},
     ], quality=[{"id": "rows", "type": "library", "metric": "rowCount", "mustBeGreaterThan": 0},
                 {"id": "big_n", "type": "sql", "query": "SELECT count(*) FROM {table} WHERE n > 5", "mustBeLessThan": 2}])
@@ -77,10 +79,12 @@ def test_ge_and_sql_engines_agree(tmp_path, conn):
         {"name": "kind", "logicalType": "string", "physicalType": "VARCHAR",
          "quality": [{"id": "kind.allowed", "type": "library", "metric": "invalidValues",
                       "arguments": {"validValues": ["a", "b"]}, "mustBe": 0}]},
-        {"name": "n", "logicalType": "integer", "physicalType": "BIGINT", "logicalTypeOptions": {"minimum": 0, "maximum": 10}},
+        {"name": "n", "logicalType": "integer", "physicalType": "BIGINT",
+         "logicalTypeOptions": {"minimum": 0, "maximum": 10}},
         {"name": "code", "logicalType": "string", "physicalType": "VARCHAR", "logicalTypeOptions": {"pattern": "[A-Z]{2}"}},
         {"name": "opt", "logicalType": "string", "physicalType": "VARCHAR",
-         "quality": [{"id": "opt.mostly", "type": "library", "metric": "nullValues", "mustBeLessThan": 50, "unit": "percent"}]},
+         "quality": [{"id": "opt.mostly", "type": "library", "metric": "nullValues", "mustBeLessThan": 50,
+                      "unit": "percent"}]},
     ], quality=[{"id": "rows", "type": "library", "metric": "rowCount", "mustBeBetween": [1, 3]}])
     c = load_contract(p)
     conn.execute("CREATE TABLE t (id VARCHAR, kind VARCHAR, n BIGINT, code VARCHAR, opt VARCHAR)")

@@ -182,7 +182,8 @@ def test_a_ranges_large_metadata_is_stored_once(tmp_path, monkeypatch):
         latest = inst.get_latest_materialization_event(key)
         assert latest.dagster_event.partition == "2026-01-04"
         assert latest.asset_materialization.metadata["chart"].value == CHART
-        by_day = {r.partition_key: r.asset_materialization.metadata for r in inst.fetch_materializations(key, limit=10).records}
+        by_day = {r.partition_key: r.asset_materialization.metadata
+                  for r in inst.fetch_materializations(key, limit=10).records}
         assert sorted(by_day) == ["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04"]
         for day in ("2026-01-01", "2026-01-02", "2026-01-03"):
             assert by_day[day]["chart"].value == "the range run's chart: kept once, on partition 2026-01-04"

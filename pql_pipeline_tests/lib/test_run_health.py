@@ -4,7 +4,6 @@ with SIGKILL, real signals."""
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import shutil
 import signal

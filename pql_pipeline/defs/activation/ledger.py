@@ -322,7 +322,7 @@ def close_interrupted(conn, destination: str, object_type: str) -> list[str]:
                    count(*) FILTER (WHERE status = 'rejected'), count(*) FILTER (WHERE status IN ('failed', 'pending')),
                    count(*) FILTER (WHERE status = 'pending'), max(updated_at)
             FROM {LEDGER} WHERE destination = ? AND object_type = ? AND last_run_id = ?""",
-                                                                     [ledger_destination_, object_type, run_id]).fetchall()[0]
+            [ledger_destination_, object_type, run_id]).fetchall()[0]
         conn.execute(f"""
             UPDATE {RUNS} SET status = 'interrupted', finished_at = COALESCE(CAST(? AS TIMESTAMPTZ), started_at),
                    sent = ?, created = ?, updated = ?, rejected = ?, failed = ?,

@@ -28,8 +28,8 @@ import datetime as dt
 from pql_pipeline.defs.features.features import (
     FeatureSpec,
     q,
-    user_day_measures,
     traits_sql,
+    user_day_measures,
     user_day_sql,
     user_firsts_sql,
     user_values_sql,

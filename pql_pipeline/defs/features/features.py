@@ -35,9 +35,9 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from pql_pipeline.signals import Signal, SignalSet, rollup_column
 from pql_pipeline.lib.engine import DuckDBEngine, json_path, sql_literal
 from pql_pipeline.lib.warehouse import ensure_columns, replace_rows, table_exists
+from pql_pipeline.signals import Signal, SignalSet, rollup_column
 
 ACTIVITY_TYPES = ("track", "page", "screen")
 CACHE_FORMAT = "5"  # bump when what the feature cache holds changes
@@ -396,7 +396,7 @@ def state_columns(spec: FeatureSpec) -> list[StateColumn]:
             p = s.period_days or 7
             col = m if s.event else "n_events"
 
-            def at(age: int) -> str:
+            def at(age: int, col: str = col) -> str:
                 return _sum(col, f"age = {age}")
             cols.append(StateColumn("sc_" + s.name, _sum(col, f"age < {p}"), "sum", at(p)))
             cols.append(StateColumn("sp_" + s.name, _sum(col, f"age >= {p} AND age < {2 * p}"), "sum",
@@ -595,7 +595,7 @@ def user_features_sql(spec: FeatureSpec) -> str:
     sigs = spec.signals
     select_cols, joins = [], []
     traits = user_traits(spec)
-    for col, dtype, s in sigs.user_columns():
+    for col, _dtype, s in sigs.user_columns():
         if s.kind == "first_time" and col.endswith("_detail"):
             alias = q("fv_" + s.name)
             w = window_condition(s, since_signup="DATE_DIFF('day', sp.signup_day, f.day)")

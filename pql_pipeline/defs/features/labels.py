@@ -59,7 +59,8 @@ def labels_sql(spec: LabelSpec, days: list[dt.date], until: dt.date) -> str:
     conv = ", ".join(sql_literal(e) for e in spec.conversion_events)
     in_days = ", ".join(f"CAST({sql_literal(d.isoformat())} AS DATE)" for d in days)
     h = spec.horizon_days
-    final = f"DATE_DIFF('day', e.snapshot_date, CAST({sql_literal(until.isoformat())} AS DATE)) >= {h + spec.late_arrival_days}"
+    final = (f"DATE_DIFF('day', e.snapshot_date, CAST({sql_literal(until.isoformat())} AS DATE)) "
+             f">= {h + spec.late_arrival_days}")
     user_excl = "u.is_paying" + (" OR COALESCE(a.is_paying, FALSE)" if spec.exclude_users_of_paying_accounts else "")
     return f"""
 WITH conv AS (

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pql_pipeline.defs.features.features import FeatureSpec
 from pql_pipeline.defs.features.labels import LabelSpec
 from pql_pipeline.defs.features.milestones import MilestoneSpec
-from pql_pipeline.signals import Signal, SignalSet, rollup_column, signals_at
 from pql_pipeline.lib.contracts import Contract, load_contract, with_columns
 from pql_pipeline.settings import Settings, contracts_dir
+from pql_pipeline.signals import Signal, SignalSet, rollup_column, signals_at
 
 # bump when the feature SQL changes meaning (part of each asset's code_version)
 FEATURES_LOGIC_VERSION = "1"

@@ -2,9 +2,10 @@
 
 ``training_set`` holds one row per (user, training snapshot): the user's features, the
 features of the user's account at the same snapshot (prefixed ``acct_``) and the label,
-for snapshots whose label horizon has been observed completely. ``account_training_set`` is the same per account. Training snapshots are every
-``snapshot_every_days``-th day counted from ``partitions.start_date`` (a fixed grid, so
-the set does not shift from one day to the next) within ``lookback_days``.
+for snapshots whose label horizon has been observed completely. ``account_training_set``
+is the same per account. Training snapshots are every ``snapshot_every_days``-th day
+counted from ``partitions.start_date`` (a fixed grid, so the set does not shift from one
+day to the next) within ``lookback_days``.
 
 The leakage guard proves, rather than assumes, that no feature saw the future:
 

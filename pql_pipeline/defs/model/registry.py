@@ -56,8 +56,10 @@ def gate_results(metrics: dict, baselines: dict, top_share: float | None, gates:
     ece = metrics.get("calibration_error")
     return {
         "auc_floor": {"passed": auc is not None and auc >= gates.min_auc, "value": auc, "bound": gates.min_auc},
-        "beats_rules": {"passed": auc is not None and (best_rule is None or auc >= best_rule + gates.min_auc_over_rules),
-                        "value": auc, "bound": None if best_rule is None else round(best_rule + gates.min_auc_over_rules, 5)},
+        "beats_rules": {"passed": auc is not None
+                        and (best_rule is None or auc >= best_rule + gates.min_auc_over_rules),
+                        "value": auc,
+                        "bound": None if best_rule is None else round(best_rule + gates.min_auc_over_rules, 5)},
         "calibration": {"passed": ece is not None and ece <= gates.max_calibration_error, "value": ece,
                         "bound": gates.max_calibration_error},
         "no_dominant_feature": {"passed": top_share is None or top_share <= gates.max_top_feature_share,

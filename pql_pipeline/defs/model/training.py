@@ -244,9 +244,9 @@ def proposed_rule_hits(conn, rows: pd.DataFrame, rule: dict) -> tuple[np.ndarray
     row reached, named "<milestone> >= N in D d". ``rows`` carry user_id, snapshot_date and
     signup_date (the features' signup day)."""
     from pql_pipeline.defs.features.features import event_condition, events_sql, visible
-    from pql_pipeline.signals import Signal
     from pql_pipeline.defs.features.milestones import ACTIVE_DAYS
     from pql_pipeline.lib.warehouse import registered
+    from pql_pipeline.signals import Signal
 
     conds = list(rule.get("conditions") or [])
     unless = list(rule.get("unless") or [])

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pql_pipeline.signals import Signal
 from pql_pipeline.defs.model.training import account_probability
+from pql_pipeline.signals import Signal
 
 
 @dataclass(frozen=True)

@@ -171,7 +171,8 @@ class FakeHubSpot(LocalServer):
 
 def _error(category: str, message: str) -> dict:
     """An error body as the spec's ``Error`` schema has it."""
-    return {"status": "error", "category": category, "message": message, "correlationId": "0f0e0d0c-aaaa-4bbb-8ccc-000000000000"}
+    return {"status": "error", "category": category, "message": message,
+            "correlationId": "0f0e0d0c-aaaa-4bbb-8ccc-000000000000"}
 
 
 def fast_client(url: str, token: str | None, **policy):

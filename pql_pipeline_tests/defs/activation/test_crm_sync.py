@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from pql_pipeline.defs.activation import ledger as L
-from pql_pipeline.defs.activation.hubspot import DestinationError, HubSpotClient, Transport
+from pql_pipeline.defs.activation.hubspot import DestinationError, HubSpotClient
 from pql_pipeline.defs.activation.sync import sync_records
 from pql_pipeline_tests.defs.activation.fake_hubspot import FakeHubSpot, fast_client
 

@@ -30,10 +30,10 @@ from pql_pipeline.defs.features.milestones import (
     discover,
     proposed_rule,
 )
-from pql_pipeline.signals import Signal
 from pql_pipeline.lib.contracts import load_contract
 from pql_pipeline.lib.engine import DuckDBEngine
 from pql_pipeline.lib.warehouse import Warehouse, ensure_tables
+from pql_pipeline.signals import Signal
 from pql_pipeline_tests.conftest import CONTRACTS
 from pql_pipeline_tests.defs.features.conftest import D, World, signals
 

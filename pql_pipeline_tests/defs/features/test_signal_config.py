@@ -4,9 +4,9 @@ import textwrap
 
 import pytest
 
-from pql_pipeline.signals import load_signals
 from pql_pipeline.lib.yaml_config import ConfigError
 from pql_pipeline.settings import PROJECT_ROOT
+from pql_pipeline.signals import load_signals
 
 HEADER = """\
 # signals for the tests

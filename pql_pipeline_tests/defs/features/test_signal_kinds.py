@@ -6,8 +6,7 @@ date and its partition (day received) are both on or before S.
 """
 
 from pql_pipeline.defs.features.features import compute_features
-from pql_pipeline_tests.defs.features.conftest import (D, features_at, one_user, signals, spec, table_dump,
-                                                        user_rows)
+from pql_pipeline_tests.defs.features.conftest import D, features_at, one_user, signals, spec, table_dump, user_rows
 
 S = "2026-03-20"
 

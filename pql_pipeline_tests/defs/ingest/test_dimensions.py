@@ -1,7 +1,7 @@
 from pql_pipeline.defs.ingest.dimensions import build_accounts, build_users
 from pql_pipeline.settings import load_settings
-from pql_pipeline_tests.defs.ingest.test_validation import ingest
 from pql_pipeline_tests.conftest import track, write_lines
+from pql_pipeline_tests.defs.ingest.test_validation import ingest
 
 
 def test_traits_merge_latest_wins_and_history_is_kept(tmp_path, conn, segment_contract):

@@ -39,7 +39,7 @@ def test_hostile_partition(tmp_path, monkeypatch):
     assert {"raw_events", "validated_events", "quarantined_events", "duplicate_events"} <= materialized(result)
     assert "users" not in materialized(result)
 
-    raw, val, dup, qua = p.query(f"""SELECT (SELECT count(*) FROM raw_events), (SELECT count(*) FROM validated_events),
+    raw, val, dup, qua = p.query("""SELECT (SELECT count(*) FROM raw_events), (SELECT count(*) FROM validated_events),
         (SELECT count(*) FROM duplicate_events), (SELECT count(*) FROM quarantined_events)""")[0]
     assert raw == expected_lines
     assert raw == val + dup + qua

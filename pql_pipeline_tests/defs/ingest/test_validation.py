@@ -100,8 +100,8 @@ def test_a_raw_table_of_verbatim_lines_is_converted_in_place(tmp_path, conn, seg
     files gives, with the good lines' text dropped and the bad lines' text kept."""
     from pql_pipeline.defs.ingest.loader import SourceFile, read_jsonl
     from pql_pipeline.defs.ingest.raw import ensure_raw_events
-    from pql_pipeline_tests.conftest import CONTRACTS
     from pql_pipeline.lib.contracts import load_contract
+    from pql_pipeline_tests.conftest import CONTRACTS
 
     good = [track("g1", "Feature Used", "2026-01-02T10:00:00Z", feature="x"),
             track("g1", "Feature Used", "2026-01-02T11:00:00Z", feature="x")]
@@ -145,7 +145,8 @@ def test_duplicates_first_wins_within_and_across_partitions(tmp_path, conn, segm
     e1_resent = dict(e1, properties={"feature": "second"})  # same messageId, later copy loses
     write_lines(tmp_path / "dt=2026-01-02" / "a.jsonl", [e1, e1_resent])
     write_lines(tmp_path / "dt=2026-01-02" / "b.jsonl", [e1])
-    write_lines(tmp_path / "dt=2026-01-03" / "a.jsonl", [e1, track("m2", "Feature Used", "2026-01-03T10:00:00Z", feature="y")])
+    write_lines(tmp_path / "dt=2026-01-03" / "a.jsonl",
+                [e1, track("m2", "Feature Used", "2026-01-03T10:00:00Z", feature="y")])
     write_lines(tmp_path / "dt=2026-01-20" / "a.jsonl", [e1])  # beyond the lookback: a new event
     c1, c2, c3 = ingest(conn, tmp_path, segment_contract, "2026-01-02", "2026-01-03", "2026-01-20", lookback=7)
     assert (c1.validated, c1.duplicates) == (1, 2)

@@ -7,12 +7,12 @@ import csv
 import datetime as dt
 import io
 import re
-from markupsafe import escape as html_escape
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pytest
+from markupsafe import escape as html_escape
 from sklearn.metrics import roc_auc_score
 
 from pql_pipeline.definitions import MODEL_JOB, SCORING_JOB, build_definitions

@@ -4,7 +4,7 @@ signup, with property filters read exactly as the features read them."""
 import pandas as pd
 
 from pql_pipeline.defs.model.training import proposed_rule_hits
-from pql_pipeline_tests.defs.features.conftest import D, fconn, world  # noqa: F401 (fixtures)
+from pql_pipeline_tests.defs.features.conftest import D
 
 RULE = {"match": "any", "conditions": [
     {"milestone": "Ticket (resolved=true)", "event": "Ticket", "where": {"resolved": True},

@@ -6,6 +6,7 @@ import dagster as dg
 from pql_pipeline.defs.monitoring.alerts import Alert, AlertResource, check_alert, run_failure_alert, should_alert
 from pql_pipeline_tests.defs.monitoring.fake_webhook import FakeWebhook, slack_error
 
+
 class Log:
     def __init__(self):
         self.lines: list[tuple[str, str]] = []

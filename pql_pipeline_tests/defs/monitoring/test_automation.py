@@ -86,20 +86,23 @@ def test_newly_landed_files_launch_their_partition_once(defs_and_root):
     cursor = first.cursor
     assert set(json.loads(cursor)) == {"2026-03-01", "2026-03-02"}
 
-    again = sensor.evaluate_tick(dg.build_sensor_context(repository_def=defs.get_repository_def(), instance=instance, cursor=cursor))
+    again = sensor.evaluate_tick(dg.build_sensor_context(repository_def=defs.get_repository_def(), instance=instance,
+                                                         cursor=cursor))
     assert again.run_requests == [] and again.skip_message
 
     # a late file for an old day, and a new day: both run, the old one with a new run key
     land(root, "2026-03-01", name="events-0001.jsonl")
     land(root, "2026-03-03")
-    third = sensor.evaluate_tick(dg.build_sensor_context(repository_def=defs.get_repository_def(), instance=instance, cursor=again.cursor or cursor))
+    third = sensor.evaluate_tick(dg.build_sensor_context(repository_def=defs.get_repository_def(), instance=instance,
+                                                         cursor=again.cursor or cursor))
     assert sorted(r.partition_key for r in third.run_requests) == ["2026-03-01", "2026-03-03"]
     assert len({r.run_key for r in first.run_requests + third.run_requests}) == 3
 
     # the fingerprint is stable across processes (no per-process hash seed)
     assert landed_partitions(root, "dt={date}/*.jsonl*") == landed_partitions(root, "dt={date}/*.jsonl*")
     land(root, "2026-03-02", body='{"type": "track"}\n{"type": "page"}\n')
-    fourth = sensor.evaluate_tick(dg.build_sensor_context(repository_def=defs.get_repository_def(), instance=instance, cursor=third.cursor))
+    fourth = sensor.evaluate_tick(dg.build_sensor_context(repository_def=defs.get_repository_def(), instance=instance,
+                                                          cursor=third.cursor))
     assert [r.partition_key for r in fourth.run_requests] == ["2026-03-02"]
 
 
@@ -128,7 +131,8 @@ def test_a_flood_of_partitions_is_spread_over_ticks(defs_and_root, monkeypatch):
     instance = dg.DagsterInstance.ephemeral()
     first = sensor.evaluate_tick(dg.build_sensor_context(repository_def=defs.get_repository_def(), instance=instance))
     assert len(first.run_requests) == settings.monitoring.automation.landing_max_runs_per_tick == 10
-    second = sensor.evaluate_tick(dg.build_sensor_context(repository_def=defs.get_repository_def(), instance=instance, cursor=first.cursor))
+    second = sensor.evaluate_tick(dg.build_sensor_context(repository_def=defs.get_repository_def(), instance=instance,
+                                                          cursor=first.cursor))
     assert len(second.run_requests) == 4
 
 

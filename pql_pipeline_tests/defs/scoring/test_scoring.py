@@ -2,14 +2,14 @@
 and caps (pure functions on hand-built leads)."""
 
 import numpy as np
-import pytest
 import pandas as pd
+import pytest
 from sklearn.linear_model import LogisticRegression
 
-from pql_pipeline.signals import Signal
-from pql_pipeline.defs.scoring.assets import volume_verdict
 from pql_pipeline.defs.model.training import reference_values
+from pql_pipeline.defs.scoring.assets import volume_verdict
 from pql_pipeline.defs.scoring.scoring import ScoringSpec, explain, route, segment_of, tier_of
+from pql_pipeline.signals import Signal
 
 INVITES = Signal(name="teammates_invited", kind="distinct_count", event="Teammate Invited", property="email",
                  polarity="positive", threshold=2, reason="invited {value} teammates")
@@ -238,7 +238,7 @@ def test_days_routed_together_get_what_each_day_gets_alone():
         return routed_users, finish_account_routes(acc, routed_users, sales)
 
     alone = []
-    for day, rows in zip(days, (one, two)):
+    for _day, rows in zip(days, (one, two)):
         users, told, spec = _scored(rows)
         users["percentile"] = percentile(users, [])
         alone.append(finished(users, told, spec))
@@ -300,8 +300,8 @@ def test_days_scored_together_get_what_each_day_gets_alone():
     """A range's consecutive days go through the model together, in one frame; each row's
     probability and reasons must be what scoring its day's rows alone gives, and a count
     without missing values reads as an integer."""
-    import json
     import datetime as dt
+    import json
 
     from sklearn.ensemble import HistGradientBoostingClassifier
 
@@ -446,7 +446,7 @@ def _walked(est, t: np.ndarray) -> tuple[np.ndarray, float]:
     for (tree,) in est._predictors:
         nodes = tree.nodes
 
-        def expected(i):
+        def expected(i, nodes=nodes):
             if nodes["is_leaf"][i]:
                 return float(nodes["value"][i]) * nodes["count"][i], float(nodes["count"][i])
             (a, m), (b, k) = expected(nodes["left"][i]), expected(nodes["right"][i])
@@ -478,8 +478,7 @@ def test_gradient_boostings_reasons_are_its_path_contributions(calibration):
     from scipy.special import expit
 
     from pql_pipeline.defs.model.training import build_model
-    from pql_pipeline.defs.scoring.scoring import (_pipeline_parts, contribution_matrix, path_contributions,
-                                                   tree_attribution)
+    from pql_pipeline.defs.scoring.scoring import _pipeline_parts, contribution_matrix, path_contributions, tree_attribution
 
     x, y = _planted_frame(3000, seed=11)
     numeric = ["teammates_invited", "basics_tickets", "avg_session_seconds", "projects"]
