@@ -55,12 +55,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from pql_pipeline.defs.features.features import (  # noqa: E402
-    ACTIVITY_TYPES,
-    FeatureSpec,
-    compute_features,
-    user_table_columns,
-)
+from pql_pipeline.defs.features.features import compute_features  # noqa: E402
+from pql_pipeline.defs.features.sql import ACTIVITY_TYPES, FeatureSpec, user_table_columns  # noqa: E402
 from pql_pipeline.lib.contracts import load_contract  # noqa: E402
 from pql_pipeline.lib.engine import json_path, sql_literal  # noqa: E402
 from pql_pipeline.settings import PROJECT_ROOT, WarehouseSettings, load_settings  # noqa: E402

@@ -66,7 +66,7 @@ def scratch_path(db: Path) -> Path:
 def feature_frame_sql(days: str) -> str:
     """User feature rows of ``days`` (a SQL predicate on u.snapshot_date) with their account's
     features as acct_* (the shape of training_set without the label columns)."""
-    from pql_pipeline.defs.features.features import account_table_columns, q, user_table_columns
+    from pql_pipeline.defs.features.sql import account_table_columns, q, user_table_columns
 
     spec = BF.feature_spec()
     ucols = [c for c, _ in user_table_columns(spec.signals)]

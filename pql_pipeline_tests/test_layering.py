@@ -1,7 +1,8 @@
-"""The package's import structure: stages import downwards only (ingest, features, model,
-scoring, activation, monitoring, in data-flow order), ``lib`` and ``settings`` import no
-stage. Every import counts, including the ones inside functions (they hide a dependency
-from a reader of the module's first lines, not from this test)."""
+"""The package's import structure: no import circle between its modules; stages import
+downwards only (ingest, features, model, scoring, activation, monitoring, in data-flow
+order); ``lib`` and ``settings`` import no stage. Every import counts, including the ones
+inside functions (they hide a dependency from a reader of the module's first lines, not
+from this test)."""
 
 from __future__ import annotations
 
@@ -58,6 +59,51 @@ def violations(graph: dict[str, set[str]]) -> list[str]:
                                                           "cli", "demo"):
                 out.append(f"{module} imports {target}: lib and settings import no stage")
     return out
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                out.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(out)
+
+
+def test_no_import_circle():
+    assert circles(import_graph(ROOT / "pql_pipeline")) == []
+
+
+def test_a_circle_through_a_function_level_import_is_found():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert circles(graph) == [["a", "b", "c"]]
+    assert circles({"a": {"b"}, "b": set()}) == []
 
 
 def test_stages_import_downwards_only():

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pql_pipeline.defs.features.features import (
+from pql_pipeline.defs.features.sql import (
     FeatureSpec,
     q,
     traits_sql,

@@ -24,7 +24,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from pql_pipeline.defs.features.features import WAREHOUSE, Sources, events_sql
+from pql_pipeline.defs.features.sql import WAREHOUSE, Sources, events_sql
 from pql_pipeline.lib.engine import DuckDBEngine, sql_literal
 from pql_pipeline.lib.warehouse import ensure_columns, replace_rows
 

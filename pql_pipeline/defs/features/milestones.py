@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import pandas as pd
 from scipy.stats import norm
 
-from pql_pipeline.defs.features.features import WAREHOUSE, Sources, event_condition, events_sql
+from pql_pipeline.defs.features.sql import WAREHOUSE, Sources, event_condition, events_sql
 from pql_pipeline.lib.engine import DuckDBEngine, sql_literal
 from pql_pipeline.signals import Signal, SignalSet
 

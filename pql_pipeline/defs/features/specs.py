@@ -3,9 +3,9 @@ and the contracts of the feature tables extended with one column per configured 
 
 from __future__ import annotations
 
-from pql_pipeline.defs.features.features import FeatureSpec
 from pql_pipeline.defs.features.labels import LabelSpec
 from pql_pipeline.defs.features.milestones import MilestoneSpec
+from pql_pipeline.defs.features.sql import FeatureSpec
 from pql_pipeline.lib.contracts import Contract, load_contract, with_columns
 from pql_pipeline.settings import Settings, contracts_dir
 from pql_pipeline.signals import Signal, SignalSet, rollup_column, signals_at

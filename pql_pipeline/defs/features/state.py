@@ -31,7 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 
-from pql_pipeline.defs.features.features import (
+from pql_pipeline.defs.features.sql import (
     FeatureSpec,
     Signal,
     account_traits,

@@ -22,15 +22,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from pql_pipeline.defs.features.features import (
-    FeatureSpec,
-    Sources,
-    account_table_columns,
-    build_feature_temps,
-    drop_feature_temps,
-    q,
-    user_table_columns,
-)
+from pql_pipeline.defs.features.features import build_feature_temps, drop_feature_temps
+from pql_pipeline.defs.features.sql import FeatureSpec, Sources, account_table_columns, q, user_table_columns
 from pql_pipeline.lib.engine import DuckDBEngine, sql_literal
 from pql_pipeline.lib.warehouse import ensure_columns, replace_rows
 

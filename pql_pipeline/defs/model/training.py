@@ -243,8 +243,8 @@ def proposed_rule_hits(conn, rows: pd.DataFrame, rule: dict) -> tuple[np.ndarray
     """The rule's verdict per row (1/0) and the milestones (conditions and unless ones) each
     row reached, named "<milestone> >= N in D d". ``rows`` carry user_id, snapshot_date and
     signup_date (the features' signup day)."""
-    from pql_pipeline.defs.features.features import event_condition, events_sql, visible
     from pql_pipeline.defs.features.milestones import ACTIVE_DAYS
+    from pql_pipeline.defs.features.sql import event_condition, events_sql, visible
     from pql_pipeline.lib.warehouse import registered
     from pql_pipeline.signals import Signal
 

@@ -15,7 +15,8 @@ import re
 
 import pytest
 
-from pql_pipeline.defs.features.features import FeatureSpec, compute_features
+from pql_pipeline.defs.features.features import compute_features
+from pql_pipeline.defs.features.sql import FeatureSpec
 from pql_pipeline.lib.contracts import load_contract
 from pql_pipeline.lib.warehouse import ensure_tables
 from pql_pipeline.signals import SignalSet

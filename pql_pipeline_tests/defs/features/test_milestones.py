@@ -21,7 +21,6 @@ import pandas as pd
 import pytest
 from scipy.stats import binomtest
 
-from pql_pipeline.defs.features.features import event_condition
 from pql_pipeline.defs.features.milestones import (
     ACTIVE_DAYS,
     MILESTONE_COLUMNS,
@@ -30,6 +29,7 @@ from pql_pipeline.defs.features.milestones import (
     discover,
     proposed_rule,
 )
+from pql_pipeline.defs.features.sql import event_condition
 from pql_pipeline.lib.contracts import load_contract
 from pql_pipeline.lib.engine import DuckDBEngine
 from pql_pipeline.lib.warehouse import Warehouse, ensure_tables

@@ -261,6 +261,7 @@ def test_a_scored_range_equals_its_days_scored_one_by_one(trained):
             score(days[-1], days[-1])
 
 
+@pytest.mark.slow
 def test_the_ui_metadata_and_the_pql_report_show_charts(trained):
     """After scoring the newest day (the test above): every chart of the metadata is a real
     image beside its numbers, and the PQL report of the day is a page with its PQLs, reasons,
