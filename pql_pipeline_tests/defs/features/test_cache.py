@@ -23,6 +23,9 @@ SIGS = signals(
     {"name": "role", "kind": "trait", "property": "role", "type": "string"},
     accounts=[{"name": "seats", "kind": "seats"}, {"name": "team_features", "kind": "distinct_count",
                                                    "event": "Invite", "property": "email"},
+              {"name": "active_members", "kind": "active_users", "window_days": 3},
+              {"name": "active_share", "kind": "active_seat_share", "window_days": 3},
+              {"name": "team_invites", "kind": "count", "event": "Invite"},
               {"name": "plan", "kind": "trait", "property": "plan", "type": "string"}],
     signup_event="Signed Up")
 

@@ -72,6 +72,14 @@ def differences(expected: list[dict], got: list[dict], key: tuple[str, ...]) -> 
     return out
 
 
+def test_the_hand_built_history_has_a_signal_of_every_kind():
+    """So that the engines are compared on every kind of signal the configuration accepts."""
+    from pql_pipeline.signals import ACCOUNT_KINDS, USER_KINDS
+
+    assert {s.kind for s in SIGS.signals} == set(USER_KINDS)
+    assert {s.kind for s in SIGS.account_signals} == set(ACCOUNT_KINDS)
+
+
 def test_spark_gives_duckdbs_features_on_the_hand_built_history(history, fconn, spark):  # noqa: F811
     versions(fconn, *DAYS)
     compute_features(fconn, spec(SIGS), DAYS)  # DuckDB, feature cache and advanced state as in production

@@ -10,6 +10,7 @@ import pytest
 from pql_pipeline.defs.features import cache
 from pql_pipeline.defs.features.features import compute_features
 from pql_pipeline.defs.features.state import STATE_SNAPSHOTS, STATE_USERS
+from pql_pipeline.signals import ACCOUNT_KINDS, USER_KINDS
 from pql_pipeline_tests.defs.features.conftest import D, account_rows, signals, spec, table_dump, user_rows
 from pql_pipeline_tests.defs.features.test_cache import versions
 
@@ -37,6 +38,7 @@ SIGS = signals(
     {"name": "role", "kind": "trait", "property": "role", "type": "string"},
     accounts=[{"name": "seats", "kind": "seats"},
               {"name": "active_members", "kind": "active_users", "window_days": 3},
+              {"name": "active_share", "kind": "active_seat_share", "window_days": 3},
               {"name": "team_invites", "kind": "distinct_count", "event": "Invite", "property": "email"},
               {"name": "team_invites_4d", "kind": "distinct_count", "event": "Invite", "property": "email",
                "window_days": 4},
@@ -104,6 +106,13 @@ def busy(world):
     w.event(day(3, "10:30"), None, None, type="group", anon="anon-9", resolved=None, group="A",
             traits={"plan": "trial"})
     return w
+
+
+def test_the_history_has_a_signal_of_every_kind():
+    """The equality below holds for every kind the configuration accepts: a new kind must be
+    added to SIGS (and so be computed both ways) before this passes."""
+    assert {s.kind for s in SIGS.signals} == set(USER_KINDS)
+    assert {s.kind for s in SIGS.account_signals} == set(ACCOUNT_KINDS)
 
 
 @pytest.mark.parametrize("mask_bits", [62, 2], ids=["values-as-masks", "values-outgrow-masks"])
