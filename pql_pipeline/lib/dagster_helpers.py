@@ -1,6 +1,7 @@
 """Dagster helpers shared by every stage: the warehouse pool, contract loading, table
 schemas and markdown for metadata, and contract checks generated from ODCS contracts."""
 
+import datetime as dt
 
 import dagster as dg
 
@@ -33,6 +34,11 @@ def md_table(rows: list[dict]) -> str:
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     out += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     return "\n".join(out)
+
+
+def partition_days(context) -> list[dt.date]:
+    """The run's partitions as dates, oldest first (a single-run range gives several)."""
+    return sorted({dt.date.fromisoformat(k) for k in context.partition_keys})
 
 
 def run_partitions(context, conn, table: str, partition_column: str = "partition_date") -> list[str]:

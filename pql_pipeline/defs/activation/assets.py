@@ -1,6 +1,5 @@
 """Activation stage: the day's scores -> the CRM (HubSpot companies and contacts)."""
 
-import datetime as dt
 
 import dagster as dg
 from pydantic import Field
@@ -10,7 +9,7 @@ from pql_pipeline.defs.activation.hubspot import HubSpotClient, Transport
 from pql_pipeline.defs.activation.nudges import IntercomChannel, NudgeChannel, WebhookChannel, send_nudges
 from pql_pipeline.defs.activation.records import VOLATILE, company_records, contact_records
 from pql_pipeline.defs.activation.sync import new_run_id, sync_records
-from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table
+from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table, partition_days
 from pql_pipeline.lib.warehouse import Warehouse, table_exists
 from pql_pipeline.settings import CrmSettings, InAppSettings, Settings
 
@@ -89,7 +88,7 @@ def build_activation_assets(settings: Settings, daily: dg.PartitionsDefinition,
         later run; without HUBSPOT_ACCESS_TOKEN the exact requests go to sync_outbox (dry run). Of a range, only
         the newest day is synced (older days' values would overwrite it)."""
         gate(context, list(gates), "CRM updates")
-        day = max(dt.date.fromisoformat(k) for k in context.partition_keys)
+        day = partition_days(context)[-1]
         client = hubspot.client(crm)
         run_id = new_run_id()
         dest = L.ledger_destination(crm.destination, client.dry_run)
@@ -151,7 +150,7 @@ def build_nudge_assets(settings: Settings, daily: dg.PartitionsDefinition,
         that triggers an in-app message: Intercom events (deterministic created_at, at most 10 metadata keys) or a
         signed webhook. One nudge per user and day, at most one per user in activation.in_app.cap_days; the same
         ledger, retries and dry run as the CRM sync. Of a range, only the newest day nudges."""
-        day = max(dt.date.fromisoformat(k) for k in context.partition_keys)
+        day = partition_days(context)[-1]
         channel = in_app.channel(c)
         if not c.enabled:
             return dg.MaterializeResult(metadata={"enabled": False})

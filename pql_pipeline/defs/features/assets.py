@@ -1,7 +1,6 @@
 """Features stage: validated events -> point-in-time features, conversion labels,
 training sets and activation-milestone discovery."""
 
-import datetime as dt
 import math
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from pql_pipeline.defs.features.specs import (
     training_contract,
 )
 from pql_pipeline.defs.features.training import build_training_sets
-from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, contract, md_table, table_schema
+from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, contract, md_table, partition_days, table_schema
 from pql_pipeline.lib.warehouse import Warehouse, ensure_columns, registered, replace_rows, table_exists
 from pql_pipeline.settings import Settings
 
@@ -33,10 +32,6 @@ TAGS = {"pql/stage": "features"}
 def proposed_rule_path(settings: Settings) -> Path:
     """Where the proposed rule-based PQL definition is written (next to the warehouse)."""
     return settings.warehouse_path.parent / "proposed_pql_rule.yaml"
-
-
-def _days(keys) -> list[dt.date]:
-    return sorted(dt.date.fromisoformat(k) for k in keys)
 
 
 def _fmt(v) -> str:
@@ -79,7 +74,7 @@ def build_feature_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
         can_subset=False,
     )
     def features(context: dg.AssetExecutionContext, warehouse: Warehouse):
-        days = _days(context.partition_keys)
+        days = partition_days(context)
         spark = None
         if settings.features.engine == "spark":
             from pql_pipeline.lib.spark import SparkFeatures
@@ -130,7 +125,7 @@ def build_feature_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
         unknown (horizon not observed yet) or excluded (already paying). A run also refreshes the labels of
         the earlier snapshots whose horizon its days complete."""
         with warehouse.get_connection() as conn:
-            run = compute_labels(conn, lspec, _days(context.partition_keys))
+            run = compute_labels(conn, lspec, partition_days(context))
         refreshed = len(run.snapshot_days) - len(context.partition_keys)
         return dg.MaterializeResult(metadata={
             "dagster/row_count": sum(run.counts.values()),

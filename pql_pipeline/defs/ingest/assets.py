@@ -1,6 +1,5 @@
 """Ingest stage: raw_events -> validated_events (+ quarantined / duplicate events) -> users, accounts."""
 
-import datetime as dt
 from pathlib import Path
 
 import dagster as dg
@@ -11,7 +10,7 @@ from pql_pipeline.defs.ingest.resources import EventSource
 from pql_pipeline.defs.ingest.validation import PARTITION_TABLES, validate_partitions
 from pql_pipeline.lib.charts import chart_md, quarantine_chart
 from pql_pipeline.lib.contracts import load_contract
-from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, contract, md_table, table_schema
+from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, contract, md_table, partition_days, table_schema
 from pql_pipeline.lib.trends import quarantine_by_day
 from pql_pipeline.lib.warehouse import Warehouse, dates_sql, ensure_tables
 from pql_pipeline.settings import Settings
@@ -119,7 +118,7 @@ def build_ingest_assets(settings: Settings, daily: dg.PartitionsDefinition) -> l
                 SELECT rule_id, count(*) AS n FROM quarantined_events
                 WHERE partition_date IN ({keys}) GROUP BY rule_id ORDER BY n DESC, rule_id
             """).fetchall()
-            q_days, q_rates = quarantine_by_day(conn, dt.date.fromisoformat(max(context.partition_keys)))
+            q_days, q_rates = quarantine_by_day(conn, partition_days(context)[-1])
         rate = totals["quarantined"] / totals["raw"] if totals["raw"] else 0.0
         q = settings.checks.quarantine_rate
         q_chart = dg.MetadataValue.md(chart_md(lambda: quarantine_chart(q_days, q_rates, q.warn_above, q.error_above),

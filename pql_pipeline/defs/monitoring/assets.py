@@ -14,7 +14,7 @@ from pql_pipeline.defs.monitoring.drift import Thresholds, is_incident
 from pql_pipeline.defs.monitoring.pql_report import report_path, template_version, verify_report, write_report
 from pql_pipeline.defs.scoring.batch import candidates_sql
 from pql_pipeline.lib.charts import chart_md, drift_chart
-from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table
+from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table, partition_days
 from pql_pipeline.lib.warehouse import Warehouse, ensure_columns, registered, replace_rows, table_exists
 from pql_pipeline.settings import Settings
 
@@ -298,7 +298,7 @@ def build_monitoring_assets(settings: Settings, daily: dg.PartitionsDefinition) 
         run), and for the newest day the scoring features (vs the model's training rows and the trailing weeks),
         the predictions and the realised performance of the newest labelled cohort. Its checks gate the CRM
         and in-app outputs."""
-        days = sorted(dt.date.fromisoformat(k) for k in context.partition_keys)
+        days = partition_days(context)
         newest = days[-1]
         bounds = stream_bounds(settings)
         with warehouse.get_connection() as conn:
@@ -351,7 +351,7 @@ def build_monitoring_assets(settings: Settings, daily: dg.PartitionsDefinition) 
         pql_report_<day>.html and, when it is the newest scored day, pql_report.html. It does not depend on
         drift_report, so a drift alert that holds the outputs is shown here instead of stopping the page (the
         executor runs drift_report first: it is one level closer to the scores)."""
-        day = max(dt.date.fromisoformat(k) for k in context.partition_keys)
+        day = partition_days(context)[-1]
         with warehouse.get_connection() as conn:
             path, data = write_report(conn, settings, day)
             found = verify_report(conn, path, day)

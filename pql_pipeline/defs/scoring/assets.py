@@ -1,6 +1,5 @@
 """Scoring stage: the latest features and the scoring model -> pql_scores (daily)."""
 
-import datetime as dt
 
 import dagster as dg
 
@@ -16,7 +15,7 @@ from pql_pipeline.defs.scoring.batch import (
 )
 from pql_pipeline.defs.scoring.history import HISTORY, update_history
 from pql_pipeline.lib.charts import chart_md, pqls_per_day_chart, score_distribution_chart
-from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table
+from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table, partition_days
 from pql_pipeline.lib.trends import day_probabilities, pqls_by_day
 from pql_pipeline.lib.warehouse import Warehouse, ensure_columns, table_exists
 from pql_pipeline.settings import Settings
@@ -51,7 +50,7 @@ def build_scoring_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
         partitions_def=daily, backfill_policy=dg.BackfillPolicy.single_run(), pool=POOL, can_subset=False,
     )
     def pql_scores(context: dg.AssetExecutionContext, warehouse: Warehouse):
-        days = sorted(dt.date.fromisoformat(k) for k in context.partition_keys)
+        days = partition_days(context)
         spec = scoring_spec(settings)
         with warehouse.get_connection() as conn:
             ensure_columns(conn, "pql_scores", SCORE_COLUMNS)
@@ -104,7 +103,7 @@ def build_scoring_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
         """Each account's and user's verdict over time (tier, PQL flag, route, model version) with valid_from /
         valid_to and the reasons of the day it started: when did this account become a PQL, and why. Replayed from
         the run's first day, so re-scoring a range rewrites exactly what follows from it."""
-        run_days = sorted(dt.date.fromisoformat(k) for k in context.partition_keys)
+        run_days = partition_days(context)
         with warehouse.get_connection() as conn:
             if not table_exists(conn, "pql_scores"):
                 return dg.MaterializeResult(metadata={"days_replayed": 0})
