@@ -5,8 +5,21 @@ exist yet)."""
 from __future__ import annotations
 
 import datetime as dt
+import statistics
+from collections.abc import Sequence
 
 from pql_pipeline.lib.warehouse import table_exists
+
+
+def ratio_to_median(value: float, previous: Sequence[float]) -> tuple[float | None, float | None]:
+    """``value`` (a day's count or rate) against the median of ``previous`` (the days before
+    it): (median, value / median). Without previous days: (None, None). A median of 0 gives
+    a ratio of 1 when the value is 0 too, else infinity. The checks that compare a day with
+    its recent past (rows ingested, PQLs scored, the PQL rate) all judge this ratio."""
+    if not previous:
+        return None, None
+    median = statistics.median(previous)
+    return median, (value / median if median else (1.0 if value == 0 else float("inf")))
 
 
 def quarantine_by_day(conn, last: dt.date | None = None, days: int = 90) -> tuple[list[str], list[float]]:

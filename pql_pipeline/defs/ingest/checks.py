@@ -12,12 +12,12 @@ WARN results are shown but let the pipeline continue.
 """
 
 
-import statistics
 
 import dagster as dg
 
 from pql_pipeline.defs.ingest.validation import partitions_counts, reconcile_partitions
 from pql_pipeline.lib.dagster_helpers import POOL, contract, contract_check, md_table, run_partitions
+from pql_pipeline.lib.trends import ratio_to_median
 from pql_pipeline.lib.warehouse import Warehouse, dates_sql
 from pql_pipeline.settings import Settings
 
@@ -104,13 +104,12 @@ def build_ingest_checks(settings: Settings, daily: dg.PartitionsDefinition) -> l
                         SELECT count(*) FROM {table} WHERE partition_date < DATE '{key}'
                         GROUP BY partition_date ORDER BY partition_date DESC LIMIT {vol.lookback_partitions}
                     """).fetchall()]
-                    med = statistics.median(hist) if hist else None
+                    med, ratio = ratio_to_median(n, hist)
                     if med is None:
-                        verdict, ratio = ("no history" if n else "**empty**"), None
+                        verdict = "no history" if n else "**empty**"
                         good = n > 0
                     else:
-                        ratio = n / med if med else None
-                        good = ratio is not None and vol.min_ratio <= ratio <= vol.max_ratio
+                        good = vol.min_ratio <= ratio <= vol.max_ratio
                         verdict = "ok" if good else "**out of range**"
                     ok &= good
                     rows.append({"partition": key, "rows": n, "baseline_median": med if med is not None else "-",

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from pql_pipeline.defs.monitoring.drift import Thresholds, feature_drift, psi, verdict
+from pql_pipeline.lib.trends import ratio_to_median
 
 HISTORY = "drift_history"
 HISTORY_COLUMNS = [
@@ -213,9 +214,8 @@ def prediction_drift_rows(day: dt.date, current: np.ndarray, reference: np.ndarr
     v = psi(reference, current)
     out = [row(day, "predictions", "probability", "trailing_weeks", "psi", round(v, 5), None, t.psi_warn,
                t.psi_alert, verdict(v, t.psi_warn, t.psi_alert), len(current), model_version=model_version)]
-    median = _median(reference_rates)
-    if pql_rate is not None and median > 0:
-        ratio = pql_rate / median
+    median, ratio = ratio_to_median(pql_rate or 0.0, reference_rates)
+    if pql_rate is not None and median:
         change = max(ratio, 1 / ratio) if ratio > 0 else float("inf")
         level = verdict(change, 1 + (max_rate_ratio - 1) / 2, max_rate_ratio)
         out.append(row(day, "predictions", "pql_rate", "trailing_weeks", "rate_change", min(change, 1e6), median,

@@ -16,7 +16,7 @@ from pql_pipeline.defs.scoring.batch import (
 from pql_pipeline.defs.scoring.history import HISTORY, update_history
 from pql_pipeline.lib.charts import chart_md, pqls_per_day_chart, score_distribution_chart
 from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table, partition_days
-from pql_pipeline.lib.trends import day_probabilities, pqls_by_day
+from pql_pipeline.lib.trends import day_probabilities, pqls_by_day, ratio_to_median
 from pql_pipeline.lib.warehouse import Warehouse, ensure_columns, table_exists
 from pql_pipeline.settings import Settings
 
@@ -125,10 +125,8 @@ def volume_verdict(counts: list[int], min_ratio: float, max_ratio: float,
     """``counts``: PQLs of the newest day first, then the days before it. Passes if the newest is
     within [min_ratio, max_ratio] of the median of the others, or if that median is below
     ``min_median`` (too few PQLs a day to tell a problem from chance)."""
-    today, before = counts[0], sorted(counts[1:])
-    mid = len(before) // 2
-    median = before[mid] if len(before) % 2 else (before[mid - 1] + before[mid]) / 2
-    ratio = today / median if median else (1.0 if today == 0 else float("inf"))
+    today = counts[0]
+    median, ratio = ratio_to_median(today, counts[1:])
     meta = {"pqls": today, "median_before": median, "ratio": round(ratio, 3) if ratio != float("inf") else "inf",
             "bounds": f"{min_ratio}-{max_ratio}"}
     if median < min_median:
