@@ -27,6 +27,23 @@ def table_schema(c: Contract, object_name: str) -> dg.TableSchema:
     ])
 
 
+def table_spec(name: str, stage: str, description: str, deps: list[str], *, partition_expr: str | None = None,
+               contract: Contract | None = None, names_contract: bool = True, kinds: set[str] | None = None,
+               code_version: str | None = None) -> dg.AssetSpec:
+    """The spec of an asset that is a warehouse table of the same name: its stage's group and
+    tag, the owners, the table name, the partition column, and with ``contract`` the column
+    schema (and the contract's id, unless ``names_contract`` is false)."""
+    metadata: dict = {"partition_expr": partition_expr} if partition_expr else {}
+    if contract is not None and names_contract:
+        metadata["contract"] = contract.id
+    metadata["dagster/table_name"] = name
+    if contract is not None:
+        metadata["dagster/column_schema"] = table_schema(contract, name)
+    return dg.AssetSpec(name, deps=deps, group_name=stage, kinds=kinds or {"duckdb"}, owners=OWNERS,
+                        tags={"pql/stage": stage}, code_version=code_version, description=description,
+                        metadata=metadata)
+
+
 def md_table(rows: list[dict]) -> str:
     if not rows:
         return "_none_"

@@ -21,7 +21,7 @@ from pql_pipeline.defs.features.specs import (
     training_contract,
 )
 from pql_pipeline.defs.features.training import build_training_sets
-from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, contract, md_table, partition_days, table_schema
+from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, contract, md_table, partition_days, table_schema, table_spec
 from pql_pipeline.lib.warehouse import Warehouse, ensure_columns, registered, replace_rows, table_exists
 from pql_pipeline.settings import Settings
 
@@ -53,20 +53,13 @@ def build_feature_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
 
     @dg.multi_asset(
         specs=[
-            dg.AssetSpec("user_features", deps=["validated_events"], group_name=GROUP, kinds=kinds,
-                         owners=OWNERS, tags=TAGS, code_version=code_version,
-                         description="One row per active user per snapshot day: every signal of signals.yaml, "
-                                     "computed only from events known by the end of that day.",
-                         metadata={"partition_expr": "snapshot_date", "contract": fc.id,
-                                   "dagster/table_name": "user_features",
-                                   "dagster/column_schema": table_schema(fc, "user_features")}),
-            dg.AssetSpec("account_features", deps=["validated_events"], group_name=GROUP,
-                         kinds=kinds, owners=OWNERS, tags=TAGS, code_version=code_version,
-                         description="One row per account with an active user per snapshot day: users rolled up "
-                                     "(best user, averages), seats, active users, breadth, firmographics as of the day.",
-                         metadata={"partition_expr": "snapshot_date", "contract": fc.id,
-                                   "dagster/table_name": "account_features",
-                                   "dagster/column_schema": table_schema(fc, "account_features")}),
+            table_spec("user_features", GROUP, "One row per active user per snapshot day: every signal of "
+                       "signals.yaml, computed only from events known by the end of that day.", ["validated_events"],
+                       partition_expr="snapshot_date", contract=fc, kinds=kinds, code_version=code_version),
+            table_spec("account_features", GROUP, "One row per account with an active user per snapshot day: users "
+                       "rolled up (best user, averages), seats, active users, breadth, firmographics as of the day.",
+                       ["validated_events"], partition_expr="snapshot_date", contract=fc, kinds=kinds,
+                       code_version=code_version),
         ],
         partitions_def=daily,
         backfill_policy=dg.BackfillPolicy.single_run(),
@@ -138,17 +131,13 @@ def build_feature_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
 
     @dg.multi_asset(
         specs=[
-            dg.AssetSpec("training_set", deps=["conversion_labels", "user_features", "account_features"],
-                         group_name=GROUP, kinds={"duckdb"}, owners=OWNERS, tags=TAGS, code_version=code_version,
-                         description="User features (and their account's, prefixed acct_) at the training "
-                                     "snapshots joined with known labels; guarded against leakage.",
-                         metadata={"contract": tc.id, "dagster/table_name": "training_set",
-                                   "dagster/column_schema": table_schema(tc, "training_set")}),
-            dg.AssetSpec("account_training_set", deps=["conversion_labels", "account_features"],
-                         group_name=GROUP, kinds={"duckdb"}, owners=OWNERS, tags=TAGS, code_version=code_version,
-                         description="Account features at the training snapshots joined with known account labels.",
-                         metadata={"contract": tc.id, "dagster/table_name": "account_training_set",
-                                   "dagster/column_schema": table_schema(tc, "account_training_set")}),
+            table_spec("training_set", GROUP, "User features (and their account's, prefixed acct_) at the training "
+                       "snapshots joined with known labels; guarded against leakage.",
+                       ["conversion_labels", "user_features", "account_features"], contract=tc,
+                       code_version=code_version),
+            table_spec("account_training_set", GROUP, "Account features at the training snapshots joined with known "
+                       "account labels.", ["conversion_labels", "account_features"], contract=tc,
+                       code_version=code_version),
         ],
         pool=POOL,
         can_subset=False,

@@ -10,7 +10,7 @@ from pql_pipeline.defs.ingest.resources import EventSource
 from pql_pipeline.defs.ingest.validation import PARTITION_TABLES, validate_partitions
 from pql_pipeline.lib.charts import chart_md, quarantine_chart
 from pql_pipeline.lib.contracts import load_contract
-from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, contract, md_table, partition_days, table_schema
+from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, contract, md_table, partition_days, table_schema, table_spec
 from pql_pipeline.lib.trends import quarantine_by_day
 from pql_pipeline.lib.warehouse import Warehouse, dates_sql, ensure_tables
 from pql_pipeline.settings import Settings
@@ -74,23 +74,15 @@ def build_ingest_assets(settings: Settings, daily: dg.PartitionsDefinition) -> l
 
     @dg.multi_asset(
         specs=[
-            dg.AssetSpec("validated_events", deps=["raw_events"], group_name="ingest", kinds={"duckdb"},
-                         owners=OWNERS, tags={"pql/stage": "ingest"},
-                         description="Contract-valid events: typed, deduplicated by messageId (first wins), UTC "
-                                     "timestamps, anonymousId resolved to userId, user resolved to account.",
-                         metadata={"partition_expr": "partition_date", "contract": val_c.id,
-                                   "dagster/table_name": "validated_events",
-                                   "dagster/column_schema": table_schema(val_c, "validated_events")}),
-            dg.AssetSpec("quarantined_events", deps=["raw_events"], group_name="ingest", kinds={"duckdb"},
-                         owners=OWNERS, tags={"pql/stage": "ingest"},
-                         description="Lines that broke the inbound contract, with rule ids and reasons; never dropped.",
-                         metadata={"partition_expr": "partition_date", "dagster/table_name": "quarantined_events",
-                                   "dagster/column_schema": table_schema(val_c, "quarantined_events")}),
-            dg.AssetSpec("duplicate_events", deps=["raw_events"], group_name="ingest", kinds={"duckdb"},
-                         owners=OWNERS, tags={"pql/stage": "ingest"},
-                         description="Re-sent messages removed by deduplication, pointing at the kept copy.",
-                         metadata={"partition_expr": "partition_date", "dagster/table_name": "duplicate_events",
-                                   "dagster/column_schema": table_schema(val_c, "duplicate_events")}),
+            table_spec("validated_events", "ingest", "Contract-valid events: typed, deduplicated by messageId (first "
+                       "wins), UTC timestamps, anonymousId resolved to userId, user resolved to account.",
+                       ["raw_events"], partition_expr="partition_date", contract=val_c),
+            table_spec("quarantined_events", "ingest", "Lines that broke the inbound contract, with rule ids and "
+                       "reasons; never dropped.", ["raw_events"], partition_expr="partition_date", contract=val_c,
+                       names_contract=False),
+            table_spec("duplicate_events", "ingest", "Re-sent messages removed by deduplication, pointing at the kept "
+                       "copy.", ["raw_events"], partition_expr="partition_date", contract=val_c,
+                       names_contract=False),
         ],
         partitions_def=daily,
         backfill_policy=dg.BackfillPolicy.single_run(),

@@ -15,7 +15,7 @@ from pql_pipeline.defs.scoring.batch import (
 )
 from pql_pipeline.defs.scoring.history import HISTORY, update_history
 from pql_pipeline.lib.charts import chart_md, pqls_per_day_chart, score_distribution_chart
-from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table, partition_days
+from pql_pipeline.lib.dagster_helpers import OWNERS, POOL, md_table, partition_days, table_spec
 from pql_pipeline.lib.trends import day_probabilities, pqls_by_day, ratio_to_median
 from pql_pipeline.lib.warehouse import Warehouse, ensure_columns, table_exists
 from pql_pipeline.settings import Settings
@@ -31,21 +31,17 @@ def build_scoring_assets(settings: Settings, daily: dg.PartitionsDefinition) -> 
 
     @dg.multi_asset(
         specs=[
-            dg.AssetSpec("pql_scores", deps=deps, group_name=GROUP, kinds={"sklearn", "duckdb"}, owners=OWNERS,
-                         tags=TAGS, code_version=code_version,
-                         description="Every free user with a feature row on the day, scored by the scoring model "
-                                     "(champion or pinned): probability, percentile, tier, PQL flag, whether the "
-                                     "proposed rule fires, the reasons to call and the caveats (each signal's contribution "
-                                     "to the probability, in the signals' own sentences), model version, "
-                                     "size segment and route (sales, in-app nudge or none, with why not).",
-                         metadata={"partition_expr": "snapshot_date", "dagster/table_name": "pql_scores"}),
-            dg.AssetSpec("pql_account_scores", deps=deps, group_name=GROUP, kinds={"sklearn", "duckdb"},
-                         owners=OWNERS, tags=TAGS, code_version=code_version,
-                         description="Every account with a scored user on the day: the probability that it converts "
-                                     "(1 - prod(1 - p) over its free users), percentile, tier, PQL flag, its PQL users "
-                                     "and most likely user, the reasons of its most likely users, and its route "
-                                     "(sales with its contacts, in-app when its users are nudged, or none).",
-                         metadata={"partition_expr": "snapshot_date", "dagster/table_name": "pql_account_scores"}),
+            table_spec("pql_scores", GROUP, "Every free user with a feature row on the day, scored by the scoring "
+                       "model (champion or pinned): probability, percentile, tier, PQL flag, whether the proposed "
+                       "rule fires, the reasons to call and the caveats (each signal's contribution to the "
+                       "probability, in the signals' own sentences), model version, size segment and route (sales, "
+                       "in-app nudge or none, with why not).", deps, partition_expr="snapshot_date",
+                       kinds={"sklearn", "duckdb"}, code_version=code_version),
+            table_spec("pql_account_scores", GROUP, "Every account with a scored user on the day: the probability "
+                       "that it converts (1 - prod(1 - p) over its free users), percentile, tier, PQL flag, its PQL "
+                       "users and most likely user, the reasons of its most likely users, and its route (sales with "
+                       "its contacts, in-app when its users are nudged, or none).", deps,
+                       partition_expr="snapshot_date", kinds={"sklearn", "duckdb"}, code_version=code_version),
         ],
         partitions_def=daily, backfill_policy=dg.BackfillPolicy.single_run(), pool=POOL, can_subset=False,
     )
