@@ -95,10 +95,16 @@ class QuarantineRateSettings(_Strict):
         return self
 
 
-class VolumeSettings(_Strict):
-    lookback_partitions: int = Field(7, ge=1)
+class RatioBounds(_Strict):
+    """A day's value against the median of the days before it (``lib.trends.ratio_to_median``):
+    a ratio within [min_ratio, max_ratio] is normal."""
+
     min_ratio: float = Field(0.3, ge=0)
     max_ratio: float = Field(3.0, gt=0)
+
+
+class VolumeSettings(RatioBounds):
+    lookback_partitions: int = Field(7, ge=1)
 
 
 class CheckSettings(_Strict):
@@ -273,13 +279,11 @@ class RoutingSettings(_Strict):
     suppress_days: int = Field(30, ge=0)
 
 
-class PqlVolumeSettings(_Strict):
+class PqlVolumeSettings(RatioBounds):
     """The newest day's PQL count against the median of the days before (a jump or a collapse
     usually means a tracking or model problem, not a change in the market)."""
 
     lookback_days: int = Field(7, ge=1)
-    min_ratio: float = Field(0.3, ge=0)
-    max_ratio: float = Field(3.0, gt=0)
     # with a median below this many PQLs a day the counts are too small to judge (passes)
     min_median: float = Field(10, ge=0)
     # a day outside the bounds blocks what follows (CRM, nudges) when true; warns otherwise
@@ -324,7 +328,22 @@ def http_url(value: str | None) -> str | None:
     return v
 
 
-class CrmSettings(_Strict):
+class DeliverySettings(_Strict):
+    """How a destination is called: at most ``rate_limit_requests`` calls in any window of
+    ``rate_limit_window_seconds``, each call tried up to ``max_attempts`` times with a doubling
+    wait (jittered) from ``backoff_seconds`` up to ``max_backoff_seconds``."""
+
+    rate_limit_requests: int = Field(100, ge=1)
+    rate_limit_window_seconds: float = Field(10.0, gt=0)
+    max_attempts: int = Field(6, ge=1)          # calls per batch before it is left for the next run
+    backoff_seconds: float = Field(1.0, ge=0)   # first retry wait (doubles, with jitter)
+    max_backoff_seconds: float = Field(60.0, ge=0)
+    timeout_seconds: float = Field(30.0, gt=0)
+    # send every record again on the next run (forgets what the destination already accepted)
+    full_resync: bool = False
+
+
+class CrmSettings(DeliverySettings):
     """The CRM sync (HubSpot CRM v3 batch upserts). Without HUBSPOT_ACCESS_TOKEN it is a dry
     run: the exact requests go to the sync_outbox table instead."""
 
@@ -337,21 +356,13 @@ class CrmSettings(_Strict):
     sync_companies: bool = True
     sync_contacts: bool = True
     batch_size: int = Field(100, ge=1, le=100)
-    # at most this many calls in any window of this many seconds (HubSpot: 100-190 per 10 s by plan)
-    rate_limit_requests: int = Field(100, ge=1)
-    rate_limit_window_seconds: float = Field(10.0, gt=0)
+    # the rate limit (DeliverySettings): HubSpot allows 100-190 calls per 10 s by plan
     concurrency: int = Field(4, ge=1, le=16)    # batches in flight at once (they share the rate limit)
-    max_attempts: int = Field(6, ge=1)          # calls per batch before it is left for the next run
-    backoff_seconds: float = Field(1.0, ge=0)   # first retry wait (doubles, with jitter)
-    max_backoff_seconds: float = Field(60.0, ge=0)
-    timeout_seconds: float = Field(30.0, gt=0)
-    # send every record again on the next run (forgets what HubSpot already accepted)
-    full_resync: bool = False
 
     _url = field_validator("base_url")(classmethod(lambda cls, v: http_url(v)))
 
 
-class InAppSettings(_Strict):
+class InAppSettings(DeliverySettings):
     """In-app nudges for the users routed in_app. Without the channel's secret
     (INTERCOM_ACCESS_TOKEN, or PQL_WEBHOOK_SECRET for the webhook) it is a dry run."""
 
@@ -363,11 +374,6 @@ class InAppSettings(_Strict):
     webhook_url: str | None = None
     rate_limit_requests: int = Field(160, ge=1)     # Intercom private apps: 10,000 a minute
     rate_limit_window_seconds: float = Field(1.0, gt=0)
-    max_attempts: int = Field(6, ge=1)
-    backoff_seconds: float = Field(1.0, ge=0)
-    max_backoff_seconds: float = Field(60.0, ge=0)
-    timeout_seconds: float = Field(30.0, gt=0)
-    full_resync: bool = False
 
     _urls = field_validator("intercom_url", "webhook_url")(classmethod(lambda cls, v: http_url(v)))
 
@@ -414,11 +420,10 @@ class DriftSettings(_Strict):
         return self
 
 
-class StreamSettings(_Strict):
+class StreamSettings(RatioBounds):
     """Event-stream drift: each event name's daily count, identified and account-mapped shares."""
     lookback_days: int = Field(7, ge=1)
     lookback_weeks: int = Field(4, ge=1)
-    min_ratio: float = Field(0.3, ge=0)
     max_ratio: float = Field(3.0, gt=1)
     min_median_events: int = Field(50, ge=1)
     max_share_drop: float = Field(0.1, gt=0, le=1)
