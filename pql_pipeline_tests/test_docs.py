@@ -309,12 +309,11 @@ def unknown_config_keys(text: str) -> list[str]:
 
 @cache
 def defined_assets() -> frozenset[str]:
-    names = set()
-    for path in (ROOT / "pql_pipeline" / "defs").rglob("*.py"):
-        src = path.read_text(encoding="utf-8")
-        names.update(re.findall(r"@dg\.asset\(\s*name=\"(\w+)\"", src))
-        names.update(re.findall(r"dg\.AssetSpec\(\s*\"(\w+)\"", src))
-    return frozenset(names)
+    """The assets the project's Definitions hold (built from the default configuration)."""
+    from pql_pipeline.definitions import build_definitions
+    from pql_pipeline.settings import load_settings
+
+    return frozenset(s.key.to_user_string() for s in build_definitions(load_settings()).resolve_all_asset_specs())
 
 
 def mermaid_nodes(text: str) -> set[str]:
