@@ -122,7 +122,7 @@ ANON_SHARE = 0.3  # share of a user's signup-day events sent before they identif
 
 
 def sql_list(xs) -> str:
-    return "[" + ", ".join("'" + str(x).replace("'", "''") + "'" for x in xs) + "]"
+    return "[" + ", ".join(sql_literal(str(x)) for x in xs) + "]"
 
 
 def pick(lst: list, u01: str) -> str:

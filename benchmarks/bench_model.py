@@ -66,13 +66,14 @@ def scratch_path(db: Path) -> Path:
 def feature_frame_sql(days: str) -> str:
     """User feature rows of ``days`` (a SQL predicate on u.snapshot_date) with their account's
     features as acct_* (the shape of training_set without the label columns)."""
-    from pql_pipeline.defs.features.sql import account_table_columns, q, user_table_columns
+    from pql_pipeline.defs.features.sql import account_table_columns, user_table_columns
+    from pql_pipeline.lib.engine import sql_ident
 
     spec = BF.feature_spec()
     ucols = [c for c, _ in user_table_columns(spec.signals)]
     acols = [c for c, _ in account_table_columns(spec.signals) if c not in ("snapshot_date", "account_id",
                                                                               "definition_hash")]
-    sel = [f"u.{q(c)}" for c in ucols] + [f"a.{q(c)} AS {q('acct_' + c)}" for c in acols]
+    sel = [f"u.{sql_ident(c)}" for c in ucols] + [f"a.{sql_ident(c)} AS {sql_ident('acct_' + c)}" for c in acols]
     return (f"SELECT {', '.join(sel)} FROM src.user_features AS u LEFT JOIN src.account_features AS a "
             f"ON a.account_id = u.account_id AND a.snapshot_date = u.snapshot_date WHERE {days}")
 

@@ -34,6 +34,8 @@ from typing import Any
 from open_data_contract_standard.model import DataQuality, OpenDataContractStandard, SchemaObject
 from pydantic import ValidationError
 
+from pql_pipeline.lib.engine import sql_ident, sql_literal
+
 
 class ContractError(ValueError):
     """A contract file is missing or invalid; the message names the file and the problem."""
@@ -127,14 +129,14 @@ class TableRule:
     # ---- SQL evaluation (DuckDB dialect, plain ANSI where possible)
     def violations_sql(self, table: str) -> str:
         """A query returning one row: the number of violations (rows, or groups for uniqueness)."""
-        c = _q(self.column) if self.column else None
+        c = sql_ident(self.column) if self.column else None
         if self.kind == "not_null":
             return f"SELECT count(*) FROM {table} WHERE {c} IS NULL"
         if self.kind == "unique":
             return (f"SELECT coalesce(sum(n), 0) FROM (SELECT count(*) AS n FROM {table} "
                     f"WHERE {c} IS NOT NULL GROUP BY {c} HAVING count(*) > 1)")
         if self.kind == "compound_unique":
-            cols = ", ".join(_q(x) for x in self.columns)
+            cols = ", ".join(sql_ident(x) for x in self.columns)
             return (f"SELECT coalesce(sum(n), 0) FROM (SELECT count(*) AS n FROM {table} "
                     f"GROUP BY {cols} HAVING count(*) > 1)")
         if self.kind in ("in_set", "between", "pattern"):
@@ -146,32 +148,32 @@ class TableRule:
         raise ContractError(f"rule {self.id}: unknown kind {self.kind}")
 
     def _bad_row_condition(self) -> str:
-        c = _q(self.column)
+        c = sql_ident(self.column)
         if self.kind == "in_set":
-            values = ", ".join(_lit(v) for v in self.params["values"])
+            values = ", ".join(sql_literal(v) for v in self.params["values"])
             return f"{c} IS NOT NULL AND {c} NOT IN ({values})"
         if self.kind == "between":
             conds = []
             if self.params.get("min") is not None:
-                conds.append(f"{c} < {_lit(self.params['min'])}")
+                conds.append(f"{c} < {sql_literal(self.params['min'])}")
             if self.params.get("max") is not None:
-                conds.append(f"{c} > {_lit(self.params['max'])}")
+                conds.append(f"{c} > {sql_literal(self.params['max'])}")
             return f"{c} IS NOT NULL AND ({' OR '.join(conds) or 'FALSE'})"
         if self.kind == "pattern":
             return (f"{c} IS NOT NULL AND "
-                    f"NOT regexp_full_match(CAST({c} AS VARCHAR), {_lit(self.params['pattern'])})")
+                    f"NOT regexp_full_match(CAST({c} AS VARCHAR), {sql_literal(self.params['pattern'])})")
         raise ContractError(f"rule {self.id}: {self.kind} has no row condition")
 
     def sample_sql(self, table: str, n: int) -> str | None:
         """Up to ``n`` offending rows, for check metadata; None for aggregate rules."""
-        c = _q(self.column) if self.column else None
+        c = sql_ident(self.column) if self.column else None
         if self.kind == "not_null":
             return f"SELECT * FROM {table} WHERE {c} IS NULL LIMIT {n}"
         if self.kind == "unique":
             return (f"SELECT {c}, count(*) AS copies FROM {table} WHERE {c} IS NOT NULL "
                     f"GROUP BY {c} HAVING count(*) > 1 ORDER BY copies DESC, {c} LIMIT {n}")
         if self.kind == "compound_unique":
-            cols = ", ".join(_q(x) for x in self.columns)
+            cols = ", ".join(sql_ident(x) for x in self.columns)
             return (f"SELECT {cols}, count(*) AS copies FROM {table} GROUP BY {cols} "
                     f"HAVING count(*) > 1 ORDER BY copies DESC LIMIT {n}")
         if self.kind in ("in_set", "between", "pattern"):
@@ -366,18 +368,6 @@ def schema_columns(contract: Contract, object_name: str) -> list[tuple[str, str 
     """(name, logicalType, physicalType) of every property of an object."""
     obj = contract.object(object_name)
     return [(p.name, p.logicalType, p.physicalType) for p in obj.properties or []]
-
-
-def _q(ident: str) -> str:
-    return '"' + ident.replace('"', '""') + '"'
-
-
-def _lit(v: Any) -> str:
-    if isinstance(v, bool):
-        return "TRUE" if v else "FALSE"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    return "'" + str(v).replace("'", "''") + "'"
 
 
 _LOGICAL = {"BIGINT": "integer", "DOUBLE": "number", "BOOLEAN": "boolean", "VARCHAR": "string", "DATE": "date",

@@ -27,8 +27,15 @@ def render(sql: str, dialect: str = SOURCE_DIALECT) -> str:
     return out[0]
 
 
+def sql_ident(name: str) -> str:
+    """A quoted SQL identifier: ``name`` in double quotes, each ``"`` doubled, so any name is safe."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def sql_literal(value) -> str:
-    """A SQL literal for a config value (strings quoted, numbers as is, booleans)."""
+    """A SQL literal for a config value (strings quoted, numbers as is, booleans).
+
+    Anything else (a date, a path) is quoted as its ``str``, each ``'`` doubled."""
     if isinstance(value, bool):
         return "TRUE" if value else "FALSE"
     if isinstance(value, (int, float)):

@@ -13,6 +13,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from pql_pipeline.lib.contracts import Contract
+from pql_pipeline.lib.engine import sql_ident
 
 
 class Warehouse(DuckDBResource):
@@ -102,15 +103,11 @@ def normalize_type(t: str) -> str:
             "STRING": "VARCHAR", "TEXT": "VARCHAR"}.get(t, t)
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def ensure_columns(conn: duckdb.DuckDBPyConnection, table: str, columns: list[tuple[str, str]]) -> list[str]:
     """Create ``table`` or bring its columns to ``columns`` (for tables whose columns follow
     configuration, e.g. one per signal). Rows keep the values of columns that stay; new
     columns are NULL until recomputed. Returns a description of the changes made."""
-    ddl = ", ".join(f"{_quote(c)} {t}" for c, t in columns)
+    ddl = ", ".join(f"{sql_ident(c)} {t}" for c, t in columns)
     if not table_exists(conn, table):
         conn.execute(f"CREATE TABLE {table} ({ddl})")
         return [f"created {table}"]
@@ -127,7 +124,7 @@ def ensure_columns(conn: duckdb.DuckDBPyConnection, table: str, columns: list[tu
                + [f"retyped {c}" for c in want if c in have and not same(c)])
     conn.execute(f"CREATE TABLE {table}__new ({ddl})")
     if keep:
-        cols = ", ".join(_quote(c) for c in keep)
+        cols = ", ".join(sql_ident(c) for c in keep)
         conn.execute(f"INSERT INTO {table}__new ({cols}) SELECT {cols} FROM {table}")
     conn.execute(f"DROP TABLE {table}")
     conn.execute(f"ALTER TABLE {table}__new RENAME TO {table}")
@@ -160,7 +157,7 @@ def replace_rows(conn: duckdb.DuckDBPyConnection, table: str, columns: list[str]
                  where: str = "TRUE", params: list | None = None) -> None:
     """Idempotent write: delete ``table``'s rows matching ``where`` and insert ``columns``
     from the relation ``source``, in one transaction (readers see the old or the new rows)."""
-    names = ", ".join(_quote(c) for c in columns)
+    names = ", ".join(sql_ident(c) for c in columns)
     with transaction(conn):
         conn.execute(f"DELETE FROM {table} WHERE {where}", params or [])
         conn.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {source}")

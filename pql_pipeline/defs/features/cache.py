@@ -27,14 +27,13 @@ import datetime as dt
 
 from pql_pipeline.defs.features.sql import (
     FeatureSpec,
-    q,
     traits_sql,
     user_day_measures,
     user_day_sql,
     user_firsts_sql,
     user_values_sql,
 )
-from pql_pipeline.lib.engine import DuckDBEngine, render, sql_literal
+from pql_pipeline.lib.engine import DuckDBEngine, render, sql_ident, sql_literal
 from pql_pipeline.lib.warehouse import ensure_columns, table_exists
 
 USER_DAY = "feature_cache_user_day"
@@ -146,7 +145,7 @@ def refresh_cache(eng: DuckDBEngine, spec: FeatureSpec, last_day: dt.date) -> in
         WHERE v.partition_date <= ? AND c.partition_date IS NULL ORDER BY 1""", [h, last_day]).fetchall()]
     measures = [c for c, _ in user_day_measures(spec)]
     values_sql, firsts_sql = user_values_sql(spec, "fx_build_events"), user_firsts_sql(spec, "fx_build_events")
-    day_cols = ", ".join(q(c) for c in ["user_id", "day", *measures])
+    day_cols = ", ".join(sql_ident(c) for c in ["user_id", "day", *measures])
     for i in range(0, len(stale), GROUP_PARTITIONS):
         group = stale[i:i + GROUP_PARTITIONS]
         marks = ", ".join("?" for _ in group)
@@ -205,7 +204,7 @@ def cached_sql(spec: FeatureSpec, kind: str, anonymous: bool = False) -> str:
     of that id)."""
     usable = "c.partition_date IN (SELECT partition_date FROM fx_cached)"
     if kind == "user_day":
-        cols = ", ".join(f"c.{q(c)}" for c, _ in user_day_measures(spec))
+        cols = ", ".join(f"c.{sql_ident(c)}" for c, _ in user_day_measures(spec))
         table, head = USER_DAY, "c.day"
     elif kind == "user_values":
         table, head, cols = USER_VALUES, "c.signal, c.value, c.day", ""

@@ -37,7 +37,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from pql_pipeline.lib.engine import json_path, sql_literal
+from pql_pipeline.lib.engine import json_path, sql_ident, sql_literal
 from pql_pipeline.signals import Signal, SignalSet, rollup_column
 
 ACTIVITY_TYPES = ("track", "page", "screen")
@@ -90,10 +90,6 @@ class FeatureSpec:
 
 
 # ------------------------------------------------------------------ SQL building blocks
-
-def q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
 
 def prop(key: str, source: str = "properties") -> str:
     return f"json_extract_string({source}, {json_path(key)})"
@@ -221,7 +217,7 @@ def user_day_measures(spec: FeatureSpec) -> list[tuple[str, str]]:
         measures.append("0 AS n_signup")
     for s in _measure_signals(spec):
         cond = event_condition(s)
-        m = q("m_" + s.name)
+        m = sql_ident("m_" + s.name)
         if s.kind in ("count", "first_time", "recency", "trend"):
             measures.append(f"COUNT(*) FILTER (WHERE {cond}) AS {m}")
         elif s.kind in ("session_length", "share"):
@@ -230,7 +226,7 @@ def user_day_measures(spec: FeatureSpec) -> list[tuple[str, str]]:
                 measures.append(f"SUM({value}) AS {m}")
             else:
                 measures.append(f"COUNT(*) FILTER (WHERE {value} < {sql_literal(float(s.below))}) AS {m}")
-            measures.append(f"COUNT({value}) AS {q('n_' + s.name)}")
+            measures.append(f"COUNT({value}) AS {sql_ident('n_' + s.name)}")
     return [(expr.rsplit(" AS ", 1)[1].strip('"'), expr) for expr in measures]
 
 
@@ -325,11 +321,11 @@ def traits_state_sql(traits: list[Signal], call: str, key: str, rows: str = "fx_
     aggs, outs = [], []
     for s in traits:
         value = prop(s.prop, "t.traits")
-        x = q("x_" + s.name)
+        x = sql_ident("x_" + s.name)
         aggs.append(f"ARG_MAX(STRUCT_PACK(v := {value}, ts := t.event_ts, id := t.message_id), "
                     f"STRUCT_PACK(ts := t.event_ts, id := t.message_id)) FILTER (WHERE {value} IS NOT NULL) AS {x}")
-        outs += [f"x.{x}.v AS {q('tv_' + s.name)}", f"x.{x}.ts AS {q('tt_' + s.name)}",
-                 f"x.{x}.id AS {q('ti_' + s.name)}"]
+        outs += [f"x.{x}.v AS {sql_ident('tv_' + s.name)}", f"x.{x}.ts AS {sql_ident('tt_' + s.name)}",
+                 f"x.{x}.id AS {sql_ident('ti_' + s.name)}"]
     where = f"t.event_type = {sql_literal(call)} AND t.{key} IS NOT NULL"
     if only:
         where += f" AND t.{key} IN ({only})"
@@ -384,12 +380,12 @@ def state_columns(spec: FeatureSpec) -> list[StateColumn]:
         StateColumn("max_partition_date", "MAX(max_pd)", "max"),
     ]
     for s in spec.signals.signals:
-        m = q("m_" + s.name)
+        m = sql_ident("m_" + s.name)
         if s.kind in ("count", "first_time"):
             cols.append(_window_sum("st_" + s.name, m, s))
         elif s.kind in ("session_length", "share"):
             cols.append(_window_sum("ss_" + s.name, m, s, count=s.kind == "share"))  # seconds: DOUBLE
-            cols.append(_window_sum("sn_" + s.name, q("n_" + s.name), s))
+            cols.append(_window_sum("sn_" + s.name, sql_ident("n_" + s.name), s))
         elif s.kind == "recency":
             cond = f"{m} > 0" if s.event else "n_events > 0"
             cols.append(StateColumn("sr_" + s.name, f"MAX(day) FILTER (WHERE {cond})", "max"))
@@ -404,7 +400,7 @@ def state_columns(spec: FeatureSpec) -> list[StateColumn]:
                                     f"{at(2 * p)} - {at(p)}"))
     for s in spec.signals.account_signals:
         if s.kind == "count":
-            cols.append(_window_sum("ac_" + s.name, q("m_" + s.name), s))
+            cols.append(_window_sum("ac_" + s.name, sql_ident("m_" + s.name), s))
     return cols
 
 
@@ -421,19 +417,19 @@ def finish_expr(s: Signal, a: str = "a") -> str:
     """A user signal's feature value from its state columns in ``a`` (a row of fx_user_agg)."""
     n = s.name
     if s.kind == "count":
-        return f"{a}.{q('st_' + n)}"
+        return f"{a}.{sql_ident('st_' + n)}"
     if s.kind == "first_time":
-        return f"{a}.{q('st_' + n)} > 0"
+        return f"{a}.{sql_ident('st_' + n)} > 0"
     if s.kind in ("session_length", "share"):
         # rounded: sums of doubles vary in the last bits with the order of addition
-        return f"ROUND(CAST({a}.{q('ss_' + n)} AS DOUBLE) / NULLIF({a}.{q('sn_' + n)}, 0), 6)"
+        return f"ROUND(CAST({a}.{sql_ident('ss_' + n)} AS DOUBLE) / NULLIF({a}.{sql_ident('sn_' + n)}, 0), 6)"
     if s.kind == "recency":
-        return f"DATE_DIFF('day', {a}.{q('sr_' + n)}, {a}.snapshot_date)"
+        return f"DATE_DIFF('day', {a}.{sql_ident('sr_' + n)}, {a}.snapshot_date)"
     if s.kind == "trend":
-        cur, prev = f"{a}.{q('sc_' + n)}", f"{a}.{q('sp_' + n)}"
+        cur, prev = f"{a}.{sql_ident('sc_' + n)}", f"{a}.{sql_ident('sp_' + n)}"
         return f"ROUND(CAST({cur} - {prev} AS DOUBLE) / GREATEST({prev}, 1), 6)"
     if s.kind in ("active_days", "distinct_count"):
-        return f"{a}.{q(item_column(s))}"
+        return f"{a}.{sql_ident(item_column(s))}"
     raise ValueError(f"no state for kind {s.kind}")
 
 
@@ -441,7 +437,7 @@ def user_agg_sql(spec: FeatureSpec, day_rows: str = "fx_user_day", snapshots: st
     """Per (user, snapshot), for every user with a row known by the snapshot: the signup day
     and every state column that does not depend on it (``state_columns``). Signup-window
     sums, active days and distinct values are added by ``user_agg_signup_sql``."""
-    aggs = ", ".join(f"{c.expr} AS {q(c.name)}" for c in state_columns(spec) if not c.signup)
+    aggs = ", ".join(f"{c.expr} AS {sql_ident(c.name)}" for c in state_columns(spec) if not c.signup)
     return f"""
 SELECT user_id, snapshot_date,
        COALESCE(MIN(day) FILTER (WHERE n_signup > 0), MIN(day)) AS signup_day, {aggs}
@@ -470,16 +466,16 @@ def user_agg_signup_sql(spec: FeatureSpec, agg0: str = "fx_user_agg0", day_rows:
         """Left-join per-(user, snapshot) columns ``names`` of ``sql``; a user without rows gets 0."""
         parts.append(f"LEFT JOIN ({sql}) AS {alias} ON {alias}.user_id = g.user_id "
                      f"AND {alias}.snapshot_date = g.snapshot_date")
-        cols.extend(f"COALESCE({alias}.{q(n)}, 0) AS {q(n)}" for n in names)
+        cols.extend(f"COALESCE({alias}.{sql_ident(n)}, 0) AS {sql_ident(n)}" for n in names)
 
     if active:
-        ad = ", ".join(f"COUNT(*) FILTER (WHERE {window_condition(s)}) AS {q(item_column(s))}" for s in active)
+        ad = ", ".join(f"COUNT(*) FILTER (WHERE {window_condition(s)}) AS {sql_ident(item_column(s))}" for s in active)
         # one row per distinct active day (a day can have rows from several partitions)
         join("ad", f"SELECT user_id, snapshot_date, {ad} FROM (SELECT DISTINCT user_id, snapshot_date, day, age, "
                    f"since_signup FROM ({rows}) AS r WHERE n_events > 0) AS dd GROUP BY user_id, snapshot_date",
              [item_column(s) for s in active])
     if signup_cols:
-        sw = ", ".join(f"{c.expr} AS {q(c.name)}" for c in signup_cols)
+        sw = ", ".join(f"{c.expr} AS {sql_ident(c.name)}" for c in signup_cols)
         longest = max(s.within_days_of_signup for s in spec.signals.signals if s.within_days_of_signup)
         join("sw", f"SELECT user_id, snapshot_date, {sw} FROM ({rows}) AS r "
                    f"WHERE since_signup >= 0 AND since_signup < {longest} GROUP BY user_id, snapshot_date",
@@ -565,7 +561,7 @@ def distinct_values_sql(signals: list[Signal], key: str, groups: str, value_rows
             f"FROM {value_rows} AS v JOIN {groups} AS g ON v.user_id = g.user_id "
             f"AND {visible('v', 'g.snapshot_date')} WHERE v.signal = {src} AND {w}) AS d "
             f"GROUP BY {key}, snapshot_date, sig")
-    pivot = ", ".join(f"COALESCE(MAX(n) FILTER (WHERE sig = {sql_literal(s.name)}), 0) AS {q('dv_' + s.name)}"
+    pivot = ", ".join(f"COALESCE(MAX(n) FILTER (WHERE sig = {sql_literal(s.name)}), 0) AS {sql_ident('dv_' + s.name)}"
                       for s in signals)
     return (f"SELECT {key}, snapshot_date, {pivot} FROM ({' UNION ALL '.join(parts)}) AS c "
             f"GROUP BY {key}, snapshot_date")
@@ -598,9 +594,9 @@ def user_features_sql(spec: FeatureSpec) -> str:
     traits = user_traits(spec)
     for col, _dtype, s in sigs.user_columns():
         if s.kind == "first_time" and col.endswith("_detail"):
-            alias = q("fv_" + s.name)
+            alias = sql_ident("fv_" + s.name)
             w = window_condition(s, since_signup="DATE_DIFF('day', sp.signup_day, f.day)")
-            select_cols.append(f"{alias}.value AS {q(col)}")
+            select_cols.append(f"{alias}.value AS {sql_ident(col)}")
             # the value of the first occurrence (even if it has none), ties broken by message id
             joins.append(
                 f"LEFT JOIN (SELECT f.user_id, sp.snapshot_date, "
@@ -611,9 +607,9 @@ def user_features_sql(spec: FeatureSpec) -> str:
                 f"WHERE f.signal = {sql_literal(s.name)} AND {w} GROUP BY f.user_id, sp.snapshot_date) AS {alias} "
                 f"ON {alias}.user_id = a.user_id AND {alias}.snapshot_date = a.snapshot_date")
         elif s.kind == "trait":
-            select_cols.append(f"{_typed('tv.' + q('tv_' + s.name), s)} AS {q(col)}")
+            select_cols.append(f"{_typed('tv.' + sql_ident('tv_' + s.name), s)} AS {sql_ident(col)}")
         else:
-            select_cols.append(f"{finish_expr(s)} AS {q(col)}")
+            select_cols.append(f"{finish_expr(s)} AS {sql_ident(col)}")
     if traits:
         joins.append("LEFT JOIN fx_user_traits AS tv ON tv.user_id = a.user_id AND tv.snapshot_date = a.snapshot_date")
     joins.append("LEFT JOIN fx_members AS mem ON mem.user_id = a.user_id AND mem.snapshot_date = a.snapshot_date")
@@ -629,7 +625,7 @@ FROM a
 
 
 def _rollup_expr(rollup: str, col: str, dtype: str) -> str:
-    c = q(col)
+    c = sql_ident(col)
     if dtype == "BOOLEAN":
         return {"max": f"MAX({c})", "min": f"MIN({c})", "sum": f"SUM(CAST({c} AS BIGINT))",
                 "mean": f"AVG(CAST({c} AS DOUBLE))"}[rollup]
@@ -651,37 +647,39 @@ def account_features_sql(spec: FeatureSpec) -> str:
     rolled = []
     for s in sigs.signals:
         for r in s.rollups:
-            rolled.append(f"{_rollup_expr(r, s.name, s.dtype)} AS {q(rollup_column(r, s.name))}")
+            rolled.append(f"{_rollup_expr(r, s.name, s.dtype)} AS {sql_ident(rollup_column(r, s.name))}")
     member_aggs = []
     for s in sigs.account_signals:
         if s.kind in ("active_users", "active_seat_share"):
             w = f"u.last_active_day > mb.snapshot_date - {s.window_days}" if s.window_days else \
                 "u.last_active_day IS NOT NULL"
-            member_aggs.append(f"COUNT(*) FILTER (WHERE {w}) AS {q('au_' + s.name)}")
+            member_aggs.append(f"COUNT(*) FILTER (WHERE {w}) AS {sql_ident('au_' + s.name)}")
         elif s.kind == "count":
-            member_aggs.append(f"SUM(u.{q('ac_' + s.name)}) AS {q('ac_' + s.name)}")
+            member_aggs.append(f"SUM(u.{sql_ident('ac_' + s.name)}) AS {sql_ident('ac_' + s.name)}")
     select_cols, joins = [], []
     distinct = [s for s in sigs.account_signals if s.kind == "distinct_count"]
     traits = account_traits(spec)  # with the plan that tells paying accounts
     for col, dtype, s in sigs.account_columns():
         if s in sigs.signals:
-            select_cols.append(f"ROUND(r.{q(col)}, 6) AS {q(col)}" if dtype == "DOUBLE" else f"r.{q(col)}")
+            select_cols.append(f"ROUND(r.{sql_ident(col)}, 6) AS {sql_ident(col)}" if dtype == "DOUBLE"
+                               else f"r.{sql_ident(col)}")
         elif s.kind == "seats":
-            select_cols.append(f"COALESCE(st.seats, 0) AS {q(col)}")
+            select_cols.append(f"COALESCE(st.seats, 0) AS {sql_ident(col)}")
         elif s.kind == "active_users":
-            select_cols.append(f"COALESCE(md.{q('au_' + s.name)}, 0) AS {q(col)}")
+            select_cols.append(f"COALESCE(md.{sql_ident('au_' + s.name)}, 0) AS {sql_ident(col)}")
         elif s.kind == "active_seat_share":
             select_cols.append(
-                f"ROUND(CAST(COALESCE(md.{q('au_' + s.name)}, 0) AS DOUBLE) / NULLIF(st.seats, 0), 6) AS {q(col)}")
+                f"ROUND(CAST(COALESCE(md.{sql_ident('au_' + s.name)}, 0) AS DOUBLE) / NULLIF(st.seats, 0), 6) "
+                f"AS {sql_ident(col)}")
         elif s.kind == "count":
-            select_cols.append(f"COALESCE(md.{q('ac_' + s.name)}, 0) AS {q(col)}")
+            select_cols.append(f"COALESCE(md.{sql_ident('ac_' + s.name)}, 0) AS {sql_ident(col)}")
         elif s.kind == "distinct_count":
-            select_cols.append(f"COALESCE(dv.{q('dv_' + s.name)}, 0) AS {q(col)}")
+            select_cols.append(f"COALESCE(dv.{sql_ident('dv_' + s.name)}, 0) AS {sql_ident(col)}")
         elif s.kind == "trait":
-            select_cols.append(f"{_typed('tv.' + q('tv_' + s.name), s)} AS {q(col)}")
+            select_cols.append(f"{_typed('tv.' + sql_ident('tv_' + s.name), s)} AS {sql_ident(col)}")
     paid = ""
     if spec.paid_plans:
-        paid = (f" OR COALESCE(tv.{q('tv_plan_for_paying')} IN "
+        paid = (f" OR COALESCE(tv.{sql_ident('tv_plan_for_paying')} IN "
                 f"({', '.join(sql_literal(p) for p in spec.paid_plans)}), FALSE)")
     if distinct:
         joins.append("LEFT JOIN fx_account_values AS dv "

@@ -40,7 +40,6 @@ from pql_pipeline.defs.features.sql import (
     distinct_signals,
     distinct_values_sql,
     item_column,
-    q,
     state_columns,
     trait_columns,
     traits_state_sql,
@@ -51,7 +50,7 @@ from pql_pipeline.defs.features.sql import (
     visible,
     window_masks_sql,
 )
-from pql_pipeline.lib.engine import DuckDBEngine, sql_literal
+from pql_pipeline.lib.engine import DuckDBEngine, sql_ident, sql_literal
 from pql_pipeline.lib.warehouse import table_exists
 
 STATE_USERS = "feature_state_users"
@@ -187,7 +186,7 @@ def _changes(eng: DuckDBEngine, items, day: dt.date, out: str, keys: str, cand: 
                      f"JOIN {pairs} ON c.k = r.user_id AND c.value = r.value {join}WHERE {' AND '.join(where)}")
     present = " UNION ALL ".join(found)
     pivot = ", ".join(f"CAST(COALESCE(SUM(chg) FILTER (WHERE item = {sql_literal(item_column(s))}), 0) AS BIGINT) "
-                      f"AS {q(item_column(s))}" for s in items)
+                      f"AS {sql_ident(item_column(s))}" for s in items)
     eng.temp(out, f"""
 SELECT k, {pivot} FROM (
   SELECT c.k, c.item,
@@ -213,7 +212,7 @@ def _advance_traits(eng: DuckDBEngine, traits: list[Signal], call: str, key: str
         snapshots="fx_snap_one"))
     cols = []
     for s in traits:
-        tv, tt, ti = (q(f"{p}_{s.name}") for p in ("tv", "tt", "ti"))
+        tv, tt, ti = (sql_ident(f"{p}_{s.name}") for p in ("tv", "tt", "ti"))
         newer = (f"d.{tt} IS NOT NULL AND (st.{tt} IS NULL OR d.{tt} > st.{tt} "
                  f"OR (d.{tt} = st.{tt} AND d.{ti} > st.{ti}))")
         cols += [f"CASE WHEN {newer} THEN d.{c} ELSE st.{c} END AS {c}" for c in (tv, tt, ti)]
@@ -222,7 +221,7 @@ def _advance_traits(eng: DuckDBEngine, traits: list[Signal], call: str, key: str
               f"FROM (SELECT * FROM {table} WHERE snapshot_date = {T}) AS st "
               f"FULL JOIN fx_trait_delta AS d ON d.{key} = st.{key} WHERE {keep}")
     if hard:
-        names = ", ".join(q(c) for c in [key, "snapshot_date", *trait_columns(traits)])
+        names = ", ".join(sql_ident(c) for c in [key, "snapshot_date", *trait_columns(traits)])
         merged += (f" UNION ALL SELECT {names} FROM ("
                    f"{traits_state_sql(traits, call, key, snapshots='fx_snap_one', only=hard)}) AS h")
     eng.temp(out, merged)
@@ -251,7 +250,7 @@ def advance(eng: DuckDBEngine, spec: FeatureSpec, day: dt.date, memberships: str
     # day rows known at S that were not known at T
     eng.temp("fx_delta", f"SELECT * FROM fx_user_day AS d WHERE (d.day = {S} OR d.avail_day = {S}) "
                          f"AND {visible('d', S)}")
-    aggs = ", ".join(f"{c.expr} AS {q(c.name)}" for c in cols)
+    aggs = ", ".join(f"{c.expr} AS {sql_ident(c.name)}" for c in cols)
     eng.temp("fx_delta_agg", f"""
 SELECT user_id, {aggs} FROM (
   SELECT d.*, DATE_DIFF('day', d.day, {S}) AS age, DATE_DIFF('day', st.signup_day, d.day) AS since_signup
@@ -270,7 +269,7 @@ WHERE st.user_id IS NULL
     if drops and ages:
         days = ", ".join(_date(day - dt.timedelta(days=a)) for a in ages)
         eng.temp("fx_drop_agg", f"""
-SELECT user_id, {', '.join(f'{c.drop} AS {q(c.name)}' for c in drops)} FROM (
+SELECT user_id, {', '.join(f'{c.drop} AS {sql_ident(c.name)}' for c in drops)} FROM (
   SELECT d.*, DATE_DIFF('day', d.day, {S}) AS age FROM fx_user_day AS d
   WHERE d.day IN ({days}) AND {visible('d', T)}) AS r
 GROUP BY user_id""")
@@ -303,18 +302,19 @@ FROM fx_user_day WHERE n_events > 0""")
                                                   bitmap, since=day, masks="fx_h_user_masks"))
 
     def merged(c) -> str:
-        st, a = f"st.{q(c.name)}", f"a.{q(c.name)}"
+        st, a = f"st.{sql_ident(c.name)}", f"a.{sql_ident(c.name)}"
         if c.merge == "min":
             return f"LEAST({st}, {a})"
         if c.merge == "max":
             return f"GREATEST({st}, {a})"
-        drop = f" - COALESCE(dr.{q(c.name)}, 0)" if c in drops else ""
+        drop = f" - COALESCE(dr.{sql_ident(c.name)}, 0)" if c in drops else ""
         return f"{st}{drop} + COALESCE({a}, 0)"
 
     exprs = {"user_id": "st.user_id", "snapshot_date": S,
              "signup_day": "COALESCE(LEAST(st.sig_day, a.sig_day), LEAST(st.first_day, a.first_day))"}
     exprs.update({c.name: merged(c) for c in cols})
-    exprs.update({item_column(s): f"st.{q(item_column(s))} + COALESCE(ch.{q(item_column(s))}, 0)" for s in items})
+    exprs.update({item_column(s): f"st.{sql_ident(item_column(s))} + COALESCE(ch.{sql_ident(item_column(s))}, 0)"
+                  for s in items})
     joins = ["LEFT JOIN fx_delta_agg AS a ON a.user_id = st.user_id"]
     if drops:
         joins.append("LEFT JOIN fx_drop_agg AS dr ON dr.user_id = st.user_id")
@@ -329,14 +329,14 @@ FROM fx_user_day WHERE n_events > 0""")
         kept = f"(SELECT user_id, {S} AS snapshot_date, signup_day FROM fx_state)"
         eng.temp("fx_bdv", distinct_values_sql(bitems, "user_id", kept, bitmap=bitmap, since=day,
                                                window_masks="fx_user_wmasks"))
-        exprs.update({n: f"COALESCE(b.{q(n)}, 0)" for n in bcols})
+        exprs.update({n: f"COALESCE(b.{sql_ident(n)}, 0)" for n in bcols})
         joins.append("LEFT JOIN fx_bdv AS b ON b.user_id = st.user_id")
     eng.temp("fx_user_agg", f"""
-SELECT {', '.join(f'{exprs[n]} AS {q(n)}' for n in names)}
+SELECT {', '.join(f'{exprs[n]} AS {sql_ident(n)}' for n in names)}
 FROM fx_state AS st {' '.join(joins)}
 WHERE st.user_id NOT IN (SELECT user_id FROM fx_hard)
 UNION ALL
-SELECT {', '.join(q(n) for n in names)} FROM fx_h_user_agg""")
+SELECT {', '.join(sql_ident(n) for n in names)} FROM fx_h_user_agg""")
     counts = {"delta_rows": _count(eng, "fx_delta"), "users_recomputed": _count(eng, "fx_hard")}
     # what the users' state was advanced from is no longer needed: its memory goes back
     eng.drop("fx_state", "fx_delta", "fx_delta_agg", "fx_drop_agg", "fx_cand", "fx_item_chg",
@@ -371,11 +371,11 @@ GROUP BY m.user_id""")
         acols = [item_column(s) for s in acc]
         eng.temp("fx_account_values", f"""
 SELECT COALESCE(st.account_id, ch.k) AS account_id, {S} AS snapshot_date,
-       {', '.join(f'COALESCE(st.{q(c)}, 0) + COALESCE(ch.{q(c)}, 0) AS {q(c)}' for c in acols)}
+       {', '.join(f'COALESCE(st.{sql_ident(c)}, 0) + COALESCE(ch.{sql_ident(c)}, 0) AS {sql_ident(c)}' for c in acols)}
 FROM fx_state_accounts AS st FULL JOIN fx_acct_chg AS ch ON ch.k = st.account_id
 WHERE COALESCE(st.account_id, ch.k) NOT IN (SELECT account_id FROM fx_hard_accounts WHERE account_id IS NOT NULL)
 UNION ALL
-SELECT account_id, snapshot_date, {', '.join(q(c) for c in acols)}
+SELECT account_id, snapshot_date, {', '.join(sql_ident(c) for c in acols)}
 FROM ({account_values_sql(spec, 'fx_h_members', since=day)}) AS h""")
     else:
         eng.temp("fx_account_values", account_values_sql(spec, since=day))

@@ -23,8 +23,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from pql_pipeline.defs.features.features import build_feature_temps, drop_feature_temps
-from pql_pipeline.defs.features.sql import FeatureSpec, Sources, account_table_columns, q, user_table_columns
-from pql_pipeline.lib.engine import DuckDBEngine, sql_literal
+from pql_pipeline.defs.features.sql import FeatureSpec, Sources, account_table_columns, user_table_columns
+from pql_pipeline.lib.engine import DuckDBEngine, sql_ident, sql_literal
 from pql_pipeline.lib.warehouse import ensure_columns, replace_rows
 
 LABEL_OUT = [("label", "BOOLEAN"), ("converted_at", "TIMESTAMPTZ"), ("label_window_start", "DATE"),
@@ -46,9 +46,10 @@ def feature_rows_sql(signals, where: str, label_columns: tuple[str, ...] = ()) -
     ``label_columns`` of the user's label row) for training and for scoring: each user's
     features joined with its label row (``l``) and its account's features (``a``) of the
     same snapshot; ``where`` chooses the rows (aliases ``u``, ``l``, ``a``)."""
-    sel = ([f"u.{q(c)}" for c, _ in user_table_columns(signals)]
-           + [f"a.{q(c)} AS {q('acct_' + c)}" for c, _ in account_table_columns(signals) if c not in ACCOUNT_KEYS]
-           + [f"l.{q(c)}" for c in label_columns])
+    sel = ([f"u.{sql_ident(c)}" for c, _ in user_table_columns(signals)]
+           + [f"a.{sql_ident(c)} AS {sql_ident('acct_' + c)}" for c, _ in account_table_columns(signals)
+              if c not in ACCOUNT_KEYS]
+           + [f"l.{sql_ident(c)}" for c in label_columns])
     return f"""
 SELECT {', '.join(sel)}
 FROM user_features AS u
@@ -88,7 +89,7 @@ def build_training_sets(conn, spec: FeatureSpec, start: dt.date, every_days: int
         tuple(c for c, _ in LABEL_OUT))
     acct_all = [c for c, _ in account_table_columns(spec.signals)]
     acct_sql = f"""
-SELECT {', '.join(f'a.{q(c)}' for c in acct_all)}, l.label, l.converted_at, l.label_window_start, l.label_window_end
+SELECT {', '.join(f'a.{sql_ident(c)}' for c in acct_all)}, l.label, l.converted_at, l.label_window_start, l.label_window_end
 FROM account_features AS a
 JOIN conversion_labels AS l
   ON l.entity_type = 'account' AND l.entity_id = a.account_id AND l.snapshot_date = a.snapshot_date
@@ -170,7 +171,7 @@ def leakage_guard(conn, spec: FeatureSpec, sample_days: list[dt.date], max_sampl
             for c, t in cols:
                 if c in ("snapshot_date", key):
                     continue
-                a, b = f"s.{q(c)}", f"f.{q(c)}"
+                a, b = f"s.{sql_ident(c)}", f"f.{sql_ident(c)}"
                 if t == "DOUBLE":
                     # doubles are stored rounded to 6 decimals, and sums of doubles vary in the last
                     # bits with the order of addition: one unit of the 6th decimal is equality

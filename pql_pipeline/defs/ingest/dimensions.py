@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import duckdb
 
+from pql_pipeline.lib.engine import sql_literal
 from pql_pipeline.settings import Segment
 
 
@@ -19,11 +20,11 @@ def _segment_case(segments: list[Segment], col: str = "employees") -> str:
         return "'unknown'"
     whens = []
     for s in segments:
-        name = s.name.replace("'", "''")
+        name = sql_literal(s.name)
         if s.max_employees is None:
-            whens.append(f"ELSE '{name}'")
+            whens.append(f"ELSE {name}")
         else:
-            whens.append(f"WHEN {col} <= {int(s.max_employees)} THEN '{name}'")
+            whens.append(f"WHEN {col} <= {int(s.max_employees)} THEN {name}")
     return f"CASE WHEN {col} IS NULL THEN 'unknown' {' '.join(whens)} END"
 
 

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from pql_pipeline.defs.ingest.loader import RAW_SCHEMA, SourceFile, partition_files, read_jsonl
 from pql_pipeline.defs.ingest.validation import compile_row_rules, parse_sql
 from pql_pipeline.lib.contracts import Contract
+from pql_pipeline.lib.engine import sql_ident, sql_literal
 from pql_pipeline.lib.warehouse import describe, ensure_tables, table_exists
 
 # the loader's batches with their partition's day: what parse_sql reads
@@ -141,13 +142,12 @@ class _Parser:
 
 def _insert_parquet(conn: duckdb.DuckDBPyConnection, compiled, f: SourceFile, pdate: str) -> tuple[int, int]:
     """Each Parquet row becomes one JSON object line (nested columns become nested JSON)."""
-    path = str(f.path).replace("'", "''")
-    rel = f.relative.replace("'", "''")
-    cols = [r[0] for r in conn.execute(f"DESCRIBE SELECT * FROM read_parquet('{path}')").fetchall()]
-    struct = "{" + ", ".join("'" + c.replace("'", "''") + "': \"" + c.replace('"', '""') + "\"" for c in cols) + "}"
-    source = f"""(SELECT {pdate} AS partition_date, '{rel}' AS source_file, file_row_number + 1 AS line_no,
+    path, rel = sql_literal(str(f.path)), sql_literal(f.relative)
+    cols = [r[0] for r in conn.execute(f"DESCRIBE SELECT * FROM read_parquet({path})").fetchall()]
+    struct = "{" + ", ".join(f"{sql_literal(c)}: {sql_ident(c)}" for c in cols) + "}"
+    source = f"""(SELECT {pdate} AS partition_date, {rel} AS source_file, file_row_number + 1 AS line_no,
                          line AS raw_line, strlen(line) AS line_bytes, TRUE AS utf8_valid, NULL::VARCHAR AS read_error
                   FROM (SELECT file_row_number, CAST(to_json({struct}) AS VARCHAR) AS line
-                        FROM read_parquet('{path}', file_row_number = true)))"""
+                        FROM read_parquet({path}, file_row_number = true)))"""
     n = conn.execute(f"INSERT INTO raw_events BY NAME {parse_sql(compiled, source)}").fetchall()[0][0]
     return n, 0

@@ -33,6 +33,7 @@ import duckdb
 import pandas as pd
 
 from pql_pipeline.lib.contracts import Contract, ContractError
+from pql_pipeline.lib.engine import sql_ident, sql_literal
 from pql_pipeline.lib.warehouse import dates_sql, registered
 
 # JSON type names (duckdb json_type) accepted for each ODCS logicalType
@@ -63,21 +64,17 @@ class RowRule:
     reason: str  # SQL expression producing the sentence
 
 
-def _lit(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
-
-
 def _raw_path(*keys: str) -> str:
     """A JSON path with every key quoted (safe for spaces, dots and quotes), unescaped for SQL."""
     return "$" + "".join('."' + k.replace('"', '\\"') + '"' for k in keys)
 
 
 def _path(*keys: str) -> str:
-    return _lit(_raw_path(*keys))
+    return sql_literal(_raw_path(*keys))
 
 
 def _types_sql(types: tuple[str, ...]) -> str:
-    return "(" + ", ".join(_lit(t) for t in types) + ")"
+    return "(" + ", ".join(sql_literal(t) for t in types) + ")"
 
 
 def _show(expr: str, width: int = 60) -> str:
@@ -87,17 +84,17 @@ def _show(expr: str, width: int = 60) -> str:
 
 def _jt(field: str) -> str:
     """Column holding json_type() of an envelope field (computed once per row)."""
-    return _quote_ident("jt__" + field)
+    return sql_ident("jt__" + field)
 
 
 def _sv(field: str) -> str:
     """Column holding the trimmed string value of an envelope field (NULL unless a non-empty string)."""
-    return _quote_ident("sv__" + field)
+    return sql_ident("sv__" + field)
 
 
 def _pt(prop: str) -> str:
     """Column holding json_type() of a tracking-plan property inside ``properties``."""
-    return _quote_ident("pt__" + prop)
+    return sql_ident("pt__" + prop)
 
 
 @dataclass(frozen=True)
@@ -121,26 +118,26 @@ def compile_row_rules(contract: Contract) -> CompiledRules:
         jt, sv = _jt(p.name), _sv(p.name)
         if p.required:
             cond = f"({jt} IS NULL OR {jt} = 'NULL' OR ({jt} = 'VARCHAR' AND {sv} IS NULL))"
-            rules.append(RowRule(f"{p.name}.required", cond, _lit(f"{p.name} is missing")))
+            rules.append(RowRule(f"{p.name}.required", cond, sql_literal(f"{p.name} is missing")))
         if p.logicalType:
             allowed = JSON_TYPES.get(p.logicalType)
             if allowed is None:
                 raise ContractError(f"{contract.path.name}: {p.name}: unsupported logicalType {p.logicalType!r}")
             cond = f"({jt} <> 'NULL' AND {jt} NOT IN {_types_sql(allowed)})"
-            reason = f"{_lit(p.name + ' must be ' + p.logicalType + ', got ')} || lower({jt}) || ': ' || {_show(f)}"
+            reason = f"{sql_literal(p.name + ' must be ' + p.logicalType + ', got ')} || lower({jt}) || ': ' || {_show(f)}"
             rules.append(RowRule(f"{p.name}.type", cond, reason))
             if p.logicalType in ("timestamp", "date"):
-                parsed = _quote_ident("ts__" + p.name)
+                parsed = sql_ident("ts__" + p.name)
                 cond = f"({sv} IS NOT NULL AND ({parsed} IS NULL OR NOT isfinite({parsed})))"
-                reason = f"{_lit(p.name + ' is not an ISO-8601 timestamp: ')} || {_show(f)}"
+                reason = f"{sql_literal(p.name + ' is not an ISO-8601 timestamp: ')} || {_show(f)}"
                 rules.append(RowRule(f"{p.name}.parse", cond, reason))
         for q in p.quality or []:
             metric = q.metric or q.rule
             values = (q.arguments or {}).get("validValues")
             if metric == "invalidValues" and values:
                 rid = q.name or q.id or f"{p.name}.allowed"
-                cond = f"({sv} NOT IN ({', '.join(_lit(str(v)) for v in values)}))"
-                reason = f"{_lit(p.name + ' not one of ' + ', '.join(map(str, values)) + ': ')} || {_show(f)}"
+                cond = f"({sv} NOT IN ({', '.join(sql_literal(str(v)) for v in values)}))"
+                reason = f"{sql_literal(p.name + ' not one of ' + ', '.join(map(str, values)) + ': ')} || {_show(f)}"
                 rules.append(RowRule(rid, cond, reason))
             elif metric is not None:
                 raise ContractError(f"{contract.path.name}: {p.name}: row rule metric {metric!r} not supported")
@@ -151,13 +148,13 @@ def compile_row_rules(contract: Contract) -> CompiledRules:
         rid = q.name or q.id
         if not rid or not isinstance(q.implementation, str):
             raise ContractError(f"{contract.path.name}: row-predicate rules need a name and an implementation")
-        rules.append(RowRule(rid, f"({q.implementation})", _lit(q.description or rid)))
+        rules.append(RowRule(rid, f"({q.implementation})", sql_literal(q.description or rid)))
 
     # tracking plan: one schema object per track event
     plan = [o for o in contract.objects() if o.name != ENVELOPE]
     plan_props: list[str] = []
     if plan:
-        names = ", ".join(_lit(o.name) for o in plan)
+        names = ", ".join(sql_literal(o.name) for o in plan)
         rules.append(RowRule(
             "event.in_tracking_plan",
             f"(event_type = 'track' AND event_name IS NOT NULL AND event_name NOT IN ({names}))",
@@ -172,7 +169,7 @@ def compile_row_rules(contract: Contract) -> CompiledRules:
                 pt = _pt(p.name)
                 if p.required:
                     req.setdefault(o.name, []).append(
-                        (f"({pt} IS NULL OR {pt} = 'NULL')", _lit(f"{o.name}: property {p.name} is required")))
+                        (f"({pt} IS NULL OR {pt} = 'NULL')", sql_literal(f"{o.name}: property {p.name} is required")))
                 if p.logicalType:
                     allowed = JSON_TYPES.get(p.logicalType)
                     if allowed is None:
@@ -181,7 +178,7 @@ def compile_row_rules(contract: Contract) -> CompiledRules:
                     shown = _show(f"json_extract(raw_line, {_path('properties', p.name)})")
                     typ.setdefault(o.name, []).append((
                         f"({pt} <> 'NULL' AND {pt} NOT IN {_types_sql(allowed)})",
-                        f"{_lit(o.name + ': property ' + p.name + ' must be ' + p.logicalType + ', got ')}"
+                        f"{sql_literal(o.name + ': property ' + p.name + ' must be ' + p.logicalType + ', got ')}"
                         f" || lower({pt}) || ': ' || {shown}"))
         guard = f"event_type = 'track' AND {_jt('properties')} = 'OBJECT'"
         for rid, by_event in (("properties.required", req), ("properties.type", typ)):
@@ -189,9 +186,9 @@ def compile_row_rules(contract: Contract) -> CompiledRules:
                 continue
             # CASE on the event name: each row evaluates only its own event's conditions
             cond = (f"({guard} AND CASE event_name " +
-                    " ".join(f"WHEN {_lit(e)} THEN ({' OR '.join(c for c, _ in cs)})" for e, cs in by_event.items()) +
+                    " ".join(f"WHEN {sql_literal(e)} THEN ({' OR '.join(c for c, _ in cs)})" for e, cs in by_event.items()) +
                     " ELSE FALSE END)")
-            reason = ("CASE event_name " + " ".join(f"WHEN {_lit(e)} THEN {_first_reason(cs)}"
+            reason = ("CASE event_name " + " ".join(f"WHEN {sql_literal(e)} THEN {_first_reason(cs)}"
                                                     for e, cs in by_event.items()) + " END")
             rules.append(RowRule(rid, cond, reason))
     max_bytes = int(contract.custom("maxEventBytes", 32768))
@@ -200,10 +197,6 @@ def compile_row_rules(contract: Contract) -> CompiledRules:
 
 def _first_reason(pairs: list[tuple[str, str]]) -> str:
     return "CASE " + " ".join(f"WHEN {c} THEN {r}" for c, r in pairs) + " END"
-
-
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def parse_sql(compiled: CompiledRules, source: str) -> str:
@@ -231,16 +224,16 @@ def parse_sql(compiled: CompiledRules, source: str) -> str:
     first_prop = len(fields) + (2 if ctx else 1)
     scalar = [x for x in fields if x not in ("properties", "traits", "context")]
     shapes = {**{x: "VARCHAR" for x in scalar}, **({"context": {"groupId": "VARCHAR"}} if ctx else {})}
-    structure = _lit(json.dumps(shapes))
+    structure = sql_literal(json.dumps(shapes))
     jts = ", ".join(f"jt[{i + 1}] AS {_jt(x)}" for i, x in enumerate(fields))
-    svs = ", ".join(f"CASE WHEN jt[{fields.index(x) + 1}] = 'VARCHAR' THEN NULLIF(trim(s.{_quote_ident(x)}), '') END "
+    svs = ", ".join(f"CASE WHEN jt[{fields.index(x) + 1}] = 'VARCHAR' THEN NULLIF(trim(s.{sql_ident(x)}), '') END "
                     f"AS {_sv(x)}" for x in scalar)
-    tss = ", ".join(f"TRY_CAST({_sv(x)} AS TIMESTAMPTZ) AS {_quote_ident('ts__' + x)}"
+    tss = ", ".join(f"TRY_CAST({_sv(x)} AS TIMESTAMPTZ) AS {sql_ident('ts__' + x)}"
                     for x in scalar if x in ("timestamp", "receivedAt", "sentAt"))
     pts = ", ".join(f"jt[{first_prop + i}] AS {_pt(x)}" for i, x in enumerate(props)) or "NULL AS _no_plan"
     flags = ", ".join(f"coalesce({r.condition}, FALSE) AS r{i}" for i, r in enumerate(rules))
     any_bad = " OR ".join(f"r{i}" for i in range(len(rules))) or "FALSE"
-    ids = "[" + ", ".join(f"CASE WHEN r{i} THEN {_lit(r.id)} END" for i, r in enumerate(rules)) + "]"
+    ids = "[" + ", ".join(f"CASE WHEN r{i} THEN {sql_literal(r.id)} END" for i, r in enumerate(rules)) + "]"
     reasons = "[" + ", ".join(f"CASE WHEN r{i} THEN {r.reason} END" for i, r in enumerate(rules)) + "]"
     objects = [x for x in ("properties", "traits", "context") if x in fields]
     opaths = "[" + ", ".join(_path(x) for x in objects) + "]"
@@ -249,7 +242,7 @@ def parse_sql(compiled: CompiledRules, source: str) -> str:
         return _sv(x) if x in scalar else "NULL::VARCHAR"
 
     def ts(x: str) -> str:
-        return _quote_ident("ts__" + x) if x in scalar else "NULL::TIMESTAMPTZ"
+        return sql_ident("ts__" + x) if x in scalar else "NULL::TIMESTAMPTZ"
 
     def obj(x: str) -> str:
         if x not in objects:
@@ -380,7 +373,7 @@ def validate_partitions(
             conn.execute(f"""
                 INSERT INTO quarantined_events
                 SELECT partition_date, source_file, line_no, message_id, rule_ids[1], rule_ids, reasons, raw_line,
-                       {_lit(contract.id)}, {_lit(contract.version)}
+                       {sql_literal(contract.id)}, {sql_literal(contract.version)}
                 FROM _checked WHERE len(rule_ids) > 0
             """)
             _validate_group(conn, group, dedup_lookback_days)
