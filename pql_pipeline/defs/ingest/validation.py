@@ -409,17 +409,25 @@ def _dependent_partitions(conn: duckdb.DuckDBPyConnection, partitions: list[str]
     is new on D makes its copy on D+3 a duplicate. Those days are rebuilt too, and so,
     in turn, is a later day holding a copy of a message of a rebuilt day within its
     lookback (a message resent on D, D+7 and D+10: rebuilding D changes D+7, which changes
-    D+10), with every validated day before it, so the days rebuilt stay consecutive.
-    Rebuilding them in order makes the result independent of the order partitions were run
-    in. The daily run on the newest day has none.
+    D+10), with every validated day before it, so the days rebuilt stay consecutive (a day
+    holding duplicates only counts as validated). Rebuilding them in order makes the
+    deduplication independent of the order partitions were run in; identities resolved at
+    validation are not rebuilt beyond these days (features resolve through
+    ``identity_links`` themselves). The daily run on the newest day has none.
     """
     if not partitions or lookback <= 0:
         return []
     lookback = int(lookback)
+
+    def done(after: str, through: str) -> set[str]:
+        # the days already validated in (after, through]: a day may hold duplicates only
+        return {r[0] for r in conn.execute(f"""
+            SELECT DISTINCT CAST(partition_date AS VARCHAR) FROM (
+                SELECT partition_date FROM validated_events UNION ALL SELECT partition_date FROM duplicate_events)
+            WHERE partition_date > DATE '{after}' AND partition_date <= DATE '{through}'""").fetchall()}
+
     lo, hi = min(partitions), max(partitions)
-    rebuilt = set(partitions) | {r[0] for r in conn.execute(f"""
-        SELECT DISTINCT CAST(partition_date AS VARCHAR) FROM validated_events
-        WHERE partition_date > DATE '{lo}' AND partition_date <= DATE '{hi}' + INTERVAL {lookback} DAY""").fetchall()}
+    rebuilt = set(partitions) | done(lo, str(dt.date.fromisoformat(hi) + dt.timedelta(days=lookback)))
     while True:
         top = max(rebuilt)
         recent = dates_sql(sorted(d for d in rebuilt if d > str(dt.date.fromisoformat(top)
@@ -439,9 +447,7 @@ def _dependent_partitions(conn: duckdb.DuckDBPyConnection, partitions: list[str]
         """).fetchone()
         if nxt is None:
             break
-        rebuilt |= {r[0] for r in conn.execute(f"""
-            SELECT DISTINCT CAST(partition_date AS VARCHAR) FROM validated_events
-            WHERE partition_date > DATE '{top}' AND partition_date <= DATE '{nxt}'""").fetchall()}
+        rebuilt |= done(top, nxt) | {nxt}
     return sorted(rebuilt - set(partitions))
 
 

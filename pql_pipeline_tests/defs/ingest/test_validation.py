@@ -395,6 +395,28 @@ def test_the_dedup_lookback_includes_its_last_day_in_any_run_order(tmp_path, con
                           ("m", "2026-01-09")], [("m", "2026-01-10", "2026-01-09")])
 
 
+def test_a_day_of_duplicates_only_is_rebuilt_with_the_day_it_repeats(tmp_path, conn, segment_contract):
+    """A day whose every line repeats an earlier day (a file delivered again) holds no
+    validated event. Rebuilding the earlier day rebuilds it too, and ends; once the earlier
+    day's file no longer carries the message, the later copy is the one kept."""
+    m = track("m1", "Feature Used", "2026-01-02T10:00:00Z", feature="x")
+    write_lines(tmp_path / "dt=2026-01-02" / "a.jsonl", [m, track("o1", "Feature Used", "2026-01-02T11:00:00Z",
+                                                                  feature="y")])
+    write_lines(tmp_path / "dt=2026-01-04" / "a.jsonl", [m])
+    first, again = ingest(conn, tmp_path, segment_contract, "2026-01-02", "2026-01-04")
+    assert (again.validated, again.duplicates) == (0, 1)
+    rebuilt = validate_partition(conn, segment_contract, "2026-01-02", 7)
+    assert (rebuilt.validated, rebuilt.duplicates) == (2, 0)
+    kept = "SELECT CAST(partition_date AS VARCHAR) FROM validated_events WHERE message_id = 'm1'"
+    assert conn.execute(kept).fetchall() == [("2026-01-02",)]
+    write_lines(tmp_path / "dt=2026-01-02" / "a.jsonl", [track("o1", "Feature Used", "2026-01-02T11:00:00Z",
+                                                               feature="y")])
+    load_partition(conn, tmp_path, "dt={date}/*.jsonl*", "jsonl", "2026-01-02", segment_contract)
+    validate_partition(conn, segment_contract, "2026-01-02", 7)
+    assert conn.execute(kept).fetchall() == [("2026-01-04",)]
+    assert conn.execute("SELECT count(*) FROM duplicate_events").fetchall() == [(0,)]
+
+
 def test_a_group_of_days_validated_at_once_equals_the_days_one_by_one(tmp_path, conn, segment_contract):
     """A range is deduplicated and resolved in set-based steps over a group of days; every
     table must be what validating the days one at a time, in order, gives: a message resent
