@@ -79,7 +79,7 @@ def test_a_range_backfill_equals_one_run_per_day(tmp_path, monkeypatch):
 
     from pql_pipeline.defs.ingest.generator import GeneratorConfig, generate_events
 
-    generate_events(GeneratorConfig(n_accounts=15, days=4, start_date=dt.date(2026, 3, 2), seed=9,
+    generate_events(GeneratorConfig(n_accounts=15, days=8, start_date=dt.date(2026, 3, 2), seed=9,
                                     dirty_fraction=0.02), tmp_path / "events")
     monkeypatch.setenv("PQL_EVENTS_DIR", str(tmp_path / "events"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
@@ -87,17 +87,17 @@ def test_a_range_backfill_equals_one_run_per_day(tmp_path, monkeypatch):
     tables = {}
     for mode, extra in (("range", []), ("daily", ["--per-partition"])):
         monkeypatch.setenv("PQL_WAREHOUSE", str(tmp_path / mode / "pql.duckdb"))
-        result = CliRunner().invoke(main, ["backfill", "--start", "2026-03-02", "--end", "2026-03-05",
+        result = CliRunner().invoke(main, ["backfill", "--start", "2026-03-02", "--end", "2026-03-09",
                                            "--job", "pql_pipeline", *extra])
         assert result.exit_code == 0, result.output
-        runs = 1 if mode == "range" else 4
-        assert f"pql_pipeline 2026-03-02 .. 2026-03-05: 4 partitions in {runs} run(s)" in result.output
+        runs = 1 if mode == "range" else 8
+        assert f"pql_pipeline 2026-03-02 .. 2026-03-09: 8 partitions in {runs} run(s)" in result.output
         with Warehouse(database=str(tmp_path / mode / "pql.duckdb")).get_connection() as c:
             tables[mode] = {t: c.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in BACKFILLED}
     assert all(tables["range"][t] for t in ("validated_events", "user_features", "conversion_labels"))
     for t in BACKFILLED:
         assert tables["range"][t] == tables["daily"][t], t
-    assert "[4/4] 2026-03-05: ok" in result.output
+    assert "[8/8] 2026-03-09: ok" in result.output
 
 
 def test_backfill_input_errors_say_what_to_do(env):

@@ -33,8 +33,7 @@ exist:
   value nothing more is checked). A token that is part of a path (next to ``/``) or ends
   in a file extension (``features.odcs.yaml``, ``model.joblib``) is a file name, not a key.
 - the asset graph in README.md: the ``mermaid`` block and the asset table name exactly the
-  assets defined under ``pql_pipeline/defs/`` (found in the source: ``@dg.asset(name=...)``
-  and ``dg.AssetSpec(...)``).
+  assets of the project's ``Definitions`` (built from the default configuration).
 - every dependency of pyproject.toml is named in README.md's "Dependencies and why".
 
 The ``test_*_flags_*`` tests feed each checker a small fabricated document, so a checker
@@ -387,7 +386,7 @@ def test_config_keys_exist():
 def test_the_readme_graph_and_table_name_exactly_the_defined_assets():
     text = README.read_text(encoding="utf-8")
     assets = defined_assets()
-    assert len(assets) >= 20, sorted(assets)  # the source scan still finds the assets
+    assert len(assets) >= 20, sorted(assets)
     assert mermaid_nodes(text) - {"ingest", "features", "model", "scoring", "monitoring", "activation"} == assets
     graph = section(text, "The asset graph")
     named = {a for cell in table_column(graph, 1) for a in re.findall(r"`(\w+)`", cell)}

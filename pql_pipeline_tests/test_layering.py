@@ -20,14 +20,19 @@ def module_name(path: Path) -> str:
     return name.removesuffix(".__init__")
 
 
-def imports_of(source: str, modules: set[str]) -> set[str]:
-    """The package's modules that ``source`` imports, anywhere in it."""
+def imports_of(source: str, modules: set[str], package: str = "") -> set[str]:
+    """The package's modules that ``source`` imports, anywhere in it; ``package`` (the
+    importing module's package) resolves relative imports."""
     out = set()
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([node.module] if node.module else []))
             for alias in node.names:
-                full = f"{node.module}.{alias.name}"
-                out.add(full if full in modules else node.module)
+                full = f"{base}.{alias.name}" if base else alias.name
+                out.add(full if full in modules else base)
         elif isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
     return {m for m in out if m in modules}
@@ -36,7 +41,9 @@ def imports_of(source: str, modules: set[str]) -> set[str]:
 def import_graph(package: Path) -> dict[str, set[str]]:
     paths = {module_name(p): p for p in package.rglob("*.py")}
     names = set(paths)
-    return {m: imports_of(p.read_text(encoding="utf-8"), names) - {m} for m, p in paths.items()}
+    return {m: imports_of(p.read_text(encoding="utf-8"), names,
+                          m if p.name == "__init__.py" else m.rpartition(".")[0]) - {m}
+            for m, p in paths.items()}
 
 
 def layer(module: str) -> tuple[str, int | None]:
@@ -121,7 +128,11 @@ def test_the_layering_rule_flags_an_upward_import(graph, found):
     assert violations(graph) == found
 
 
-def test_imports_inside_functions_count():
-    modules = {"pql_pipeline.defs.scoring.scoring", "pql_pipeline.defs.model.training"}
+def test_imports_inside_functions_and_relative_imports_count():
+    modules = {"pql_pipeline.defs.scoring.scoring", "pql_pipeline.defs.model.training", "pql_pipeline.defs.scoring"}
     source = "def f():\n    from pql_pipeline.defs.scoring.scoring import account_probability\n"
     assert imports_of(source, modules) == {"pql_pipeline.defs.scoring.scoring"}
+    assert imports_of("from ..scoring.scoring import x\n", modules, "pql_pipeline.defs.model") == {
+        "pql_pipeline.defs.scoring.scoring"}
+    assert imports_of("from ..scoring import scoring\n", modules, "pql_pipeline.defs.model") == {
+        "pql_pipeline.defs.scoring.scoring"}

@@ -1,6 +1,5 @@
 """Activation stage: the day's scores -> the CRM (HubSpot companies and contacts)."""
 
-
 import dagster as dg
 from pydantic import Field
 

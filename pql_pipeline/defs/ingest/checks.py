@@ -11,8 +11,6 @@ Blocking checks fail with ERROR severity, which is what stops downstream assets;
 WARN results are shown but let the pipeline continue.
 """
 
-
-
 import dagster as dg
 
 from pql_pipeline.defs.ingest.validation import partitions_counts, reconcile_partitions

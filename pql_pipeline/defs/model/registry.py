@@ -79,7 +79,8 @@ def decide_promotion(gates: dict[str, dict], candidate_auc: float | None, champi
     (``gate_results``) and, when there is a champion (its version, ``champion``), beats the
     champion's ROC AUC on the candidate's holdout by ``margin``. A champion that could not be
     re-scored on that holdout (``champion_error``) is replaced by a candidate that passes."""
-    reason = f"the champion {champion} could not be re-scored ({champion_error}); " if champion_error else ""
+    reason = (f"the champion {champion} could not be re-scored ({champion_error}); "
+              if champion_error is not None else "")
     failed = [k for k, v in gates.items() if not v["passed"]]
     auc = candidate_auc or 0.0
     if failed:

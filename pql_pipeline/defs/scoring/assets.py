@@ -1,6 +1,5 @@
 """Scoring stage: the latest features and the scoring model -> pql_scores (daily)."""
 
-
 import dagster as dg
 
 from pql_pipeline.defs.features.specs import signal_set

@@ -29,11 +29,10 @@ from pql_pipeline_tests.defs.features.test_cache import DAYS, SIGS, history, ver
 from pql_pipeline_tests.pipeline import generated_pipeline, make_pipeline, materialized
 
 ROUNDING_UNIT = 1.000001e-6
-# small data: one shuffle partition, no UI, no adaptive re-planning (47 s -> 32 s for the
-# hand-built history; whole-stage code generation stays on, as users run it)
-SPARK_TEST_CONF = {"spark.sql.shuffle.partitions": "1", "spark.default.parallelism": "1",
-                   "spark.driver.memory": "1g", "spark.ui.enabled": "false",
-                   "spark.sql.adaptive.enabled": "false"}
+# several shuffle partitions and adaptive execution, as users run Spark (a result that
+# depends on partitioning must show here); no web UI
+SPARK_TEST_CONF = {"spark.sql.shuffle.partitions": "4", "spark.default.parallelism": "2",
+                   "spark.driver.memory": "1g", "spark.ui.enabled": "false"}
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,7 @@ PASS = {"auc_floor": {"passed": True, "value": 0.8, "bound": 0.6},
     ({**PASS, "auc_floor": {"passed": False, "value": 0.5, "bound": 0.6}}, 0.5, "m1", None, "no such file", False,
      "the champion m1 could not be re-scored (no such file); failed gates: auc_floor (0.5 vs 0.6)"),
     (PASS, 0.8, "m1", None, None, True, "replaces it"),
+    (PASS, 0.8, "m1", None, "", True, "the champion m1 could not be re-scored (); replaces it"),
     (PASS, 0.81, "m1", 0.8, None, True, "ROC AUC 0.8100 beats the champion m1 (0.8000) on the same holdout "
                                         "by at least 0.01"),
     (PASS, 0.805, "m1", 0.8, None, False, "ROC AUC 0.8050 does not beat the champion m1 (0.8000) on the same "
