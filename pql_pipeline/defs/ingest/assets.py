@@ -105,6 +105,10 @@ def build_ingest_assets(settings: Settings, daily: dg.PartitionsDefinition) -> l
                 for k, v in (("raw", c.raw), ("validated", c.validated), ("duplicates", c.duplicates),
                              ("quarantined", c.quarantined)):
                     totals[k] += v
+            later = [r["partition"] for r in rows if r["partition"] not in set(context.partition_keys)]
+            if later:
+                context.log.info(f"{len(later)} later day(s) validated again, {later[0]} .. {later[-1]}: their "
+                                 "deduplication looks back at this run's days")
             keys = dates_sql(context.partition_keys)
             by_rule = conn.execute(f"""
                 SELECT rule_id, count(*) AS n FROM quarantined_events

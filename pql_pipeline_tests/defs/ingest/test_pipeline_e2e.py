@@ -106,6 +106,11 @@ def test_generated_events_through_the_graph(generated, tmp_path, monkeypatch):
     assert p.checks(again)["validated_events:reconciliation"].metadata["raw_rows"].value == mid_rows
     assert p.checks(again)["validated_events:reconciliation"].partition == mid  # per-partition status in the UI
     assert snapshot(p) == before
+    # the days after it whose deduplication looked back at it were validated again, and the run says so
+    later = [d for d in parts if mid < d <= (dt.date.fromisoformat(mid) + dt.timedelta(days=7)).isoformat()]
+    logs = [e.user_message for e in p.instance.all_logs(again.run_id)]
+    assert f"{len(later)} later day(s) validated again, {later[0]} .. {later[-1]}: their deduplication looks " \
+           "back at this run's days" in logs
 
 
 @pytest.mark.slow
